@@ -1,0 +1,342 @@
+"""Turn table plans into Dagster assets: one external PostgreSQL asset and one loaded asset per table.
+
+Each loaded table is its own op (one step per table), so tables retry and fail alone. Keys:
+`postgres/<schema>/<table>` for the source and `<destination>/<dataset>/<table>` for the
+loaded table; group = the source schema; kinds = postgres, dlt and the destination.
+"""
+
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import dagster as dg
+
+from pg_to_bq import checks
+from pg_to_bq.catalog import Table, discover
+from pg_to_bq.errors import describe, is_transient
+from pg_to_bq.load import Window, load_table, make_pipeline
+from pg_to_bq.plan import TablePlan
+from pg_to_bq.resources import Destination, SourceDatabase
+from pg_to_bq.source import connect
+
+POOL = "pg_to_bq_source"
+FULL_REFRESH_TAG = "pg_to_bq/full_refresh"
+SCHEDULE_TAG = "pg_to_bq/schedule"
+PARTITIONED_TAG = "pg_to_bq/partitioned"
+ESTIMATED_ROWS = "pg_to_bq/estimated_rows"
+PROGRESS_EVERY_S = 10.0
+
+
+class LoadConfig(dg.Config):
+    """Launchpad options for a table load."""
+
+    full_refresh: bool = False
+    """Replace the destination table (and reset the incremental cursor) instead of merging."""
+
+
+@dataclass(frozen=True)
+class AssetContext:
+    """What every table asset needs to know about the deployment (not secrets)."""
+
+    destination_kind: str
+    dataset: str
+    qualified_prefix: str
+    owners: tuple[str, ...] = ()
+    tags: tuple[tuple[str, str], ...] = ()
+    freshness: timedelta = timedelta(hours=48)
+    retries: int = 3
+
+
+def source_key(table: Table) -> dg.AssetKey:
+    return dg.AssetKey(["postgres", table.schema, table.name])
+
+
+def destination_key(plan: TablePlan, ctx: AssetContext) -> dg.AssetKey:
+    return dg.AssetKey([ctx.destination_kind, ctx.dataset, plan.destination_table])
+
+
+def partitions_for(plan: TablePlan) -> dg.PartitionsDefinition | None:
+    if plan.partition is None:
+        return None
+    start = plan.partition.start.isoformat()
+    if plan.partition.granularity == "month":
+        return dg.MonthlyPartitionsDefinition(start_date=start, end_offset=1)
+    return dg.DailyPartitionsDefinition(start_date=start, end_offset=1)
+
+
+def source_spec(plan: TablePlan) -> dg.AssetSpec:
+    table = plan.table
+    return dg.AssetSpec(
+        key=source_key(table),
+        description=table.comment or f"PostgreSQL {table.kind_label} {table.qualified_name}",
+        group_name=plan.group_name,
+        kinds={"postgres"},
+        metadata={
+            "dagster/column_schema": dg.TableSchema(
+                columns=[
+                    dg.TableColumn(
+                        name=c.name, type=c.type, description=c.comment,
+                        constraints=dg.TableColumnConstraints(nullable=c.nullable),
+                    )
+                    for c in table.columns
+                ]
+            ),
+            "dagster/table_name": table.qualified_name,
+            "primary_key": ", ".join(table.primary_key) or "(none)",
+            ESTIMATED_ROWS: table.estimated_rows if table.estimated_rows is not None else -1,
+            "foreign_keys": dg.MetadataValue.md(_foreign_keys_md(table)),
+        },
+    )
+
+
+def _foreign_keys_md(table: Table) -> str:
+    if not table.foreign_keys:
+        return "(none)"
+    return "\n".join(
+        f"- `{', '.join(fk.columns)}` → `{fk.referred_schema}.{fk.referred_table}"
+        f"({', '.join(fk.referred_columns)})`"
+        for fk in table.foreign_keys
+    )
+
+
+def plan_markdown(plan: TablePlan) -> str:
+    lines = [
+        f"- **disposition**: {plan.disposition}"
+        + (" (incremental by cursor)" if plan.incremental else ""),
+        f"- **primary key**: {', '.join(plan.primary_key) or '(none: replaced each load)'}",
+        f"- **cursor**: {plan.cursor or '(none)'}"
+        + (f", lookback {plan.lookback}" if plan.cursor else ""),
+    ]
+    if plan.partition:
+        lines.append(f"- **partitions**: {plan.partition.granularity} on `{plan.partition.column}`"
+                     f" from {plan.partition.start}")
+    if plan.excluded:
+        lines.append(f"- **excluded columns**: {', '.join(plan.excluded)}")
+    if plan.hashed:
+        lines.append(f"- **hashed columns**: {', '.join(plan.hashed)}")
+    renamed = [(c.source.name, c.name) for c in plan.columns if c.source.name != c.name]
+    if renamed:
+        lines.append("- **renamed columns**: " + ", ".join(f"`{a}` → `{b}`" for a, b in renamed))
+    if plan.table.name != plan.destination_table:
+        lines.append(f"- **destination table**: `{plan.destination_table}`")
+    lines.extend(f"- note: {n}" for n in plan.notes)
+    return "\n".join(lines)
+
+
+def destination_metadata(plan: TablePlan, ctx: AssetContext) -> dict[str, Any]:
+    return {
+        "dagster/column_schema": dg.TableSchema(
+            columns=[
+                dg.TableColumn(
+                    name=c.name,
+                    type=c.destination_type(ctx.destination_kind),
+                    description=" — ".join(
+                        part for part in (f"PostgreSQL {c.source.type}", c.source.comment) if part
+                    ),
+                    constraints=dg.TableColumnConstraints(nullable=c.source.nullable),
+                )
+                for c in plan.columns
+            ]
+        ),
+        "dagster/table_name": f"{ctx.qualified_prefix}.{plan.destination_table}",
+        "pg_to_bq/source_table": plan.name,
+        "pg_to_bq/plan": dg.MetadataValue.md(plan_markdown(plan)),
+        "pg_to_bq/disposition": plan.disposition,
+        "pg_to_bq/foreign_keys": dg.MetadataValue.md(_foreign_keys_md(plan.table)),
+        ESTIMATED_ROWS: plan.table.estimated_rows if plan.table.estimated_rows is not None else -1,
+    }
+
+
+def check_specs(plan: TablePlan, key: dg.AssetKey) -> list[dg.AssetCheckSpec]:
+    specs = [
+        dg.AssetCheckSpec(checks.ROW_COUNT, asset=key,
+                          description="Rows in the destination equal rows in the source snapshot"),
+        dg.AssetCheckSpec(checks.SCHEMA_DRIFT, asset=key,
+                          description="PostgreSQL columns unchanged since the catalog snapshot"),
+    ]
+    if plan.cursor:
+        specs.append(dg.AssetCheckSpec(checks.FRESHNESS, asset=key,
+                                       description=f"Newest {plan.cursor} is recent"))
+    return specs
+
+
+def build_table_asset(plan: TablePlan, ctx: AssetContext) -> dg.AssetsDefinition:
+    """The loaded-table asset for one plan (its upstream is `source_spec(plan)`)."""
+    key = destination_key(plan, ctx)
+    tags = {"pg_to_bq/source_schema": plan.group_name, **dict(ctx.tags)}
+    if plan.scheduled and plan.partition is None:
+        tags[SCHEDULE_TAG] = "nightly"
+    if plan.partition is not None:
+        tags[PARTITIONED_TAG] = plan.partition.granularity
+    spec = dg.AssetSpec(
+        key=key,
+        deps=[source_key(plan.table)],
+        description=plan.table.comment or f"{plan.name} loaded by dlt",
+        group_name=plan.group_name,
+        kinds={"dlt", ctx.destination_kind},
+        owners=list(ctx.owners),
+        tags=tags,
+        metadata=destination_metadata(plan, ctx),
+    )
+
+    @dg.multi_asset(
+        name=plan.op_name,
+        specs=[spec],
+        check_specs=check_specs(plan, key),
+        partitions_def=partitions_for(plan),
+        pool=POOL,
+        op_tags={"pg_to_bq/table": plan.name},
+        retry_policy=dg.RetryPolicy(max_retries=ctx.retries, delay=5,
+                                    backoff=dg.Backoff.EXPONENTIAL),
+    )
+    def _load(
+        context: dg.AssetExecutionContext,
+        config: LoadConfig,
+        source: SourceDatabase,
+        destination: Destination,
+    ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
+        yield from run_table_load(context, plan, ctx, config, source, destination)
+
+    return _load
+
+
+def run_table_load(
+    context: dg.AssetExecutionContext,
+    plan: TablePlan,
+    ctx: AssetContext,
+    config: LoadConfig,
+    source: SourceDatabase,
+    destination: Destination,
+) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
+    key = destination_key(plan, ctx)
+    full_refresh = config.full_refresh or context.run.tags.get(FULL_REFRESH_TAG) == "true"
+    window = None
+    if plan.partition is not None and context.has_partition_key:
+        time_window = context.partition_time_window
+        window = Window(plan.partition.column, time_window.start, time_window.end)
+    progress = _Progress(context, plan)
+    try:
+        url = source.resolved_url()
+        with connect(url, statement_timeout_s=source.statement_timeout_s) as conn:
+            live = discover(conn, schemas=[plan.table.schema], include_views=True,
+                            table=plan.table.name)
+        dlt_destination = destination.dlt_destination()
+        context.log.info(
+            f"loading {plan.name} → {ctx.qualified_prefix}.{plan.destination_table} "
+            f"({'full refresh' if full_refresh else plan.disposition})"
+        )
+        result = load_table(
+            plan,
+            source_url=url,
+            destination=dlt_destination,
+            dataset=destination.dataset,
+            work_dir=destination.work_path,
+            full_refresh=full_refresh,
+            window=window,
+            batch_bytes=source.batch_bytes,
+            hash_salt=source.resolved_hash_salt(),
+            statement_timeout_s=source.statement_timeout_s,
+            on_batch=progress,
+        )
+        pipeline = make_pipeline(plan, dlt_destination, destination.dataset, destination.work_path)
+        destination_rows = count_destination_rows(pipeline, plan.destination_table)
+    except Exception as exc:
+        raise dg.Failure(
+            description=f"table {plan.name} failed: {describe(exc)}",
+            metadata={"table": plan.name, "retryable": is_transient(exc)},
+            allow_retries=is_transient(exc),
+        ) from exc
+
+    yield dg.MaterializeResult(
+        asset_key=key,
+        metadata={
+            "dagster/row_count": destination_rows,
+            "rows_loaded": result.rows,
+            "source_rows_in_snapshot": result.snapshot_rows if result.snapshot_rows is not None
+            else -1,
+            "load_mode": result.mode,
+            "duration_s": round(result.duration_s, 3),
+            "dlt_load_id": result.load_id or "",
+            "destination_table": f"{ctx.qualified_prefix}.{plan.destination_table}",
+            "cursor_from": str(result.cursor_from) if result.cursor_from is not None else "-",
+            "cursor_to": str(result.cursor_to) if result.cursor_to is not None else "-",
+        },
+    )
+    live_table = next(iter(live.tables), None)
+    outcomes = [checks.schema_drift(plan.table, live_table)]
+    if result.snapshot_rows is not None and window is None and result.mode == "full":
+        outcomes.append(checks.reconcile_row_counts(result.snapshot_rows, destination_rows,
+                                                    "replace"))
+    else:
+        outcomes.append(_reconcile_whole_table(plan, url, source, destination_rows))
+    if plan.cursor:
+        latest = result.cursor_to if result.cursor_to is not None else result.cursor_from
+        outcomes.append(checks.cursor_freshness(_parse_cursor(latest), ctx.freshness))
+    for outcome in outcomes:
+        yield dg.AssetCheckResult(
+            asset_key=key,
+            check_name=outcome.name,
+            passed=outcome.passed,
+            severity=dg.AssetCheckSeverity(outcome.severity),
+            description=outcome.description,
+            metadata=outcome.metadata,
+        )
+
+
+def _reconcile_whole_table(
+    plan: TablePlan, url: str, source: SourceDatabase, destination_rows: int
+) -> checks.CheckOutcome:
+    from pg_to_bq.extract import qualified_name
+
+    with connect(url, statement_timeout_s=source.statement_timeout_s) as conn:
+        source_rows = conn.execute(f"SELECT count(*) FROM {qualified_name(plan)}").fetchone()[0]
+    return checks.reconcile_row_counts(int(source_rows), destination_rows, plan.disposition)
+
+
+def _parse_cursor(value: Any) -> Any:
+    if isinstance(value, str):
+        from datetime import date, datetime
+
+        try:
+            return datetime.fromisoformat(value)
+        except ValueError:
+            return date.fromisoformat(value)
+    return value
+
+
+def count_destination_rows(pipeline: Any, table: str) -> int:
+    """Rows in the loaded table, asked of the destination itself."""
+    with pipeline.sql_client() as client:
+        qualified = client.make_qualified_table_name(table)
+        with client.execute_query(f"SELECT count(*) FROM {qualified}") as cursor:
+            return int(cursor.fetchone()[0])
+
+
+class _Progress:
+    """Logs rows read so far, at most every PROGRESS_EVERY_S seconds."""
+
+    def __init__(self, context: dg.AssetExecutionContext, plan: TablePlan) -> None:
+        self.context, self.plan = context, plan
+        self.rows = 0
+        self.last = time.monotonic()
+
+    def __call__(self, rows: int) -> None:
+        self.rows += rows
+        now = time.monotonic()
+        if now - self.last >= PROGRESS_EVERY_S:
+            self.last = now
+            self.context.log.info(f"{self.plan.name}: {self.rows:,} rows read")
+
+
+def build_assets(
+    plans: Sequence[TablePlan], ctx: AssetContext
+) -> tuple[list[dg.AssetSpec], list[dg.AssetsDefinition]]:
+    """Source specs for every table; loaded-table assets for those with columns to load.
+
+    A table without loadable columns keeps its source asset (so it is visible) and its plan
+    notes say why it is skipped.
+    """
+    return [source_spec(p) for p in plans], [build_table_asset(p, ctx) for p in plans if p.columns]

@@ -1,0 +1,306 @@
+"""Discover a PostgreSQL database's tables in one query, and keep a snapshot of the result.
+
+The code location is loaded often (the daemon and webserver reload it), so it reads the
+snapshot written by the last deliberate refresh instead of querying PostgreSQL each time.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_VERSION = 1
+
+# One round trip for the whole database: relations with their columns, keys, comments and
+# size estimates as JSON. Partitions are skipped (their parent is loaded); row estimates of a
+# partitioned parent sum its leaves. Only the schema list is a parameter, never pasted in.
+CATALOG_SQL = """
+WITH rels AS (
+    SELECT c.oid, n.nspname AS schema, c.relname AS name, c.relkind
+    FROM pg_catalog.pg_class c
+    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.relkind = ANY(%(relkinds)s)
+      AND NOT c.relispartition
+      AND n.nspname <> 'information_schema'
+      AND n.nspname NOT LIKE 'pg\\_%%'
+      AND (cardinality(%(schemas)s::text[]) = 0 OR n.nspname = ANY(%(schemas)s::text[]))
+      AND (%(table)s::text IS NULL OR c.relname = %(table)s::text)
+      AND NOT EXISTS (
+          SELECT 1 FROM pg_catalog.pg_depend d
+          WHERE d.objid = c.oid AND d.deptype = 'e'
+      )
+)
+SELECT json_build_object(
+    'schema', r.schema,
+    'name', r.name,
+    'kind', r.relkind,
+    'comment', obj_description(r.oid, 'pg_class'),
+    'estimated_rows', CASE WHEN r.relkind = 'p' THEN (
+            SELECT sum(greatest(leaf.reltuples, 0))::bigint
+            FROM pg_catalog.pg_partition_tree(r.oid) pt
+            JOIN pg_catalog.pg_class leaf ON leaf.oid = pt.relid
+            WHERE pt.isleaf)
+        ELSE (SELECT CASE WHEN c.reltuples < 0 THEN NULL ELSE c.reltuples::bigint END
+              FROM pg_catalog.pg_class c WHERE c.oid = r.oid) END,
+    'size_bytes', CASE WHEN r.relkind = 'p' THEN (
+            SELECT sum(pg_catalog.pg_total_relation_size(pt.relid))::bigint
+            FROM pg_catalog.pg_partition_tree(r.oid) pt WHERE pt.isleaf)
+        WHEN r.relkind IN ('r', 'm') THEN pg_catalog.pg_total_relation_size(r.oid)
+        ELSE NULL END,
+    'columns', COALESCE((
+        SELECT json_agg(json_build_object(
+            'name', a.attname,
+            'type', pg_catalog.format_type(a.atttypid, a.atttypmod),
+            'type_name', t.typname,
+            'type_schema', tn.nspname,
+            'type_kind', t.typtype,
+            'type_category', t.typcategory,
+            'typmod', a.atttypmod,
+            'base_type', CASE WHEN t.typtype = 'd'
+                THEN pg_catalog.format_type(t.typbasetype, t.typtypmod) END,
+            'base_type_name', bt.typname,
+            'element_type_name', et.typname,
+            'element_type_kind', et.typtype,
+            'dimensions', a.attndims,
+            'nullable', NOT a.attnotnull,
+            'comment', pg_catalog.col_description(r.oid, a.attnum)
+        ) ORDER BY a.attnum)
+        FROM pg_catalog.pg_attribute a
+        JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+        JOIN pg_catalog.pg_namespace tn ON tn.oid = t.typnamespace
+        LEFT JOIN pg_catalog.pg_type bt ON bt.oid = t.typbasetype AND t.typtype = 'd'
+        LEFT JOIN pg_catalog.pg_type et
+            ON et.oid = CASE WHEN t.typtype = 'd' THEN bt.typelem ELSE t.typelem END
+            AND (CASE WHEN t.typtype = 'd' THEN bt.typcategory ELSE t.typcategory END) = 'A'
+        WHERE a.attrelid = r.oid AND a.attnum > 0 AND NOT a.attisdropped
+    ), '[]'::json),
+    'primary_key', (
+        SELECT json_agg(a.attname ORDER BY k.ord)
+        FROM pg_catalog.pg_constraint con
+        CROSS JOIN LATERAL unnest(con.conkey) WITH ORDINALITY AS k(attnum, ord)
+        JOIN pg_catalog.pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.attnum
+        WHERE con.conrelid = r.oid AND con.contype = 'p'
+    ),
+    'foreign_keys', COALESCE((
+        SELECT json_agg(json_build_object(
+            'name', con.conname,
+            'columns', (SELECT json_agg(a.attname ORDER BY k.ord)
+                        FROM unnest(con.conkey) WITH ORDINALITY AS k(attnum, ord)
+                        JOIN pg_catalog.pg_attribute a
+                          ON a.attrelid = con.conrelid AND a.attnum = k.attnum),
+            'referred_schema', fn.nspname,
+            'referred_table', f.relname,
+            'referred_columns', (SELECT json_agg(a.attname ORDER BY k.ord)
+                        FROM unnest(con.confkey) WITH ORDINALITY AS k(attnum, ord)
+                        JOIN pg_catalog.pg_attribute a
+                          ON a.attrelid = con.confrelid AND a.attnum = k.attnum)
+        ) ORDER BY con.conname)
+        FROM pg_catalog.pg_constraint con
+        JOIN pg_catalog.pg_class f ON f.oid = con.confrelid
+        JOIN pg_catalog.pg_namespace fn ON fn.oid = f.relnamespace
+        WHERE con.conrelid = r.oid AND con.contype = 'f'
+    ), '[]'::json)
+) AS table_json
+FROM rels r
+ORDER BY r.schema, r.name
+"""
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of a source table, as PostgreSQL describes it."""
+
+    name: str
+    type: str
+    type_name: str
+    type_kind: str = "b"
+    type_category: str = ""
+    type_schema: str = "pg_catalog"
+    typmod: int = -1
+    base_type: str | None = None
+    base_type_name: str | None = None
+    element_type_name: str | None = None
+    element_type_kind: str | None = None
+    dimensions: int = 0
+    nullable: bool = True
+    comment: str | None = None
+
+
+@dataclass(frozen=True)
+class ForeignKey:
+    name: str
+    columns: tuple[str, ...]
+    referred_schema: str
+    referred_table: str
+    referred_columns: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Table:
+    """One source relation: a table, a partitioned table's parent, or (when asked) a view."""
+
+    schema: str
+    name: str
+    kind: str = "r"
+    comment: str | None = None
+    estimated_rows: int | None = None
+    size_bytes: int | None = None
+    columns: tuple[Column, ...] = ()
+    primary_key: tuple[str, ...] = ()
+    foreign_keys: tuple[ForeignKey, ...] = ()
+
+    @property
+    def qualified_name(self) -> str:
+        """`schema.table`, the name users write in settings and on the command line."""
+        return f"{self.schema}.{self.name}"
+
+    @property
+    def kind_label(self) -> str:
+        return {"r": "table", "p": "partitioned table", "v": "view", "m": "materialized view",
+                "f": "foreign table"}.get(self.kind, self.kind)
+
+    def column(self, name: str) -> Column:
+        for column in self.columns:
+            if column.name == name:
+                return column
+        raise KeyError(f"{self.qualified_name} has no column {name!r}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Table:
+        return cls(
+            schema=data["schema"],
+            name=data["name"],
+            kind=data.get("kind", "r"),
+            comment=data.get("comment"),
+            estimated_rows=data.get("estimated_rows"),
+            size_bytes=data.get("size_bytes"),
+            columns=tuple(Column(**c) for c in data.get("columns") or ()),
+            primary_key=tuple(data.get("primary_key") or ()),
+            foreign_keys=tuple(
+                ForeignKey(
+                    name=fk["name"],
+                    columns=tuple(fk["columns"]),
+                    referred_schema=fk["referred_schema"],
+                    referred_table=fk["referred_table"],
+                    referred_columns=tuple(fk["referred_columns"]),
+                )
+                for fk in data.get("foreign_keys") or ()
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """The tables of one database, as discovered at `discovered_at`."""
+
+    tables: tuple[Table, ...]
+    database: str = ""
+    discovered_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
+
+    def select(self, include: Sequence[str] = (), exclude: Sequence[str] = ()) -> Catalog:
+        """Tables whose `schema.table` matches an include glob (all when none) and no exclude glob."""
+        tables = tuple(
+            t
+            for t in self.tables
+            if (not include or any(_matches(t, p) for p in include))
+            and not any(_matches(t, p) for p in exclude)
+        )
+        return Catalog(tables=tables, database=self.database, discovered_at=self.discovered_at)
+
+    def unmatched_patterns(self, patterns: Iterable[str]) -> list[str]:
+        """The patterns that match no table (a typo in an include list should not pass silently)."""
+        return [p for p in patterns if not any(_matches(t, p) for t in self.tables)]
+
+    def find(self, name: str) -> Table:
+        """Look a table up by `schema.table`, or by bare name when that is unambiguous."""
+        exact = [t for t in self.tables if t.qualified_name == name]
+        if exact:
+            return exact[0]
+        bare = [t for t in self.tables if t.name == name]
+        if len(bare) == 1:
+            return bare[0]
+        if len(bare) > 1:
+            options = ", ".join(t.qualified_name for t in bare)
+            raise KeyError(f"table {name!r} is ambiguous: write one of {options}")
+        raise KeyError(f"no table {name!r} in the catalog")
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "version": SNAPSHOT_VERSION,
+                "database": self.database,
+                "discovered_at": self.discovered_at,
+                "tables": [asdict(t) for t in self.tables],
+            },
+            indent=1,
+            ensure_ascii=False,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Catalog:
+        data = json.loads(text)
+        if data.get("version") != SNAPSHOT_VERSION:
+            raise ValueError(f"catalog snapshot version {data.get('version')} is not supported")
+        return cls(
+            tables=tuple(Table.from_dict(t) for t in data["tables"]),
+            database=data.get("database", ""),
+            discovered_at=data.get("discovered_at", ""),
+        )
+
+
+def _matches(table: Table, pattern: str) -> bool:
+    target = table.qualified_name if "." in pattern else table.name
+    return fnmatch.fnmatchcase(target, pattern)
+
+
+def discover(
+    connection, schemas: Sequence[str] = (), include_views: bool = False, table: str | None = None
+) -> Catalog:
+    """Run the catalog query on an open psycopg connection and return every user table.
+
+    `table` narrows the query to one table name (with `schemas` naming its schema).
+    """
+    relkinds = ["r", "p", "v", "m", "f"] if include_views else ["r", "p"]
+    with connection.cursor() as cur:
+        cur.execute(
+            CATALOG_SQL, {"relkinds": relkinds, "schemas": list(schemas), "table": table}
+        )
+        rows = cur.fetchall()
+        cur.execute("SELECT current_database()")
+        database = cur.fetchone()[0]
+    tables = tuple(Table.from_dict(_as_dict(row[0])) for row in rows)
+    return Catalog(tables=tables, database=database)
+
+
+def _as_dict(value: Any) -> dict[str, Any]:
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def write_snapshot(catalog: Catalog, path: Path) -> None:
+    """Write atomically, so a reader never sees half a snapshot."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".catalog-", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(catalog.to_json())
+    os.replace(tmp, path)
+
+
+def read_snapshot(path: Path) -> Catalog | None:
+    """The snapshot at `path`, or None when there is none (or it cannot be read)."""
+    if not path.is_file():
+        return None
+    try:
+        return Catalog.from_json(path.read_text(encoding="utf-8"))
+    except (ValueError, KeyError, TypeError) as exc:
+        log.warning("ignoring unreadable catalog snapshot %s: %s", path, exc)
+        return None

@@ -1,0 +1,54 @@
+"""Find the real cause of a failed load and decide whether retrying can help."""
+
+from __future__ import annotations
+
+import re
+
+# SQLSTATEs worth a retry: connection failures, serialization failures and deadlocks,
+# server shutdown, and resource exhaustion. Everything else (permission denied, undefined
+# table, a value that cannot be loaded) fails the same way again.
+_TRANSIENT_SQLSTATE = re.compile(r"^(08|40001|40P01|57P0[123]|53)")
+_TRANSIENT_NAMES = ("ConnectionResetError", "BrokenPipeError", "ServerError", "ServiceUnavailable",
+                    "InternalServerError", "BadGateway", "GatewayTimeout", "TooManyRequests",
+                    "ConnectionError", "Timeout")
+_TRANSIENT_TEXT = re.compile(
+    r"(server closed the connection unexpectedly|connection reset|could not serialize access|"
+    r"terminating connection|deadlock detected|SQLSTATE: (08\w{3}|40001|40P01|57P0[123]))",
+    re.IGNORECASE,
+)
+
+
+def root_cause(exc: BaseException) -> BaseException:
+    """The innermost exception of a chain (dlt wraps ours in several layers)."""
+    seen = set()
+    current = exc
+    while id(current) not in seen:
+        seen.add(id(current))
+        nxt = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
+        if nxt is None:
+            break
+        current = nxt
+    return current
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True when the same load could succeed if tried again shortly."""
+    from pg_to_bq.extract import LossyValueError
+    from pg_to_bq.plan import PlanError
+    from pg_to_bq.secrets import SecretError
+
+    cause = root_cause(exc)
+    if isinstance(cause, LossyValueError | PlanError | SecretError):
+        return False
+    sqlstate = getattr(cause, "sqlstate", None) or getattr(cause, "sqlstate_", None)
+    if isinstance(sqlstate, str):
+        return bool(_TRANSIENT_SQLSTATE.match(sqlstate))
+    if any(type(c).__name__ in _TRANSIENT_NAMES for c in (cause, exc)):
+        return True
+    return bool(_TRANSIENT_TEXT.search(str(cause)))
+
+
+def describe(exc: BaseException) -> str:
+    cause = root_cause(exc)
+    text = str(cause).strip() or type(cause).__name__
+    return text if isinstance(cause, ValueError | ConnectionError) else f"{type(cause).__name__}: {text}"

@@ -1,0 +1,1 @@
+"""Run launchers: AWS Lambda, and a router between ECS and Lambda."""

@@ -1,0 +1,480 @@
+"""AWS Lambda handler that executes one Dagster run launched by `LambdaRunLauncher`.
+
+Lambda is not a container host: the root file system is read-only, only /tmp is
+writable, HOME is unset, there is no /dev/shm, and the invocation is killed at its
+deadline. So the handler
+
+- points every writable directory under `PG_TO_BQ_WORK_DIR` (default `/tmp/pg_to_bq`):
+  `DAGSTER_HOME` and `DLT_DATA_DIR` when unset, and the instance's local artifact and
+  compute log storage when the launching instance's directories are not writable here;
+  Dagster telemetry is disabled;
+- executes the run in this process with Dagster's in-process executor, whatever executor
+  the job was defined with (the multiprocess executor needs /dev/shm);
+- watches the deadline: `PG_TO_BQ_LAMBDA_DEADLINE_MARGIN_S` seconds (default 30) before
+  it, the run is reported FAILURE with a message saying so, and the execution is
+  interrupted, so the handler returns before Lambda kills it;
+- polls the run's status (every `run_monitoring.cancellation_thread_poll_interval_seconds`
+  of the instance, default 10 s): CANCELING (from `LambdaRunLauncher.terminate`) interrupts
+  the execution and the run ends CANCELED, as Dagster's own cancellation thread does.
+
+Interrupts are Dagster's: a SIGINT to this process, raised inside the running op as
+`DagsterExecutionInterruptedError`. awslambdaric calls the handler on the main thread,
+which is where Python delivers signals.
+
+The handler returns normally once the run has a final status; it raises only when it
+cannot reach the run at all, so Lambda's asynchronous retries never run a run twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Set
+from pathlib import Path
+from typing import Any
+
+import yaml
+from dagster import DagsterInstance, in_process_executor
+from dagster import _check as check
+from dagster._core.definitions.job_base import IJob
+from dagster._core.definitions.reconstruct import ReconstructableJob
+from dagster._core.events import DagsterEvent, EngineEventData, JobFailureData, RunFailureReason
+from dagster._core.execution.api import execute_run_iterator
+from dagster._core.instance import InstanceRef
+from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
+from dagster._grpc.types import ExecuteRunArgs
+from dagster._serdes import deserialize_value
+from dagster._serdes.config_class import ConfigurableClassData
+from dagster._utils.error import serializable_error_info_from_exc_info
+from dagster._utils.hosted_user_process import recon_job_from_origin
+from dagster._utils.interrupts import capture_interrupts
+
+from pg_to_bq.launchers.lambda_launcher import (
+    COMPUTE_TAG,
+    DEADLINE_TAG,
+    ECS_COMPUTE,
+    EVENT_ARGS_KEY,
+    EXITED_TAG,
+    LOG_STREAM_TAG,
+    REQUEST_ID_TAG,
+    STOP_STATUSES,
+)
+from pg_to_bq.settings import DEFAULT_WORK_DIR
+
+log = logging.getLogger(__name__)
+
+WORK_DIR_ENV = "PG_TO_BQ_WORK_DIR"
+DEADLINE_MARGIN_ENV = "PG_TO_BQ_LAMBDA_DEADLINE_MARGIN_S"
+DEFAULT_DEADLINE_MARGIN_S = 30.0
+
+_LOCAL_ARTIFACT_STORAGE = ("dagster._core.storage.root", "LocalArtifactStorage")
+_LOCAL_COMPUTE_LOGS = (
+    "dagster._core.storage.local_compute_log_manager",
+    "LocalComputeLogManager",
+)
+# Executor settings that mean the same thing for the in-process executor; the rest
+# (max_concurrent, start_method, tag_concurrency_limits) only apply to subprocesses.
+_IN_PROCESS_EXECUTOR_KEYS = ("retries", "step_dependency_config")
+
+
+def deadline_message(elapsed_s: float, margin_s: float) -> str:
+    """The failure message of a run stopped at the Lambda deadline."""
+    return (
+        f"Lambda deadline reached after {elapsed_s:.0f}s: the run was stopped {margin_s:.0f}s "
+        f"before the function's timeout. Rerun it on ECS with the tag "
+        f"{COMPUTE_TAG}={ECS_COMPUTE}."
+    )
+
+
+# --- environment ------------------------------------------------------------------------
+
+
+def _writable(path: Path) -> bool:
+    """Whether `path` can be created or written, judged by its nearest existing ancestor."""
+    for candidate in [path, *path.parents]:
+        if candidate.exists():
+            return candidate.is_dir() and os.access(candidate, os.W_OK)
+    return False
+
+
+def prepare_environment(environ: dict[str, str] | None = None) -> Path:
+    """Point writable state under the work dir (default /tmp/pg_to_bq) and return it."""
+    env = os.environ if environ is None else environ
+    work_dir = Path(env.get(WORK_DIR_ENV) or DEFAULT_WORK_DIR)
+    env[WORK_DIR_ENV] = str(work_dir)
+    env.setdefault("DAGSTER_HOME", str(work_dir / "dagster_home"))
+    env.setdefault("DLT_DATA_DIR", str(work_dir / "dlt"))
+    for key in ("DAGSTER_HOME", "DLT_DATA_DIR"):
+        Path(env[key]).mkdir(parents=True, exist_ok=True)
+    return work_dir
+
+
+def _relocated(data: ConfigurableClassData | None, kind: tuple[str, str], base_dir: Path):
+    """`data` with its `base_dir` moved to `base_dir` when it is a local store we cannot write."""
+    if data is None or (data.module_name, data.class_name) != kind:
+        return data
+    config = yaml.safe_load(data.config_yaml) or {}
+    current = config.get("base_dir")
+    if current and _writable(Path(current)):
+        return data
+    config["base_dir"] = str(base_dir)
+    return ConfigurableClassData(data.module_name, data.class_name, yaml.safe_dump(config))
+
+
+def lambda_instance_ref(ref: InstanceRef, work_dir: Path) -> InstanceRef:
+    """The launching instance's ref, made usable on Lambda's read-only file system.
+
+    Run, event and schedule storage stay as they are (they must be shared with the
+    launcher, e.g. PostgreSQL). Local artifact and compute log directories that are not
+    writable here move under `work_dir`; telemetry is turned off.
+    """
+    dagster_dir = work_dir / "dagster_home"
+    return ref._replace(
+        local_artifact_storage_data=_relocated(
+            ref.local_artifact_storage_data, _LOCAL_ARTIFACT_STORAGE, dagster_dir
+        ),
+        compute_logs_data=_relocated(
+            ref.compute_logs_data, _LOCAL_COMPUTE_LOGS, dagster_dir / "storage"
+        ),
+        settings={**ref.settings, "telemetry": {"enabled": False}},
+    )
+
+
+# --- in-process execution ---------------------------------------------------------------
+
+
+class InProcessJob(IJob):
+    """A reconstructable job whose executor is replaced by Dagster's in-process executor.
+
+    Loading, subsetting and repository load data go through the `ReconstructableJob`;
+    only the executor differs, so the steps run in this process without /dev/shm.
+    """
+
+    def __init__(self, recon_job: ReconstructableJob):
+        self._recon_job = recon_job
+        self._definition = None
+
+    def get_definition(self):
+        if self._definition is None:
+            self._definition = self._recon_job.get_definition().with_executor_def(
+                in_process_executor
+            )
+        return self._definition
+
+    def get_repository_definition(self):
+        return self._recon_job.get_repository_definition()
+
+    def get_subset(self, *, op_selection=None, asset_selection=None, asset_check_selection=None):
+        return InProcessJob(
+            self._recon_job.get_subset(
+                op_selection=op_selection,
+                asset_selection=asset_selection,
+                asset_check_selection=asset_check_selection,
+            )
+        )
+
+    @property
+    def op_selection(self) -> Set[str] | None:
+        return self._recon_job.op_selection
+
+    @property
+    def asset_selection(self):
+        return self._recon_job.asset_selection
+
+    @property
+    def asset_check_selection(self):
+        return self._recon_job.asset_check_selection
+
+
+def in_process_run_config(run_config: Mapping[str, Any]) -> Mapping[str, Any]:
+    """`run_config` with its executor section rewritten for the in-process executor.
+
+    Understands `multi_or_in_process_executor` (`{"multiprocess": {...}}` or
+    `{"in_process": {...}}`) and plain executor config; keeps only the settings the
+    in-process executor shares (retries, step dependency config).
+    """
+    execution = run_config.get("execution")
+    if not execution:
+        return run_config
+    config = (execution.get("config") if isinstance(execution, Mapping) else None) or {}
+    for choice in ("in_process", "multiprocess"):
+        if isinstance(config.get(choice), Mapping) or choice in config:
+            config = config.get(choice) or {}
+            break
+    kept = {key: config[key] for key in _IN_PROCESS_EXECUTOR_KEYS if key in config}
+    return {**run_config, "execution": {"config": kept}}
+
+
+def _report_failed_if_unfinished(
+    instance: DagsterInstance, run_id: str, message: str
+) -> Iterator[DagsterEvent]:
+    run = instance.get_run_by_id(run_id)
+    if run and not run.is_finished:
+        yield instance.report_run_failed(
+            run,
+            message,
+            JobFailureData(error=None, failure_reason=RunFailureReason.RUN_EXCEPTION),
+        )
+
+
+def execute_run_in_process(instance: DagsterInstance, run: DagsterRun) -> Iterator[DagsterEvent]:
+    """Execute `run` in this process, like `dagster api execute_run` but in-process.
+
+    Mirrors `dagster._grpc.impl.core_execute_run`: load the job first (a load failure
+    fails the run with the error), then execute with the run config's executor section
+    adapted to the in-process executor.
+    """
+    origin = check.not_none(run.job_code_origin, f"Run {run.run_id} has no code origin.")
+    try:
+        instance.inject_env_vars(run.remote_job_origin.location_name if run.remote_job_origin else None)
+        recon_job = recon_job_from_origin(origin)
+        if run.has_repository_load_data:
+            snapshot = instance.get_execution_plan_snapshot(
+                check.not_none(run.execution_plan_snapshot_id)
+            )
+            recon_job = recon_job.with_repository_load_data(snapshot.repository_load_data)
+        job = InProcessJob(recon_job)
+        job.get_definition()
+    except Exception:
+        yield instance.report_engine_event(
+            "Could not load job definition.",
+            run,
+            EngineEventData.engine_error(serializable_error_info_from_exc_info(sys.exc_info())),
+        )
+        yield from _report_failed_if_unfinished(
+            instance, run.run_id, "Could not load the job definition in the Lambda handler."
+        )
+        return
+
+    # Reload: the run may have been canceled while the code location was loading.
+    run = check.not_none(instance.get_run_by_id(run.run_id))
+    run = run._replace(run_config=in_process_run_config(run.run_config))
+    try:
+        yield from execute_run_iterator(job, run, instance)
+    except Exception:
+        yield instance.report_engine_event(
+            "An exception was thrown during execution that is likely a framework error, "
+            "rather than an error in user code.",
+            run,
+            EngineEventData.engine_error(serializable_error_info_from_exc_info(sys.exc_info())),
+        )
+        yield from _report_failed_if_unfinished(
+            instance, run.run_id, "The run worker in the Lambda handler raised an exception."
+        )
+
+
+# --- deadline and cancellation ----------------------------------------------------------
+
+
+class RunWatchdog(threading.Thread):
+    """Stops the execution on the main thread at the deadline or when the run is canceled.
+
+    Wakes every `poll_interval_s` to read the run's status; at CANCELING, CANCELED or
+    FAILURE it interrupts the main thread (Dagster then ends the run CANCELED, or keeps
+    the status it already has). When `remaining_s()` drops to `margin_s` it first reports
+    the run FAILURE with `deadline_message`, then interrupts.
+    """
+
+    def __init__(
+        self,
+        instance: DagsterInstance,
+        run_id: str,
+        remaining_s: Callable[[], float],
+        margin_s: float,
+        poll_interval_s: float,
+        interrupt: Callable[[], None] | None = None,
+    ):
+        super().__init__(name="pg-to-bq-lambda-watchdog", daemon=True)
+        self._instance = instance
+        self._run_id = run_id
+        self._remaining_s = remaining_s
+        self._margin_s = margin_s
+        self._poll_interval_s = poll_interval_s
+        self._interrupt = interrupt or (lambda: os.kill(os.getpid(), signal.SIGINT))
+        self._started_at = time.monotonic()
+        self._shutdown = threading.Event()
+        self.reason: str | None = None
+
+    def shutdown(self) -> None:
+        self._shutdown.set()
+        self.join()
+
+    def run(self) -> None:
+        try:
+            self._watch()
+        except Exception:
+            log.exception("watchdog of run %s failed; the deadline is no longer watched", self._run_id)
+
+    def _watch(self) -> None:
+        while not self._shutdown.is_set():
+            until_deadline = self._remaining_s() - self._margin_s
+            if until_deadline <= 0:
+                self._stop_at_deadline()
+                return
+            if self._shutdown.wait(min(self._poll_interval_s, until_deadline)):
+                return
+            run = self._instance.get_run_by_id(self._run_id)
+            if run is None or run.status in STOP_STATUSES:
+                self.reason = f"run status {run.status.value if run else 'deleted'}"
+                log.info("Run %s: %s, interrupting execution", self._run_id, self.reason)
+                self._interrupt()
+                return
+
+    def _stop_at_deadline(self) -> None:
+        run = self._instance.get_run_by_id(self._run_id)
+        if run is None or run.is_finished:
+            return
+        elapsed = time.monotonic() - self._started_at
+        message = deadline_message(elapsed, self._margin_s)
+        if run.status == DagsterRunStatus.CANCELING:
+            self.reason = "deadline while canceling"
+            self._instance.report_run_canceled(run, f"{message} (the run was being canceled)")
+        else:
+            self.reason = "deadline"
+            self._instance.report_run_failed(
+                run,
+                message,
+                JobFailureData(error=None, failure_reason=RunFailureReason.UNEXPECTED_TERMINATION),
+            )
+        log.warning("Run %s: %s", self._run_id, message)
+        self._interrupt()
+
+
+# --- handler ----------------------------------------------------------------------------
+
+
+def _deadline_margin_s() -> float:
+    raw = os.environ.get(DEADLINE_MARGIN_ENV)
+    if not raw:
+        return DEFAULT_DEADLINE_MARGIN_S
+    try:
+        margin = float(raw)
+    except ValueError as error:
+        raise ValueError(f"{DEADLINE_MARGIN_ENV} must be a number of seconds, got {raw!r}") from error
+    if margin < 0:
+        raise ValueError(f"{DEADLINE_MARGIN_ENV} must not be negative, got {raw!r}")
+    return margin
+
+
+def parse_event(event: Mapping[str, Any]) -> ExecuteRunArgs:
+    """The `ExecuteRunArgs` carried by a `LambdaRunLauncher` event."""
+    if not isinstance(event, Mapping) or EVENT_ARGS_KEY not in event:
+        raise ValueError(
+            f"not a pg_to_bq run event: expected a JSON object with {EVENT_ARGS_KEY!r}"
+        )
+    return deserialize_value(event[EVENT_ARGS_KEY], ExecuteRunArgs)
+
+
+def _refuse_unless_startable(instance: DagsterInstance, run: DagsterRun, request_id: str) -> bool:
+    """Handle a run this invocation must not execute; True when the handler should stop."""
+    if run.is_finished:
+        instance.report_engine_event(
+            f"Lambda request {request_id} ignored: the run already finished ({run.status.value}).",
+            run,
+        )
+        return True
+    if run.status == DagsterRunStatus.CANCELING:
+        instance.report_run_canceled(run, "Run canceled before its Lambda handler started.")
+        return True
+    if run.status == DagsterRunStatus.STARTED:
+        # Lambda delivers an asynchronous event again after a failed attempt, and may
+        # deliver it twice. Either way the run never executes a second time here.
+        previous = run.tags.get(REQUEST_ID_TAG, "?")
+        deadline = run.tags.get(DEADLINE_TAG)
+        if deadline and float(deadline) < time.time():
+            instance.report_run_failed(
+                run,
+                f"The Lambda attempt that started this run (request {previous}) stopped "
+                "without finishing it; Lambda delivered the run again, which does not "
+                "re-execute it.",
+                JobFailureData(error=None, failure_reason=RunFailureReason.RUN_WORKER_RESTART),
+            )
+        else:
+            instance.report_engine_event(
+                f"Lambda request {request_id} ignored: the run is already executing "
+                f"(request {previous}).",
+                run,
+            )
+        return True
+    return False
+
+
+def handler(event: Mapping[str, Any], context: Any) -> dict[str, Any]:
+    """Lambda entry point: execute the run described by `event` in this process."""
+    work_dir = prepare_environment()
+    margin_s = _deadline_margin_s()
+    args = parse_event(event)
+    request_id = getattr(context, "aws_request_id", None) or "local"
+    instance_ref = lambda_instance_ref(check.not_none(args.instance_ref), work_dir)
+
+    with DagsterInstance.from_ref(instance_ref) as instance:
+        run = check.not_none(
+            instance.get_run_by_id(args.run_id), f"Run {args.run_id} not found in the instance."
+        )
+        if _refuse_unless_startable(instance, run, request_id):
+            return _result(instance, args.run_id, request_id)
+
+        remaining_s = lambda: context.get_remaining_time_in_millis() / 1000.0  # noqa: E731
+        tags = {
+            REQUEST_ID_TAG: request_id,
+            DEADLINE_TAG: f"{time.time() + remaining_s():.3f}",
+        }
+        log_stream = getattr(context, "log_stream_name", None)
+        if log_stream:
+            tags[LOG_STREAM_TAG] = f"{getattr(context, 'log_group_name', '')}:{log_stream}"
+        instance.add_run_tags(run.run_id, tags)
+        instance.report_engine_event(
+            f"Started run worker in Lambda request {request_id} (pid {os.getpid()}, "
+            f"in-process executor, {remaining_s():.0f}s until the Lambda deadline, "
+            f"stopping {margin_s:.0f}s before it).",
+            run,
+            EngineEventData.in_process(os.getpid()),
+        )
+
+        try:
+            with capture_interrupts():
+                watchdog = RunWatchdog(
+                    instance,
+                    run.run_id,
+                    remaining_s,
+                    margin_s,
+                    poll_interval_s=instance.cancellation_thread_poll_interval_seconds,
+                )
+                watchdog.start()
+                try:
+                    for _ in execute_run_in_process(instance, run):
+                        pass
+                finally:
+                    # Joined inside capture_interrupts: a late interrupt only sets a flag.
+                    watchdog.shutdown()
+            for _ in _report_failed_if_unfinished(
+                instance, run.run_id, "The Lambda run worker ended without a final run status."
+            ):
+                pass
+        except BaseException:
+            instance.report_engine_event(
+                "The Lambda run worker failed.",
+                run,
+                EngineEventData.engine_error(serializable_error_info_from_exc_info(sys.exc_info())),
+            )
+            for _ in _report_failed_if_unfinished(
+                instance, run.run_id, "The Lambda run worker failed; see the engine event."
+            ):
+                pass
+        finally:
+            instance.add_run_tags(run.run_id, {EXITED_TAG: f"{time.time():.3f}"})
+            instance.report_engine_event(f"Lambda request {request_id} finished.", run)
+        return _result(instance, run.run_id, request_id)
+
+
+def _result(instance: DagsterInstance, run_id: str, request_id: str) -> dict[str, Any]:
+    run = instance.get_run_by_id(run_id)
+    return {
+        "run_id": run_id,
+        "status": run.status.value if run else None,
+        "request_id": request_id,
+    }

@@ -1,0 +1,203 @@
+"""Wiring: settings → catalog snapshot → plans → assets, jobs, schedules and resources."""
+
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+
+import dagster as dg
+from dagster_aws.secretsmanager import SecretsManagerResource
+
+from pg_to_bq.assets import (
+    PARTITIONED_TAG,
+    SCHEDULE_TAG,
+    AssetContext,
+    build_assets,
+)
+from pg_to_bq.catalog import Catalog, discover, read_snapshot, write_snapshot
+from pg_to_bq.overrides import load_overrides
+from pg_to_bq.plan import TablePlan, build_plans
+from pg_to_bq.resources import Destination, SourceDatabase, read_secret
+from pg_to_bq.secrets import source_url_from_secret
+from pg_to_bq.settings import PREFIX, Settings, SettingsError
+from pg_to_bq.source import SourceUnreachable, connect
+
+log = logging.getLogger(__name__)
+
+NIGHTLY_JOB = "mirror_all_tables"
+NIGHTLY_SCHEDULE = "nightly_mirror"
+REFRESH_JOB = "refresh_catalog"
+
+
+@dataclass(frozen=True)
+class CatalogLoad:
+    catalog: Catalog
+    origin: str  # "snapshot", "live", "stale snapshot" or "none"
+    warning: str | None = None
+
+
+def resolve_source_url(settings: Settings) -> str:
+    """The source URL, reading the secret when only a secret id is configured."""
+    if settings.source_url:
+        return settings.source_url
+    assert settings.source_secret is not None
+    secrets = SecretsManagerResource(region_name=settings.aws_region)
+    return source_url_from_secret(read_secret(secrets, settings.source_secret),
+                                  settings.source_secret)
+
+
+def refresh_catalog(settings: Settings) -> Catalog:
+    """Query PostgreSQL (one query) and write the snapshot."""
+    url = resolve_source_url(settings)
+    with connect(url, statement_timeout_s=settings.statement_timeout_s) as conn:
+        catalog = discover(conn, settings.schemas, settings.include_views)
+    write_snapshot(catalog, settings.snapshot_path)
+    return catalog
+
+
+def load_catalog(settings: Settings, refresh: bool = False) -> CatalogLoad:
+    """The snapshot when there is one; otherwise (or when asked) a live discovery.
+
+    When PostgreSQL cannot be reached the last snapshot is used with a warning, so the
+    code location keeps loading; without any snapshot the catalog is empty.
+    """
+    snapshot = None if refresh else read_snapshot(settings.snapshot_path)
+    if snapshot is not None:
+        return CatalogLoad(snapshot, "snapshot")
+    try:
+        return CatalogLoad(refresh_catalog(settings), "live")
+    except (SourceUnreachable, OSError, ValueError) as exc:
+        stale = read_snapshot(settings.snapshot_path)
+        if stale is not None:
+            warning = (f"PostgreSQL unreachable ({exc}); using the catalog snapshot of "
+                       f"{stale.discovered_at} from {settings.snapshot_path}")
+            return CatalogLoad(stale, "stale snapshot", warning)
+        if refresh:
+            raise
+        warning = (f"PostgreSQL unreachable ({exc}) and no catalog snapshot at "
+                   f"{settings.snapshot_path}: no table assets until discovery succeeds "
+                   f"(run `pg-to-bq discover --refresh` or the {REFRESH_JOB} job)")
+        return CatalogLoad(Catalog(tables=()), "none", warning)
+
+
+def plans_for(settings: Settings, catalog: Catalog) -> list[TablePlan]:
+    """Select tables by the include/exclude settings and plan them."""
+    if catalog.tables:
+        unmatched = catalog.unmatched_patterns(settings.include)
+        if unmatched:
+            raise SettingsError(
+                f"{PREFIX}INCLUDE pattern(s) {unmatched} match no table; tables look like "
+                f"{', '.join(t.qualified_name for t in catalog.tables[:3])}"
+            )
+    selected = catalog.select(settings.include, settings.exclude)
+    return build_plans(selected, settings.destination.kind, load_overrides(settings.tables_file))
+
+
+def asset_context(settings: Settings) -> AssetContext:
+    if settings.destination.kind == "bigquery":
+        prefix = f"{settings.bigquery_project}.{settings.dataset}"
+    else:
+        assert settings.destination.path is not None
+        prefix = f"{settings.destination.path.stem}.{settings.dataset}"
+    return AssetContext(
+        destination_kind=settings.destination.kind,
+        dataset=settings.dataset,
+        qualified_prefix=prefix,
+        owners=settings.owners,
+        tags=tuple(sorted(settings.tags.items())),
+        freshness=timedelta(hours=settings.freshness_hours),
+    )
+
+
+def build_resources(settings: Settings) -> dict[str, object]:
+    secrets = SecretsManagerResource(region_name=settings.aws_region)
+    return {
+        "source": SourceDatabase(
+            url=dg.EnvVar(f"{PREFIX}SOURCE_URL") if settings.source_url else None,
+            secret_id=settings.source_secret,
+            statement_timeout_s=settings.statement_timeout_s,
+            batch_bytes=settings.batch_bytes,
+            hash_salt=dg.EnvVar(f"{PREFIX}HASH_SALT") if settings.hash_salt_set else None,
+            hash_salt_secret_id=settings.hash_salt_secret,
+            secrets=secrets,
+        ),
+        "destination": Destination(
+            kind=settings.destination.kind,
+            duckdb_path=str(settings.destination.path) if settings.destination.path else None,
+            dataset=settings.dataset,
+            work_dir=str(settings.work_dir),
+            bigquery_project=settings.bigquery_project,
+            bigquery_location=settings.bigquery_location,
+            bigquery_credentials_secret_id=settings.bigquery_credentials_secret,
+            bigquery_key_file=str(settings.bigquery_key_file) if settings.bigquery_key_file
+            else None,
+            secrets=secrets,
+        ),
+        "secrets": secrets,
+    }
+
+
+@dg.op(description="Re-read the PostgreSQL catalog (one query) and write the snapshot; "
+                   "reload the code location afterwards to see new tables.")
+def refresh_catalog_op(context: dg.OpExecutionContext) -> None:
+    settings = Settings.from_env()
+    catalog = refresh_catalog(settings)
+    context.log.info(f"catalog snapshot written to {settings.snapshot_path}: "
+                     f"{len(catalog.tables)} tables")
+    context.add_output_metadata({"tables": len(catalog.tables),
+                                 "snapshot": str(settings.snapshot_path)})
+
+
+@dg.job(name=REFRESH_JOB, description="Rediscover PostgreSQL tables (then reload the code location)")
+def refresh_catalog_job() -> None:
+    refresh_catalog_op()
+
+
+def build_definitions(settings: Settings | None = None) -> dg.Definitions:
+    """Everything the code location serves. Reads the catalog snapshot, not PostgreSQL."""
+    settings = settings or Settings.from_env()
+    loaded = load_catalog(settings)
+    if loaded.warning:
+        log.warning(loaded.warning)
+    plans = plans_for(settings, loaded.catalog)
+    for plan in plans:
+        if not plan.columns:
+            log.warning("table %s has no loadable columns and is skipped", plan.name)
+    source_specs, table_assets = build_assets(plans, asset_context(settings))
+    jobs: list = [refresh_catalog_job]
+    schedules: list = []
+    if any(p.scheduled and p.partition is None and p.columns for p in plans):
+        nightly = dg.define_asset_job(
+            NIGHTLY_JOB,
+            selection=dg.AssetSelection.tag(SCHEDULE_TAG, "nightly"),
+            description="Load every scheduled table (one step per table)",
+        )
+        jobs.append(nightly)
+        schedules.append(
+            dg.ScheduleDefinition(
+                name=NIGHTLY_SCHEDULE,
+                job=nightly,
+                cron_schedule=settings.schedule_cron,
+                execution_timezone=settings.schedule_timezone,
+                default_status=dg.DefaultScheduleStatus.RUNNING,
+                description="Mirror every table nightly (incremental where a cursor allows)",
+            )
+        )
+    for granularity in ("day", "month"):
+        partitioned = [p for p in plans if p.partition and p.partition.granularity == granularity
+                       and p.scheduled]
+        if partitioned:
+            job = dg.define_asset_job(
+                f"mirror_{granularity}_partitions",
+                selection=dg.AssetSelection.tag(PARTITIONED_TAG, granularity),
+            )
+            jobs.append(job)
+            schedules.append(dg.build_schedule_from_partitioned_job(
+                job, name=f"nightly_{granularity}_partitions",
+                default_status=dg.DefaultScheduleStatus.RUNNING))
+    return dg.Definitions(
+        assets=[*source_specs, *table_assets],
+        jobs=jobs,
+        schedules=schedules,
+        resources=build_resources(settings),
+    )

@@ -1,0 +1,148 @@
+"""Dagster resources: the source PostgreSQL, the destination, and secrets.
+
+Secret values are resolved when a run asks for them (never at import, never in logs
+or metadata): plain values come through `dg.EnvVar`, secret ids through AWS Secrets
+Manager via dagster-aws's `SecretsManagerResource`.
+"""
+
+
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+from dagster_aws.secretsmanager import SecretsManagerResource
+from pydantic import PrivateAttr
+
+from pg_to_bq.secrets import SecretError, service_account_info, source_url_from_secret
+
+
+def read_secret(secrets: SecretsManagerResource, secret_id: str) -> str:
+    """The SecretString of `secret_id`; errors name the id and the AWS error code only."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        response = secrets.get_client().get_secret_value(SecretId=secret_id)
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "error")
+        raise SecretError(f"cannot read secret {secret_id!r} from AWS Secrets Manager: {code}") from None
+    except BotoCoreError as exc:
+        raise SecretError(
+            f"cannot reach AWS Secrets Manager for secret {secret_id!r}: {type(exc).__name__}"
+        ) from None
+    value = response.get("SecretString")
+    if not value:
+        raise SecretError(f"secret {secret_id!r} has no SecretString (binary secrets are not supported)")
+    return value
+
+
+class SourceDatabase(dg.ConfigurableResource):
+    """The PostgreSQL database to mirror.
+
+    Attributes:
+        url: A PostgreSQL URL (set through `dg.EnvVar`, so the UI shows the variable's name).
+        secret_id: Or the id of a Secrets Manager secret holding it.
+        statement_timeout_s: Statement timeout on every connection (0 = none).
+        batch_bytes: Target size of one Arrow batch; bounds the extractor's memory.
+        hash_salt: Salt for hashed columns (set through `dg.EnvVar`).
+        hash_salt_secret_id: Or a secret holding the salt.
+    """
+
+    url: str | None = None
+    secret_id: str | None = None
+    statement_timeout_s: int = 3600
+    batch_bytes: int = 16 * 1024 * 1024
+    hash_salt: str | None = None
+    hash_salt_secret_id: str | None = None
+    secrets: dg.ResourceDependency[SecretsManagerResource] = None  # type: ignore[assignment]
+    _cache: dict = PrivateAttr(default_factory=dict)
+
+    def resolved_url(self) -> str:
+        if "url" not in self._cache:
+            if self.url:
+                self._cache["url"] = self.url
+            elif self.secret_id:
+                self._cache["url"] = source_url_from_secret(
+                    read_secret(self._secrets(), self.secret_id), self.secret_id
+                )
+            else:
+                raise SecretError("no source configured: set PG_TO_BQ_SOURCE_URL or PG_TO_BQ_SOURCE_SECRET")
+        return self._cache["url"]
+
+    def resolved_hash_salt(self) -> bytes | None:
+        if self.hash_salt:
+            return self.hash_salt.encode("utf-8")
+        if self.hash_salt_secret_id:
+            return read_secret(self._secrets(), self.hash_salt_secret_id).encode("utf-8")
+        return None
+
+    def _secrets(self) -> SecretsManagerResource:
+        return self.secrets or SecretsManagerResource()
+
+
+class Destination(dg.ConfigurableResource):
+    """Where tables land: a DuckDB file or BigQuery.
+
+    Attributes:
+        kind: `duckdb` or `bigquery`.
+        duckdb_path: The DuckDB file (kind duckdb).
+        dataset: Dataset (BigQuery) or schema (DuckDB) receiving the tables.
+        work_dir: Root of every working directory (dlt pipelines); must be writable.
+        bigquery_project / bigquery_location: The BigQuery project and dataset location.
+        bigquery_credentials_secret_id: A Secrets Manager secret holding a service-account key.
+        bigquery_key_file: Or a key file; with neither, application default credentials.
+    """
+
+    kind: str = "duckdb"
+    duckdb_path: str | None = None
+    dataset: str = "pg_raw"
+    work_dir: str = "/tmp/pg_to_bq"
+    bigquery_project: str | None = None
+    bigquery_location: str = "US"
+    bigquery_credentials_secret_id: str | None = None
+    bigquery_key_file: str | None = None
+    secrets: dg.ResourceDependency[SecretsManagerResource] = None  # type: ignore[assignment]
+
+    @property
+    def work_path(self) -> Path:
+        return Path(self.work_dir)
+
+    def dlt_destination(self) -> Any:
+        """A dlt destination instance; credentials are resolved here, at run time."""
+        import dlt
+
+        if self.kind == "duckdb":
+            if not self.duckdb_path:
+                raise ValueError("destination duckdb needs a file path (PG_TO_BQ_DESTINATION)")
+            Path(self.duckdb_path).parent.mkdir(parents=True, exist_ok=True)
+            return dlt.destinations.duckdb(
+                credentials=self.duckdb_path, replace_strategy="insert-from-staging"
+            )
+        if self.kind == "bigquery":
+            return dlt.destinations.bigquery(
+                credentials=self.bigquery_credentials(),
+                location=self.bigquery_location,
+                project_id=self.bigquery_project,
+                replace_strategy="insert-from-staging",
+            )
+        raise ValueError(f"unknown destination kind {self.kind!r}")
+
+    def bigquery_credentials(self) -> Any:
+        """Service-account info from a secret or key file, or None for default credentials."""
+        if self.bigquery_credentials_secret_id:
+            secret_id = self.bigquery_credentials_secret_id
+            secrets = self.secrets or SecretsManagerResource()
+            return service_account_info(read_secret(secrets, secret_id), secret_id)
+        if self.bigquery_key_file:
+            path = Path(self.bigquery_key_file)
+            return service_account_info(path.read_text(encoding="utf-8"), str(path))
+        return None
+
+    def describe(self) -> str:
+        if self.kind == "duckdb":
+            return f"duckdb:///{self.duckdb_path}"
+        return f"bigquery project {self.bigquery_project} ({self.bigquery_location})"
+
+    def qualified_table(self, table: str) -> str:
+        if self.kind == "bigquery":
+            return f"{self.bigquery_project}.{self.dataset}.{table}"
+        return f"{Path(self.duckdb_path or '').stem}.{self.dataset}.{table}"

@@ -1,0 +1,277 @@
+"""Settings from `PG_TO_BQ_*` environment variables.
+
+Every setting is read and validated here, once, so a bad value fails early with one
+message naming the variable. Reading settings never touches the network: secret ids
+are kept as ids and resolved at run time by the resources.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+PREFIX = "PG_TO_BQ_"
+DEFAULT_CRON = "0 16 * * *"
+DEFAULT_DATASET = "pg_raw"
+DEFAULT_WORK_DIR = "/tmp/pg_to_bq"
+_DATASET_RE = re.compile(r"^[A-Za-z0-9_]{1,1024}$")
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed. The message names the variable and the problem."""
+
+
+@dataclass(frozen=True)
+class DestinationSpec:
+    """Where tables land: `kind` is `duckdb` (with `path`) or `bigquery`."""
+
+    kind: str
+    path: Path | None = None
+
+    def describe(self) -> str:
+        return f"duckdb:///{self.path}" if self.kind == "duckdb" else "bigquery"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated pg_to_bq settings. Build with `Settings.from_env()`."""
+
+    source_url: str | None
+    source_secret: str | None
+    destination: DestinationSpec
+    dataset: str
+    schemas: tuple[str, ...] = ()
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    include_views: bool = False
+    work_dir: Path = Path(DEFAULT_WORK_DIR)
+    catalog_path: Path | None = None
+    tables_file: Path | None = None
+    schedule_cron: str = DEFAULT_CRON
+    schedule_timezone: str = "UTC"
+    bigquery_project: str | None = None
+    bigquery_location: str = "US"
+    bigquery_credentials_secret: str | None = None
+    bigquery_key_file: Path | None = None
+    aws_region: str | None = None
+    batch_bytes: int = 16 * 1024 * 1024
+    parallel_streams: int = 1
+    max_source_connections: int = 4
+    statement_timeout_s: int = 3600
+    owners: tuple[str, ...] = ()
+    tags: Mapping[str, str] = field(default_factory=dict)
+    freshness_hours: int = 48
+    hash_salt_set: bool = False
+    hash_salt_secret: str | None = None
+
+    @property
+    def snapshot_path(self) -> Path:
+        """Where the catalog snapshot lives (`PG_TO_BQ_CATALOG_PATH`, default under the work dir)."""
+        return self.catalog_path or self.work_dir / "catalog.json"
+
+    def redacted_source(self) -> str:
+        """The source location for messages: host, port and database, never the password."""
+        if self.source_url:
+            return redact_url(self.source_url)
+        return f"secret {self.source_secret!r}"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read and validate settings from `env` (default: the process environment)."""
+        env = os.environ if env is None else env
+
+        def get(name: str, default: str | None = None) -> str | None:
+            value = env.get(PREFIX + name)
+            if value is None or value.strip() == "":
+                return default
+            return value.strip()
+
+        source_url = get("SOURCE_URL")
+        source_secret = get("SOURCE_SECRET")
+        if not source_url and not source_secret:
+            raise SettingsError(
+                f"{PREFIX}SOURCE_URL is not set: set it to a PostgreSQL URL "
+                f"(postgresql://user:password@host:5432/dbname) or set {PREFIX}SOURCE_SECRET "
+                "to the id of an AWS Secrets Manager secret holding it"
+            )
+        if source_url:
+            _check_postgres_url(source_url)
+
+        work_dir = Path(get("WORK_DIR", DEFAULT_WORK_DIR)).expanduser()
+        destination = parse_destination(get("DESTINATION", f"duckdb:///{work_dir}/pg_to_bq.duckdb"))
+        dataset = get("DATASET", DEFAULT_DATASET)
+        if not _DATASET_RE.match(dataset):
+            raise SettingsError(
+                f"{PREFIX}DATASET={dataset!r} is not a valid dataset name: use letters, digits "
+                "and underscores only (BigQuery's rule)"
+            )
+        cron = get("SCHEDULE_CRON", DEFAULT_CRON)
+        _check_cron(cron)
+        timezone = get("SCHEDULE_TIMEZONE", "UTC")
+        try:
+            ZoneInfo(timezone)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise SettingsError(
+                f"{PREFIX}SCHEDULE_TIMEZONE={timezone!r} is not a known IANA time zone "
+                "(for example UTC or Asia/Tokyo)"
+            ) from exc
+
+        bigquery_project = get("BIGQUERY_PROJECT")
+        key_file = get("BIGQUERY_KEY_FILE")
+        if destination.kind == "bigquery" and not bigquery_project:
+            raise SettingsError(
+                f"{PREFIX}BIGQUERY_PROJECT is not set: {PREFIX}DESTINATION=bigquery needs the "
+                "Google Cloud project id to load into"
+            )
+        if key_file and not Path(key_file).expanduser().is_file():
+            raise SettingsError(f"{PREFIX}BIGQUERY_KEY_FILE={key_file!r}: no such file")
+
+        return cls(
+            source_url=source_url,
+            source_secret=source_secret if not source_url else None,
+            destination=destination,
+            dataset=dataset,
+            schemas=_split(get("SCHEMAS", "")),
+            include=_split(get("INCLUDE", "")),
+            exclude=_split(get("EXCLUDE", "")),
+            include_views=_bool(get("INCLUDE_VIEWS", "false"), "INCLUDE_VIEWS"),
+            work_dir=work_dir,
+            catalog_path=Path(p).expanduser() if (p := get("CATALOG_PATH")) else None,
+            tables_file=_existing_file(get("TABLES_FILE"), "TABLES_FILE"),
+            schedule_cron=cron,
+            schedule_timezone=timezone,
+            bigquery_project=bigquery_project,
+            bigquery_location=get("BIGQUERY_LOCATION", "US"),
+            bigquery_credentials_secret=get("BIGQUERY_CREDENTIALS_SECRET"),
+            bigquery_key_file=Path(key_file).expanduser() if key_file else None,
+            aws_region=get("AWS_REGION") or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION"),
+            batch_bytes=_positive_int(get("BATCH_BYTES", str(16 * 1024 * 1024)), "BATCH_BYTES"),
+            parallel_streams=_positive_int(get("PARALLEL_STREAMS", "1"), "PARALLEL_STREAMS"),
+            max_source_connections=_positive_int(
+                get("MAX_SOURCE_CONNECTIONS", "4"), "MAX_SOURCE_CONNECTIONS"
+            ),
+            statement_timeout_s=_non_negative_int(
+                get("STATEMENT_TIMEOUT_S", "3600"), "STATEMENT_TIMEOUT_S"
+            ),
+            owners=_split(get("OWNERS", "")),
+            tags=_tags(get("TAGS", "")),
+            freshness_hours=_positive_int(get("FRESHNESS_HOURS", "48"), "FRESHNESS_HOURS"),
+            hash_salt_set=get("HASH_SALT") is not None,
+            hash_salt_secret=get("HASH_SALT_SECRET"),
+        )
+
+
+def parse_destination(value: str) -> DestinationSpec:
+    """Parse `PG_TO_BQ_DESTINATION`: `duckdb:///path/file.duckdb` or `bigquery`."""
+    if value == "bigquery":
+        return DestinationSpec("bigquery")
+    if value.startswith("duckdb:///"):
+        path = value[len("duckdb:///") :]
+        if not path or path.endswith("/"):
+            raise SettingsError(
+                f"{PREFIX}DESTINATION={value!r} names no file: write duckdb:///path/to/file.duckdb"
+            )
+        # duckdb:////abs/path and duckdb:///rel/path both mean what a reader expects.
+        resolved = Path(path if path.startswith("/") else path).expanduser()
+        return DestinationSpec("duckdb", resolved.resolve())
+    raise SettingsError(
+        f"{PREFIX}DESTINATION={value!r} is not understood: use duckdb:///path/to/file.duckdb "
+        "or bigquery"
+    )
+
+
+def redact_url(url: str) -> str:
+    """`postgresql://user:secret@host:5432/db` → `postgresql://user:***@host:5432/db`."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
+def _check_postgres_url(url: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgresql", "postgres") and not parts.scheme.startswith(
+        "postgresql+"
+    ):
+        raise SettingsError(
+            f"{PREFIX}SOURCE_URL={redact_url(url)!r} is not a PostgreSQL URL: it must start "
+            "with postgresql://"
+        )
+    try:
+        parts.port  # noqa: B018 - raises on a malformed port
+    except ValueError as exc:
+        raise SettingsError(
+            f"{PREFIX}SOURCE_URL={redact_url(url)!r} has a malformed port"
+        ) from exc
+    if not parts.hostname or not parts.path.strip("/"):
+        raise SettingsError(
+            f"{PREFIX}SOURCE_URL={redact_url(url)!r} must name a host and a database "
+            "(postgresql://user:password@host:5432/dbname)"
+        )
+
+
+def _check_cron(cron: str) -> None:
+    from croniter import croniter
+
+    if len(cron.split()) != 5 or not croniter.is_valid(cron):
+        raise SettingsError(
+            f"{PREFIX}SCHEDULE_CRON={cron!r} is not a valid cron expression "
+            "(five fields, for example '0 16 * * *')"
+        )
+
+
+def _split(value: str | None) -> tuple[str, ...]:
+    return tuple(part.strip() for part in (value or "").split(",") if part.strip())
+
+
+def _bool(value: str | None, name: str) -> bool:
+    lowered = (value or "").lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise SettingsError(f"{PREFIX}{name}={value!r} must be true or false")
+
+
+def _positive_int(value: str | None, name: str) -> int:
+    number = _non_negative_int(value, name)
+    if number == 0:
+        raise SettingsError(f"{PREFIX}{name}={value!r} must be a positive whole number")
+    return number
+
+
+def _non_negative_int(value: str | None, name: str) -> int:
+    try:
+        number = int(value or "")
+    except ValueError:
+        raise SettingsError(f"{PREFIX}{name}={value!r} must be a whole number") from None
+    if number < 0:
+        raise SettingsError(f"{PREFIX}{name}={value!r} must not be negative")
+    return number
+
+
+def _existing_file(value: str | None, name: str) -> Path | None:
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise SettingsError(f"{PREFIX}{name}={value!r}: no such file")
+    return path
+
+
+def _tags(value: str | None) -> dict[str, str]:
+    tags: dict[str, str] = {}
+    for item in _split(value):
+        key, sep, val = item.partition("=")
+        if not sep or not key.strip():
+            raise SettingsError(
+                f"{PREFIX}TAGS={value!r}: each tag must be written key=value, comma-separated"
+            )
+        tags[key.strip()] = val.strip()
+    return tags
