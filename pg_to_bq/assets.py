@@ -6,6 +6,7 @@ loaded table; group = the source schema; kinds = postgres, dlt and the destinati
 """
 
 
+import re
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -18,10 +19,12 @@ from pg_to_bq import checks
 from pg_to_bq.catalog import Table, discover
 from pg_to_bq.errors import describe, is_transient
 from pg_to_bq.load import Window, load_table, make_pipeline
+from pg_to_bq.naming import dagster_name
 from pg_to_bq.plan import TablePlan
 from pg_to_bq.resources import Destination, SourceDatabase
 from pg_to_bq.source import connect
 
+_KEY_SAFE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 POOL = "pg_to_bq_source"
 FULL_REFRESH_TAG = "pg_to_bq/full_refresh"
 SCHEDULE_TAG = "pg_to_bq/schedule"
@@ -50,12 +53,19 @@ class AssetContext:
     retries: int = 3
 
 
+def key_part(name: str) -> str:
+    """An asset-key component. Dagster derives op input/output names from keys and accepts
+    only ASCII there, so other names get `dagster_name`'s ASCII form with a hash; the real
+    name stays in the asset's description and `dagster/table_name` metadata."""
+    return name if _KEY_SAFE.match(name) else dagster_name(name)
+
+
 def source_key(table: Table) -> dg.AssetKey:
-    return dg.AssetKey(["postgres", table.schema, table.name])
+    return dg.AssetKey(["postgres", key_part(table.schema), key_part(table.name)])
 
 
 def destination_key(plan: TablePlan, ctx: AssetContext) -> dg.AssetKey:
-    return dg.AssetKey([ctx.destination_kind, ctx.dataset, plan.destination_table])
+    return dg.AssetKey([ctx.destination_kind, ctx.dataset, key_part(plan.destination_table)])
 
 
 def partitions_for(plan: TablePlan) -> dg.PartitionsDefinition | None:

@@ -64,7 +64,7 @@ def schema_drift(planned: Table, live: Table | None) -> CheckOutcome:
     return CheckOutcome(
         SCHEMA_DRIFT, False, "WARN",
         "PostgreSQL changed since the catalog snapshot (" + "; ".join(p for p in parts if p)
-        + "); run `pg-to-bq discover --refresh` and reload the code location", metadata)
+        + "); run `pg-to-bq discover` and reload the code location", metadata)
 
 
 def cursor_freshness(latest: Any, max_age: timedelta, now: datetime | None = None) -> CheckOutcome:

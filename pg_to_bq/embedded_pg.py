@@ -145,11 +145,17 @@ class EmbeddedPostgres:
             "-c fsync=off -c full_page_writes=off -c synchronous_commit=off "
             "-c max_connections=200 -c shared_buffers=128MB"
         )
-        self._run(
+        started = self._run(
             ["pg_ctl", "-D", str(self.pgdata), "-l", str(self.log_file), "-o", options, "-w",
              "-t", str(int(timeout)), "start"],
             check=False,
         )
+        if started.returncode != 0:
+            tail = self.log_file.read_text()[-2000:] if self.log_file.exists() else ""
+            raise RuntimeError(
+                f"embedded PostgreSQL failed to start on 127.0.0.1:{self.port}: "
+                f"{started.stderr.strip() or started.stdout.strip()}\n{tail}"
+            )
         self._wait_ready(timeout)
         return self
 

@@ -7,6 +7,10 @@ size, and decoding overlaps with whatever the consumer does (writing parquet). T
 read happens in one REPEATABLE READ, READ ONLY transaction, so the row count taken for
 reconciliation and the rows read describe the same snapshot.
 
+With `streams > 1` a large table is read by several connections at once, each over one
+range of the table (of an integer primary key, else of ctid blocks), all inside the
+snapshot the first connection exports: the rows are exactly those one stream would read.
+
 Every batch is converted to the plan's Arrow types and checked: a value the destination
 cannot hold exactly fails the table with `LossyValueError`, never a silent change.
 """
@@ -17,9 +21,10 @@ import contextlib
 import hashlib
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import date, datetime
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -35,6 +40,16 @@ _MAX_DAY = (date(9999, 12, 31) - date(1970, 1, 1)).days
 _MIN_US = _MIN_DAY * 86_400_000_000
 _MAX_US = (_MAX_DAY + 1) * 86_400_000_000 - 1
 _DAY_US = 86_400_000_000
+_INTEGER_KEYS = {"int2": "smallint", "int4": "integer", "int8": "bigint"}
+# Session settings every reading transaction uses, so text forms never depend on the
+# server's or the role's defaults (interval and date styles, time zone, float digits).
+_SESSION = (
+    "SET LOCAL IntervalStyle = 'iso_8601'",
+    "SET LOCAL DateStyle = 'ISO, YMD'",
+    "SET LOCAL TimeZone = 'UTC'",
+    "SET LOCAL extra_float_digits = 3",
+    "SET LOCAL bytea_output = 'hex'",
+)
 
 
 class LossyValueError(ValueError):
@@ -58,16 +73,20 @@ def qualified_name(plan: TablePlan) -> str:
 
 
 def select_sql(plan: TablePlan, where: str | None = None) -> str:
-    """The SELECT that reads `plan`'s columns; every identifier quoted."""
-    columns = ", ".join(f"{c.select_sql} AS {quote_ident(c.name)}" for c in plan.columns)
-    sql = f"SELECT {columns} FROM {qualified_name(plan)}"
+    """The SELECT that reads `plan`'s columns, then their guards; every identifier quoted."""
+    columns = [f"{c.select_sql} AS {quote_ident(c.name)}" for c in plan.columns]
+    columns += [f"{c.guard_sql} AS {quote_ident(f'__pg_to_bq_guard_{i}')}"
+                for i, c in enumerate(_guarded(plan))]
+    sql = f"SELECT {', '.join(columns)} FROM {qualified_name(plan)}"
     return f"{sql} WHERE {where}" if where else sql
 
 
 def arrow_schema(plan: TablePlan) -> pa.Schema:
-    return pa.schema(
-        [pa.field(c.name, c.arrow_type, nullable=True) for c in plan.columns]
-    )
+    return pa.schema([pa.field(c.name, c.arrow_type) for c in plan.columns])
+
+
+def _guarded(plan: TablePlan) -> list[ColumnMapping]:
+    return [c for c in plan.columns if c.guard_sql]
 
 
 @dataclass
@@ -76,12 +95,18 @@ class ExtractStats:
     batches: int = 0
     bytes: int = 0
     snapshot_rows: int | None = None
+    streams: int = 1
 
 
 class TableReader:
     """Reads one table (optionally filtered by `where`) inside one read-only snapshot.
 
     Use as a context manager; iterate `batches()`; `stats` fills as batches arrive.
+    With `streams > 1` the table is split into that many ranges (of its single-column
+    integer primary key, else of ctid blocks) read in parallel by connections sharing the
+    exported snapshot; batches arrive interleaved, at most `QUEUE_DEPTH` (or `streams`)
+    of them held at once. A table that cannot be split (a view, an empty table, fewer
+    rows or blocks than streams) is read by one stream.
     """
 
     def __init__(
@@ -95,7 +120,10 @@ class TableReader:
         hash_salt: bytes | None = None,
         statement_timeout_s: int = 3600,
         application_name: str = "pg_to_bq",
+        streams: int = 1,
     ) -> None:
+        if streams < 1:
+            raise ValueError(f"streams must be at least 1, not {streams}")
         self.url = url
         self.plan = plan
         self.where = where
@@ -104,9 +132,12 @@ class TableReader:
         self.hash_salt = hash_salt
         self.statement_timeout_s = statement_timeout_s
         self.application_name = application_name
+        self.streams = streams
         self.stats = ExtractStats()
         self.schema = arrow_schema(plan)
         self._conn = None
+        self._snapshot: str | None = None
+        self._ranges: list[str | None] = [None]
         if plan.hashed and not hash_salt:
             raise ValueError(
                 f"table {plan.name} hashes column(s) {list(plan.hashed)} but no salt is "
@@ -114,82 +145,236 @@ class TableReader:
             )
 
     def __enter__(self) -> TableReader:
-        import adbc_driver_postgresql.dbapi as adbc
-
-        uri = with_options(self.url, self.application_name, self.statement_timeout_s)
-        try:
-            self._conn = adbc.connect(uri)
-        except Exception as exc:  # the driver raises its own error classes
-            raise SourceUnreachable(
-                f"cannot connect to PostgreSQL at {describe(self.url)} to read {self.plan.name}: "
-                f"{str(exc).splitlines()[0]}"
-            ) from None
+        self._conn = self._connect()
         cur = self._conn.cursor()
-        # Must be the transaction's first statement; the driver has opened it (autocommit off).
-        cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        cur.execute("SET LOCAL IntervalStyle = 'iso_8601'")
-        cur.execute("SET LOCAL TimeZone = 'UTC'")
-        cur.execute("SET LOCAL extra_float_digits = 3")
-        if self.count_rows:
-            where = f" WHERE {self.where}" if self.where else ""
-            cur.execute(f"SELECT count(*) FROM {qualified_name(self.plan)}{where}")
-            self.stats.snapshot_rows = int(cur.fetchone()[0])
+        try:
+            _begin(cur)
+            if self.count_rows:
+                cur.execute(f"SELECT count(*) FROM {qualified_name(self.plan)}{self._where()}")
+                self.stats.snapshot_rows = int(cur.fetchone()[0])
+            if self.streams > 1:
+                self._ranges = self._split(cur)
+                if len(self._ranges) > 1:
+                    cur.execute("SELECT pg_export_snapshot()")
+                    self._snapshot = str(cur.fetchone()[0])
+            self.stats.streams = len(self._ranges)
+        except BaseException:
+            cur.close()
+            self.__exit__()
+            raise
         cur.close()
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self._conn is not None:
-            with contextlib.suppress(Exception):
-                self._conn.rollback()
-            with contextlib.suppress(Exception):
-                self._conn.close()
+            _close(self._conn)
             self._conn = None
 
     def batches(self) -> Iterator[pa.RecordBatch]:
         """Converted, checked batches. An empty table yields nothing."""
         assert self._conn is not None, "use TableReader as a context manager"
-        cur = self._conn.cursor()
+        if self._snapshot is None:
+            source = _read_ahead(lambda put: self._read(self._conn, None, put))
+        else:
+            source = self._read_parallel()
+        for batch in source:
+            self.stats.rows += batch.num_rows
+            self.stats.batches += 1
+            self.stats.bytes += batch.nbytes
+            yield batch
+
+    def _connect(self) -> Any:
+        import adbc_driver_postgresql.dbapi as adbc
+
+        uri = with_options(self.url, self.application_name, self.statement_timeout_s)
+        try:
+            return adbc.connect(uri)
+        except Exception as exc:  # the driver raises its own error classes
+            raise SourceUnreachable(
+                f"cannot connect to PostgreSQL at {describe(self.url)} to read {self.plan.name}: "
+                f"{str(exc).splitlines()[0]}"
+            ) from None
+
+    def _where(self, extra: str | None = None) -> str:
+        parts = [f"({p})" for p in (self.where, extra) if p]
+        return " WHERE " + " AND ".join(parts) if parts else ""
+
+    def _read(self, conn: Any, where: str | None, put: Callable[[pa.RecordBatch], bool]) -> None:
+        """COPY one range on `conn`, converting each batch and handing it to `put`."""
+        cur = conn.cursor()
         cur.adbc_statement.set_options(
             **{"adbc.postgresql.batch_size_hint_bytes": str(self.batch_bytes)}
         )
-        cur.execute(select_sql(self.plan, self.where))
+        conditions = " AND ".join(f"({p})" for p in (self.where, where) if p) or None
+        cur.execute(select_sql(self.plan, conditions))
         reader = cur.fetch_record_batch()
         try:
-            for raw in _read_ahead(reader):
-                batch = convert_batch(self.plan, raw, self.schema, self.hash_salt)
-                self.stats.rows += batch.num_rows
-                self.stats.batches += 1
-                self.stats.bytes += batch.nbytes
-                yield batch
+            for raw in reader:
+                if not put(convert_batch(self.plan, raw, self.schema, self.hash_salt)):
+                    return
         finally:
             with contextlib.suppress(Exception):
                 reader.close()
             with contextlib.suppress(Exception):
                 cur.close()
 
+    def _split(self, cur: Any) -> list[str | None]:
+        """Conditions dividing the table into up to `streams` ranges covering every row."""
+        key = _integer_key(self.plan)
+        if key is not None:
+            quoted, pg_type = quote_ident(key), _INTEGER_KEYS[self.plan.table.column(key).type_name]
+            cur.execute(f"SELECT min({quoted}), max({quoted}) "
+                        f"FROM {qualified_name(self.plan)}{self._where()}")
+            low, high = cur.fetchone()
+            if low is None:
+                return [None]
+            return _range_conditions(
+                quoted, _boundaries(int(low), int(high) + 1, self.streams),
+                lambda v: f"'{int(v)}'::{pg_type}",
+            )
+        if self.plan.table.kind not in ("r", "m", "p"):
+            return [None]
+        # The relation's size now covers every row version our snapshot sees; the last
+        # range is open-ended anyway. A partitioned table is split by its largest leaf's
+        # blocks, and the ctid condition applies to each partition.
+        relation = "'" + qualified_name(self.plan).replace("'", "''") + "'::regclass"
+        cur.execute(
+            "SELECT greatest(pg_relation_size(r), coalesce((SELECT max(pg_relation_size(p.relid)) "
+            "FROM pg_partition_tree(r) p WHERE p.isleaf), 0)) "
+            f"/ current_setting('block_size')::bigint FROM (SELECT {relation} AS r) s"
+        )
+        blocks = int(cur.fetchone()[0] or 0)
+        return _range_conditions(
+            "ctid", _boundaries(0, blocks, self.streams), lambda v: f"'({int(v)},0)'::tid"
+        )
 
-def _read_ahead(reader: pa.RecordBatchReader) -> Iterator[pa.RecordBatch]:
-    """Iterate `reader` from a background thread, at most QUEUE_DEPTH batches ahead."""
+    def _read_parallel(self) -> Iterator[pa.RecordBatch]:
+        items: queue.Queue = queue.Queue(maxsize=max(QUEUE_DEPTH, len(self._ranges)))
+        stop = threading.Event()
+        finished = object()
+
+        def put(item: object) -> bool:
+            return _put(items, item, stop)
+
+        def work(where: str | None) -> None:
+            conn = None
+            try:
+                conn = self._connect()
+                cur = conn.cursor()
+                _begin(cur, snapshot=self._snapshot)
+                cur.close()
+                self._read(conn, where, put)
+                put(finished)
+            except BaseException as exc:  # handed to the consumer, raised there
+                put(exc)
+            finally:
+                if conn is not None:
+                    _close(conn)
+
+        threads = [
+            threading.Thread(target=work, args=(where,), name=f"pg_to_bq-stream-{i}", daemon=True)
+            for i, where in enumerate(self._ranges)
+        ]
+        for thread in threads:
+            thread.start()
+        running = len(threads)
+        try:
+            while running:
+                item = items.get()
+                if item is finished:
+                    running -= 1
+                elif isinstance(item, BaseException):
+                    raise item
+                else:
+                    yield item
+        finally:
+            stop.set()
+            _drain(items)
+            for thread in threads:
+                thread.join(timeout=5)
+
+
+def _begin(cur: Any, snapshot: str | None = None) -> None:
+    """Start the read-only snapshot transaction (the driver has opened it: autocommit off)."""
+    cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+    if snapshot is not None:
+        cur.execute("SET TRANSACTION SNAPSHOT '" + snapshot.replace("'", "''") + "'")
+    for statement in _SESSION:
+        cur.execute(statement)
+
+
+def _close(conn: Any) -> None:
+    with contextlib.suppress(Exception):
+        conn.rollback()
+    with contextlib.suppress(Exception):
+        conn.close()
+
+
+def _integer_key(plan: TablePlan) -> str | None:
+    """The table's primary key column when it is a single integer column."""
+    if len(plan.table.primary_key) != 1:
+        return None
+    column = plan.table.column(plan.table.primary_key[0])
+    return column.name if column.type_name in _INTEGER_KEYS else None
+
+
+def _boundaries(start: int, stop: int, parts: int) -> list[int]:
+    """Up to `parts - 1` increasing cut points dividing [start, stop) into equal ranges."""
+    cuts = {start + (stop - start) * i // parts for i in range(1, parts)}
+    return sorted(c for c in cuts if start < c < stop)
+
+
+def _range_conditions(
+    expression: str, cuts: list[int], literal_of: Callable[[int], str]
+) -> list[str | None]:
+    """`expr < c1`, `expr >= c1 AND expr < c2`, ..., `expr >= cN`: every value in one range."""
+    if not cuts:
+        return [None]
+    bounds: list[int | None] = [None, *cuts, None]
+    conditions: list[str | None] = []
+    for low, high in zip(bounds, bounds[1:], strict=False):
+        parts = []
+        if low is not None:
+            parts.append(f"{expression} >= {literal_of(low)}")
+        if high is not None:
+            parts.append(f"{expression} < {literal_of(high)}")
+        conditions.append(" AND ".join(parts))
+    return conditions
+
+
+def _put(items: queue.Queue, item: object, stop: threading.Event) -> bool:
+    """Put `item` unless the consumer has stopped; False when it has."""
+    while not stop.is_set():
+        try:
+            items.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _drain(items: queue.Queue) -> None:
+    with contextlib.suppress(queue.Empty):
+        while True:
+            items.get_nowait()
+
+
+def _read_ahead(
+    produce: Callable[[Callable[[pa.RecordBatch], bool]], None],
+) -> Iterator[pa.RecordBatch]:
+    """Run `produce(put)` in a background thread, at most QUEUE_DEPTH batches ahead."""
     items: queue.Queue = queue.Queue(maxsize=QUEUE_DEPTH)
     stop = threading.Event()
     done = object()
 
-    def produce() -> None:
+    def run() -> None:
         try:
-            for batch in reader:
-                while not stop.is_set():
-                    try:
-                        items.put(batch, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            items.put(done)
+            produce(lambda batch: _put(items, batch, stop))
+            _put(items, done, stop)
         except BaseException as exc:  # handed to the consumer, raised there
-            items.put(exc)
+            _put(items, exc, stop)
 
-    thread = threading.Thread(target=produce, name="pg_to_bq-copy-reader", daemon=True)
+    thread = threading.Thread(target=run, name="pg_to_bq-copy-reader", daemon=True)
     thread.start()
     try:
         while True:
@@ -201,16 +386,18 @@ def _read_ahead(reader: pa.RecordBatchReader) -> Iterator[pa.RecordBatch]:
             yield item
     finally:
         stop.set()
-        with contextlib.suppress(queue.Empty):
-            while True:
-                items.get_nowait()
+        _drain(items)
         thread.join(timeout=5)
 
 
 def convert_batch(
     plan: TablePlan, raw: pa.RecordBatch, schema: pa.Schema, hash_salt: bytes | None = None
 ) -> pa.RecordBatch:
-    """Convert one driver batch to the plan's Arrow types, checking every value."""
+    """Convert one driver batch to the plan's Arrow types, checking every value.
+
+    `raw` holds the plan's columns, then one guard column per column with `guard_sql`.
+    """
+    _check_guards(plan, raw)
     arrays = []
     for index, column in enumerate(plan.columns):
         array = raw.column(index)
@@ -218,6 +405,16 @@ def convert_batch(
             array = array.storage
         arrays.append(_convert(plan, column, array, hash_salt))
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def _check_guards(plan: TablePlan, raw: pa.RecordBatch) -> None:
+    first = len(plan.columns)
+    if raw.num_columns <= first:
+        return
+    for offset, column in enumerate(_guarded(plan)):
+        problems = raw.column(first + offset)
+        if problems.null_count < len(problems):
+            raise LossyValueError(plan, column, str(pc.drop_null(problems)[0].as_py()))
 
 
 def _convert(
@@ -246,23 +443,51 @@ def _check_range(plan: TablePlan, column: ColumnMapping, array: pa.Array) -> Non
     lowest, highest = bounds["min"].as_py(), bounds["max"].as_py()
     if lowest >= low and highest <= high:
         return
-    bad = lowest if lowest < low else highest
-    limit_low, limit_high = (-(2**31), 2**31 - 1) if is_date else (-(2**63), 2**63 - 1)
-    if bad in (limit_low, limit_high):
-        shown = "'-infinity'" if bad == limit_low else "'infinity'"
-    else:
-        shown = _describe_out_of_range(bad, is_date)
+    shown = _describe_out_of_range(lowest if lowest < low else highest, is_date)
     raise LossyValueError(
         plan, column,
-        f"value {shown} is outside the years 1 to 9999 that the destination's "
-        f"{column.destination_type('bigquery')} can hold",
+        f"value {shown} is outside the years 1 to 9999 that BigQuery's DATE, DATETIME and "
+        "TIMESTAMP hold (no destination type holds infinity)",
     )
 
 
+# The driver shifts PostgreSQL's values (days or microseconds since 2000) to the Unix epoch
+# in 32/64-bit arithmetic, so 'infinity' (the type's maximum) wraps around to just below
+# '-infinity' (its minimum), and timestamps after the year 294247 wrap to the far past.
+_PG_EPOCH_DAYS, _PG_EPOCH_US = 10_957, 946_684_800_000_000
+_DATE_INFINITY = {-(2**31) + _PG_EPOCH_DAYS: "'-infinity'",
+                  -(2**31) + _PG_EPOCH_DAYS - 1: "'infinity'",
+                  -(2**31): "'-infinity'", 2**31 - 1: "'infinity'"}
+_TIMESTAMP_INFINITY = {-(2**63) + _PG_EPOCH_US: "'-infinity'",
+                       -(2**63) + _PG_EPOCH_US - 1: "'infinity'",
+                       -(2**63): "'-infinity'", 2**63 - 1: "'infinity'"}
+_PG_MIN_DAY = -2_440_588  # 4714-11-24 BC, PostgreSQL's first day
+_PG_MIN_US = _PG_MIN_DAY * _DAY_US
+
+
 def _describe_out_of_range(value: int, is_date: bool) -> str:
-    days = value if is_date else value // _DAY_US
-    years = days / 365.2425 + 1970
-    return f"in the year {int(years)}" if years > 0 else f"in the year {int(years) - 1} (BC)"
+    sentinel = (_DATE_INFINITY if is_date else _TIMESTAMP_INFINITY).get(value)
+    if sentinel:
+        return sentinel
+    if value < (_PG_MIN_DAY if is_date else _PG_MIN_US):
+        return "after the year 294247"
+    year = _civil_year(value if is_date else value // _DAY_US)
+    return f"in the year {year}" if year > 0 else f"in the year {1 - year} BC"
+
+
+def _civil_year(days: int) -> int:
+    """The proleptic Gregorian year (0 = 1 BC) of a day counted from 1970-01-01.
+
+    Howard Hinnant's civil_from_days, reduced to the year.
+    """
+    shifted = days + 719_468
+    era = shifted // 146_097
+    day_of_era = shifted - era * 146_097
+    year_of_era = (day_of_era - day_of_era // 1460 + day_of_era // 36_524
+                   - day_of_era // 146_096) // 365
+    day_of_year = day_of_era - (365 * year_of_era + year_of_era // 4 - year_of_era // 100)
+    march_based_month = (5 * day_of_year + 2) // 153
+    return year_of_era + era * 400 + (1 if march_based_month >= 10 else 0)
 
 
 def _check_time(plan: TablePlan, column: ColumnMapping, array: pa.Array) -> None:
@@ -285,10 +510,11 @@ def _to_decimal(plan: TablePlan, column: ColumnMapping, array: pa.Array) -> pa.A
         try:
             pc.cast(pa.array([value]), column.arrow_type)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            shown = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}.get(value, value)
             raise LossyValueError(
                 plan, column,
-                f"value {value!r} does not fit DECIMAL({column.precision},{column.scale}) "
-                "exactly (NaN and Infinity have no decimal form)",
+                f"value {shown!r} does not fit DECIMAL({column.precision},{column.scale}) "
+                "exactly (no decimal type holds NaN)",
             ) from None
     raise LossyValueError(plan, column, "values do not convert to an exact decimal")
 

@@ -25,6 +25,17 @@ from pg_to_bq.typemap import quote_ident
 
 log = logging.getLogger(__name__)
 
+
+class _QuietHintOverride(logging.Filter):
+    """JSON columns travel as Arrow strings with a dlt `json` hint, on purpose; dlt warns about
+    every such column on every load ("several column hints were different")."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "several column hints were different" not in record.getMessage()
+
+
+logging.getLogger("dlt").addFilter(_QuietHintOverride())
+
 CURSOR_STATE_KEY = "pg_to_bq_cursor"
 
 

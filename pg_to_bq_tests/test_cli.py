@@ -1,0 +1,100 @@
+"""The `pg-to-bq` command against a real PostgreSQL and a real DuckDB file."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from pg_to_bq.cli import main
+from pg_to_bq_tests.conftest import run_sql
+
+
+def test_discover_prints_the_plan_and_saves_the_snapshot(sample_db_url: str, settings_env,
+                                                         tmp_path: Path, capsys) -> None:
+    settings_env(sample_db_url)
+    assert main(["discover"]) == 0
+    out = capsys.readouterr().out
+    assert "7 table(s)" in out
+    lines = {line.split()[0]: line for line in out.splitlines()[2:] if line.strip()}
+    assert "merge (incremental)" in lines["public.orders"] and "updated_at" in lines["public.orders"]
+    assert "replace" in lines["public.audit_log"] and "4,002" in lines["public.audit_log"]
+    assert "order_id, line_no" in lines["public.order_items"]
+    assert "password_hash" in lines["public.customers"]
+    assert "loaded through the parent" in lines["public.page_views"]
+    assert (tmp_path / "work" / "catalog.json").exists()
+    assert main(["discover", "--offline"]) == 0
+    assert "7 table(s) from snapshot" in capsys.readouterr().out
+
+
+def test_sync_loads_then_merges_and_full_refresh(sample_db_url: str, settings_env,
+                                                  capsys) -> None:
+    path = settings_env(sample_db_url)
+    assert main(["sync", "orders", "public.customers"]) == 0
+    out = capsys.readouterr().out
+    assert "[1/2] public.orders: ok, 20,000 rows (full)" in out
+    assert "[2/2] public.customers: ok, 5,000 rows (full)" in out
+    assert "2 loaded, 0 failed, 25,000 rows" in out
+    assert main(["sync", "orders"]) == 0
+    assert "(incremental)" in capsys.readouterr().out
+    assert main(["sync", "orders", "--full-refresh"]) == 0
+    assert "20,000 rows (full)" in capsys.readouterr().out
+    with duckdb.connect(str(path), read_only=True) as conn:
+        assert conn.execute("SELECT count(*) FROM raw.orders").fetchone() == (20000,)
+
+
+def test_sync_exits_nonzero_and_names_the_failed_table(pg_url: str, settings_env,
+                                                       capsys) -> None:
+    run_sql(pg_url, """
+        CREATE TABLE ok_table (id int PRIMARY KEY);
+        INSERT INTO ok_table VALUES (1), (2);
+        CREATE TABLE prices (id int PRIMARY KEY, price numeric(10,2));
+        INSERT INTO prices VALUES (1, 'NaN');
+    """)
+    settings_env(pg_url)
+    assert main(["sync"]) == 1
+    out = capsys.readouterr().out
+    assert "public.ok_table: ok, 2 rows" in out
+    assert "public.prices: FAILED: table public.prices failed: table public.prices, column " \
+           "'price' (numeric(10,2))" in out
+    assert "1 loaded, 1 failed" in out
+
+
+def test_unknown_table_is_a_clear_error(sample_db_url: str, settings_env, capsys) -> None:
+    settings_env(sample_db_url)
+    assert main(["sync", "public.nope"]) == 2
+    assert "error: no table 'public.nope' in the catalog" in capsys.readouterr().err
+
+
+def test_unreachable_postgres_names_host_and_port_not_password(settings_env, capsys) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    settings_env(f"postgresql://app:hunter2@127.0.0.1:{port}/shop")
+    assert main(["discover"]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot connect to PostgreSQL at 127.0.0.1:{port}/shop" in err
+    assert "hunter2" not in err
+
+
+def test_bad_setting_fails_before_anything_loads(settings_env, capsys) -> None:
+    settings_env("postgresql://app@127.0.0.1:1/shop", DESTINATION="duckdb:/nope")
+    assert main(["sync"]) == 2
+    assert "error: PG_TO_BQ_DESTINATION='duckdb:/nope' is not understood" in capsys.readouterr().err
+
+
+def test_console_script_is_installed() -> None:
+    result = subprocess.run(["pg-to-bq", "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    for command in ("demo", "discover", "sync"):
+        assert command in result.stdout
+
+
+@pytest.mark.parametrize("argv", [["demo", "--help"], ["sync", "--help"]])
+def test_subcommand_help(argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 0

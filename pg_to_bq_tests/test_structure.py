@@ -1,0 +1,191 @@
+"""Structure: the definitions built from a catalog snapshot, without touching PostgreSQL."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from pg_to_bq.catalog import Catalog, Column, ForeignKey, Table, write_snapshot
+from pg_to_bq.project import NIGHTLY_JOB, NIGHTLY_SCHEDULE, REFRESH_JOB, build_definitions
+from pg_to_bq.settings import Settings
+
+CUSTOMERS = Table(
+    schema="public", name="customers", comment="People who signed up", estimated_rows=5000,
+    columns=(Column("id", "bigint", "int8", nullable=False, comment="Customer id"),
+             Column("email", "text", "text", comment="Login e-mail"),
+             Column("updated_at", "timestamp with time zone", "timestamptz")),
+    primary_key=("id",),
+)
+ORDERS = Table(
+    schema="public", name="orders", comment="One row per checkout", estimated_rows=20000,
+    columns=(Column("id", "bigint", "int8", nullable=False),
+             Column("customer_id", "bigint", "int8"),
+             Column("total", "numeric(14,2)", "numeric", typmod=(14 << 16 | 2) + 4)),
+    primary_key=("id",),
+    foreign_keys=(ForeignKey("orders_customer_id_fkey", ("customer_id",), "public", "customers",
+                             ("id",)),),
+)
+EVENTS = Table(schema="analytics", name="events", columns=(Column("at", "date", "date"),))
+MEMO = Table(schema="public", name="顧客メモ", columns=(Column("メモ", "text", "text"),))
+
+
+class ConnectionCounter:
+    """A TCP listener standing in for PostgreSQL that only counts connection attempts."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.count = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.count += 1
+            conn.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def counter():
+    listener = ConnectionCounter()
+    yield listener
+    listener.close()
+
+
+@pytest.fixture
+def snapshot_env(tmp_path: Path, settings_env, counter: ConnectionCounter):
+    snapshot = tmp_path / "catalog.json"
+    write_snapshot(Catalog(tables=(CUSTOMERS, ORDERS, EVENTS, MEMO), database="shop"), snapshot)
+    settings_env(f"postgresql://app:pw@127.0.0.1:{counter.port}/shop",
+                 CATALOG_PATH=str(snapshot), OWNERS="data-team@acme.io", TAGS="domain=shop",
+                 SCHEDULE_TIMEZONE="Asia/Tokyo", SCHEDULE_CRON="0 1 * * *")
+    return snapshot
+
+
+def test_keys_deps_groups_and_kinds(snapshot_env, counter: ConnectionCounter) -> None:
+    defs = build_definitions(Settings.from_env())
+    graph = defs.resolve_asset_graph()
+    keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
+    assert keys == {
+        "postgres/public/customers", "postgres/public/orders", "postgres/analytics/events",
+        "duckdb/raw/customers", "duckdb/raw/orders", "duckdb/raw/analytics__events",
+        f"postgres/public/{_memo_key()}", f"duckdb/raw/{_memo_key()}",
+    }
+    node = graph.get(dg.AssetKey(["duckdb", "raw", "orders"]))
+    assert node.parent_keys == {dg.AssetKey(["postgres", "public", "orders"])}
+    assert node.group_name == "public"
+    assert graph.get(dg.AssetKey(["duckdb", "raw", "analytics__events"])).group_name == "analytics"
+    assert node.kinds == {"dlt", "duckdb"}
+    assert graph.get(dg.AssetKey(["postgres", "public", "orders"])).kinds == {"postgres"}
+    assert graph.get(dg.AssetKey(["postgres", "public", "orders"])).is_external
+    assert node.owners == ["data-team@acme.io"]
+    assert node.tags["domain"] == "shop"
+    assert counter.count == 0
+
+
+def test_metadata_visible_before_first_materialization(snapshot_env) -> None:
+    defs = build_definitions(Settings.from_env())
+    node = defs.resolve_asset_graph().get(dg.AssetKey(["duckdb", "raw", "customers"]))
+    assert node.description == "People who signed up"
+    schema = node.metadata["dagster/column_schema"]
+    assert [(c.name, c.type) for c in schema.columns] == [
+        ("id", "BIGINT"), ("email", "VARCHAR"), ("updated_at", "TIMESTAMP WITH TIME ZONE")]
+    assert schema.columns[0].description == "PostgreSQL bigint — Customer id"
+    assert not schema.columns[0].constraints.nullable
+    assert node.metadata["dagster/table_name"] == "dest.raw.customers"
+    assert "merge" in node.metadata["pg_to_bq/plan"].value
+    orders = defs.resolve_asset_graph().get(dg.AssetKey(["duckdb", "raw", "orders"]))
+    assert "public.customers(id)" in orders.metadata["pg_to_bq/foreign_keys"].value
+    assert orders.metadata["pg_to_bq/estimated_rows"] == 20000
+    memo = defs.resolve_asset_graph().get(dg.AssetKey(["duckdb", "raw", _memo_key()]))
+    assert memo.metadata["dagster/table_name"] == "dest.raw.顧客メモ"
+
+
+def test_one_step_per_table_and_checks(snapshot_env) -> None:
+    defs = build_definitions(Settings.from_env())
+    job = defs.resolve_job_def(NIGHTLY_JOB)
+    assert sorted(node.name for node in job.graph.node_defs) == sorted(
+        ["load__analytics__events", "load__public__customers", "load__public__orders",
+         _memo_op()])
+    checks = {k.name for k in defs.resolve_asset_graph().asset_check_keys
+              if k.asset_key == dg.AssetKey(["duckdb", "raw", "customers"])}
+    assert checks == {"row_count_matches_source", "schema_unchanged_since_discovery",
+                      "cursor_is_fresh"}
+
+
+def test_schedule_targets_every_table_by_tag(snapshot_env) -> None:
+    defs = build_definitions(Settings.from_env())
+    schedule = defs.resolve_schedule_def(NIGHTLY_SCHEDULE)
+    assert schedule.cron_schedule == "0 1 * * *"
+    assert schedule.execution_timezone == "Asia/Tokyo"
+    assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+    selected = defs.resolve_job_def(NIGHTLY_JOB).asset_layer.executable_asset_keys
+    assert {k.to_user_string() for k in selected} == {
+        "duckdb/raw/customers", "duckdb/raw/orders", "duckdb/raw/analytics__events",
+        f"duckdb/raw/{_memo_key()}"}
+    assert defs.resolve_job_def(REFRESH_JOB) is not None
+
+
+def test_default_schedule_is_01_00_tokyo(tmp_path: Path, settings_env, counter) -> None:
+    snapshot = tmp_path / "catalog.json"
+    write_snapshot(Catalog(tables=(CUSTOMERS,)), snapshot)
+    settings_env(f"postgresql://app@127.0.0.1:{counter.port}/shop", CATALOG_PATH=str(snapshot))
+    schedule = build_definitions(Settings.from_env()).get_schedule_def(NIGHTLY_SCHEDULE)
+    assert (schedule.cron_schedule, schedule.execution_timezone) == ("0 16 * * *", "UTC")
+
+
+def test_import_of_code_location_does_not_query_postgres(snapshot_env, counter) -> None:
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", "import pg_to_bq.definitions as d; "
+                             "print(len(list(d.defs.assets)))"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "8"
+    assert counter.count == 0
+    assert time.monotonic() - started < 120
+
+
+def test_unreachable_postgres_without_snapshot_still_loads(tmp_path: Path, settings_env) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed_port = sock.getsockname()[1]
+    settings_env(f"postgresql://app:hunter2@127.0.0.1:{closed_port}/shop",
+                 CATALOG_PATH=str(tmp_path / "missing.json"))
+    defs = build_definitions(Settings.from_env())
+    assert list(defs.assets or []) == []
+    assert defs.resolve_job_def(REFRESH_JOB) is not None
+
+
+def test_include_pattern_matching_nothing_is_an_error(snapshot_env, monkeypatch) -> None:
+    from pg_to_bq.settings import SettingsError
+
+    monkeypatch.setenv("PG_TO_BQ_INCLUDE", "public.custmers")
+    with pytest.raises(SettingsError, match=r"PG_TO_BQ_INCLUDE.*'public.custmers'.*match no table"):
+        build_definitions(Settings.from_env())
+
+
+def _memo_key() -> str:
+    from pg_to_bq.assets import key_part
+
+    return key_part("顧客メモ")
+
+
+def _memo_op() -> str:
+    from pg_to_bq.naming import dagster_name
+
+    return dagster_name("load", "public", "顧客メモ")
