@@ -17,6 +17,7 @@ import dagster as dg
 
 from pg_to_bq import checks
 from pg_to_bq.catalog import Table, discover
+from pg_to_bq.deletes import apply_deletes
 from pg_to_bq.errors import describe, is_transient
 from pg_to_bq.load import Window, load_table, make_pipeline
 from pg_to_bq.naming import dagster_name
@@ -27,6 +28,7 @@ from pg_to_bq.source import connect
 _KEY_SAFE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 POOL = "pg_to_bq_source"
 FULL_REFRESH_TAG = "pg_to_bq/full_refresh"
+APPLY_DELETES_TAG = "pg_to_bq/apply_deletes"
 SCHEDULE_TAG = "pg_to_bq/schedule"
 PARTITIONED_TAG = "pg_to_bq/partitioned"
 ESTIMATED_ROWS = "pg_to_bq/estimated_rows"
@@ -38,6 +40,8 @@ class LoadConfig(dg.Config):
 
     full_refresh: bool = False
     """Replace the destination table (and reset the incremental cursor) instead of merging."""
+    apply_deletes: bool = False
+    """After merging, delete destination rows whose primary key no longer exists in PostgreSQL."""
 
 
 @dataclass(frozen=True)
@@ -223,6 +227,8 @@ def run_table_load(
 ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
     key = destination_key(plan, ctx)
     full_refresh = config.full_refresh or context.run.tags.get(FULL_REFRESH_TAG) == "true"
+    deletes = (config.apply_deletes or context.run.tags.get(APPLY_DELETES_TAG) == "true") \
+        and plan.disposition == "merge" and not full_refresh
     window = None
     if plan.partition is not None and context.has_partition_key:
         time_window = context.partition_time_window
@@ -251,6 +257,11 @@ def run_table_load(
             statement_timeout_s=source.statement_timeout_s,
             on_batch=progress,
         )
+        deleted = apply_deletes(
+            plan, source_url=url, destination=dlt_destination, dataset=destination.dataset,
+            work_dir=destination.work_path, batch_bytes=source.batch_bytes,
+            statement_timeout_s=source.statement_timeout_s,
+        ) if deletes else None
         pipeline = make_pipeline(plan, dlt_destination, destination.dataset, destination.work_path)
         destination_rows = count_destination_rows(pipeline, plan.destination_table)
     except Exception as exc:
@@ -273,6 +284,7 @@ def run_table_load(
             "destination_table": f"{ctx.qualified_prefix}.{plan.destination_table}",
             "cursor_from": str(result.cursor_from) if result.cursor_from is not None else "-",
             "cursor_to": str(result.cursor_to) if result.cursor_to is not None else "-",
+            "rows_deleted": deleted if deleted is not None else "-",
         },
     )
     live_table = next(iter(live.tables), None)

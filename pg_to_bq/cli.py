@@ -48,6 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sync.add_argument("--full-refresh", action="store_true",
                       help="replace the tables (and reset incremental cursors)")
     sync.add_argument("--partition", help="partition key for partitioned tables (e.g. 2026-11-01)")
+    sync.add_argument("--apply-deletes", action="store_true",
+                      help="after merging, delete rows whose primary key left the source")
     sync.add_argument("--refresh-catalog", action="store_true",
                       help="rediscover tables before loading")
 
@@ -61,7 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_demo(args.dir, args.host, args.port, open_ui=not args.no_ui)
         if args.command == "discover":
             return cmd_discover(offline=args.offline)
-        return cmd_sync(args.tables, args.full_refresh, args.partition, args.refresh_catalog)
+        return cmd_sync(args.tables, args.full_refresh, args.partition, args.refresh_catalog,
+                        args.apply_deletes)
     except USER_ERRORS as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"error: {message}", file=sys.stderr)
@@ -131,11 +134,12 @@ def _width(text: str) -> int:
 
 
 def cmd_sync(
-    names: Sequence[str], full_refresh: bool, partition: str | None, refresh: bool
+    names: Sequence[str], full_refresh: bool, partition: str | None, refresh: bool,
+    apply_deletes: bool = False,
 ) -> int:
     import dagster as dg
 
-    from pg_to_bq.assets import FULL_REFRESH_TAG, destination_key
+    from pg_to_bq.assets import APPLY_DELETES_TAG, FULL_REFRESH_TAG, destination_key
     from pg_to_bq.plan import select_plans
     from pg_to_bq.project import asset_context, build_definitions, load_catalog, plans_for
     from pg_to_bq.settings import Settings
@@ -177,7 +181,8 @@ def cmd_sync(
             resources=defs.resources,
             instance=instance,
             partition_key=partition if plan.partition is not None else None,
-            tags={FULL_REFRESH_TAG: "true"} if full_refresh else None,
+            tags={**({FULL_REFRESH_TAG: "true"} if full_refresh else {}),
+                  **({APPLY_DELETES_TAG: "true"} if apply_deletes else {})},
             run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
             raise_on_error=False,
         )
@@ -188,7 +193,9 @@ def cmd_sync(
             total_rows += rows
             failed_checks = _failed_checks(result)
             suffix = f"; checks failed: {', '.join(failed_checks)}" if failed_checks else ""
-            print(f"{prefix}: ok, {rows:,} rows ({metadata.get('load_mode', '?')}) "
+            deleted = metadata.get("rows_deleted")
+            deleted_text = f", {deleted:,} deleted" if isinstance(deleted, int) else ""
+            print(f"{prefix}: ok, {rows:,} rows ({metadata.get('load_mode', '?')}){deleted_text} "
                   f"in {elapsed:.1f}s{suffix}", flush=True)
         else:
             message = _failure_message(result) or "failed (see the Dagster logs)"

@@ -9,6 +9,7 @@ import dagster as dg
 from dagster_aws.secretsmanager import SecretsManagerResource
 
 from pg_to_bq.assets import (
+    APPLY_DELETES_TAG,
     PARTITIONED_TAG,
     SCHEDULE_TAG,
     AssetContext,
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 
 NIGHTLY_JOB = "mirror_all_tables"
 NIGHTLY_SCHEDULE = "nightly_mirror"
+DELETE_PASS_SCHEDULE = "delete_pass"
 REFRESH_JOB = "refresh_catalog"
 
 
@@ -181,6 +183,18 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
                 execution_timezone=settings.schedule_timezone,
                 default_status=dg.DefaultScheduleStatus.RUNNING,
                 description="Mirror every table nightly (incremental where a cursor allows)",
+            )
+        )
+        schedules.append(
+            dg.ScheduleDefinition(
+                name=DELETE_PASS_SCHEDULE,
+                job=nightly,
+                cron_schedule=settings.deletes_cron,
+                execution_timezone=settings.schedule_timezone,
+                tags={APPLY_DELETES_TAG: "true"},
+                default_status=dg.DefaultScheduleStatus.RUNNING,
+                description="Load every table, then delete destination rows of merged tables "
+                            "whose primary key no longer exists in PostgreSQL",
             )
         )
     for granularity in ("day", "month"):

@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 PREFIX = "PG_TO_BQ_"
 DEFAULT_CRON = "0 16 * * *"
+DEFAULT_DELETES_CRON = "0 18 * * 6"
 DEFAULT_DATASET = "pg_raw"
 DEFAULT_WORK_DIR = "/tmp/pg_to_bq"
 _DATASET_RE = re.compile(r"^[A-Za-z0-9_]{1,1024}$")
@@ -66,6 +67,7 @@ class Settings:
     owners: tuple[str, ...] = ()
     tags: Mapping[str, str] = field(default_factory=dict)
     freshness_hours: int = 48
+    deletes_cron: str = DEFAULT_DELETES_CRON
     hash_salt_set: bool = False
     hash_salt_secret: str | None = None
 
@@ -111,7 +113,9 @@ class Settings:
                 "and underscores only (BigQuery's rule)"
             )
         cron = get("SCHEDULE_CRON", DEFAULT_CRON)
-        _check_cron(cron)
+        _check_cron(cron, "SCHEDULE_CRON")
+        deletes_cron = get("DELETES_CRON", DEFAULT_DELETES_CRON)
+        _check_cron(deletes_cron, "DELETES_CRON")
         timezone = get("SCHEDULE_TIMEZONE", "UTC")
         try:
             ZoneInfo(timezone)
@@ -161,6 +165,7 @@ class Settings:
             owners=_split(get("OWNERS", "")),
             tags=_tags(get("TAGS", "")),
             freshness_hours=_positive_int(get("FRESHNESS_HOURS", "48"), "FRESHNESS_HOURS"),
+            deletes_cron=deletes_cron,
             hash_salt_set=get("HASH_SALT") is not None,
             hash_salt_secret=get("HASH_SALT_SECRET"),
         )
@@ -216,12 +221,12 @@ def _check_postgres_url(url: str) -> None:
         )
 
 
-def _check_cron(cron: str) -> None:
+def _check_cron(cron: str, name: str) -> None:
     from croniter import croniter
 
     if len(cron.split()) != 5 or not croniter.is_valid(cron):
         raise SettingsError(
-            f"{PREFIX}SCHEDULE_CRON={cron!r} is not a valid cron expression "
+            f"{PREFIX}{name}={cron!r} is not a valid cron expression "
             "(five fields, for example '0 16 * * *')"
         )
 

@@ -1,0 +1,224 @@
+"""Tier 2: incremental merges, deletes, backfills, checks and sensitive columns, PostgreSQL → DuckDB."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import pytest
+
+from pg_to_bq.assets import APPLY_DELETES_TAG, FULL_REFRESH_TAG
+from pg_to_bq.project import build_definitions
+from pg_to_bq.settings import Settings
+from pg_to_bq_tests.conftest import run_sql
+
+ORDERS_SQL = """
+    CREATE TABLE orders (id bigint PRIMARY KEY, status text NOT NULL,
+                         amount numeric(10,2), updated_at timestamptz NOT NULL);
+    INSERT INTO orders
+    SELECT g, 'new', g * 1.25, now() - interval '30 days' + g * interval '1 minute'
+    FROM generate_series(1, 1000) g;
+"""
+
+
+def duck(path: Path, sql: str) -> list[tuple]:
+    with duckdb.connect(str(path), read_only=True) as conn:
+        return conn.execute(sql).fetchall()
+
+
+def materialize(defs: dg.Definitions, tags: dict | None = None, partition_key: str | None = None,
+                selection: dg.AssetSelection | None = None) -> dg.ExecuteInProcessResult:
+    return dg.materialize(
+        list(defs.assets or []),
+        selection=selection or dg.AssetSelection.kind("dlt"),
+        resources=defs.resources,
+        tags=tags,
+        partition_key=partition_key,
+        raise_on_error=False,
+    )
+
+
+def metadata_of(result: dg.ExecuteInProcessResult) -> dict:
+    [event] = result.get_asset_materialization_events()
+    return {k: v.value for k, v in event.event_specific_data.materialization.metadata.items()}
+
+
+def check_results(result: dg.ExecuteInProcessResult) -> dict[str, tuple[bool, str]]:
+    return {e.check_name: (e.passed, e.severity.value) for e in result.get_asset_check_evaluations()}
+
+
+def test_incremental_merge_picks_changes_and_skips_unchanged_rows(pg_url: str, settings_env) -> None:
+    run_sql(pg_url, ORDERS_SQL)
+    path = settings_env(pg_url)
+    defs = build_definitions(Settings.from_env())
+    first = materialize(defs)
+    assert first.success and metadata_of(first)["load_mode"] == "full"
+    assert metadata_of(first)["rows_loaded"] == 1000
+
+    unchanged = materialize(defs)
+    assert metadata_of(unchanged)["load_mode"] == "incremental"
+    # Only rows within the lookback (10 minutes, bounds included) of the last cursor are read
+    # again: rows 990 to 1000.
+    assert metadata_of(unchanged)["rows_loaded"] == 11
+
+    run_sql(pg_url, """
+        UPDATE orders SET status = 'paid', updated_at = now() WHERE id IN (3, 4);
+        INSERT INTO orders VALUES (1001, 'new', 9.99, now());
+    """)
+    changed = materialize(defs)
+    # The 3 changed rows plus the 11 rows inside the lookback window of the previous cursor.
+    assert metadata_of(changed)["rows_loaded"] == 14
+    assert duck(path, "SELECT count(*), count(DISTINCT id) FROM raw.orders") == [(1001, 1001)]
+    assert duck(path, "SELECT id, status FROM raw.orders WHERE status = 'paid' ORDER BY id") \
+        == [(3, "paid"), (4, "paid")]
+    assert check_results(changed)["row_count_matches_source"] == (True, "ERROR")
+
+    again = materialize(defs)  # idempotent: nothing new, nothing duplicated
+    assert again.success
+    assert duck(path, "SELECT count(*), count(DISTINCT id) FROM raw.orders") == [(1001, 1001)]
+
+
+def test_deletes_are_applied_on_demand(pg_url: str, settings_env) -> None:
+    run_sql(pg_url, ORDERS_SQL)
+    path = settings_env(pg_url)
+    defs = build_definitions(Settings.from_env())
+    assert materialize(defs).success
+    run_sql(pg_url, "DELETE FROM orders WHERE id IN (10, 20, 30)")
+    pending = materialize(defs)
+    assert check_results(pending)["row_count_matches_source"] == (False, "WARN")
+    assert duck(path, "SELECT count(*) FROM raw.orders") == [(1000,)]
+
+    applied = materialize(defs, tags={APPLY_DELETES_TAG: "true"})
+    assert applied.success
+    assert metadata_of(applied)["rows_deleted"] == 3
+    assert check_results(applied)["row_count_matches_source"] == (True, "ERROR")
+    assert duck(path, "SELECT count(*) FROM raw.orders WHERE id IN (10, 20, 30)") == [(0,)]
+    assert duck(path, "SELECT count(*) FROM raw.orders") == [(997,)]
+
+
+def test_full_refresh_replaces_and_resets_the_cursor(pg_url: str, settings_env) -> None:
+    run_sql(pg_url, ORDERS_SQL)
+    path = settings_env(pg_url)
+    defs = build_definitions(Settings.from_env())
+    assert materialize(defs).success
+    run_sql(pg_url, "DELETE FROM orders WHERE id > 500")
+    refreshed = materialize(defs, tags={FULL_REFRESH_TAG: "true"})
+    assert metadata_of(refreshed)["load_mode"] == "full"
+    assert duck(path, "SELECT count(*) FROM raw.orders") == [(500,)]
+
+
+def test_reconciliation_fails_when_destination_lost_rows(pg_url: str, settings_env) -> None:
+    run_sql(pg_url, ORDERS_SQL)
+    path = settings_env(pg_url)
+    defs = build_definitions(Settings.from_env())
+    assert materialize(defs).success
+    with duckdb.connect(str(path)) as conn:
+        conn.execute("DELETE FROM raw.orders WHERE id <= 5")  # tampering
+    result = materialize(defs)
+    assert check_results(result)["row_count_matches_source"] == (False, "ERROR")
+    [evaluation] = [e for e in result.get_asset_check_evaluations()
+                    if e.check_name == "row_count_matches_source"]
+    assert evaluation.metadata["difference"].value == -5
+
+
+def test_schema_drift_is_reported(pg_url: str, settings_env) -> None:
+    run_sql(pg_url, ORDERS_SQL)
+    settings_env(pg_url)
+    defs = build_definitions(Settings.from_env())  # snapshot taken here
+    run_sql(pg_url, "ALTER TABLE orders ADD COLUMN note text")
+    result = materialize(defs)
+    assert result.success
+    assert check_results(result)["schema_unchanged_since_discovery"] == (False, "WARN")
+
+
+def test_one_day_partition_backfill(pg_url: str, settings_env, tmp_path: Path) -> None:
+    run_sql(pg_url, """
+        CREATE TABLE visits (id bigint PRIMARY KEY, visited_at timestamptz NOT NULL, page text);
+        INSERT INTO visits
+        SELECT g, TIMESTAMPTZ '2026-11-01 00:00:00+00' + g * interval '1 hour', '/p' || g
+        FROM generate_series(0, 71) g;
+    """)
+    tables = tmp_path / "tables.yaml"
+    tables.write_text("tables:\n  public.visits:\n    partition: {column: visited_at, "
+                      "granularity: day, start: 2026-11-01}\n")
+    path = settings_env(pg_url, TABLES_FILE=str(tables))
+    defs = build_definitions(Settings.from_env())
+    result = materialize(defs, partition_key="2026-11-02",
+                         selection=dg.AssetSelection.tag("pg_to_bq/partitioned", "day"))
+    assert result.success
+    assert metadata_of(result)["load_mode"] == "window"
+    assert duck(path, "SELECT count(*), min(id), max(id) FROM raw.visits") == [(24, 24, 47)]
+    run_sql(pg_url, "UPDATE visits SET page = '/changed' WHERE id = 30")
+    assert materialize(defs, partition_key="2026-11-02",
+                       selection=dg.AssetSelection.tag("pg_to_bq/partitioned", "day")).success
+    assert duck(path, "SELECT count(*) FROM raw.visits") == [(24,)]
+    assert duck(path, "SELECT page FROM raw.visits WHERE id = 30") == [("/changed",)]
+
+
+def test_excluded_and_hashed_columns_never_reach_the_destination(
+    pg_url: str, settings_env, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    run_sql(pg_url, """
+        CREATE TABLE users (id int PRIMARY KEY, email text, api_token text, card text);
+        INSERT INTO users VALUES (1, 'a@example.com', 'tok-SECRET-1', '4111-VISIBLE-NEVER'),
+                                 (2, NULL, 'tok-SECRET-2', NULL);
+    """)
+    tables = tmp_path / "tables.yaml"
+    tables.write_text("tables:\n  public.users:\n    columns:\n      email: {hash: true}\n"
+                      "      card: {exclude: true}\n")
+    path = settings_env(pg_url, TABLES_FILE=str(tables), HASH_SALT="pepper")
+    caplog.set_level("DEBUG")
+    result = materialize(build_definitions(Settings.from_env()))
+    assert result.success
+    columns = [r[0] for r in duck(path, "SELECT column_name FROM information_schema.columns "
+                                        "WHERE table_schema = 'raw' AND table_name = 'users'")]
+    assert sorted(columns) == ["email", "id"]
+    expected = hashlib.sha256(b"pepper" + b"a@example.com").hexdigest()
+    assert duck(path, "SELECT id, email FROM raw.users ORDER BY id") == [(1, expected), (2, None)]
+    secrets = [b"tok-SECRET", b"4111-VISIBLE-NEVER", b"a@example.com"]
+    for file in Path(os.environ["PG_TO_BQ_WORK_DIR"]).rglob("*"):
+        if file.is_file():
+            data = file.read_bytes()
+            assert not any(s in data for s in secrets), file
+    logs = caplog.text + "".join(str(e.message) for e in result.all_events)
+    assert not any(s.decode() in logs for s in secrets)
+    # The plan in the asset's metadata lists what was excluded and hashed.
+    node = build_definitions(Settings.from_env()).resolve_asset_graph().get(
+        dg.AssetKey(["duckdb", "raw", "users"]))
+    plan_md = node.metadata["pg_to_bq/plan"].value
+    assert "excluded columns**: api_token, card" in plan_md and "hashed columns**: email" in plan_md
+
+
+def test_killed_load_then_rerun_has_no_duplicates_or_gaps(pg_url: str, settings_env) -> None:
+    run_sql(pg_url, """
+        CREATE TABLE big (id bigint PRIMARY KEY, payload text, updated_at timestamptz NOT NULL);
+        INSERT INTO big SELECT g, repeat(md5(g::text), 8), now() - interval '1 day'
+        FROM generate_series(1, 400000) g;
+    """)
+    path = settings_env(pg_url, BATCH_BYTES=str(4 * 1024 * 1024))
+    work = Path(os.environ["PG_TO_BQ_WORK_DIR"])
+    command = [sys.executable, "-m", "pg_to_bq.cli", "sync", "public.big"]
+    process = subprocess.Popen(command, env=dict(os.environ), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 120
+    # Kill as soon as dlt has written part of the extract, i.e. mid-way through the load.
+    while time.monotonic() < deadline and process.poll() is None:
+        if any(p.suffix == ".parquet" for p in work.rglob("*.parquet")):
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, process.stdout.read().decode() if process.stdout else ""
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+
+    rerun = subprocess.run(command, env=dict(os.environ), capture_output=True, text=True,
+                           timeout=300)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert duck(path, "SELECT count(*), count(DISTINCT id), min(id), max(id) FROM raw.big") \
+        == [(400000, 400000, 1, 400000)]
