@@ -195,9 +195,12 @@ class TableReader:
                 f"{str(exc).splitlines()[0]}"
             ) from None
 
-    def _where(self, extra: str | None = None) -> str:
-        parts = [f"({p})" for p in (self.where, extra) if p]
-        return " WHERE " + " AND ".join(parts) if parts else ""
+    def _conditions(self, range_condition: str | None = None) -> str | None:
+        """The reader's `where` and one range's condition, ANDed; None when neither."""
+        return " AND ".join(f"({p})" for p in (self.where, range_condition) if p) or None
+
+    def _where(self) -> str:
+        return f" WHERE {self.where}" if self.where else ""
 
     def _read(self, conn: Any, where: str | None, put: Callable[[pa.RecordBatch], bool]) -> None:
         """COPY one range on `conn`, converting each batch and handing it to `put`."""
@@ -205,8 +208,7 @@ class TableReader:
         cur.adbc_statement.set_options(
             **{"adbc.postgresql.batch_size_hint_bytes": str(self.batch_bytes)}
         )
-        conditions = " AND ".join(f"({p})" for p in (self.where, where) if p) or None
-        cur.execute(select_sql(self.plan, conditions))
+        cur.execute(select_sql(self.plan, self._conditions(where)))
         reader = cur.fetch_record_batch()
         try:
             for raw in reader:
@@ -531,8 +533,5 @@ def _salted_hash(array: pa.Array, salt: bytes) -> pa.Array:
 
 def literal(value: object, pg_type: str) -> str:
     """A safely quoted SQL literal with an explicit cast, for cursor and window bounds."""
-    if isinstance(value, datetime | date):
-        text = value.isoformat()
-    else:
-        text = str(value)
+    text = value.isoformat() if isinstance(value, datetime | date) else str(value)
     return "'" + text.replace("'", "''") + "'::" + pg_type

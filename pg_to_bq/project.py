@@ -155,6 +155,18 @@ def refresh_catalog_job() -> None:
     refresh_catalog_op()
 
 
+def executor_for(name: str) -> dg.ExecutorDefinition | None:
+    """The nightly job's executor: Dagster's default (multiprocess), in-process, or
+    dagster-aws's `ecs_executor` (one ECS task per table) for runs that outgrow one container."""
+    if name == "ecs":
+        from dagster_aws.ecs import ecs_executor
+
+        return ecs_executor
+    if name == "in_process":
+        return dg.in_process_executor
+    return None
+
+
 def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     """Everything the code location serves. Reads the catalog snapshot, not PostgreSQL."""
     settings = settings or Settings.from_env()
@@ -173,6 +185,7 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
             NIGHTLY_JOB,
             selection=dg.AssetSelection.tag(SCHEDULE_TAG, "nightly"),
             description="Load every scheduled table (one step per table)",
+            executor_def=executor_for(settings.executor),
         )
         jobs.append(nightly)
         schedules.append(

@@ -68,6 +68,7 @@ class Settings:
     tags: Mapping[str, str] = field(default_factory=dict)
     freshness_hours: int = 48
     deletes_cron: str = DEFAULT_DELETES_CRON
+    executor: str = "multiprocess"
     hash_salt_set: bool = False
     hash_salt_secret: str | None = None
 
@@ -166,6 +167,8 @@ class Settings:
             tags=_tags(get("TAGS", "")),
             freshness_hours=_positive_int(get("FRESHNESS_HOURS", "48"), "FRESHNESS_HOURS"),
             deletes_cron=deletes_cron,
+            executor=_choice(get("EXECUTOR", "multiprocess"), "EXECUTOR",
+                             ("multiprocess", "in_process", "ecs")),
             hash_salt_set=get("HASH_SALT") is not None,
             hash_salt_secret=get("HASH_SALT_SECRET"),
         )
@@ -229,6 +232,12 @@ def _check_cron(cron: str, name: str) -> None:
             f"{PREFIX}{name}={cron!r} is not a valid cron expression "
             "(five fields, for example '0 16 * * *')"
         )
+
+
+def _choice(value: str | None, name: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise SettingsError(f"{PREFIX}{name}={value!r} must be one of {', '.join(choices)}")
+    return value
 
 
 def _split(value: str | None) -> tuple[str, ...]:

@@ -189,3 +189,11 @@ def _memo_op() -> str:
     from pg_to_bq.naming import dagster_name
 
     return dagster_name("load", "public", "顧客メモ")
+
+
+@pytest.mark.parametrize(("setting", "executor"), [("multiprocess", "multi_or_in_process_executor"),
+                                                   ("in_process", "in_process"), ("ecs", "ecs")])
+def test_nightly_executor_setting(snapshot_env, monkeypatch, setting: str, executor: str) -> None:
+    monkeypatch.setenv("PG_TO_BQ_EXECUTOR", setting)
+    job = build_definitions(Settings.from_env()).resolve_job_def(NIGHTLY_JOB)
+    assert job.executor_def.name == executor

@@ -27,6 +27,7 @@ cannot reach the run at all, so Lambda's asynchronous retries never run a run tw
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -64,6 +65,11 @@ from pg_to_bq.launchers.lambda_launcher import (
     STOP_STATUSES,
 )
 from pg_to_bq.settings import DEFAULT_WORK_DIR
+
+# Imported here, during Lambda's init phase, instead of within the first invocation's
+# time budget: the instance storage a deployment shares between the daemon and Lambda.
+with contextlib.suppress(ImportError):
+    import dagster_postgres  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -137,9 +143,7 @@ def lambda_instance_ref(ref: InstanceRef, work_dir: Path) -> InstanceRef:
         local_artifact_storage_data=_relocated(
             ref.local_artifact_storage_data, _LOCAL_ARTIFACT_STORAGE, dagster_dir
         ),
-        compute_logs_data=_relocated(
-            ref.compute_logs_data, _LOCAL_COMPUTE_LOGS, dagster_dir / "storage"
-        ),
+        compute_logs_data=_relocated(ref.compute_logs_data, _LOCAL_COMPUTE_LOGS, dagster_dir / "storage"),
         settings={**ref.settings, "telemetry": {"enabled": False}},
     )
 
@@ -160,9 +164,7 @@ class InProcessJob(IJob):
 
     def get_definition(self):
         if self._definition is None:
-            self._definition = self._recon_job.get_definition().with_executor_def(
-                in_process_executor
-            )
+            self._definition = self._recon_job.get_definition().with_executor_def(in_process_executor)
         return self._definition
 
     def get_repository_definition(self):
@@ -233,9 +235,7 @@ def execute_run_in_process(instance: DagsterInstance, run: DagsterRun) -> Iterat
         instance.inject_env_vars(run.remote_job_origin.location_name if run.remote_job_origin else None)
         recon_job = recon_job_from_origin(origin)
         if run.has_repository_load_data:
-            snapshot = instance.get_execution_plan_snapshot(
-                check.not_none(run.execution_plan_snapshot_id)
-            )
+            snapshot = instance.get_execution_plan_snapshot(check.not_none(run.execution_plan_snapshot_id))
             recon_job = recon_job.with_repository_load_data(snapshot.repository_load_data)
         job = InProcessJob(recon_job)
         job.get_definition()
@@ -276,7 +276,8 @@ class RunWatchdog(threading.Thread):
     Wakes every `poll_interval_s` to read the run's status; at CANCELING, CANCELED or
     FAILURE it interrupts the main thread (Dagster then ends the run CANCELED, or keeps
     the status it already has). When `remaining_s()` drops to `margin_s` it first reports
-    the run FAILURE with `deadline_message`, then interrupts.
+    the run FAILURE with `deadline_message`, then interrupts. `started_at` (monotonic) is
+    when the invocation began, for the message.
     """
 
     def __init__(
@@ -286,6 +287,7 @@ class RunWatchdog(threading.Thread):
         remaining_s: Callable[[], float],
         margin_s: float,
         poll_interval_s: float,
+        started_at: float | None = None,
         interrupt: Callable[[], None] | None = None,
     ):
         super().__init__(name="pg-to-bq-lambda-watchdog", daemon=True)
@@ -295,7 +297,7 @@ class RunWatchdog(threading.Thread):
         self._margin_s = margin_s
         self._poll_interval_s = poll_interval_s
         self._interrupt = interrupt or (lambda: os.kill(os.getpid(), signal.SIGINT))
-        self._started_at = time.monotonic()
+        self._started_at = time.monotonic() if started_at is None else started_at
         self._shutdown = threading.Event()
         self.reason: str | None = None
 
@@ -363,9 +365,7 @@ def _deadline_margin_s() -> float:
 def parse_event(event: Mapping[str, Any]) -> ExecuteRunArgs:
     """The `ExecuteRunArgs` carried by a `LambdaRunLauncher` event."""
     if not isinstance(event, Mapping) or EVENT_ARGS_KEY not in event:
-        raise ValueError(
-            f"not a pg_to_bq run event: expected a JSON object with {EVENT_ARGS_KEY!r}"
-        )
+        raise ValueError(f"not a pg_to_bq run event: expected a JSON object with {EVENT_ARGS_KEY!r}")
     return deserialize_value(event[EVENT_ARGS_KEY], ExecuteRunArgs)
 
 
@@ -395,8 +395,7 @@ def _refuse_unless_startable(instance: DagsterInstance, run: DagsterRun, request
             )
         else:
             instance.report_engine_event(
-                f"Lambda request {request_id} ignored: the run is already executing "
-                f"(request {previous}).",
+                f"Lambda request {request_id} ignored: the run is already executing (request {previous}).",
                 run,
             )
         return True
@@ -405,6 +404,7 @@ def _refuse_unless_startable(instance: DagsterInstance, run: DagsterRun, request
 
 def handler(event: Mapping[str, Any], context: Any) -> dict[str, Any]:
     """Lambda entry point: execute the run described by `event` in this process."""
+    started_at = time.monotonic()
     work_dir = prepare_environment()
     margin_s = _deadline_margin_s()
     args = parse_event(event)
@@ -443,6 +443,7 @@ def handler(event: Mapping[str, Any], context: Any) -> dict[str, Any]:
                     remaining_s,
                     margin_s,
                     poll_interval_s=instance.cancellation_thread_poll_interval_seconds,
+                    started_at=started_at,
                 )
                 watchdog.start()
                 try:

@@ -27,7 +27,7 @@ import logging
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Self
 
 import boto3
 from botocore.config import Config
@@ -44,7 +44,6 @@ from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
 from dagster._grpc.types import ExecuteRunArgs
 from dagster._serdes import ConfigurableClass, serialize_value
 from dagster._serdes.config_class import ConfigurableClassData
-from typing_extensions import Self
 
 log = logging.getLogger(__name__)
 
@@ -150,8 +149,7 @@ class LambdaRunLauncher(RunLauncher, ConfigurableClass):
                 is_required=False,
                 default_value=None,
                 description=(
-                    "The function's timeout in seconds; read with GetFunctionConfiguration "
-                    "when unset."
+                    "The function's timeout in seconds; read with GetFunctionConfiguration when unset."
                 ),
             ),
             "health_check_grace_seconds": Field(
@@ -166,9 +164,7 @@ class LambdaRunLauncher(RunLauncher, ConfigurableClass):
         }
 
     @classmethod
-    def from_config_value(
-        cls, inst_data: ConfigurableClassData, config_value: Mapping[str, Any]
-    ) -> Self:
+    def from_config_value(cls, inst_data: ConfigurableClassData, config_value: Mapping[str, Any]) -> Self:
         return cls(inst_data=inst_data, **config_value)
 
     # --- AWS ---------------------------------------------------------------------------
@@ -180,9 +176,8 @@ class LambdaRunLauncher(RunLauncher, ConfigurableClass):
                 "lambda",
                 region_name=self.region_name,
                 endpoint_url=self.endpoint_url,
-                # An Event invoke that times out on the client side may still have been
-                # queued; retrying it would deliver the run twice. Retry only throttling and
-                # connection errors, which boto3's standard mode does before sending.
+                # Retries may deliver an Event twice, as Lambda itself may: the handler
+                # ignores a delivery whose run is already executing or finished.
                 config=Config(retries={"mode": "standard", "max_attempts": 3}),
             )
         return self._lambda_client
@@ -198,9 +193,7 @@ class LambdaRunLauncher(RunLauncher, ConfigurableClass):
             kwargs: dict[str, Any] = {"FunctionName": self.function_name}
             if self.qualifier:
                 kwargs["Qualifier"] = self.qualifier
-            self.timeout_seconds = int(
-                self.lambda_client.get_function_configuration(**kwargs)["Timeout"]
-            )
+            self.timeout_seconds = int(self.lambda_client.get_function_configuration(**kwargs)["Timeout"])
         return self.timeout_seconds
 
     # --- RunLauncher ---------------------------------------------------------------------
@@ -273,8 +266,7 @@ class LambdaRunLauncher(RunLauncher, ConfigurableClass):
         self._instance.report_run_canceling(
             run,
             message=(
-                "Sending run termination request: the Lambda handler stops the run at its "
-                "next status poll."
+                "Sending run termination request: the Lambda handler stops the run at its next status poll."
             ),
         )
         return True
@@ -313,9 +305,7 @@ class LambdaRunLauncher(RunLauncher, ConfigurableClass):
             # invocation time plus the function's timeout.
             invoked_at = _float_tag(run, INVOKED_AT_TAG)
             if invoked_at is None:
-                return CheckRunHealthResult(
-                    WorkerStatus.UNKNOWN, f"{where} has no recorded invocation time."
-                )
+                return CheckRunHealthResult(WorkerStatus.UNKNOWN, f"{where} has no recorded invocation time.")
             try:
                 deadline = invoked_at + self.function_timeout_seconds()
             except Exception as error:  # noqa: BLE001 - reported, retried next check
@@ -357,6 +347,4 @@ class LambdaRunLauncher(RunLauncher, ConfigurableClass):
 
 
 #: Run statuses at which the handler stops executing (mirrors Dagster's cancellation thread).
-STOP_STATUSES = frozenset(
-    {DagsterRunStatus.CANCELING, DagsterRunStatus.CANCELED, DagsterRunStatus.FAILURE}
-)
+STOP_STATUSES = frozenset({DagsterRunStatus.CANCELING, DagsterRunStatus.CANCELED, DagsterRunStatus.FAILURE})

@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 import yaml
 from dagster import Field, IntSource, Noneable, Permissive, Shape
@@ -45,7 +45,6 @@ from dagster._core.launcher import (
     WorkerStatus,
 )
 from dagster._serdes import ConfigurableClass, ConfigurableClassData
-from typing_extensions import Self
 
 from pg_to_bq.launchers.routing import (
     COMPUTE_REASON_TAG,

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 COMPUTE_TAG = "pg_to_bq/compute"
-"""Run tag naming the compute a run asks for (`lambda` or `ecs`); the router writes its decision here."""
+"""Run tag: the compute a run asks for (`lambda` or `ecs`); the router records its choice here."""
 
 COMPUTE_REASON_TAG = "pg_to_bq/compute_reason"
 """Run tag the router writes: why the run went where it went."""
@@ -159,7 +159,7 @@ def reloads_whole_tables(tags: Mapping[str, str]) -> str | None:
     if tags.get(FULL_REFRESH_TAG, "").strip().lower() in _TRUE_VALUES:
         return "a full refresh"
     if BACKFILL_TAG in tags:
-        return f"part of backfill {tags[BACKFILL_TAG]}"
+        return f"backfill {tags[BACKFILL_TAG]}"
     return None
 
 
@@ -185,9 +185,7 @@ def choose_compute(
         ValueError: The `pg_to_bq/compute` tag holds something other than `lambda` or `ecs`.
     """
     if not isinstance(estimate, SizeEstimate):
-        estimate = (
-            UNKNOWN_SIZE if estimate is None else SizeEstimate(rows=estimate, source="given")
-        )
+        estimate = UNKNOWN_SIZE if estimate is None else SizeEstimate(rows=estimate, source="given")
     requested = requested_target(tags)
     whole_tables = reloads_whole_tables(tags)
     size = estimate.describe()
@@ -211,9 +209,7 @@ def choose_compute(
         and estimate.tables is not None
         and estimate.tables > lambda_max_tables
     ):
-        return Decision(
-            ECS, f"{size}: more than lambda_max_tables {lambda_max_tables:,} tables"
-        )
+        return Decision(ECS, f"{size}: more than lambda_max_tables {lambda_max_tables:,} tables")
     if too_many_rows:
         return Decision(ECS, f"{size} > lambda_max_rows {lambda_max_rows:,}")
     return Decision(LAMBDA, f"{size} <= lambda_max_rows {lambda_max_rows:,}")
