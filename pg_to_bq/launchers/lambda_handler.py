@@ -34,12 +34,19 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Set
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Set
 from pathlib import Path
 from typing import Any
 
 import yaml
-from dagster import DagsterInstance, in_process_executor
+from dagster import (
+    AssetCheckKey,
+    AssetKey,
+    DagsterInstance,
+    JobDefinition,
+    RepositoryDefinition,
+    in_process_executor,
+)
 from dagster import _check as check
 from dagster._core.definitions.job_base import IJob
 from dagster._core.definitions.reconstruct import ReconstructableJob
@@ -55,15 +62,13 @@ from dagster._utils.hosted_user_process import recon_job_from_origin
 from dagster._utils.interrupts import capture_interrupts
 
 from pg_to_bq.launchers.lambda_launcher import (
-    COMPUTE_TAG,
     DEADLINE_TAG,
-    ECS_COMPUTE,
     EVENT_ARGS_KEY,
     EXITED_TAG,
     LOG_STREAM_TAG,
     REQUEST_ID_TAG,
-    STOP_STATUSES,
 )
+from pg_to_bq.launchers.routing import COMPUTE_TAG, ECS
 from pg_to_bq.settings import DEFAULT_WORK_DIR
 
 # Imported here, during Lambda's init phase, instead of within the first invocation's
@@ -82,6 +87,8 @@ _LOCAL_COMPUTE_LOGS = (
     "dagster._core.storage.local_compute_log_manager",
     "LocalComputeLogManager",
 )
+#: Run statuses at which the handler stops executing (as Dagster's cancellation thread does).
+STOP_STATUSES = frozenset({DagsterRunStatus.CANCELING, DagsterRunStatus.CANCELED, DagsterRunStatus.FAILURE})
 # Executor settings that mean the same thing for the in-process executor; the rest
 # (max_concurrent, start_method, tag_concurrency_limits) only apply to subprocesses.
 _IN_PROCESS_EXECUTOR_KEYS = ("retries", "step_dependency_config")
@@ -92,7 +99,7 @@ def deadline_message(elapsed_s: float, margin_s: float) -> str:
     return (
         f"Lambda deadline reached after {elapsed_s:.0f}s: the run was stopped {margin_s:.0f}s "
         f"before the function's timeout. Rerun it on ECS with the tag "
-        f"{COMPUTE_TAG}={ECS_COMPUTE}."
+        f"{COMPUTE_TAG}={ECS}."
     )
 
 
@@ -107,7 +114,7 @@ def _writable(path: Path) -> bool:
     return False
 
 
-def prepare_environment(environ: dict[str, str] | None = None) -> Path:
+def prepare_environment(environ: MutableMapping[str, str] | None = None) -> Path:
     """Point writable state under the work dir (default /tmp/pg_to_bq) and return it."""
     env = os.environ if environ is None else environ
     work_dir = Path(env.get(WORK_DIR_ENV) or DEFAULT_WORK_DIR)
@@ -119,7 +126,9 @@ def prepare_environment(environ: dict[str, str] | None = None) -> Path:
     return work_dir
 
 
-def _relocated(data: ConfigurableClassData | None, kind: tuple[str, str], base_dir: Path):
+def _relocated(
+    data: ConfigurableClassData | None, kind: tuple[str, str], base_dir: Path
+) -> ConfigurableClassData | None:
     """`data` with its `base_dir` moved to `base_dir` when it is a local store we cannot write."""
     if data is None or (data.module_name, data.class_name) != kind:
         return data
@@ -160,17 +169,23 @@ class InProcessJob(IJob):
 
     def __init__(self, recon_job: ReconstructableJob):
         self._recon_job = recon_job
-        self._definition = None
+        self._definition: JobDefinition | None = None
 
-    def get_definition(self):
+    def get_definition(self) -> JobDefinition:
         if self._definition is None:
             self._definition = self._recon_job.get_definition().with_executor_def(in_process_executor)
         return self._definition
 
-    def get_repository_definition(self):
+    def get_repository_definition(self) -> RepositoryDefinition | None:
         return self._recon_job.get_repository_definition()
 
-    def get_subset(self, *, op_selection=None, asset_selection=None, asset_check_selection=None):
+    def get_subset(
+        self,
+        *,
+        op_selection: Iterable[str] | None = None,
+        asset_selection: Set[AssetKey] | None = None,
+        asset_check_selection: Set[AssetCheckKey] | None = None,
+    ) -> InProcessJob:
         return InProcessJob(
             self._recon_job.get_subset(
                 op_selection=op_selection,
@@ -184,11 +199,11 @@ class InProcessJob(IJob):
         return self._recon_job.op_selection
 
     @property
-    def asset_selection(self):
+    def asset_selection(self) -> Set[AssetKey] | None:
         return self._recon_job.asset_selection
 
     @property
-    def asset_check_selection(self):
+    def asset_check_selection(self) -> Set[AssetCheckKey] | None:
         return self._recon_job.asset_check_selection
 
 
@@ -274,10 +289,11 @@ class RunWatchdog(threading.Thread):
     """Stops the execution on the main thread at the deadline or when the run is canceled.
 
     Wakes every `poll_interval_s` to read the run's status; at CANCELING, CANCELED or
-    FAILURE it interrupts the main thread (Dagster then ends the run CANCELED, or keeps
-    the status it already has). When `remaining_s()` drops to `margin_s` it first reports
-    the run FAILURE with `deadline_message`, then interrupts. `started_at` (monotonic) is
-    when the invocation began, for the message.
+    FAILURE it interrupts the main thread once (Dagster then ends the run CANCELED, or keeps
+    the status it already has). When `remaining_s()` drops to `margin_s` and the run is
+    still unfinished, it reports the run FAILURE with `deadline_message` (CANCELED if it
+    was being canceled), then interrupts. `started_at` (monotonic) is when the invocation
+    began, for the message.
     """
 
     def __init__(
@@ -312,6 +328,7 @@ class RunWatchdog(threading.Thread):
             log.exception("watchdog of run %s failed; the deadline is no longer watched", self._run_id)
 
     def _watch(self) -> None:
+        interrupted = False
         while not self._shutdown.is_set():
             until_deadline = self._remaining_s() - self._margin_s
             if until_deadline <= 0:
@@ -319,12 +336,14 @@ class RunWatchdog(threading.Thread):
                 return
             if self._shutdown.wait(min(self._poll_interval_s, until_deadline)):
                 return
+            if interrupted:
+                continue  # still stopping: keep watching the deadline only
             run = self._instance.get_run_by_id(self._run_id)
             if run is None or run.status in STOP_STATUSES:
                 self.reason = f"run status {run.status.value if run else 'deleted'}"
                 log.info("Run %s: %s, interrupting execution", self._run_id, self.reason)
                 self._interrupt()
-                return
+                interrupted = True
 
     def _stop_at_deadline(self) -> None:
         run = self._instance.get_run_by_id(self._run_id)

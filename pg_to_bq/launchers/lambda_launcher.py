@@ -16,14 +16,25 @@ in the Dagster instance:
   grace period has passed (the function was killed: timeout, out of memory, crash), or
   once the handler has left its exit marker without the run having finished.
 
-Keep `config_type()` and `from_config_value()` standard: the routing launcher builds this
-class from its own configuration.
+Configured like any run launcher (or as the routing launcher's `lambda` child):
+
+    run_launcher:
+      module: pg_to_bq.launchers.lambda_launcher
+      class: LambdaRunLauncher
+      config:
+        function_name: pg-to-bq-runs      # or the function's ARN
+        qualifier: live                   # optional version or alias
+        region_name: eu-west-1            # optional
+        timeout_seconds: 900              # optional; else GetFunctionConfiguration
+
+The function's image runs `python -m awslambdaric pg_to_bq.launchers.lambda_handler.handler`.
+Set its asynchronous invocation retries to 0: a retried event never re-executes a run
+(the handler refuses it), it only reports the run failed sooner.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -40,12 +51,10 @@ from dagster._core.launcher.base import (
     RunLauncher,
     WorkerStatus,
 )
-from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
+from dagster._core.storage.dagster_run import DagsterRun
 from dagster._grpc.types import ExecuteRunArgs
 from dagster._serdes import ConfigurableClass, serialize_value
 from dagster._serdes.config_class import ConfigurableClassData
-
-log = logging.getLogger(__name__)
 
 # Run tags. The launcher writes the first three, the handler the rest.
 FUNCTION_TAG = "pg_to_bq/lambda_function"
@@ -57,10 +66,6 @@ EXITED_TAG = "pg_to_bq/lambda_exited_at"
 
 #: Key of the Lambda event holding the serialized `ExecuteRunArgs`.
 EVENT_ARGS_KEY = "execute_run_args"
-
-#: Tag and value that send a run to ECS instead of Lambda (read by the routing launcher).
-COMPUTE_TAG = "pg_to_bq/compute"
-ECS_COMPUTE = "ecs"
 
 DEFAULT_HEALTH_CHECK_GRACE_SECONDS = 60
 
@@ -344,7 +349,3 @@ class LambdaRunLauncher(RunLauncher, ConfigurableClass):
         if deadline is not None:
             lines.append(f"Lambda deadline: {_iso(deadline)}")
         return "\n".join(lines)
-
-
-#: Run statuses at which the handler stops executing (mirrors Dagster's cancellation thread).
-STOP_STATUSES = frozenset({DagsterRunStatus.CANCELING, DagsterRunStatus.CANCELED, DagsterRunStatus.FAILURE})
