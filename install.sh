@@ -11,7 +11,7 @@ cd "$(dirname "$0")"
 APT_PACKAGES=(
   chromium fonts-noto-cjk
   bubblewrap
-  podman buildah debootstrap uidmap slirp4netns fuse-overlayfs
+  podman buildah runc debootstrap uidmap slirp4netns fuse-overlayfs
 )
 
 if [ "${PG_TO_BQ_SKIP_APT:-0}" != "1" ]; then

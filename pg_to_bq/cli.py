@@ -163,8 +163,12 @@ def cmd_sync(
                                 " pass --partition KEY (e.g. --partition 2026-11-01)")
     defs = build_definitions(settings)
     ctx = asset_context(settings)
-    instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") \
-        else dg.DagsterInstance.ephemeral()
+    if os.environ.get("DAGSTER_HOME"):
+        # Runs are recorded where the UI reads them; a new home is created, not an error.
+        Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
+        instance = dg.DagsterInstance.get()
+    else:
+        instance = dg.DagsterInstance.ephemeral()
     assets = list(defs.assets or [])
     failures: list[tuple[str, str]] = []
     total_rows, started = 0, time.monotonic()
@@ -227,10 +231,11 @@ def _failed_checks(result) -> list[str]:
 def _failure_message(result) -> str | None:
     for event in result.get_step_failure_events():
         failure = event.step_failure_data
-        if failure is not None and failure.user_failure_data is not None:
-            if failure.user_failure_data.description:
-                return failure.user_failure_data.description
-        if failure is not None and failure.error is not None:
+        if failure is None:
+            continue
+        if failure.user_failure_data is not None and failure.user_failure_data.description:
+            return failure.user_failure_data.description
+        if failure.error is not None:
             return failure.error.message.strip().splitlines()[0]
     return None
 

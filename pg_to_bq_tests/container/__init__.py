@@ -1,0 +1,1 @@
+"""Tests of the container image (Dockerfile, entrypoint, podman build and runs)."""
