@@ -121,6 +121,8 @@ def build_resources(settings: Settings) -> dict[str, object]:
             batch_bytes=settings.batch_bytes,
             hash_salt=dg.EnvVar(f"{PREFIX}HASH_SALT") if settings.hash_salt_set else None,
             hash_salt_secret_id=settings.hash_salt_secret,
+            parallel_streams=settings.parallel_streams,
+            parallel_min_bytes=settings.parallel_min_bytes,
             secrets=secrets,
         ),
         "destination": Destination(

@@ -6,6 +6,7 @@ Manager via dagster-aws's `SecretsManagerResource`.
 """
 
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,20 @@ from dagster_aws.secretsmanager import SecretsManagerResource
 from pydantic import PrivateAttr
 
 from pg_to_bq.secrets import SecretError, service_account_info, source_url_from_secret
+
+
+class _DropSecretPayloads(logging.Filter):
+    """botocore logs whole response bodies at DEBUG, secret values included; drop those
+    records so turning on debug logging can never print a secret."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return "SecretString" not in message and "SecretBinary" not in message
+
+
+for _name in ("botocore.parsers", "botocore.endpoint", "botocore.hooks", "botocore.httpsession",
+              "urllib3.connectionpool"):
+    logging.getLogger(_name).addFilter(_DropSecretPayloads())
 
 
 def read_secret(secrets: SecretsManagerResource, secret_id: str) -> str:
@@ -45,6 +60,8 @@ class SourceDatabase(dg.ConfigurableResource):
         batch_bytes: Target size of one Arrow batch; bounds the extractor's memory.
         hash_salt: Salt for hashed columns (set through `dg.EnvVar`).
         hash_salt_secret_id: Or a secret holding the salt.
+        parallel_streams: COPY streams for one large table (each is one more connection).
+        parallel_min_bytes: Tables smaller than this on disk are read with one stream.
     """
 
     url: str | None = None
@@ -53,6 +70,8 @@ class SourceDatabase(dg.ConfigurableResource):
     batch_bytes: int = 16 * 1024 * 1024
     hash_salt: str | None = None
     hash_salt_secret_id: str | None = None
+    parallel_streams: int = 1
+    parallel_min_bytes: int = 1024**3
     secrets: dg.ResourceDependency[SecretsManagerResource] = None  # type: ignore[assignment]
     _cache: dict = PrivateAttr(default_factory=dict)
 
@@ -67,6 +86,12 @@ class SourceDatabase(dg.ConfigurableResource):
             else:
                 raise SecretError("no source configured: set PG_TO_BQ_SOURCE_URL or PG_TO_BQ_SOURCE_SECRET")
         return self._cache["url"]
+
+    def streams_for(self, size_bytes: int | None) -> int:
+        """How many COPY streams to read a table of `size_bytes` with."""
+        if self.parallel_streams > 1 and size_bytes is not None and size_bytes >= self.parallel_min_bytes:
+            return self.parallel_streams
+        return 1
 
     def resolved_hash_salt(self) -> bytes | None:
         if self.hash_salt:

@@ -62,6 +62,7 @@ class Settings:
     aws_region: str | None = None
     batch_bytes: int = 16 * 1024 * 1024
     parallel_streams: int = 1
+    parallel_min_bytes: int = 1024**3
     max_source_connections: int = 4
     statement_timeout_s: int = 3600
     owners: tuple[str, ...] = ()
@@ -157,6 +158,8 @@ class Settings:
             aws_region=get("AWS_REGION") or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION"),
             batch_bytes=_positive_int(get("BATCH_BYTES", str(16 * 1024 * 1024)), "BATCH_BYTES"),
             parallel_streams=_positive_int(get("PARALLEL_STREAMS", "1"), "PARALLEL_STREAMS"),
+            parallel_min_bytes=_non_negative_int(get("PARALLEL_MIN_BYTES", str(1024**3)),
+                                                 "PARALLEL_MIN_BYTES"),
             max_source_connections=_positive_int(
                 get("MAX_SOURCE_CONNECTIONS", "4"), "MAX_SOURCE_CONNECTIONS"
             ),

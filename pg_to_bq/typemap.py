@@ -10,6 +10,7 @@ two equal), and every mapping names the rule it applied in `ColumnMapping.rule`.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -125,20 +126,21 @@ TYPE_RULES: tuple[TypeRule, ...] = (
         "dlt has no interval type, so DuckDB's and BigQuery's INTERVAL cannot be created "
         "through it, and a number of seconds would merge the parts."),
     TypeRule(
-        "json", "json, jsonb", "binary COPY", "string (arrow.json storage)", "JSON", "JSON",
+        "json", "json, jsonb", "binary COPY", "string (arrow.json storage)", "JSON", "STRING (JSON text)",
         "json keeps its text exactly (spacing, key order, duplicate keys); jsonb is its "
-        "canonical text. JSON `null` and SQL NULL stay apart. BigQuery parses JSON when it "
-        "loads it (see notes)."),
+        "canonical text. JSON `null` and SQL NULL stay apart. BigQuery gets the exact text "
+        "in a STRING: its JSON type cannot be batch-loaded from parquet and would parse "
+        "numbers as FLOAT64; JSON_VALUE/JSON_QUERY read the STRING, PARSE_JSON makes JSON."),
     TypeRule(
         "array", "arrays of any element type and any number of dimensions",
-        "`to_jsonb()` text", "string", "JSON", "JSON",
+        "`to_jsonb()` text", "string", "JSON", "STRING (JSON text)",
         "A JSON array, nested for several dimensions, NULL elements kept; elements as "
         "`to_jsonb` writes them (NaN and ±Infinity as the strings \"NaN\", \"Infinity\"; "
         "types without a JSON form as their text). JSON, not ARRAY: see notes. A dimension "
         "not starting at 1 (`'[0:2]={1,2,3}'`) has no JSON form and fails the table; "
         "`cast: text` keeps PostgreSQL's text."),
     TypeRule(
-        "vector", "pgvector vector", "`::real[]` → `to_jsonb()` text", "string", "JSON", "JSON",
+        "vector", "pgvector vector", "`::real[]` → `to_jsonb()` text", "string", "JSON", "STRING (JSON text)",
         "A JSON array of numbers, each the shortest decimal that reads back as the same real "
         "(pgvector allows no NaN or Infinity). JSON, not ARRAY<FLOAT64>: see notes."),
     TypeRule("uuid", "uuid", "`::text`", "string", "VARCHAR", "STRING",
@@ -163,7 +165,7 @@ TYPE_RULES: tuple[TypeRule, ...] = (
         "range", "range and multirange types", "`::text`", "string", "VARCHAR", "STRING",
         "`[1,10)`, `empty`, `{[1,3),[5,7)}`: bounds and their inclusivity kept; timestamps "
         "inside in UTC, ISO style."),
-    TypeRule("hstore", "hstore", "`::jsonb` text", "string", "JSON", "JSON",
+    TypeRule("hstore", "hstore", "`::jsonb` text", "string", "JSON", "STRING (JSON text)",
              "A JSON object of string values; a NULL value is JSON null."),
     TypeRule(
         "domain", "domains", "cast to the base type", "as the base type", "as the base type",
@@ -171,7 +173,7 @@ TYPE_RULES: tuple[TypeRule, ...] = (
         "The base type's row applies (a domain over numeric(10,2) is DECIMAL(10,2)); its "
         "constraints are not carried."),
     TypeRule(
-        "composite", "composite types", "`to_jsonb()` text", "string", "JSON", "JSON",
+        "composite", "composite types", "`to_jsonb()` text", "string", "JSON", "STRING (JSON text)",
         "A JSON object of the fields, NULL fields as JSON null; values as `to_jsonb` writes "
         "them (see the array row). Lower bounds of arrays inside are not kept."),
     TypeRule(
@@ -184,7 +186,7 @@ TYPE_RULES: tuple[TypeRule, ...] = (
         "24:00:00, numeric NaN, array bounds)."),
     TypeRule(
         "cast_json", "any column overridden with `cast: json`", "`to_jsonb()` text", "string",
-        "JSON", "JSON", "`to_jsonb` of the value."),
+        "JSON", "STRING (JSON text)", "`to_jsonb` of the value."),
     TypeRule(
         "hash", "any column overridden with `hash: true`",
         "`::text`, then SHA-256 of salt and text", "string", "VARCHAR", "STRING",
@@ -227,6 +229,7 @@ class ColumnMapping:
     bigquery_type: str = ""
     duckdb_type: str = ""
     guard_sql: str | None = None
+    destination: str = "duckdb"
 
     def dlt_hint(self) -> dict[str, Any]:
         """The dlt column schema for this column."""
@@ -234,6 +237,11 @@ class ColumnMapping:
         if self.transform == "hash":
             hint["nullable"] = True
         hint.update(_DLT_TYPES[self.logical])
+        if self.logical == "json" and self.destination == "bigquery":
+            # BigQuery batch-loads its JSON type only from CSV/JSONL/Avro, never parquet, and
+            # parses JSON numbers as FLOAT64; the exact JSON text goes to a STRING column,
+            # which JSON_VALUE/JSON_QUERY read directly (PARSE_JSON gives the JSON type).
+            hint["data_type"] = "text"
         if self.logical == "decimal":
             hint["precision"], hint["scale"] = self.precision, self.scale
         if self.source.comment:
@@ -288,7 +296,7 @@ _DUCKDB_TYPES: Mapping[str, str] = {
 _BIGQUERY_TYPES: Mapping[str, str] = {
     "int16": "INT64", "int32": "INT64", "int64": "INT64", "float32": "FLOAT64",
     "float64": "FLOAT64", "bool": "BOOL", "text": "STRING", "timestamptz": "TIMESTAMP",
-    "timestamp": "TIMESTAMP", "date": "DATE", "time": "TIME", "json": "JSON",
+    "timestamp": "TIMESTAMP", "date": "DATE", "time": "TIME", "json": "STRING",
     "binary": "BYTES",
 }
 
@@ -318,6 +326,16 @@ def map_column(
     override: ColumnOverride | None = None,
 ) -> ColumnMapping:
     """Map one column for `destination` (`duckdb` or `bigquery`)."""
+    mapping = _map_column(column, destination_name, destination, override)
+    return dataclasses.replace(mapping, destination=destination)
+
+
+def _map_column(
+    column: Column,
+    destination_name: str,
+    destination: str,
+    override: ColumnOverride | None,
+) -> ColumnMapping:
     quoted = quote_ident(column.name)
     name = destination_name
     if override and override.hash:

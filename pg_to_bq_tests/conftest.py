@@ -108,3 +108,39 @@ def settings_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         return duckdb_path
 
     return configure
+
+
+@pytest.fixture(scope="session")
+def bigquery_emulator():
+    """bqemulator 1.4.0 as a real HTTP server on loopback, patched for offline use
+    (see pg_to_bq_tests/support/run_bigquery_emulator.py); sets BIGQUERY_EMULATOR_HOST."""
+    from pg_to_bq_tests.support.bigquery_emulator import bigquery_emulator_fixture
+
+    yield from bigquery_emulator_fixture()
+
+
+@pytest.fixture(scope="session")
+def moto_server():
+    """moto in server mode on a free loopback port; yields its endpoint URL."""
+    from moto.server import ThreadedMotoServer
+
+    from pg_to_bq.embedded_pg import free_port
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def aws_env(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Point boto3 at moto (fake credentials, one region); returns the endpoint URL."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "ap-northeast-1")
+    monkeypatch.setenv("AWS_REGION", "ap-northeast-1")
+    return moto_server
