@@ -83,27 +83,35 @@ def partitions_for(plan: TablePlan) -> dg.PartitionsDefinition | None:
 
 def source_spec(plan: TablePlan) -> dg.AssetSpec:
     table = plan.table
+    metadata: dict[str, Any] = {
+        "dagster/column_schema": dg.TableSchema(
+            columns=[
+                dg.TableColumn(
+                    name=c.name, type=c.type, description=c.comment,
+                    constraints=dg.TableColumnConstraints(nullable=c.nullable),
+                )
+                for c in table.columns
+            ]
+        ),
+        "dagster/table_name": table.qualified_name,
+        "pg_to_bq/primary_key": ", ".join(table.primary_key) or "(none)",
+        "pg_to_bq/foreign_keys": dg.MetadataValue.md(_foreign_keys_md(table)),
+    }
+    if table.estimated_rows is not None:
+        metadata[ESTIMATED_ROWS] = table.estimated_rows
     return dg.AssetSpec(
         key=source_key(table),
-        description=table.comment or f"PostgreSQL {table.kind_label} {table.qualified_name}",
+        description=_describe(table.comment,
+                              f"PostgreSQL {table.kind_label} `{table.qualified_name}`"),
         group_name=plan.group_name,
         kinds={"postgres"},
-        metadata={
-            "dagster/column_schema": dg.TableSchema(
-                columns=[
-                    dg.TableColumn(
-                        name=c.name, type=c.type, description=c.comment,
-                        constraints=dg.TableColumnConstraints(nullable=c.nullable),
-                    )
-                    for c in table.columns
-                ]
-            ),
-            "dagster/table_name": table.qualified_name,
-            "primary_key": ", ".join(table.primary_key) or "(none)",
-            ESTIMATED_ROWS: table.estimated_rows if table.estimated_rows is not None else -1,
-            "foreign_keys": dg.MetadataValue.md(_foreign_keys_md(table)),
-        },
+        metadata=metadata,
     )
+
+
+def _describe(comment: str | None, origin: str) -> str:
+    """The table comment first (what analysts read), then where the data lives."""
+    return f"{comment}\n\n{origin}" if comment else origin
 
 
 def _foreign_keys_md(table: Table) -> str:
@@ -147,9 +155,8 @@ def destination_metadata(plan: TablePlan, ctx: AssetContext) -> dict[str, Any]:
                 dg.TableColumn(
                     name=c.name,
                     type=c.destination_type(ctx.destination_kind),
-                    description=" — ".join(
-                        part for part in (f"PostgreSQL {c.source.type}", c.source.comment) if part
-                    ),
+                    description=(f"{c.source.comment} (PostgreSQL {c.source.type})"
+                                 if c.source.comment else f"PostgreSQL {c.source.type}"),
                     constraints=dg.TableColumnConstraints(nullable=c.source.nullable),
                 )
                 for c in plan.columns
@@ -160,7 +167,8 @@ def destination_metadata(plan: TablePlan, ctx: AssetContext) -> dict[str, Any]:
         "pg_to_bq/plan": dg.MetadataValue.md(plan_markdown(plan)),
         "pg_to_bq/disposition": plan.disposition,
         "pg_to_bq/foreign_keys": dg.MetadataValue.md(_foreign_keys_md(plan.table)),
-        ESTIMATED_ROWS: plan.table.estimated_rows if plan.table.estimated_rows is not None else -1,
+        **({ESTIMATED_ROWS: plan.table.estimated_rows}
+           if plan.table.estimated_rows is not None else {}),
     }
 
 
@@ -188,7 +196,10 @@ def build_table_asset(plan: TablePlan, ctx: AssetContext) -> dg.AssetsDefinition
     spec = dg.AssetSpec(
         key=key,
         deps=[source_key(plan.table)],
-        description=plan.table.comment or f"{plan.name} loaded by dlt",
+        description=_describe(
+            plan.table.comment,
+            f"PostgreSQL `{plan.name}` loaded by dlt into "
+            f"`{ctx.qualified_prefix}.{plan.destination_table}`"),
         group_name=plan.group_name,
         kinds={"dlt", ctx.destination_kind},
         owners=list(ctx.owners),
@@ -271,22 +282,25 @@ def run_table_load(
             allow_retries=is_transient(exc),
         ) from exc
 
-    yield dg.MaterializeResult(
-        asset_key=key,
-        metadata={
-            "dagster/row_count": destination_rows,
-            "rows_loaded": result.rows,
-            "source_rows_in_snapshot": result.snapshot_rows if result.snapshot_rows is not None
-            else -1,
-            "load_mode": result.mode,
-            "duration_s": round(result.duration_s, 3),
-            "dlt_load_id": result.load_id or "",
-            "destination_table": f"{ctx.qualified_prefix}.{plan.destination_table}",
-            "cursor_from": str(result.cursor_from) if result.cursor_from is not None else "-",
-            "cursor_to": str(result.cursor_to) if result.cursor_to is not None else "-",
-            "rows_deleted": deleted if deleted is not None else "-",
-        },
-    )
+    if result.snapshot_rows is not None and result.mode == "full":
+        # The source node shows the row count PostgreSQL had when it was read.
+        context.log_event(dg.AssetObservation(
+            asset_key=source_key(plan.table),
+            metadata={"dagster/row_count": result.snapshot_rows},
+        ))
+    metadata: dict[str, Any] = {
+        "dagster/row_count": destination_rows,
+        "rows_loaded": result.rows,
+        "load_mode": result.mode,
+        "duration_s": round(result.duration_s, 3),
+        "dlt_load_id": result.load_id or "",
+        "destination_table": f"{ctx.qualified_prefix}.{plan.destination_table}",
+    }
+    optional = {"source_rows_in_snapshot": result.snapshot_rows, "rows_deleted": deleted,
+                "cursor_from": result.cursor_from, "cursor_to": result.cursor_to}
+    metadata.update({k: v if isinstance(v, int) else str(v)
+                     for k, v in optional.items() if v is not None})
+    yield dg.MaterializeResult(asset_key=key, metadata=metadata)
     live_table = next(iter(live.tables), None)
     outcomes = [checks.schema_drift(plan.table, live_table)]
     if result.snapshot_rows is not None and window is None and result.mode == "full":

@@ -129,15 +129,18 @@ def run_demo(root: Path, host: str, port: int, open_ui: bool = True) -> int:
         server.stop()
         return 0
     url = f"http://{host}:{port}"
-    command = [sys.executable, "-m", "dagster", "dev", "-m", "pg_to_bq.definitions",
+    workspace = layout.root / "workspace.yaml"
+    workspace.write_text("load_from:\n  - python_module:\n      module_name: pg_to_bq.definitions\n"
+                         "      location_name: pg_to_bq\n", encoding="utf-8")
+    command = [sys.executable, "-m", "dagster", "dev", "-w", str(workspace),
                "-h", host, "-p", str(port)]
     process = subprocess.Popen(command, env=env, start_new_session=True)
     try:
         if _wait_for_ui(url, process):
             print(f"\nDagster UI: {url}\n"
-                  "  1. Open Assets → the graph shows each PostgreSQL table (postgres/…) feeding\n"
-                  "     its loaded table (duckdb/shop_raw/…).\n"
-                  "  2. Click 'Materialize all' to load every table; open a table to see its\n"
+                  f"  1. Open the lineage graph, {url}/asset-groups: each PostgreSQL table\n"
+                  "     (postgres/public/…) feeds its loaded table (duckdb/shop_raw/…).\n"
+                  "  2. Click 'Materialize all' to load every table; click a table to see its\n"
                   "     columns, row counts and checks.\n"
                   f"  3. The data lands in {layout.duckdb} (try: duckdb {layout.duckdb} "
                   "'select * from shop_raw.orders limit 5').\n"

@@ -13,6 +13,7 @@ import logging
 import os
 import pwd
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -39,6 +40,21 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child still answers signal 0; reap it if it is ours.
+    with contextlib.suppress(ChildProcessError):
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return False
+    return True
 
 
 def _ensure_service_user() -> pwd.struct_passwd:
@@ -182,10 +198,33 @@ class EmbeddedPostgres:
             f"server log {self.log_file}:\n{tail}"
         )
 
-    def stop(self) -> None:
-        """Stop the server (fast shutdown); a stopped server is left alone."""
-        if self.initialized():
-            self._run(["pg_ctl", "-D", str(self.pgdata), "-m", "fast", "-w", "stop"], check=False)
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop the server (fast shutdown) and make sure it is gone.
+
+        If `pg_ctl stop` fails (for example the data directory became unreachable for the
+        server's user), the postmaster is signalled directly through its pid file.
+        """
+        if not self.initialized():
+            return
+        self._run(["pg_ctl", "-D", str(self.pgdata), "-m", "fast", "-w", "stop"], check=False)
+        pid = self._postmaster_pid()
+        if pid is None:
+            return
+        for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+            deadline = time.monotonic() + timeout / 3
+            while time.monotonic() < deadline:
+                if not _alive(pid):
+                    return
+                time.sleep(0.1)
+        raise RuntimeError(f"embedded PostgreSQL (pid {pid}) did not stop")
+
+    def _postmaster_pid(self) -> int | None:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            pid = int((self.pgdata / "postmaster.pid").read_text().splitlines()[0])
+            return pid if _alive(pid) else None
+        return None
 
     def destroy(self) -> None:
         """Stop the server and delete its data directory."""

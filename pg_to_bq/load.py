@@ -3,14 +3,21 @@
 Each table has its own pipeline name and working directory, so runs of different tables
 never share state; the pipeline state (including the incremental cursor) is stored in
 the destination with each load, so a fresh container resumes where the last one stopped.
+
+An incremental run re-reads the rows inside the lookback window of the last cursor. Each
+load records a digest of exactly those rows, so when a run reads them back unchanged (and
+nothing newer), it knows a merge would change nothing and skips dlt entirely: an
+unchanged table costs a count, a small read and a state check, not a load.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +44,14 @@ class _QuietHintOverride(logging.Filter):
 logging.getLogger("dlt").addFilter(_QuietHintOverride())
 
 CURSOR_STATE_KEY = "pg_to_bq_cursor"
+WINDOW_STATE_KEY = "pg_to_bq_window"
+# The rows of the lookback window are kept (to digest them) only up to these sizes; a
+# larger window is not digested and the next run simply merges it.
+WINDOW_MAX_ROWS = 200_000
+WINDOW_MAX_BYTES = 32 * 1024 * 1024
+# DuckDB's buffer pool defaults to 80% of RAM and holds the loaded table's blocks, so the
+# process would grow with the table; this bounds it (DuckDB spills to disk beyond it).
+DUCKDB_MEMORY_LIMIT = "128MB"
 
 
 class EmptyTableError(ValueError):
@@ -81,6 +96,27 @@ def make_pipeline(plan: TablePlan, destination: Any, dataset: str, work_dir: Pat
     )
 
 
+def dlt_settings(destination_name: str) -> dict[str, Any]:
+    """dlt settings for our loads, applied while a table loads. They are defaults in dlt's
+    `config.toml` layer, so environment variables (e.g. `LOAD__TRUNCATE_STAGING_DATASET`)
+    still override them."""
+    values: dict[str, Any] = {
+        # Loaded parquet files are not kept in the working directory (a container's /tmp):
+        # they would otherwise pile up, one copy of every table per run.
+        "load.delete_completed_jobs": True,
+        # Replace and merge go through staging tables; empty them after the load instead of
+        # keeping a second copy of every table in the destination.
+        "load.truncate_staging_dataset": True,
+    }
+    if destination_name == "duckdb":
+        # A local file read once by DuckDB: compressing it only costs CPU on both sides.
+        values["data_writer.compression"] = "none"
+        values["destination.duckdb.credentials.global_config"] = {
+            "memory_limit": DUCKDB_MEMORY_LIMIT,
+        }
+    return values
+
+
 def load_table(
     plan: TablePlan,
     *,
@@ -94,12 +130,16 @@ def load_table(
     hash_salt: bytes | None = None,
     statement_timeout_s: int = 3600,
     on_batch: Callable[[int], None] | None = None,
+    streams: int = 1,
 ) -> LoadResult:
     """Extract `plan`'s table and load it; returns what was loaded.
 
     `full_refresh` replaces the destination table (and resets the incremental cursor);
     `window` re-reads one partition and merges it. Otherwise a merge plan with a cursor
     reads rows at or after the last cursor minus the lookback, and others are replaced.
+    An incremental read that finds exactly the rows the last load recorded for its
+    lookback window loads nothing (`extra["unchanged"]`). `streams` > 1 reads a large
+    table over that many connections (see `TableReader`).
     """
     if not plan.columns:
         raise EmptyTableError(
@@ -108,61 +148,131 @@ def load_table(
         )
     started = time.monotonic()
     pipeline = make_pipeline(plan, destination, dataset, work_dir)
-    mode, where, cursor_from = _choose_mode(plan, pipeline, full_refresh, window)
-    disposition = "replace" if mode == "full" else "merge"
-    cursor_column = plan.column_for(plan.cursor).name if plan.cursor else None
-    reader = TableReader(
-        source_url, plan, where=where, batch_bytes=batch_bytes, hash_salt=hash_salt,
-        statement_timeout_s=statement_timeout_s,
-    )
-    observed: dict[str, Any] = {"max": None}
+    with dlt.config.values(dlt_settings(pipeline.destination.destination_name)):
+        _sync_once(plan, pipeline)
+        mode, where, cursor_from = _choose_mode(plan, pipeline, full_refresh, window)
+        stored_window = _resource_state(plan, pipeline).get(WINDOW_STATE_KEY) \
+            if mode == "incremental" else None
+        reader = TableReader(
+            source_url, plan, where=where, batch_bytes=batch_bytes, hash_salt=hash_salt,
+            statement_timeout_s=statement_timeout_s, streams=streams,
+        )
+        tracker = _WindowTracker(plan, mode) if plan.cursor is not None and mode != "window" \
+            else None
+        with reader:
+            ahead: list[pa.RecordBatch] | None = None
+            if stored_window and reader.stats.snapshot_rows == stored_window.get("rows"):
+                ahead = list(reader.batches())
+                if _digest(ahead, reader.schema) == stored_window.get("digest"):
+                    if on_batch is not None:
+                        on_batch(reader.stats.rows)
+                    return _result(plan, reader, None, started, mode, cursor_from,
+                                   _max_of(ahead, plan), unchanged=True)
+            load_id = _extract_and_load(plan, pipeline, reader, ahead, mode, tracker, on_batch)
+    return _result(plan, reader, load_id, started, mode, cursor_from,
+                   tracker.max if tracker else None)
+
+
+def _extract_and_load(
+    plan: TablePlan,
+    pipeline: dlt.Pipeline,
+    reader: TableReader,
+    ahead: list[pa.RecordBatch] | None,
+    mode: str,
+    tracker: _WindowTracker | None,
+    on_batch: Callable[[int], None] | None,
+) -> str | None:
+    """Run dlt's extract, normalize and load steps for the reader's batches."""
 
     def batches() -> Iterator[pa.RecordBatch]:
-        with reader:
-            yielded = False
-            for batch in reader.batches():
-                if cursor_column is not None and batch.num_rows:
-                    _track_max(observed, batch.column(cursor_column))
-                if on_batch is not None:
-                    on_batch(batch.num_rows)
-                yielded = True
-                yield batch
-            if not yielded:
-                # dlt creates nothing for a resource without data; an empty batch with the
-                # schema makes it create (or, on replace, empty) the destination table.
-                yield arrow_schema(plan).empty_table()
-        if plan.cursor is not None and mode != "window":
+        yielded = False
+        for batch in _chain(ahead, reader):
+            if tracker is not None and batch.num_rows:
+                tracker.add(batch)
+            if on_batch is not None:
+                on_batch(batch.num_rows)
+            yielded = True
+            yield batch
+        if not yielded:
+            # dlt creates nothing for a resource without data; an empty batch with the
+            # schema makes it create (or, on replace, empty) the destination table.
+            yield arrow_schema(plan).empty_table()
+        if tracker is not None:
             # The next run reads from this value (minus the lookback). Taking the newest value
             # seen, even when older than the stored one, can only re-read rows, never skip them.
             state = dlt.current.resource_state()
-            if observed["max"] is not None:
-                state[CURSOR_STATE_KEY] = _state_value(observed["max"])
+            if tracker.max is not None:
+                state[CURSOR_STATE_KEY] = _state_value(tracker.max)
             elif mode == "full":
                 state.pop(CURSOR_STATE_KEY, None)
+            digest = tracker.digest(reader.schema)
+            if digest is None:
+                state.pop(WINDOW_STATE_KEY, None)
+            else:
+                state[WINDOW_STATE_KEY] = digest
 
     resource = dlt.resource(
         batches,
         name=plan.destination_table,
-        write_disposition=disposition,
+        write_disposition="replace" if mode == "full" else "merge",
         primary_key=list(plan.destination_primary_key) or None,
         columns=[c.dlt_hint() for c in plan.columns],
         file_format="parquet",
     )
     schema = Schema(plan.pipeline_name, normalizers={"names": "direct"})
-    info = pipeline.run(resource, schema=schema, loader_file_format="parquet")
+    # extract, normalize and load rather than `run`: `run` would query the destination's
+    # state a second time, and with a package left over from an interrupted run it loads
+    # only that package and returns without reading the table.
+    pipeline.extract(resource, schema=schema, loader_file_format="parquet")
+    _release_memory()
+    pipeline.normalize()
+    info = pipeline.load()
     info.raise_on_failed_jobs()
+    return info.loads_ids[-1] if info.loads_ids else None
+
+
+def _release_memory() -> None:
+    """Hand the extraction's buffers back to the OS before DuckDB (in this process) loads:
+    Arrow's allocator keeps freed memory for reuse, which would add up with DuckDB's."""
+    pa.default_memory_pool().release_unused()
+
+
+def _chain(ahead: list[pa.RecordBatch] | None, reader: TableReader) -> Iterator[pa.RecordBatch]:
+    """The batches read ahead (to compare with the stored window), else the reader's."""
+    yield from reader.batches() if ahead is None else ahead
+
+
+def _result(plan: TablePlan, reader: TableReader, load_id: str | None, started: float,
+            mode: str, cursor_from: Any, cursor_to: Any, unchanged: bool = False) -> LoadResult:
     return LoadResult(
         table=plan.name,
         destination_table=plan.destination_table,
         rows=reader.stats.rows,
         snapshot_rows=reader.stats.snapshot_rows,
-        load_id=info.loads_ids[-1] if info.loads_ids else None,
+        load_id=load_id,
         duration_s=time.monotonic() - started,
         mode=mode,
         cursor_from=cursor_from,
-        cursor_to=observed["max"],
+        cursor_to=cursor_to,
         batches=reader.stats.batches,
+        extra={"unchanged": True} if unchanged else {},
     )
+
+
+def _sync_once(plan: TablePlan, pipeline: dlt.Pipeline) -> None:
+    """Restore state and schema from the destination (a fresh container has neither), then
+    finish any package an interrupted run left behind, as `pipeline.run` would: its state
+    (and cursor) was already saved locally, so dropping it could skip rows."""
+    try:
+        pipeline.sync_destination()
+    except Exception as exc:  # noqa: BLE001 - `run` used to try again; so does this
+        log.debug("restoring state for %s failed once, trying again: %s", plan.name, exc)
+        pipeline.sync_destination()
+    if pipeline.list_extracted_load_packages():
+        pipeline.normalize()
+    if pipeline.list_normalized_load_packages():
+        log.info("loading the package an interrupted run of %s left behind", plan.name)
+        pipeline.load().raise_on_failed_jobs()
 
 
 def _choose_mode(
@@ -176,33 +286,118 @@ def _choose_mode(
         where = (f"{column} >= {literal(window.start, pg_type)} AND "
                  f"{column} < {literal(window.end, pg_type)}")
         return "window", where, window.start
-    previous = _stored_cursor(plan, pipeline)
+    previous = _resource_state(plan, pipeline).get(CURSOR_STATE_KEY)
     if previous is None or plan.cursor is None:
         return "full", None, None
     pg_type = plan.table.column(plan.cursor).type
     bound = literal(previous, pg_type)
-    if plan.lookback and pg_type.startswith(("timestamp", "date")):
+    if _lookback(plan):
         bound = f"{bound} - {literal(f'{int(plan.lookback.total_seconds())} seconds', 'interval')}"
     return "incremental", f"{quote_ident(plan.cursor)} >= {bound}", previous
 
 
-def _stored_cursor(plan: TablePlan, pipeline: dlt.Pipeline) -> Any:
-    """The last cursor, from local state or, in a fresh container, restored from the destination."""
-    try:
-        pipeline.sync_destination()
-    except Exception as exc:  # a destination without state yet is the first run
-        log.debug("no state restored for %s: %s", plan.name, exc)
+def _lookback(plan: TablePlan) -> timedelta | None:
+    """The lookback applied to the cursor (only timestamp and date cursors have one)."""
+    assert plan.cursor is not None
+    pg_type = plan.table.column(plan.cursor).type
+    if plan.lookback and pg_type.startswith(("timestamp", "date")):
+        return timedelta(seconds=int(plan.lookback.total_seconds()))
+    return None
+
+
+def _resource_state(plan: TablePlan, pipeline: dlt.Pipeline) -> dict[str, Any]:
+    """This table's resource state: local, or restored from the destination by the sync."""
     sources = pipeline.state.get("sources", {})
-    resource_state = (
-        sources.get(plan.pipeline_name, {}).get("resources", {}).get(plan.destination_table, {})
-    )
-    return resource_state.get(CURSOR_STATE_KEY)
+    return sources.get(plan.pipeline_name, {}).get("resources", {}).get(plan.destination_table, {})
 
 
-def _track_max(observed: dict[str, Any], column: pa.Array) -> None:
-    value = pc.max(column).as_py()
-    if value is not None and (observed["max"] is None or value > observed["max"]):
-        observed["max"] = value
+class _WindowTracker:
+    """Follows the cursor's maximum while the table streams by, and keeps the rows the next
+    incremental run will read again (cursor ≥ maximum − lookback), to digest them."""
+
+    def __init__(self, plan: TablePlan, mode: str) -> None:
+        assert plan.cursor is not None
+        self.mode = mode
+        self.column = plan.column_for(plan.cursor).name
+        self.lookback = _lookback(plan)
+        self.max: Any = None
+        self.kept: list[pa.RecordBatch] = []
+        self.overflow = False
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        column = batch.column(self.column)
+        newest = pc.max(column).as_py()
+        if newest is None:
+            return
+        if self.max is None or newest > self.max:
+            self.max = newest
+            self.kept = [b for b in (self._in_window(k) for k in self.kept) if b.num_rows]
+        if self.overflow:
+            return
+        kept = self._in_window(batch)
+        if kept.num_rows:
+            self.kept.append(kept)
+        if (sum(b.num_rows for b in self.kept) > WINDOW_MAX_ROWS
+                or sum(b.nbytes for b in self.kept) > WINDOW_MAX_BYTES):
+            self.overflow, self.kept = True, []
+
+    def _in_window(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        column = batch.column(self.column)
+        bound = _minus(self.max, self.lookback)
+        return batch.filter(pc.greater_equal(column, pa.scalar(bound, column.type)))
+
+    def digest(self, schema: pa.Schema) -> dict[str, Any] | None:
+        """What the next incremental run must read back to skip its load, or None."""
+        if self.overflow or (self.max is None and self.mode != "incremental"):
+            return None
+        # (An incremental run that read nothing keeps its cursor: the next run reads the
+        # same, empty, window again.)
+        digest = _digest(self.kept, schema)
+        return None if digest is None else {"rows": sum(b.num_rows for b in self.kept),
+                                            "digest": digest}
+
+
+def _minus(value: Any, lookback: timedelta | None) -> Any:
+    """`value` − `lookback` as the next run's query computes it."""
+    if lookback is None:
+        return value
+    if isinstance(value, datetime):
+        return value - lookback
+    if isinstance(value, date):
+        # PostgreSQL's date − interval is a timestamp within an earlier day; the dates at or
+        # after it are those from `value` − whole days of the lookback.
+        return value - timedelta(days=lookback.days)
+    return value
+
+
+def _digest(batches: list[pa.RecordBatch], schema: pa.Schema) -> str | None:
+    """An order-independent digest of whole rows — their count and the sum and xor of
+    DuckDB's hash of each row — and of the Arrow schema; equal digests mean the same rows.
+    None when DuckDB cannot hash a column type (then nothing is skipped)."""
+    import duckdb
+
+    try:
+        table = pa.Table.from_batches(batches, schema=schema)
+        with duckdb.connect() as con:
+            con.register("w", table)
+            count, total, xor = con.execute(
+                "SELECT count(*), coalesce(sum(h), 0)::VARCHAR, coalesce(bit_xor(h), 0)::VARCHAR "
+                "FROM (SELECT hash(*COLUMNS(*)) AS h FROM w)"
+            ).fetchone()
+    except (duckdb.Error, pa.ArrowException) as exc:
+        log.debug("no window digest: %s", exc)
+        return None
+    shape = hashlib.sha256(str(schema).encode("utf-8")).hexdigest()[:16]
+    return f"{count}:{total}:{xor}:{shape}"
+
+
+def _max_of(batches: list[pa.RecordBatch], plan: TablePlan) -> Any:
+    if plan.cursor is None:
+        return None
+    column = plan.column_for(plan.cursor).name
+    values = [pc.max(b.column(column)).as_py() for b in batches if b.num_rows]
+    values = [v for v in values if v is not None]
+    return max(values) if values else None
 
 
 def _state_value(value: Any) -> Any:

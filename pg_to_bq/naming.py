@@ -54,7 +54,7 @@ def dagster_name(*parts: str) -> str:
     if _ASCII_NAME.match(joined) and not joined[0].isdigit():
         return joined
     ascii_form = re.sub(r"[^A-Za-z0-9_]", "_", unicodedata.normalize("NFKD", joined))
-    ascii_form = re.sub(r"_+", "_", ascii_form).strip("_") or "x"
+    ascii_form = re.sub(r"_+", "_", ascii_form).strip("_") or "table"
     if ascii_form[0].isdigit():
         ascii_form = "_" + ascii_form
     return f"{ascii_form[:80]}_{_short_hash(joined)}"

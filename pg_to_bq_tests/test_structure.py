@@ -101,11 +101,12 @@ def test_keys_deps_groups_and_kinds(snapshot_env, counter: ConnectionCounter) ->
 def test_metadata_visible_before_first_materialization(snapshot_env) -> None:
     defs = build_definitions(Settings.from_env())
     node = defs.resolve_asset_graph().get(dg.AssetKey(["duckdb", "raw", "customers"]))
-    assert node.description == "People who signed up"
+    assert node.description == ("People who signed up\n\n"
+                                "PostgreSQL `public.customers` loaded by dlt into `dest.raw.customers`")
     schema = node.metadata["dagster/column_schema"]
     assert [(c.name, c.type) for c in schema.columns] == [
         ("id", "BIGINT"), ("email", "VARCHAR"), ("updated_at", "TIMESTAMP WITH TIME ZONE")]
-    assert schema.columns[0].description == "PostgreSQL bigint — Customer id"
+    assert schema.columns[0].description == "Customer id (PostgreSQL bigint)"
     assert not schema.columns[0].constraints.nullable
     assert node.metadata["dagster/table_name"] == "dest.raw.customers"
     assert "merge" in node.metadata["pg_to_bq/plan"].value
