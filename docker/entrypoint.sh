@@ -31,6 +31,13 @@ for dir in "$PG_TO_BQ_WORK_DIR" "$DLT_DATA_DIR" "$DAGSTER_HOME"; do
                 "PG_TO_BQ_WORK_DIR, DLT_DATA_DIR and DAGSTER_HOME at a writable location such as /tmp"
 done
 
+# PG_TO_BQ_DAGSTER_YAML names an instance config to use (the image carries the production
+# one, deploy/dagster.yaml, at /opt/pg_to_bq/dagster.yaml): it is copied into DAGSTER_HOME.
+if [ -n "${PG_TO_BQ_DAGSTER_YAML:-}" ] && [ ! -e "$DAGSTER_HOME/dagster.yaml" ]; then
+    cp "$PG_TO_BQ_DAGSTER_YAML" "$DAGSTER_HOME/dagster.yaml" 2>/dev/null \
+        || fail "cannot copy PG_TO_BQ_DAGSTER_YAML='$PG_TO_BQ_DAGSTER_YAML' into '$DAGSTER_HOME'"
+fi
+
 if [ ! -e "$DAGSTER_HOME/dagster.yaml" ] && [ ! -e "$DAGSTER_HOME/dagster.yml" ]; then
     printf 'telemetry:\n  enabled: false\n' >"$DAGSTER_HOME/dagster.yaml" 2>/dev/null \
         || fail "cannot write '$DAGSTER_HOME/dagster.yaml'; DAGSTER_HOME must be writable"

@@ -139,6 +139,19 @@ def test_entrypoint_dispatch(tmp_path, args, env, expected):
     assert (root / "dagster_home" / "dagster.yaml").read_text() == "telemetry:\n  enabled: false\n"
 
 
+def test_entrypoint_installs_the_named_instance_config(tmp_path):
+    production = tmp_path / "production.yaml"
+    production.write_text("telemetry:\n  enabled: false\nrun_monitoring: {enabled: true}\n")
+    _entrypoint(tmp_path, "dagster", "--version", PG_TO_BQ_DAGSTER_YAML=str(production))
+    assert (tmp_path / "dagster_home" / "dagster.yaml").read_text() == production.read_text()
+
+
+def test_image_carries_the_production_instance_config():
+    dockerfile = (ENTRYPOINT.parents[1] / "Dockerfile").read_text()
+    assert "COPY deploy/dagster.yaml /opt/pg_to_bq/dagster.yaml" in dockerfile
+    assert "!deploy/dagster.yaml" in (ENTRYPOINT.parents[1] / ".dockerignore").read_text()
+
+
 def test_entrypoint_keeps_an_existing_dagster_yaml(tmp_path):
     home = tmp_path / "dagster_home"
     home.mkdir()
