@@ -267,6 +267,7 @@ def run_table_load(
             hash_salt=source.resolved_hash_salt(),
             statement_timeout_s=source.statement_timeout_s,
             on_batch=progress,
+            streams=source.streams_for(plan.table.size_bytes),
         )
         deleted = apply_deletes(
             plan, source_url=url, destination=dlt_destination, dataset=destination.dataset,

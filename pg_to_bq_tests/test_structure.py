@@ -198,3 +198,12 @@ def test_nightly_executor_setting(snapshot_env, monkeypatch, setting: str, execu
     monkeypatch.setenv("PG_TO_BQ_EXECUTOR", setting)
     job = build_definitions(Settings.from_env()).resolve_job_def(NIGHTLY_JOB)
     assert job.executor_def.name == executor
+
+
+def test_parallel_streams_only_for_large_tables(snapshot_env, monkeypatch) -> None:
+    monkeypatch.setenv("PG_TO_BQ_PARALLEL_STREAMS", "4")
+    monkeypatch.setenv("PG_TO_BQ_PARALLEL_MIN_BYTES", "1000000")
+    source = build_definitions(Settings.from_env()).resources["source"]
+    assert source.streams_for(5_000_000) == 4
+    assert source.streams_for(10_000) == 1
+    assert source.streams_for(None) == 1
