@@ -213,7 +213,7 @@ def test_asset_page_in_browser(stack: DemoStack, table_run: dict, asset_nodes: d
     node = asset_nodes[loaded_key(TABLE)]
     with screenshots.new_page(browser, screenshots.ASSET_PAGE_VIEWPORT) as page:
         screenshots.show_asset_page(page, stack.url, loaded_key(TABLE))
-        expect_visible_texts(page, [TABLE, node["description"], *column_names(node)])
+        expect_visible_texts(page, [TABLE, node["description"].split("\n\n")[0], *column_names(node)])
         expect_visible_texts(page, TABLE_COLUMNS)
         expect(page.get_by_text("Row count", exact=True)).to_be_visible()
         save_screenshot(page, shots_dir, screenshots.ASSET_PAGE_FILE, for_readme=True)
