@@ -8,7 +8,7 @@ ROOT = Path(__file__).parents[1]
 
 
 def test_ruff_is_clean() -> None:
-    result = subprocess.run([sys.executable, "-m", "ruff", "check", "pg_to_bq", "pg_to_bq_tests",
-                             "benchmarks", "scripts"],
+    paths = [p for p in ("pg_to_bq", "pg_to_bq_tests", "benchmarks", "scripts") if (ROOT / p).is_dir()]
+    result = subprocess.run([sys.executable, "-m", "ruff", "check", *paths],
                             cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
