@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import duckdb
@@ -87,7 +88,9 @@ def test_bad_setting_fails_before_anything_loads(settings_env, capsys) -> None:
 
 
 def test_console_script_is_installed() -> None:
-    result = subprocess.run(["pg-to-bq", "--help"], capture_output=True, text=True, timeout=60)
+    # The script lands next to the interpreter running the tests (the venv's bin/).
+    script = Path(sys.executable).parent / "pg-to-bq"
+    result = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0
     for command in ("demo", "discover", "sync"):
         assert command in result.stdout

@@ -583,6 +583,10 @@ def test_declared_destination_types_are_what_dlt_creates(destination: str) -> No
     for logical, hint in _DLT_TYPES.items():
         if logical == "decimal":
             continue
+        if logical == "json":
+            # The hint a JSON column really gets (text for BigQuery: see ColumnMapping.dlt_hint).
+            hint = map_column(Column(name="c", type="jsonb", type_name="jsonb"), "c",
+                              destination).dlt_hint()
         created = mapper.to_destination_type({"name": "c", **hint}, {"name": "t"})
         assert created == declared[logical], logical
 

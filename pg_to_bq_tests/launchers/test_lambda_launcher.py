@@ -222,6 +222,10 @@ class Sandbox:
             "bwrap",
             "--ro-bind", "/", "/",
             "--tmpfs", "/tmp",
+            # The code and its virtualenv stay visible (read-only) when the checkout lives
+            # under /tmp, like the image's own files on Lambda.
+            "--ro-bind", str(REPO_ROOT), str(REPO_ROOT),
+            "--ro-bind", sys.prefix, sys.prefix,
             # The launching instance's DAGSTER_HOME exists but is read-only, like a
             # directory baked into the image.
             "--ro-bind", str(dagster_home), str(dagster_home),
