@@ -222,3 +222,17 @@ def test_killed_load_then_rerun_has_no_duplicates_or_gaps(pg_url: str, settings_
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert duck(path, "SELECT count(*), count(DISTINCT id), min(id), max(id) FROM raw.big") \
         == [(400000, 400000, 1, 400000)]
+
+
+def test_full_refresh_from_the_launchpad_config(pg_url: str, settings_env) -> None:
+    run_sql(pg_url, ORDERS_SQL)
+    path = settings_env(pg_url)
+    defs = build_definitions(Settings.from_env())
+    assert materialize(defs).success
+    run_sql(pg_url, "DELETE FROM orders WHERE id > 900")
+    result = dg.materialize(
+        list(defs.assets or []), selection=dg.AssetSelection.kind("dlt"), resources=defs.resources,
+        run_config={"ops": {"load__public__orders": {"config": {"full_refresh": True}}}},
+    )
+    assert metadata_of(result)["load_mode"] == "full"
+    assert duck(path, "SELECT count(*) FROM raw.orders") == [(900,)]
