@@ -149,6 +149,9 @@ def plan_markdown(plan: TablePlan) -> str:
     if plan.partition:
         lines.append(f"- **partitions**: {plan.partition.granularity} on `{plan.partition.column}`"
                      f" from {plan.partition.start}")
+    if plan.bigquery_partition or plan.bigquery_cluster:
+        lines.append(f"- **BigQuery**: partitioned by `{plan.bigquery_partition or '-'}`, "
+                     f"clustered by `{', '.join(plan.bigquery_cluster) or '-'}`")
     if plan.excluded:
         lines.append(f"- **excluded columns**: {', '.join(plan.excluded)}")
     if plan.hashed:

@@ -34,6 +34,8 @@ def keys_plan(plan: TablePlan) -> TablePlan:
         cursor=None,
         partition=None,
         hashed=(),
+        bigquery_partition=None,
+        bigquery_cluster=(),
     )
 
 

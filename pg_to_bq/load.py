@@ -220,6 +220,8 @@ def _extract(
         columns=[c.dlt_hint() for c in plan.columns],
         file_format="parquet",
     )
+    if pipeline.destination.destination_name == "bigquery":
+        resource = _bigquery_hints(resource, plan)
     schema = Schema(plan.pipeline_name, normalizers={"names": "direct"})
     # extract, normalize and load rather than `run`: `run` would query the destination's
     # state a second time, and with a package left over from an interrupted run it loads
@@ -277,6 +279,18 @@ def _sync_once(plan: TablePlan, pipeline: dlt.Pipeline) -> None:
     if pipeline.list_normalized_load_packages():
         log.info("loading the package an interrupted run of %s left behind", plan.name)
         pipeline.load().raise_on_failed_jobs()
+
+
+def _bigquery_hints(resource: Any, plan: TablePlan) -> Any:
+    """Table description from the PostgreSQL comment; the table's partitioning and clustering."""
+    from dlt.destinations.adapters import bigquery_adapter
+
+    return bigquery_adapter(
+        resource,
+        table_description=plan.table.comment or None,
+        partition=plan.column_for(plan.bigquery_partition).name if plan.bigquery_partition else None,
+        cluster=[plan.column_for(c).name for c in plan.bigquery_cluster] or None,
+    )
 
 
 def _choose_mode(

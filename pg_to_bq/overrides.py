@@ -10,6 +10,7 @@
         lookback: 1h                 # re-read rows whose cursor is this close to the last value
         partition: {column: created_at, granularity: day, start: 2024-01-01}
         schedule: false              # leave the table out of the nightly schedule
+        bigquery: {partition: created_at, cluster: [customer_id]}
         columns:
           card_number: {exclude: true}
           email: {hash: true}
@@ -57,6 +58,8 @@ class TableOverride:
     partition: PartitionSpec | None = None
     schedule: bool = True
     columns: Mapping[str, ColumnOverride] = field(default_factory=dict)
+    bigquery_partition: str | None = None
+    bigquery_cluster: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -122,7 +125,8 @@ def parse_overrides(data: Any, source: str) -> Overrides:
 def _parse_table(spec: Any, where: str) -> TableOverride:
     if not isinstance(spec, dict):
         raise OverridesError(f"{where}: must be a mapping of fields")
-    allowed = {"disposition", "primary_key", "cursor", "lookback", "partition", "schedule", "columns"}
+    allowed = {"disposition", "primary_key", "cursor", "lookback", "partition", "schedule", "columns",
+               "bigquery"}
     unknown = set(spec) - allowed
     if unknown:
         raise OverridesError(f"{where}: unknown field(s) {sorted(unknown)}; known: {sorted(allowed)}")
@@ -140,6 +144,14 @@ def _parse_table(spec: Any, where: str) -> TableOverride:
     if cursor is not None and not isinstance(cursor, str):
         raise OverridesError(f"{where}: cursor must be a column name")
     lookback = spec.get("lookback")
+    bigquery = spec.get("bigquery") or {}
+    if not isinstance(bigquery, dict) or set(bigquery) - {"partition", "cluster"}:
+        raise OverridesError(f"{where}: bigquery takes partition (a column) and cluster (columns)")
+    cluster = bigquery.get("cluster") or []
+    if isinstance(cluster, str):
+        cluster = [cluster]
+    if not all(isinstance(c, str) for c in cluster) or len(cluster) > 4:
+        raise OverridesError(f"{where}: bigquery.cluster must list up to 4 column names")
     return TableOverride(
         disposition=disposition,
         primary_key=primary_key,
@@ -148,6 +160,8 @@ def _parse_table(spec: Any, where: str) -> TableOverride:
         partition=_parse_partition(spec.get("partition"), f"{where}: partition"),
         schedule=_boolean(spec.get("schedule", True), f"{where}: schedule"),
         columns=_parse_columns(spec.get("columns") or {}, where),
+        bigquery_partition=bigquery.get("partition"),
+        bigquery_cluster=tuple(cluster),
     )
 
 

@@ -48,6 +48,8 @@ class TablePlan:
     excluded: tuple[str, ...]
     hashed: tuple[str, ...]
     notes: tuple[str, ...] = ()
+    bigquery_partition: str | None = None
+    bigquery_cluster: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -171,6 +173,9 @@ def plan_table(
         if not primary_key:
             raise PlanError(f"{where}: partitions merge by primary key; this table has none")
         disposition = "merge"
+    for name in (override.bigquery_partition, *override.bigquery_cluster):
+        if name is not None and (name not in column_names or name in excluded):
+            raise PlanError(f"{where}: bigquery partition/cluster column {name!r} is not loaded")
     if not table.columns:
         notes.append("the table has no columns: it is reported and skipped")
     return TablePlan(
@@ -186,6 +191,8 @@ def plan_table(
         excluded=tuple(excluded),
         hashed=tuple(hashed),
         notes=tuple(notes),
+        bigquery_partition=override.bigquery_partition,
+        bigquery_cluster=override.bigquery_cluster,
     )
 
 

@@ -184,3 +184,32 @@ def test_broken_private_key_names_secret_and_field(monkeypatch, tmp_path, bigque
     message = failure.step_failure_data.user_failure_data.description
     assert name in message and "private_key" in message
     assert broken.splitlines()[2] not in message
+
+
+def test_table_description_partitioning_and_clustering(monkeypatch, tmp_path, bigquery_emulator,
+                                                       bigquery_secrets, pg_url) -> None:
+    from pg_to_bq_tests.conftest import run_sql
+
+    run_sql(pg_url, """
+        CREATE TABLE visits (id int PRIMARY KEY, day date NOT NULL, shop text, n int);
+        COMMENT ON TABLE visits IS 'Daily visits per shop';
+        INSERT INTO visits SELECT g, DATE '2026-11-01' + (g % 5), 'shop' || (g % 3), g
+        FROM generate_series(1, 300) g;
+    """)
+    client = boto3.client("secretsmanager")
+    source = bigquery_secrets["source"] + "-visits"
+    client.create_secret(Name=source, SecretString=json.dumps({"url": pg_url}))
+    tables = tmp_path / "tables.yaml"
+    tables.write_text("tables:\n  public.visits:\n    bigquery: {partition: day, cluster: [shop]}\n")
+    configure(monkeypatch, tmp_path, bigquery_emulator, {**bigquery_secrets, "source": source},
+              "visits_raw")
+    monkeypatch.setenv("PG_TO_BQ_TABLES_FILE", str(tables))
+    result = materialize(build_definitions(Settings.from_env()))
+    assert result.success
+    table = bigquery_emulator.client().get_table(f"{bigquery_emulator.project_id}.visits_raw.visits")
+    assert table.description == "Daily visits per shop"
+    assert table.time_partitioning is not None and table.time_partitioning.field == "day"
+    assert table.clustering_fields == ["shop"]
+    assert table.num_rows == 300 or bq_rows(
+        bigquery_emulator, f"SELECT count(*) FROM `{bigquery_emulator.project_id}.visits_raw.visits`"
+    ) == [(300,)]

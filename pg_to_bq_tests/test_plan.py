@@ -66,6 +66,8 @@ def test_overrides_apply() -> None:
          "tables.yaml: table public.orders: column total: cast 'money'"),
         ({"tables": {"orders": {}}}, "write the table as schema.table"),
         ({"tables": {"public.orders": {"lookback": "soon"}}}, "lookback: 'soon' is not a duration"),
+        ({"tables": {"public.orders": {"bigquery": {"partition_by": "x"}}}},
+         "tables.yaml: table public.orders: bigquery takes partition"),
     ],
 )
 def test_override_errors_name_file_table_and_field(spec: dict, message: str) -> None:
@@ -156,3 +158,16 @@ def test_snapshot_round_trip() -> None:
     catalog = Catalog(tables=(ORDERS, LOG), database="shop")
     again = Catalog.from_json(catalog.to_json())
     assert again.tables == catalog.tables and again.database == "shop"
+
+
+def test_bigquery_partition_and_cluster_columns_must_be_loaded() -> None:
+    overrides = parse_overrides(
+        {"tables": {"public.orders": {"bigquery": {"partition": "updated_at", "cluster": "id"}}}},
+        "t.yaml")
+    [plan] = build_plans(Catalog(tables=(ORDERS,)), "bigquery", overrides)
+    assert (plan.bigquery_partition, plan.bigquery_cluster) == ("updated_at", ("id",))
+    overrides = parse_overrides(
+        {"tables": {"public.orders": {"bigquery": {"cluster": ["api_token"]}}}}, "t.yaml")
+    with pytest.raises(PlanError, match="t.yaml: table public.orders: bigquery partition/cluster "
+                                        "column 'api_token' is not loaded"):
+        build_plans(Catalog(tables=(ORDERS,)), "bigquery", overrides)
