@@ -414,33 +414,41 @@ def _pg(url: str) -> psycopg.Connection:
     return conn
 
 
+def create_table(url: str, table: str, columns: list) -> tuple[bool, int]:
+    """Create `table` with `columns` (the type setup first) and insert their values, one row
+    per value index, NULL where a column has fewer values. Returns whether xml works and the
+    number of rows."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(SETUP_SQL)
+        try:
+            conn.execute("SELECT '<a/>'::xml")
+            xml_supported = True
+        except psycopg.errors.FeatureNotSupported:  # server built without libxml
+            xml_supported = False
+        values = {c.name: list(c.values) for c in columns}
+        if xml_supported and "x" in values:
+            values["x"] = list(_XML_VALUES)
+        rows = max(len(v) for v in values.values())
+        conn.execute(
+            f"CREATE TABLE {table} (id int PRIMARY KEY, "
+            + ", ".join(f"{c.name} {c.sql_type}" for c in columns) + ")"
+        )
+        conn.execute("SET TimeZone = 'America/New_York'")  # offsets must not leak
+        for row in range(rows):
+            literals = [values[c.name][row] if row < len(values[c.name]) else "NULL"
+                        for c in columns]
+            conn.execute(f"INSERT INTO {table} VALUES ({row}, {', '.join(literals)})")
+    return xml_supported, rows
+
+
 @pytest.fixture(scope="module")
 def loaded(pg_server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loaded]:
     name = pg_server.create_database("types")
     url = pg_server.url(name)
     root = tmp_path_factory.mktemp("roundtrip")
     try:
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute(SETUP_SQL)
-            try:
-                conn.execute("SELECT '<a/>'::xml")
-                xml_supported = True
-            except psycopg.errors.FeatureNotSupported:  # server built without libxml
-                xml_supported = False
-            columns = [c for cols in CASES.values() for c in cols]
-            values = {c.name: list(c.values) for c in columns}
-            if xml_supported:
-                values["x"] = list(_XML_VALUES)
-            rows = max(len(v) for v in values.values())
-            conn.execute(
-                "CREATE TABLE roundtrip (id int PRIMARY KEY, "
-                + ", ".join(f"{c.name} {c.sql_type}" for c in columns) + ")"
-            )
-            conn.execute("SET TimeZone = 'America/New_York'")  # offsets must not leak
-            for row in range(rows):
-                literals = [values[c.name][row] if row < len(values[c.name]) else "NULL"
-                            for c in columns]
-                conn.execute(f"INSERT INTO roundtrip VALUES ({row}, {', '.join(literals)})")
+        xml_supported, _ = create_table(url, "roundtrip",
+                                        [c for cols in CASES.values() for c in cols])
         result = Loaded(url, root / "dest.duckdb", root / "work", _plan(url, "roundtrip"),
                         xml_supported)
         _load(result, result.plan)

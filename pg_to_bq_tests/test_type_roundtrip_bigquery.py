@@ -26,14 +26,13 @@ from pg_to_bq.load import load_table
 from pg_to_bq.plan import TablePlan, build_plans
 from pg_to_bq.typemap import RULES
 from pg_to_bq_tests.test_type_roundtrip import (
-    _XML_VALUES,
     CASES,
     FAILING,
     SALT,
-    SETUP_SQL,
     Col,
     _naive_equal,
     _pg,
+    create_table,
 )
 
 pytestmark = pytest.mark.bigquery
@@ -112,26 +111,9 @@ def loaded(pg_server, bigquery_emulator, tmp_path_factory: pytest.TempPathFactor
     columns = [c for cols in CASES.values() for c in cols if c.name not in BIGNUMERIC]
     big = [c for cols in CASES.values() for c in cols if c.name in BIGNUMERIC]
     try:
+        xml_supported, rows = create_table(url, "roundtrip", columns)
+        # SETUP_SQL ran above; the second table only needs its own columns.
         with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute(SETUP_SQL)
-            try:
-                conn.execute("SELECT '<a/>'::xml")
-                xml_supported = True
-            except psycopg.errors.FeatureNotSupported:  # server built without libxml
-                xml_supported = False
-            values = {c.name: list(c.values) for c in columns}
-            if xml_supported:
-                values["x"] = list(_XML_VALUES)
-            rows = max(len(v) for v in values.values())
-            conn.execute(
-                "CREATE TABLE roundtrip (id int PRIMARY KEY, "
-                + ", ".join(f"{c.name} {c.sql_type}" for c in columns) + ")"
-            )
-            conn.execute("SET TimeZone = 'America/New_York'")  # offsets must not leak
-            for row in range(rows):
-                literals = [values[c.name][row] if row < len(values[c.name]) else "NULL"
-                            for c in columns]
-                conn.execute(f"INSERT INTO roundtrip VALUES ({row}, {', '.join(literals)})")
             conn.execute("CREATE TABLE roundtrip_bignumeric (id int PRIMARY KEY, "
                          + ", ".join(f"{c.name} {c.sql_type}" for c in big) + ")")
             for row in range(max(len(c.values) for c in big)):
