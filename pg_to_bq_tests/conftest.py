@@ -6,6 +6,7 @@ when the tests run as root), or from `PG_TEST_DSN` when that is set.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import uuid
@@ -126,6 +127,7 @@ def moto_server():
 
     from pg_to_bq.embedded_pg import free_port
 
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()

@@ -16,7 +16,6 @@ the task definition would give it, and checks the run finishes.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -32,7 +31,6 @@ import pytest
 import yaml
 from dagster._core.launcher import WorkerStatus
 from dagster_aws.ecs import EcsRunLauncher
-from moto.server import ThreadedMotoServer
 
 from pg_to_bq.embedded_pg import EmbeddedPostgres, free_port
 from pg_to_bq.launchers.router import RoutingRunLauncher
@@ -92,15 +90,9 @@ def _serve_task_metadata(cluster_arn: str, task_arn: str) -> ThreadingHTTPServer
 
 
 @pytest.fixture(scope="module")
-def moto_endpoint() -> Iterator[str]:
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
+def moto_endpoint(moto_server: str) -> str:
+    """The session's moto server (conftest.py)."""
+    return moto_server
 
 
 @pytest.fixture(scope="module")
