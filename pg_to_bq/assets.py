@@ -293,10 +293,11 @@ def run_table_load(
         pipeline = make_pipeline(plan, dlt_destination, destination.dataset, destination.work_path)
         destination_rows = count_destination_rows(pipeline, plan.destination_table)
     except Exception as exc:
+        retryable = is_transient(exc)
         raise dg.Failure(
             description=f"table {plan.name} failed: {describe(exc)}",
-            metadata={"table": plan.name, "retryable": is_transient(exc)},
-            allow_retries=is_transient(exc),
+            metadata={"table": plan.name, "retryable": retryable},
+            allow_retries=retryable,
         ) from exc
 
     if result.snapshot_rows is not None and result.mode == "full":

@@ -161,13 +161,3 @@ class Destination(dg.ConfigurableResource):
             path = Path(self.bigquery_key_file)
             return service_account_info(path.read_text(encoding="utf-8"), str(path))
         return None
-
-    def describe(self) -> str:
-        if self.kind == "duckdb":
-            return f"duckdb:///{self.duckdb_path}"
-        return f"bigquery project {self.bigquery_project} ({self.bigquery_location})"
-
-    def qualified_table(self, table: str) -> str:
-        if self.kind == "bigquery":
-            return f"{self.bigquery_project}.{self.dataset}.{table}"
-        return f"{Path(self.duckdb_path or '').stem}.{self.dataset}.{table}"
