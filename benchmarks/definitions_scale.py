@@ -1,16 +1,22 @@
 """Loading the code location with 1,000 tables in the catalog.
 
-Two measurements, each `import pg_to_bq.definitions` in a fresh interpreter:
+Three measurements, each `import pg_to_bq.definitions` then `defs.get_repository_def()` in a
+fresh interpreter, timed as a whole and without `import dagster` (which the process that
+loads a code location, `dagster api grpc` or `dagster dev`, has done already):
 
 * snapshot: a synthetic 1,000-table catalog snapshot (`write_snapshot`), and
   `PG_TO_BQ_SOURCE_URL` pointing at a listener that only counts connections — there
   must be none;
+* the same snapshot with the source given as a Secrets Manager secret id (as in
+  production), which adds dagster-aws's `SecretsManagerResource` and its import;
 * live: the same 1,000 tables created in PostgreSQL, no snapshot, and the source URL
   pointing at a proxy in front of PostgreSQL that counts connections and the statements
   sent (simple-query `Q` and extended-protocol `Parse` messages, read off the wire, so
   any driver is counted). The catalog must come from exactly one catalog query.
 
 For comparison, dlt's `sql_database` reflecting the same tables, in its own process.
+
+    .venv/bin/python benchmarks/definitions_scale.py postgresql://postgres@127.0.0.1:5432/postgres
 """
 
 from __future__ import annotations
@@ -209,10 +215,11 @@ class WireCounter:
 
 
 _PROBE = r"""
-import json, time
+import json, sys, time
 t0 = time.perf_counter()
-import dagster, dagster_aws, dlt, psycopg  # the libraries any code location of ours imports
-import pg_to_bq.project
+import dagster  # what `dagster api grpc` / `dagster dev` have imported before loading the module
+t_dagster = time.perf_counter()
+import pg_to_bq.project  # the libraries the code location imports, and pg_to_bq's modules
 t1 = time.perf_counter()
 import pg_to_bq.definitions as d
 t2 = time.perf_counter()
@@ -220,8 +227,11 @@ repo = d.defs.get_repository_def()
 t3 = time.perf_counter()
 assets = repo.asset_graph.get_all_asset_keys()
 print("RESULT " + json.dumps({
-    "imports_s": t1 - t0, "build_s": t2 - t1, "total_s": t2 - t0, "repository_s": t3 - t2,
+    "dagster_s": t_dagster - t0, "imports_s": t1 - t0, "build_s": t2 - t1, "total_s": t2 - t0,
+    "repository_s": t3 - t2, "load_s": t3 - t0, "after_dagster_s": t3 - t_dagster,
     "asset_keys": len(assets), "jobs": len(repo.get_all_jobs()),
+    "imported": sorted(m for m in ("dlt", "dagster_aws", "pyarrow", "boto3", "sqlalchemy")
+                       if m in sys.modules),
 }))
 """
 
@@ -237,10 +247,14 @@ def _probe(env: dict[str, str]) -> dict:
     return {**json.loads(line[7:]), "process_s": elapsed}
 
 
-def _env(work: Path, source_url: str, catalog: Path) -> dict[str, str]:
+def _env(work: Path, source_url: str | None, catalog: Path) -> dict[str, str]:
+    """The code location's settings; without `source_url`, the source is a Secrets Manager
+    secret id (never read while loading from a snapshot), as in production."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG_TO_BQ_")}
+    source = ({"PG_TO_BQ_SOURCE_URL": source_url} if source_url else
+              {"PG_TO_BQ_SOURCE_SECRET": "bench/source-url", "PG_TO_BQ_AWS_REGION": "us-east-1"})
     env.update({
-        "PG_TO_BQ_SOURCE_URL": source_url,
+        **source,
         "PG_TO_BQ_CATALOG_PATH": str(catalog),
         "PG_TO_BQ_WORK_DIR": str(work),
         "PG_TO_BQ_DESTINATION": f"duckdb:///{work}/defs.duckdb",
@@ -280,6 +294,9 @@ def measure(admin_url: str, count: int, work: Path, dlt_reflection: bool = True,
     finally:
         listener.close()
     snapshot_connections = listener.connections
+    # The same snapshot with the source as a secret id: the Secrets Manager resource (and so
+    # dagster-aws) is part of the definitions.
+    secret_runs = [_probe(_env(work, None, snapshot)) for _ in range(repeat)]
 
     # 2. Live: no snapshot, 1,000 real tables, one catalog query expected.
     created = time.monotonic()
@@ -306,6 +323,7 @@ def measure(admin_url: str, count: int, work: Path, dlt_reflection: bool = True,
     result = {
         "tables": count,
         "snapshot": {"runs": snapshot_runs, "connections": snapshot_connections},
+        "snapshot_secret": {"runs": secret_runs},
         "live": {"runs": live_runs, "create_tables_s": create_s},
     }
     if dlt_reflection:
@@ -325,60 +343,102 @@ def _catalog_queries(statements: list[str]) -> list[str]:
     return [s for s in statements if "pg_catalog.pg_class" in s]
 
 
-def _best(runs: list[dict], key: str) -> dict:
+def _best(runs: list[dict], key: str = "load_s") -> dict:
     return min(runs, key=lambda r: r[key])
 
 
+def _times(run: dict) -> str:
+    return (f"import pg_to_bq.definitions {run['total_s']:.2f} s (libraries {run['imports_s']:.2f} s "
+            f"+ build {run['build_s']:.2f} s), repository {run['repository_s']:.2f} s; whole load "
+            f"{run['load_s']:.2f} s fresh, {run['after_dagster_s']:.2f} s after `import dagster`")
+
+
 def describe(result: dict) -> str:
-    snap = _best(result["snapshot"]["runs"], "total_s")
-    live = _best(result["live"]["runs"], "total_s")
+    snap = _best(result["snapshot"]["runs"])
+    live = _best(result["live"]["runs"])
     lines = [
-        f"  snapshot: import pg_to_bq.definitions {snap['total_s']:.2f} s (libraries "
-        f"{snap['imports_s']:.2f} s + build {snap['build_s']:.2f} s), repository "
-        f"{snap['repository_s']:.2f} s, {snap['asset_keys']} asset keys, "
-        f"{result['snapshot']['connections']} connection(s) to PostgreSQL",
-        f"  live:     import pg_to_bq.definitions {live['total_s']:.2f} s (libraries "
-        f"{live['imports_s']:.2f} s + build {live['build_s']:.2f} s), {live['connections']} "
+        f"  snapshot: {_times(snap)}, {snap['asset_keys']} asset keys, "
+        f"{result['snapshot']['connections']} connection(s) to PostgreSQL, "
+        f"imported {snap['imported']}",
+    ]
+    if "snapshot_secret" in result:
+        secret = _best(result["snapshot_secret"]["runs"])
+        lines.append(f"  snapshot, source as a secret id: {_times(secret)}, "
+                     f"imported {secret['imported']}")
+    lines.append(
+        f"  live:     {_times(live)}, {live['connections']} "
         f"connection(s), {len(live['statements'])} statement(s), "
         f"{len(_catalog_queries(live['statements']))} catalog query(ies): "
-        f"{[s[:40] for s in live['statements']]}",
-    ]
+        f"{[s[:40] for s in live['statements']]}")
     if "dlt_reflection" in result:
         d = result["dlt_reflection"]
         lines.append(f"  dlt sql_database reflection: {d}")
     return "\n".join(lines)
 
 
+def _row(label: str, run: dict, connections: int | str, statements: int | str) -> str:
+    return (f"| {label} | {run['total_s']:.2f} | {run['imports_s']:.2f} | {run['build_s']:.2f} | "
+            f"{run['repository_s']:.2f} | **{run['load_s']:.2f}** | **{run['after_dagster_s']:.2f}** | "
+            f"{run['asset_keys']:,} | {connections} | {statements} |")
+
+
 def render(result: dict) -> list[str]:
     n = result["tables"]
+    runs = len(result["snapshot"]["runs"])
     lines = [f"## Definitions at scale: {n:,} tables", "",
              "Each row: a fresh interpreter running `import pg_to_bq.definitions` (what "
-             "`dagster dev` / `dagster api grpc -m pg_to_bq.definitions` do), best of "
-             f"{len(result['snapshot']['runs'])}. *libraries* is importing dagster, dagster-aws, "
-             "dlt and pg_to_bq's modules (paid by any code location); *build* is "
-             "`build_definitions()` itself (catalog, plans, assets, jobs, schedules); "
-             "*repository* is `defs.get_repository_def()` (Dagster resolving the asset graph).",
+             "`dagster dev` / `dagster api grpc -m pg_to_bq.definitions` do), then "
+             f"`defs.get_repository_def()`; best of {runs}. *total* is the import of "
+             "`pg_to_bq.definitions` = *libraries* (importing dagster and what pg_to_bq's "
+             "modules import: psycopg, pyarrow, PyYAML; dagster-aws only when a secret id is "
+             "configured, dlt only inside a run) + *build* (`build_definitions()`: catalog, plans, "
+             "assets, jobs, schedules); *repository* is `defs.get_repository_def()` (Dagster "
+             "resolving the asset graph). *whole load, fresh* is all of it from an empty "
+             "interpreter; *load after dagster* leaves out `import dagster`, which the "
+             "`dagster api grpc` / `dagster dev` process has done before it loads the module.",
              "",
              "| catalog from | total (s) | libraries (s) | build (s) | repository (s) | "
+             "whole load, fresh (s) | load after dagster (s) | "
              "asset keys | connections to PostgreSQL | statements sent |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    snap = _best(result["snapshot"]["runs"], "total_s")
-    lines.append(f"| snapshot (synthetic, {n:,} tables) | {snap['total_s']:.2f} | "
-                 f"{snap['imports_s']:.2f} | {snap['build_s']:.2f} | {snap['repository_s']:.2f} | "
-                 f"{snap['asset_keys']:,} | {result['snapshot']['connections']} | 0 |")
-    live = _best(result["live"]["runs"], "total_s")
-    lines.append(f"| live PostgreSQL ({n:,} real tables, no snapshot) | {live['total_s']:.2f} | "
-                 f"{live['imports_s']:.2f} | {live['build_s']:.2f} | {live['repository_s']:.2f} | "
-                 f"{live['asset_keys']:,} | {live['connections']} | {len(live['statements'])} |")
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    snap = _best(result["snapshot"]["runs"])
+    lines.append(_row(f"snapshot (synthetic, {n:,} tables)", snap,
+                      result["snapshot"]["connections"], 0))
+    if "snapshot_secret" in result:
+        secret = _best(result["snapshot_secret"]["runs"])
+        lines.append(_row("snapshot, source as a Secrets Manager secret id (dagster-aws loaded)",
+                          secret, "-", "-"))
+    live = _best(result["live"]["runs"])
+    lines.append(_row(f"live PostgreSQL ({n:,} real tables, no snapshot)", live,
+                      live["connections"], len(live["statements"])))
     lines += ["", "Statements the live load sent (read off the wire by a counting proxy): " +
               ", ".join(f"`{s[:60]}{'…' if len(s) > 60 else ''}`" for s in live["statements"]) +
               f" — {len(_catalog_queries(live['statements']))} catalog query. "
-              f"The live load wrote the snapshot: {live['snapshot_written']}.", ""]
+              f"The live load wrote the snapshot: {live['snapshot_written']}. "
+              f"Modules a snapshot load imported (of dlt, dagster_aws, pyarrow, boto3, "
+              f"sqlalchemy): {', '.join(snap['imported']) or 'none'}.", ""]
     if "dlt_reflection" in result and "reflect_s" in result["dlt_reflection"]:
         d = result["dlt_reflection"]
         lines += [f"For comparison, dlt's `sql_database` reflecting the same {d['tables']:,} "
                   f"tables (one source per schema): {d['reflect_s']:.1f} s.", ""]
-    all_runs = ", ".join(f"{r['total_s']:.2f}" for r in result["snapshot"]["runs"])
-    live_runs = ", ".join(f"{r['total_s']:.2f}" for r in result["live"]["runs"])
-    lines += [f"All runs (total s): snapshot {all_runs}; live {live_runs}.", ""]
+    all_runs = ", ".join(f"{r['load_s']:.2f}" for r in result["snapshot"]["runs"])
+    live_runs = ", ".join(f"{r['load_s']:.2f}" for r in result["live"]["runs"])
+    lines += [f"All runs (whole load, fresh, s): snapshot {all_runs}; live {live_runs}.", ""]
     return lines
+
+
+if __name__ == "__main__":
+    import argparse
+    import tempfile
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("pg_url", help="a PostgreSQL URL whose user may create a database")
+    parser.add_argument("--tables", type=int, default=1000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--dlt-reflection", action="store_true",
+                        help="also time dlt's sql_database reflecting the tables")
+    args = parser.parse_args()
+    outcome = measure(args.pg_url, args.tables, Path(tempfile.mkdtemp()) / "definitions",
+                      dlt_reflection=args.dlt_reflection, repeat=args.repeat)
+    print(describe(outcome))
+    print("\n".join(render(outcome)))

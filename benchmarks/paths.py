@@ -52,8 +52,7 @@ def pg_to_bq(url: str, table: str, work_dir: str, full_refresh: bool = False,
              replace_strategy: str = "insert-from-staging", **_: object) -> dict:
     """pg_to_bq's own path: one-table catalog query, plan, `load_table` (ADBC COPY → Arrow →
     dlt parquet → DuckDB)."""
-    import adbc_driver_postgresql.dbapi  # noqa: F401
-
+    import pg_to_bq.adbc_session  # noqa: F401
     from pg_to_bq.catalog import discover
     from pg_to_bq.load import load_table
     from pg_to_bq.plan import plan_table
@@ -88,6 +87,10 @@ def pg_to_bq_destination(duckdb_path: str, replace_strategy: str = "insert-from-
     resource's is only for measuring what that choice costs."""
     import dlt
 
+    from pg_to_bq.duckdb_destination import REPLACE_STRATEGY, duckdb_destination
+
+    if replace_strategy == REPLACE_STRATEGY:
+        return duckdb_destination(duckdb_path)
     return dlt.destinations.duckdb(credentials=duckdb_path, replace_strategy=replace_strategy)
 
 

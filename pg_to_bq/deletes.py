@@ -15,7 +15,6 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from pg_to_bq.load import load_table, make_pipeline
 from pg_to_bq.plan import TablePlan
 
 KEYS_PREFIX = "_pg_to_bq_keys__"
@@ -59,6 +58,8 @@ def apply_deletes(
 
     Returns the number of rows deleted.
     """
+    from pg_to_bq.load import load_table, make_pipeline  # dlt: only when a pass runs
+
     keys = keys_plan(plan)
     load_table(keys, source_url=source_url, destination=destination, dataset=dataset,
                work_dir=work_dir, batch_bytes=batch_bytes, statement_timeout_s=statement_timeout_s)

@@ -24,11 +24,11 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pg_to_bq.adbc_session import AdbcSession
 from pg_to_bq.plan import TablePlan
 from pg_to_bq.source import SourceUnreachable, describe, with_options
 from pg_to_bq.typemap import ColumnMapping, quote_ident
@@ -135,7 +135,7 @@ class TableReader:
         self.streams = streams
         self.stats = ExtractStats()
         self.schema = arrow_schema(plan)
-        self._conn = None
+        self._conn: AdbcSession | None = None
         self._snapshot: str | None = None
         self._ranges: list[str | None] = [None]
         if plan.hashed and not hash_salt:
@@ -145,29 +145,27 @@ class TableReader:
             )
 
     def __enter__(self) -> TableReader:
-        self._conn = self._connect()
-        cur = self._conn.cursor()
+        self._conn = session = self._connect()
         try:
-            _begin(cur)
+            _begin(session)
             if self.count_rows:
-                cur.execute(f"SELECT count(*) FROM {qualified_name(self.plan)}{self._where()}")
-                self.stats.snapshot_rows = int(cur.fetchone()[0])
+                (count,) = session.fetchone(
+                    f"SELECT count(*) FROM {qualified_name(self.plan)}{self._where()}")
+                self.stats.snapshot_rows = int(count)
             if self.streams > 1:
-                self._ranges = self._split(cur)
+                self._ranges = self._split(session)
                 if len(self._ranges) > 1:
-                    cur.execute("SELECT pg_export_snapshot()")
-                    self._snapshot = str(cur.fetchone()[0])
+                    (snapshot,) = session.fetchone("SELECT pg_export_snapshot()")
+                    self._snapshot = str(snapshot)
             self.stats.streams = len(self._ranges)
         except BaseException:
-            cur.close()
             self.__exit__()
             raise
-        cur.close()
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self._conn is not None:
-            _close(self._conn)
+            self._conn.close()
             self._conn = None
 
     def batches(self) -> Iterator[pa.RecordBatch]:
@@ -183,12 +181,10 @@ class TableReader:
             self.stats.bytes += batch.nbytes
             yield batch
 
-    def _connect(self) -> Any:
-        import adbc_driver_postgresql.dbapi as adbc
-
+    def _connect(self) -> AdbcSession:
         uri = with_options(self.url, self.application_name, self.statement_timeout_s)
         try:
-            return adbc.connect(uri)
+            return AdbcSession(uri)
         except Exception as exc:  # the driver raises its own error classes
             raise SourceUnreachable(
                 f"cannot connect to PostgreSQL at {describe(self.url)} to read {self.plan.name}: "
@@ -202,32 +198,22 @@ class TableReader:
     def _where(self) -> str:
         return f" WHERE {self.where}" if self.where else ""
 
-    def _read(self, conn: Any, where: str | None, put: Callable[[pa.RecordBatch], bool]) -> None:
-        """COPY one range on `conn`, converting each batch and handing it to `put`."""
-        cur = conn.cursor()
-        cur.adbc_statement.set_options(
-            **{"adbc.postgresql.batch_size_hint_bytes": str(self.batch_bytes)}
-        )
-        cur.execute(select_sql(self.plan, self._conditions(where)))
-        reader = cur.fetch_record_batch()
-        try:
+    def _read(self, session: AdbcSession, where: str | None,
+              put: Callable[[pa.RecordBatch], bool]) -> None:
+        """COPY one range on `session`, converting each batch and handing it to `put`."""
+        sql = select_sql(self.plan, self._conditions(where))
+        with session.stream(sql, self.batch_bytes) as reader:
             for raw in reader:
                 if not put(convert_batch(self.plan, raw, self.schema, self.hash_salt)):
                     return
-        finally:
-            with contextlib.suppress(Exception):
-                reader.close()
-            with contextlib.suppress(Exception):
-                cur.close()
 
-    def _split(self, cur: Any) -> list[str | None]:
+    def _split(self, session: AdbcSession) -> list[str | None]:
         """Conditions dividing the table into up to `streams` ranges covering every row."""
         key = _integer_key(self.plan)
         if key is not None:
             quoted, pg_type = quote_ident(key), _INTEGER_KEYS[self.plan.table.column(key).type_name]
-            cur.execute(f"SELECT min({quoted}), max({quoted}) "
-                        f"FROM {qualified_name(self.plan)}{self._where()}")
-            low, high = cur.fetchone()
+            low, high = session.fetchone(f"SELECT min({quoted}), max({quoted}) "
+                                         f"FROM {qualified_name(self.plan)}{self._where()}")
             if low is None:
                 return [None]
             return _range_conditions(
@@ -240,14 +226,13 @@ class TableReader:
         # range is open-ended anyway. A partitioned table is split by its largest leaf's
         # blocks, and the ctid condition applies to each partition.
         relation = "'" + qualified_name(self.plan).replace("'", "''") + "'::regclass"
-        cur.execute(
+        (blocks,) = session.fetchone(
             "SELECT greatest(pg_relation_size(r), coalesce((SELECT max(pg_relation_size(p.relid)) "
             "FROM pg_partition_tree(r) p WHERE p.isleaf), 0)) "
             f"/ current_setting('block_size')::bigint FROM (SELECT {relation} AS r) s"
         )
-        blocks = int(cur.fetchone()[0] or 0)
         return _range_conditions(
-            "ctid", _boundaries(0, blocks, self.streams), lambda v: f"'({int(v)},0)'::tid"
+            "ctid", _boundaries(0, int(blocks or 0), self.streams), lambda v: f"'({int(v)},0)'::tid"
         )
 
     def _read_parallel(self) -> Iterator[pa.RecordBatch]:
@@ -259,19 +244,17 @@ class TableReader:
             return _put(items, item, stop)
 
         def work(where: str | None) -> None:
-            conn = None
+            session = None
             try:
-                conn = self._connect()
-                cur = conn.cursor()
-                _begin(cur, snapshot=self._snapshot)
-                cur.close()
-                self._read(conn, where, put)
+                session = self._connect()
+                _begin(session, snapshot=self._snapshot)
+                self._read(session, where, put)
                 put(finished)
             except BaseException as exc:  # handed to the consumer, raised there
                 put(exc)
             finally:
-                if conn is not None:
-                    _close(conn)
+                if session is not None:
+                    session.close()
 
         threads = [
             threading.Thread(target=work, args=(where,), name=f"pg_to_bq-stream-{i}", daemon=True)
@@ -296,20 +279,13 @@ class TableReader:
                 thread.join(timeout=5)
 
 
-def _begin(cur: Any, snapshot: str | None = None) -> None:
+def _begin(session: AdbcSession, snapshot: str | None = None) -> None:
     """Start the read-only snapshot transaction (the driver has opened it: autocommit off)."""
-    cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+    session.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
     if snapshot is not None:
-        cur.execute("SET TRANSACTION SNAPSHOT '" + snapshot.replace("'", "''") + "'")
+        session.execute("SET TRANSACTION SNAPSHOT '" + snapshot.replace("'", "''") + "'")
     for statement in _SESSION:
-        cur.execute(statement)
-
-
-def _close(conn: Any) -> None:
-    with contextlib.suppress(Exception):
-        conn.rollback()
-    with contextlib.suppress(Exception):
-        conn.close()
+        session.execute(statement)
 
 
 def _integer_key(plan: TablePlan) -> str | None:

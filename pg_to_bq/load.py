@@ -12,14 +12,17 @@ unchanged table costs a count, a small read and a state check, not a load.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import dlt
 import pyarrow as pa
@@ -52,7 +55,19 @@ WINDOW_MAX_BYTES = 32 * 1024 * 1024
 # DuckDB's buffer pool defaults to 80% of RAM and holds the loaded table's blocks, so the
 # process grew with the table (1.3 GB at 5M rows); bounded, DuckDB spills to disk instead.
 # Not keeping insertion order lets it insert with bounded memory (tables are unordered).
-DUCKDB_GLOBAL_CONFIG = {"memory_limit": "128MB", "preserve_insertion_order": False}
+DUCKDB_GLOBAL_CONFIG = {"memory_limit": "64MB", "preserve_insertion_order": False}
+
+
+def _libc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim  # noqa: B018 - glibc only
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+_LIBC = _libc()
 
 
 class EmptyTableError(ValueError):
@@ -239,8 +254,11 @@ def _normalize_and_load(pipeline: dlt.Pipeline) -> str | None:
 
 def _release_memory() -> None:
     """Hand the extraction's buffers back to the OS before DuckDB (in this process) loads:
-    Arrow's allocator keeps freed memory for reuse, which would add up with DuckDB's."""
+    Arrow's allocator keeps freed memory for reuse, and so does glibc's malloc for what the
+    driver's reader thread allocated; either would add up with DuckDB's."""
     pa.default_memory_pool().release_unused()
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
 
 
 def _chain(ahead: list[pa.RecordBatch] | None, reader: TableReader) -> Iterator[pa.RecordBatch]:
@@ -361,7 +379,7 @@ class _WindowTracker:
 
     def add(self, batch: pa.RecordBatch) -> None:
         column = batch.column(self.column)
-        newest = pc.max(column).as_py()
+        newest = _py_max(column)
         if newest is None:
             return
         if self.max is None or newest > self.max:
@@ -377,9 +395,8 @@ class _WindowTracker:
             self.overflow, self.kept = True, []
 
     def _in_window(self, batch: pa.RecordBatch) -> pa.RecordBatch:
-        column = batch.column(self.column)
-        bound = _minus(self.max, self.lookback)
-        return batch.filter(pc.greater_equal(column, pa.scalar(bound, column.type)))
+        values, bound = _comparable(batch.column(self.column), _minus(self.max, self.lookback))
+        return batch.filter(pc.greater_equal(values, bound))
 
     def digest(self, schema: pa.Schema) -> dict[str, Any] | None:
         """What the next incremental run must read back to skip its load, or None."""
@@ -430,9 +447,57 @@ def _max_of(batches: list[pa.RecordBatch], plan: TablePlan) -> Any:
     if plan.cursor is None:
         return None
     column = plan.column_for(plan.cursor).name
-    values = [pc.max(b.column(column)).as_py() for b in batches if b.num_rows]
+    values = [_py_max(b.column(column)) for b in batches if b.num_rows]
     values = [v for v in values if v is not None]
     return max(values) if values else None
+
+
+def _py_max(array: pa.Array) -> Any:
+    """The array's largest value as a Python object. A zoned timestamp is read through its
+    naive form (its UTC wall time): pyarrow's `as_py` on a zoned timestamp scalar imports
+    pandas (~40 MB per loading process) to find the zone."""
+    kind = array.type
+    if pa.types.is_timestamp(kind) and kind.tz:
+        naive = pc.max(array.view(pa.timestamp(kind.unit))).as_py()
+        return None if naive is None else naive.replace(tzinfo=UTC).astimezone(_zone(kind.tz))
+    return pc.max(array).as_py()
+
+
+_UNITS_PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _comparable(array: pa.Array, value: Any) -> tuple[pa.Array, pa.Scalar]:
+    """`array` and `value` in a form `pc` compares. Timestamps, dates and integers compare as
+    integers: `pa.scalar` from a Python value imports pandas (see `_py_max`)."""
+    kind = array.type
+    if pa.types.is_timestamp(kind):
+        epoch = _EPOCH if kind.tz else _EPOCH.replace(tzinfo=None)
+        delta = value - epoch
+        per_second = _UNITS_PER_SECOND[kind.unit]
+        ticks = (delta.days * 86_400 + delta.seconds) * per_second \
+            + delta.microseconds * per_second // 1_000_000
+        return array.view(pa.int64()), _int64(ticks)
+    if pa.types.is_date32(kind):
+        return array.view(pa.int32()).cast(pa.int64()), _int64((value - _EPOCH.date()).days)
+    if pa.types.is_integer(kind):
+        return array.cast(pa.int64()), _int64(int(value))
+    return array, pa.scalar(value, kind)
+
+
+def _int64(value: int) -> pa.Scalar:
+    return pa.Array.from_buffers(
+        pa.int64(), 1, [None, pa.py_buffer(value.to_bytes(8, "little", signed=True))])[0]
+
+
+def _zone(name: str) -> tzinfo:
+    if name in ("UTC", "+00:00", "Z"):
+        return UTC
+    if name[:1] in "+-":
+        hours, _, minutes = name[1:].partition(":")
+        offset = timedelta(hours=int(hours), minutes=int(minutes or 0))
+        return timezone(-offset if name[0] == "-" else offset)
+    return ZoneInfo(name)
 
 
 def _state_value(value: Any) -> Any:

@@ -37,8 +37,11 @@ def destination_name(source: str, max_length: int = MAX_COLUMN_NAME) -> str:
     a leading digit gets a `_` prefix (BigQuery's rule); names dlt reserves get a `src`
     prefix; a name that is too long is cut and given a short hash of the original.
     """
-    normalized = unicodedata.normalize("NFC", source)
-    cleaned = "".join(c if _is_allowed(c) else "_" for c in normalized)
+    if _ASCII_NAME.fullmatch(source):  # the common case: nothing to normalize or replace
+        cleaned = source
+    else:
+        normalized = unicodedata.normalize("NFC", source)
+        cleaned = "".join(c if _is_allowed(c) else "_" for c in normalized)
     if not cleaned or cleaned[0].isdigit():
         cleaned = "_" + cleaned
     if cleaned.lower().startswith(RESERVED_PREFIXES):
@@ -51,7 +54,7 @@ def destination_name(source: str, max_length: int = MAX_COLUMN_NAME) -> str:
 def dagster_name(*parts: str) -> str:
     """An ASCII name for ops, groups and pools, unique per input thanks to a hash when needed."""
     joined = "__".join(parts)
-    if _ASCII_NAME.match(joined) and not joined[0].isdigit():
+    if _ASCII_NAME.fullmatch(joined) and not joined[0].isdigit():
         return joined
     ascii_form = re.sub(r"[^A-Za-z0-9_]", "_", unicodedata.normalize("NFKD", joined))
     ascii_form = re.sub(r"_+", "_", ascii_form).strip("_") or "table"

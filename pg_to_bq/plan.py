@@ -7,6 +7,7 @@ so the assets, the CLI and the docs all show the same decisions.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,6 +27,11 @@ CURSOR_NAMES = ("updated_at", "modified_at", "last_modified", "last_updated", "u
                 "modified_on", "update_time", "updated", "modified")
 CURSOR_TYPES = ("timestamptz", "timestamp", "date", "int8", "int4")
 SENSITIVE = re.compile(r"(pass(word|wd)?|secret|token|api_?key|private_?key)", re.IGNORECASE)
+
+
+# `map_column` is pure and its result immutable; equal columns recur across tables (`id bigint`,
+# `created_at timestamptz`, ...), so a large catalog maps each distinct column once.
+_map_column = functools.lru_cache(maxsize=16384)(map_column)
 
 
 class PlanError(ValueError):
@@ -144,8 +150,8 @@ def plan_table(
             continue
         if column_override and column_override.hash:
             hashed.append(column.name)
-        mappings.append(map_column(column, destination_name(column.name), destination,
-                                   column_override))
+        mappings.append(_map_column(column, destination_name(column.name), destination,
+                                    column_override))
     check_unique(((m.source.name, m.name) for m in mappings),
                  f"columns of {table.qualified_name}")
 

@@ -11,15 +11,17 @@ two equal), and every mapping names the rule it applied in `ColumnMapping.rule`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import pyarrow as pa
+from typing import TYPE_CHECKING, Any
 
 from pg_to_bq.catalog import Column
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 # BigQuery NUMERIC holds up to 29 integer digits and 9 decimals; BIGNUMERIC 38 and 38.
 BQ_NUMERIC_INT_DIGITS, BQ_NUMERIC_SCALE = 29, 9
@@ -220,7 +222,6 @@ class ColumnMapping:
     name: str
     logical: str
     select_sql: str
-    arrow_type: pa.DataType
     precision: int | None = None
     scale: int | None = None
     checks: tuple[str, ...] = ()
@@ -248,6 +249,10 @@ class ColumnMapping:
             hint["description"] = self.source.comment
         return hint
 
+    @property
+    def arrow_type(self) -> pa.DataType:
+        return arrow_type_of(self.logical, self.precision, self.scale)
+
     def destination_type(self, destination: str) -> str:
         return self.bigquery_type if destination == "bigquery" else self.duckdb_type
 
@@ -269,21 +274,31 @@ _DLT_TYPES: Mapping[str, dict[str, Any]] = {
     "binary": {"data_type": "binary"},
 }
 
-_ARROW_TYPES: Mapping[str, pa.DataType] = {
-    "int16": pa.int16(),
-    "int32": pa.int32(),
-    "int64": pa.int64(),
-    "float32": pa.float32(),
-    "float64": pa.float64(),
-    "bool": pa.bool_(),
-    "text": pa.string(),
-    "timestamptz": pa.timestamp("us", tz="UTC"),
-    "timestamp": pa.timestamp("us"),
-    "date": pa.date32(),
-    "time": pa.time64("us"),
-    "json": pa.string(),
-    "binary": pa.binary(),
-}
+@functools.cache
+def arrow_type_of(logical: str, precision: int | None = None,
+                  scale: int | None = None) -> pa.DataType:
+    """The Arrow type of a logical type's batches. pyarrow is imported here, when a table
+    is read, not when the code location plans its tables."""
+    import pyarrow as pa
+
+    if logical == "decimal":
+        assert precision is not None and scale is not None
+        return pa.decimal128(precision, scale) if precision <= 38 else pa.decimal256(precision, scale)
+    return {
+        "int16": pa.int16(),
+        "int32": pa.int32(),
+        "int64": pa.int64(),
+        "float32": pa.float32(),
+        "float64": pa.float64(),
+        "bool": pa.bool_(),
+        "text": pa.string(),
+        "timestamptz": pa.timestamp("us", tz="UTC"),
+        "timestamp": pa.timestamp("us"),
+        "date": pa.date32(),
+        "time": pa.time64("us"),
+        "json": pa.string(),
+        "binary": pa.binary(),
+    }[logical]
 
 # What dlt 1.31's DuckDB and BigQuery type mappers create for the hints above (a test
 # compares these with dlt's own mappers).
@@ -442,13 +457,11 @@ def _map_numeric(
     if not fits or dlt_precision is None:
         return ColumnMapping(
             source=column, name=name, logical="text", select_sql=f"{expression}::text",
-            arrow_type=pa.string(), rule="numeric", bigquery_type=bigquery_type,
+            rule="numeric", bigquery_type=bigquery_type,
             duckdb_type=duckdb_type,
         )
-    arrow = (pa.decimal128(dlt_precision, scale) if dlt_precision <= 38
-             else pa.decimal256(dlt_precision, scale))
     return ColumnMapping(
-        source=column, name=name, logical="decimal", select_sql=expression, arrow_type=arrow,
+        source=column, name=name, logical="decimal", select_sql=expression,
         precision=dlt_precision, scale=scale, checks=("decimal",), rule="numeric",
         bigquery_type=bigquery_type, duckdb_type=duckdb_type,
     )
@@ -506,7 +519,6 @@ def _mapping(
         name=name,
         logical=logical,
         select_sql=select_sql,
-        arrow_type=_ARROW_TYPES[logical],
         checks=checks,
         rule=rule,
         transform=transform,

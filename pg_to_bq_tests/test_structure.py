@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import socket
 import subprocess
 import sys
@@ -207,3 +208,71 @@ def test_parallel_streams_only_for_large_tables(snapshot_env, monkeypatch) -> No
     assert source.streams_for(5_000_000) == 4
     assert source.streams_for(10_000) == 1
     assert source.streams_for(None) == 1
+
+
+def test_code_location_imports_neither_dlt_nor_dagster_aws(snapshot_env) -> None:
+    """dlt and pyarrow are needed only inside a run and dagster-aws only with a secret id;
+    importing them while loading the code location costs ~0.2-0.7 s each per load (issue 3,
+    item 6)."""
+    result = subprocess.run(
+        [sys.executable, "-c", "import sys; import pg_to_bq.definitions as d; "
+         "d.defs.get_repository_def(); "
+         "print(sorted(m for m in ('dlt', 'dagster_aws', 'pg_to_bq.load', 'pyarrow') "
+         "if m in sys.modules))"],
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_secrets_resource_only_with_a_secret_id(snapshot_env, monkeypatch) -> None:
+    from dagster_aws.secretsmanager import SecretsManagerResource
+
+    defs = build_definitions(Settings.from_env())
+    assert "secrets" not in defs.resources
+    assert defs.resources["source"].secrets is None
+    assert defs.resources["destination"].secrets is None
+
+    monkeypatch.delenv("PG_TO_BQ_SOURCE_URL")
+    monkeypatch.setenv("PG_TO_BQ_SOURCE_SECRET", "prod/pg")
+    monkeypatch.setenv("PG_TO_BQ_AWS_REGION", "eu-west-1")
+    defs = build_definitions(Settings.from_env())
+    secrets = defs.resources["secrets"]
+    assert isinstance(secrets, SecretsManagerResource)
+    assert secrets.region_name == "eu-west-1"
+    assert defs.resources["source"].secrets is secrets
+    assert defs.resources["destination"].secrets is secrets
+    assert defs.resources["source"].secret_id == "prod/pg"
+    assert {"secrets", "source", "destination"} <= set(
+        defs.get_repository_def().get_top_level_resources())
+
+
+def test_every_table_op_keeps_its_own_compute_function(snapshot_env) -> None:
+    """Table ops share one precomputed signature (`assets.LOAD_SIGNATURE`), not a function."""
+    from pg_to_bq.assets import LOAD_SIGNATURE
+
+    graph = build_definitions(Settings.from_env()).resolve_asset_graph()
+    ops = [a.op for a in graph.assets_defs if a.is_executable]
+    functions = {op.compute_fn.decorated_fn for op in ops}
+    assert len(functions) == len(ops) == 4
+    assert all(inspect.signature(f) is LOAD_SIGNATURE for f in functions)
+    assert list(LOAD_SIGNATURE.parameters) == ["context"]
+    assert all(op.config_schema.as_field().config_type.fields.keys() == {"full_refresh", "apply_deletes"}
+               for op in ops)
+
+
+def test_snapshot_json_is_the_dataclasses_form_and_interns_columns() -> None:
+    import dataclasses
+    import json
+
+    copy = Table(schema="public", name="orders_copy", columns=ORDERS.columns)
+    catalog = Catalog(tables=(CUSTOMERS, ORDERS, copy, EVENTS, MEMO), database="shop")
+    expected = json.dumps({"version": 1, "database": "shop", "discovered_at": catalog.discovered_at,
+                           "tables": [dataclasses.asdict(t) for t in catalog.tables]},
+                          indent=1, ensure_ascii=False)
+    assert catalog.to_json() == expected
+    again = Catalog.from_json(expected)
+    assert again == catalog
+    # equal columns of different tables are one object after reading
+    assert again.tables[1].columns == again.tables[2].columns
+    assert all(a is b for a, b in zip(again.tables[1].columns, again.tables[2].columns, strict=True))
+    assert again.tables[0].columns[0] is not again.tables[1].columns[0]  # different comments

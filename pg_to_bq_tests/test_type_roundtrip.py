@@ -30,6 +30,7 @@ from psycopg.types.hstore import register_hstore
 from psycopg.types.string import TextLoader
 
 from pg_to_bq.catalog import Column, discover
+from pg_to_bq.duckdb_destination import duckdb_destination
 from pg_to_bq.errors import root_cause
 from pg_to_bq.extract import LossyValueError
 from pg_to_bq.load import load_table
@@ -397,7 +398,7 @@ def _plan(url: str, table: str, overrides: Overrides | None = None) -> TablePlan
 
 def _load(loaded: Loaded, plan: TablePlan) -> None:
     load_table(
-        plan, source_url=loaded.url, destination=dlt.destinations.duckdb(str(loaded.duckdb_path)),
+        plan, source_url=loaded.url, destination=duckdb_destination(str(loaded.duckdb_path)),
         dataset="raw", work_dir=loaded.work_dir, hash_salt=SALT,
     )
 

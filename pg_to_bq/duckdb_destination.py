@@ -1,0 +1,109 @@
+"""The DuckDB destination, with a replace that is one transaction and no second copy.
+
+dlt's atomic replace (`insert-from-staging`) loads the table into the staging dataset and
+then, in one transaction, empties the destination table and copies the staging table into
+it: every replaced row is written twice. Its cheaper `truncate-and-insert` empties the
+table first, in a transaction of its own, so a load that fails midway leaves it empty.
+
+Here a replaced table's file is loaded straight into the destination table inside the
+transaction that empties it: readers see the old rows until the new ones commit, a failed
+load rolls back to the old rows, and each row is written once. This needs the table to
+arrive in ONE file (dlt rotates files only when told a size, which pg_to_bq never sets);
+a second file for the same table fails the load instead of deleting the first one's rows.
+Merges and appends are dlt's, unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from dlt.common.destination.client import LoadJob
+from dlt.common.destination.exceptions import DestinationTerminalException
+from dlt.common.destination.typing import PreparedTableSchema
+from dlt.common.storages.load_package import ParsedLoadJobFileName
+from dlt.destinations import duckdb as dlt_duckdb
+from dlt.destinations.impl.duckdb.duck import DuckDbClient, DuckDbCopyJob
+
+REPLACE_STRATEGY = "insert-from-staging"
+# The job folders of a load package (dlt's PackageStorage layout).
+_JOB_FOLDERS = ("new_jobs", "started_jobs", "completed_jobs", "failed_jobs")
+
+
+def replaces_in_place(table: PreparedTableSchema) -> bool:
+    return table["write_disposition"] == "replace" and \
+        table.get("x-replace-strategy") == REPLACE_STRATEGY  # type: ignore[comparison-overlap]
+
+
+class ReplaceInTransactionJob(DuckDbCopyJob):
+    """Empties the destination table and inserts the file's rows in one transaction."""
+
+    def run(self) -> None:
+        self._sql_client = self._job_client.sql_client
+        _check_single_file(self._file_path)
+        table = self._sql_client.make_qualified_table_name(self.load_table_name)
+        with self._sql_client.begin_transaction():
+            self._sql_client.execute_sql(f"DELETE FROM {table}")
+            self._sql_client.execute_sql(
+                f"INSERT INTO {table} BY NAME SELECT * FROM "
+                f"read_parquet('{_sql_string(self._file_path)}', union_by_name=true)"
+            )
+
+
+class AtomicReplaceDuckDbClient(DuckDbClient):
+    """dlt's DuckDB client, except that replaced tables skip the staging dataset."""
+
+    def should_load_data_to_staging_dataset(self, table_name: str) -> bool:
+        if replaces_in_place(self.prepare_load_table(table_name)):
+            return False
+        return super().should_load_data_to_staging_dataset(table_name)
+
+    def _create_replace_followup_jobs(self, table_chain: Any) -> list:
+        if replaces_in_place(table_chain[0]):
+            return []
+        return super()._create_replace_followup_jobs(table_chain)
+
+    def create_load_job(self, table: PreparedTableSchema, file_path: str, load_id: str,
+                        restore: bool = False) -> LoadJob:
+        if replaces_in_place(table) and file_path.endswith(".parquet"):
+            return ReplaceInTransactionJob(file_path)
+        return super().create_load_job(table, file_path, load_id, restore)
+
+
+class duckdb(dlt_duckdb):  # noqa: N801 - dlt derives the destination's name from the class name
+    """`dlt.destinations.duckdb` with `AtomicReplaceDuckDbClient`."""
+
+    @property
+    def client_class(self) -> type[DuckDbClient]:
+        return AtomicReplaceDuckDbClient
+
+
+def duckdb_destination(path: str, **kwargs: Any) -> duckdb:
+    """pg_to_bq's DuckDB destination for the file at `path`."""
+    return duckdb(credentials=path, replace_strategy=REPLACE_STRATEGY, **kwargs)
+
+
+def _check_single_file(file_path: str) -> None:
+    """Refuse a replaced table that arrived in several files: loading the second would
+    delete the first one's rows."""
+    parsed = ParsedLoadJobFileName.parse(file_path)
+    package = os.path.dirname(os.path.dirname(file_path))
+    files = set()
+    for folder in _JOB_FOLDERS:
+        path = os.path.join(package, folder)
+        if not os.path.isdir(path):
+            continue
+        for name in os.listdir(path):
+            if name.startswith(parsed.table_name + ".") and name.endswith(".parquet"):
+                other = ParsedLoadJobFileName.parse(name)
+                if other.table_name == parsed.table_name:
+                    files.add(other.file_id)
+    if len(files) > 1:
+        raise DestinationTerminalException(
+            f"table {parsed.table_name} arrived in {len(files)} files; its replace loads one "
+            "file inside the transaction that empties the table (set no data_writer file size)"
+        )
+
+
+def _sql_string(text: str) -> str:
+    return text.replace("'", "''")

@@ -1,0 +1,84 @@
+"""Tier 2: a full replace into DuckDB is one transaction — real PostgreSQL, real DuckDB file.
+
+`pg_to_bq.duckdb_destination` loads a replaced table's file straight into the destination
+table inside the transaction that empties it (no staging copy). These tests hold it to
+what dlt's `insert-from-staging` promised: the new rows exactly, and the old rows intact
+whenever the load fails.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import psycopg
+import pytest
+
+from pg_to_bq.catalog import discover
+from pg_to_bq.duckdb_destination import duckdb_destination
+from pg_to_bq.load import load_table
+from pg_to_bq.plan import TablePlan, build_plans
+from pg_to_bq_tests.conftest import run_sql
+
+
+def _plan(url: str, table: str) -> TablePlan:
+    with psycopg.connect(url) as conn:
+        catalog = discover(conn, schemas=["public"], table=table)
+    (plan,) = build_plans(catalog, "duckdb")
+    return plan
+
+
+def _replace(url: str, table: str, path: Path, work_dir: Path, **kwargs):
+    return load_table(_plan(url, table), source_url=url, destination=duckdb_destination(str(path)),
+                      dataset="raw", work_dir=work_dir, full_refresh=True, **kwargs)
+
+
+def _rows(path: Path, sql: str) -> list[tuple]:
+    with duckdb.connect(str(path), read_only=True) as conn:
+        return conn.execute(sql).fetchall()
+
+
+def test_replace_writes_the_new_rows_once_and_leaves_no_staging_copy(pg_url: str,
+                                                                     tmp_path: Path) -> None:
+    run_sql(pg_url, "CREATE TABLE items (id int PRIMARY KEY, v text);"
+                    "INSERT INTO items SELECT g, 'old' || g FROM generate_series(1, 1000) g;")
+    path = tmp_path / "dest.duckdb"
+    assert _replace(pg_url, "items", path, tmp_path / "work").rows == 1000
+    run_sql(pg_url, "DELETE FROM items WHERE id > 600; UPDATE items SET v = 'new' || id;"
+                    "INSERT INTO items VALUES (5000, 'added');")
+    # Small batches: the table arrives as many Arrow batches, still in one file.
+    result = _replace(pg_url, "items", path, tmp_path / "work", batch_bytes=4096)
+    assert result.rows == 601 and result.batches > 1
+    assert _rows(path, "SELECT count(*), count(DISTINCT id), count(*) FILTER (WHERE v LIKE 'new%') "
+                       "FROM raw.items") == [(601, 601, 600)]
+    # Nothing was staged: the staging dataset holds no copy of the table.
+    assert _rows(path, "SELECT count(*) FROM information_schema.tables "
+                       "WHERE table_schema = 'raw_staging' AND table_name = 'items'") == [(0,)]
+
+
+def test_a_replace_that_fails_in_duckdb_keeps_the_old_rows(pg_url: str, tmp_path: Path) -> None:
+    run_sql(pg_url, "CREATE TABLE amounts (id int PRIMARY KEY, n bigint);"
+                    "INSERT INTO amounts SELECT g, g FROM generate_series(1, 100) g;")
+    path = tmp_path / "dest.duckdb"
+    _replace(pg_url, "amounts", path, tmp_path / "work")
+    # Make DuckDB reject the next load midway: a narrower column than dlt's schema says,
+    # and a new value that does not fit it (the rows before it would already be inserted).
+    with duckdb.connect(str(path)) as conn:
+        conn.execute("ALTER TABLE raw.amounts ALTER COLUMN n TYPE SMALLINT")
+    run_sql(pg_url, "UPDATE amounts SET n = n + 1000; INSERT INTO amounts VALUES (101, 100000);")
+    with pytest.raises(Exception, match="(?i)conversion|out of range"):
+        _replace(pg_url, "amounts", path, tmp_path / "work")
+    assert _rows(path, "SELECT count(*), min(n), max(n) FROM raw.amounts") == [(100, 1, 100)]
+
+
+def test_a_replace_split_over_two_files_is_refused_and_keeps_the_old_rows(
+        pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run_sql(pg_url, "CREATE TABLE split (id int PRIMARY KEY, v text);"
+                    "INSERT INTO split SELECT g, 'v' || g FROM generate_series(1, 2000) g;")
+    path = tmp_path / "dest.duckdb"
+    _replace(pg_url, "split", path, tmp_path / "work")
+    # Someone sets a file size limit: the table now arrives in several parquet files.
+    monkeypatch.setenv("DATA_WRITER__FILE_MAX_ITEMS", "100")
+    with pytest.raises(Exception, match="arrived in [0-9]+ files"):
+        _replace(pg_url, "split", path, tmp_path / "work", batch_bytes=4096)
+    assert _rows(path, "SELECT count(*) FROM raw.split") == [(2000,)]
