@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
-import psycopg
-
 from pg_to_bq.settings import redact_url
+
+if TYPE_CHECKING:
+    import psycopg
 
 APPLICATION_NAME = "pg_to_bq"
 
@@ -46,7 +48,11 @@ def describe(url: str) -> str:
 def connect(
     url: str, *, application_name: str = APPLICATION_NAME, statement_timeout_s: int = 3600
 ) -> Iterator[psycopg.Connection]:
-    """A psycopg connection in a read-only session; errors name host and port, never the password."""
+    """A psycopg connection in a read-only session; errors name host and port, never the password.
+
+    psycopg is imported here: a code location that reads its catalog snapshot never connects."""
+    import psycopg
+
     try:
         conn = psycopg.connect(with_options(url, application_name, statement_timeout_s))
     except psycopg.OperationalError as exc:

@@ -211,13 +211,14 @@ def test_parallel_streams_only_for_large_tables(snapshot_env, monkeypatch) -> No
 
 
 def test_code_location_imports_neither_dlt_nor_dagster_aws(snapshot_env) -> None:
-    """dlt and pyarrow are needed only inside a run and dagster-aws only with a secret id;
+    """dlt and pyarrow are needed only inside a run, psycopg only to discover the catalog live
+    and dagster-aws only with a secret id;
     importing them while loading the code location costs ~0.2-0.7 s each per load (issue 3,
     item 6)."""
     result = subprocess.run(
         [sys.executable, "-c", "import sys; import pg_to_bq.definitions as d; "
          "d.defs.get_repository_def(); "
-         "print(sorted(m for m in ('dlt', 'dagster_aws', 'pg_to_bq.load', 'pyarrow') "
+         "print(sorted(m for m in ('dlt', 'dagster_aws', 'pg_to_bq.load', 'pyarrow', 'psycopg') "
          "if m in sys.modules))"],
         capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
