@@ -82,7 +82,10 @@ def select_sql(plan: TablePlan, where: str | None = None) -> str:
 
 
 def arrow_schema(plan: TablePlan) -> pa.Schema:
-    return pa.schema([pa.field(c.name, c.arrow_type) for c in plan.columns])
+    """The batches' schema; a column is nullable exactly when its dlt column is (dlt rewrites
+    a parquet file whose nullability differs from the table's)."""
+    return pa.schema([pa.field(c.name, c.arrow_type, nullable=c.dlt_hint()["nullable"])
+                      for c in plan.columns])
 
 
 def _guarded(plan: TablePlan) -> list[ColumnMapping]:

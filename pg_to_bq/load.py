@@ -29,7 +29,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from dlt.common.schema import Schema
 
-from pg_to_bq.extract import TableReader, arrow_schema, literal
+from pg_to_bq.extract import TableReader, literal
+from pg_to_bq.parquet_files import write_table_file
 from pg_to_bq.plan import TablePlan
 from pg_to_bq.typemap import quote_ident
 
@@ -198,21 +199,26 @@ def _extract(
     tracker: _WindowTracker | None,
     on_batch: Callable[[int], None] | None,
 ) -> None:
-    """dlt's extract step over the reader's batches: parquet files in a load package."""
+    """dlt's extract step: the reader's batches written to one parquet file
+    (`pg_to_bq.parquet_files`), imported into a load package."""
+    destination_name = pipeline.destination.destination_name
+    written: list[Path] = []
 
     def batches() -> Iterator[pa.RecordBatch]:
-        yielded = False
         for batch in _chain(ahead, reader):
             if tracker is not None and batch.num_rows:
                 tracker.add(batch)
             if on_batch is not None:
                 on_batch(batch.num_rows)
-            yielded = True
             yield batch
-        if not yielded:
-            # dlt creates nothing for a resource without data; an empty batch with the
-            # schema makes it create (or, on replace, empty) the destination table.
-            yield arrow_schema(plan).empty_table()
+
+    def table_file() -> Iterator[Any]:
+        path, rows = write_table_file(batches(), reader.schema,
+                                      Path(pipeline.working_dir) / "pg_to_bq_files",
+                                      destination_name)
+        written.append(path)
+        # An empty file still has the columns: dlt creates (or, on replace, empties) the table.
+        yield dlt.mark.with_file_import(str(path), "parquet", items_count=rows)
         if tracker is not None:
             # The next run reads from this value (minus the lookback). Taking the newest value
             # seen, even when older than the stored one, can only re-read rows, never skip them.
@@ -228,7 +234,7 @@ def _extract(
                 state[WINDOW_STATE_KEY] = digest
 
     resource = dlt.resource(
-        batches,
+        table_file,
         name=plan.destination_table,
         write_disposition="replace" if mode == "full" else "merge",
         primary_key=list(plan.destination_primary_key) or None,
@@ -241,7 +247,12 @@ def _extract(
     # extract, normalize and load rather than `run`: `run` would query the destination's
     # state a second time, and with a package left over from an interrupted run it loads
     # only that package and returns without reading the table.
-    pipeline.extract(resource, schema=schema, loader_file_format="parquet")
+    try:
+        pipeline.extract(resource, schema=schema, loader_file_format="parquet")
+    finally:
+        # The load package holds the file now (a hard link, or a copy).
+        for path in written:
+            path.unlink(missing_ok=True)
 
 
 def _normalize_and_load(pipeline: dlt.Pipeline) -> str | None:

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import dlt
 import duckdb
 import psycopg
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from pg_to_bq.catalog import discover
@@ -71,14 +74,25 @@ def test_a_replace_that_fails_in_duckdb_keeps_the_old_rows(pg_url: str, tmp_path
     assert _rows(path, "SELECT count(*), min(n), max(n) FROM raw.amounts") == [(100, 1, 100)]
 
 
-def test_a_replace_split_over_two_files_is_refused_and_keeps_the_old_rows(
-        pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    run_sql(pg_url, "CREATE TABLE split (id int PRIMARY KEY, v text);"
-                    "INSERT INTO split SELECT g, 'v' || g FROM generate_series(1, 2000) g;")
+def test_a_replace_split_over_two_files_is_refused_and_keeps_the_old_rows(tmp_path: Path) -> None:
+    """pg_to_bq writes one file per table; should a package ever hold two for a replaced table
+    (another writer, a dlt file size setting), loading the second would delete the first one's
+    rows, so the destination refuses. Driven through dlt directly with two imported files."""
     path = tmp_path / "dest.duckdb"
-    _replace(pg_url, "split", path, tmp_path / "work")
-    # Someone sets a file size limit: the table now arrives in several parquet files.
-    monkeypatch.setenv("DATA_WRITER__FILE_MAX_ITEMS", "100")
-    with pytest.raises(Exception, match="arrived in [0-9]+ files"):
-        _replace(pg_url, "split", path, tmp_path / "work", batch_bytes=4096)
+
+    def files(*chunks: range):
+        def resource():
+            for number, chunk in enumerate(chunks):
+                file = tmp_path / f"chunk{number}.parquet"
+                pq.write_table(pa.table({"id": pa.array(list(chunk), pa.int64())}), file)
+                yield dlt.mark.with_file_import(str(file), "parquet", items_count=len(chunk))
+        return dlt.resource(resource, name="split", write_disposition="replace",
+                            columns=[{"name": "id", "data_type": "bigint"}], file_format="parquet")
+
+    pipeline = dlt.pipeline("split", destination=duckdb_destination(str(path)), dataset_name="raw",
+                            pipelines_dir=str(tmp_path / "pipelines"))
+    pipeline.run(files(range(2000)), loader_file_format="parquet").raise_on_failed_jobs()
+    assert _rows(path, "SELECT count(*) FROM raw.split") == [(2000,)]
+    with pytest.raises(Exception, match="arrived in 2 files"):
+        pipeline.run(files(range(10), range(10, 20)), loader_file_format="parquet")
     assert _rows(path, "SELECT count(*) FROM raw.split") == [(2000,)]

@@ -1,0 +1,56 @@
+"""The parquet load file of one table, written from its Arrow batches and handed to dlt.
+
+pg_to_bq writes the file itself and gives it to dlt as an imported load file
+(`dlt.mark.with_file_import`): dlt's own Arrow writer runs per batch through its schema
+inference and always dictionary-encodes and gathers statistics. Those were most of the
+extraction's CPU (the DuckDB destination reads the file once, locally, and needs neither),
+and the types are already exact: the dlt column hints come from the plan, not from the file.
+
+For BigQuery the file keeps dlt's defaults (dictionary pages and snappy make the upload
+smaller). The file is written a batch at a time (one row group per batch): memory stays
+bounded by the batch size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+# What dlt 1.31's `ParquetDataWriter` passes pyarrow by default.
+_DLT_DEFAULTS: dict[str, Any] = {"version": "2.4", "use_compliant_nested_type": True,
+                                 "compression": "snappy"}
+_DESTINATION_OPTIONS: dict[str, dict[str, Any]] = {
+    "duckdb": {"compression": "none", "use_dictionary": False, "write_statistics": False},
+}
+
+
+def writer_options(destination_name: str) -> dict[str, Any]:
+    return {**_DLT_DEFAULTS, **_DESTINATION_OPTIONS.get(destination_name, {})}
+
+
+def write_table_file(
+    batches: Iterable[pa.RecordBatch], schema: pa.Schema, directory: Path, destination_name: str
+) -> tuple[Path, int]:
+    """Write `batches` (all of `schema`) to a new parquet file under `directory`; returns the
+    file and its row count. An empty `batches` gives a file with the columns and no rows
+    (so dlt creates, or on replace empties, the table). A failure removes the partial file."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{uuid.uuid4().hex}.parquet"
+    rows = 0
+    try:
+        with pq.ParquetWriter(path, schema, **writer_options(destination_name)) as writer:
+            for batch in batches:
+                if batch.num_rows:
+                    writer.write_batch(batch)
+                    rows += batch.num_rows
+    except BaseException:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        raise
+    return path, rows
