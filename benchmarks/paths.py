@@ -39,6 +39,8 @@ def _preimport_dlt_duckdb() -> None:
     """Modules dlt imports lazily on its first DuckDB pipeline (sqlalchemy for the
     credentials parser, among others): imports, not work, so outside the timed part."""
     import dlt
+    import dlt.common.configuration.plugins  # noqa: F401 - dlt's plugins, on the first pipeline
+    import dlt.common.libs.pyarrow  # noqa: F401
     import dlt.sources.helpers.requests  # noqa: F401 - imported by dlt's runtime setup
     import duckdb  # noqa: F401
     import sqlalchemy  # noqa: F401
@@ -52,7 +54,11 @@ def pg_to_bq(url: str, table: str, work_dir: str, full_refresh: bool = False,
              replace_strategy: str = "insert-from-staging", **_: object) -> dict:
     """pg_to_bq's own path: one-table catalog query, plan, `load_table` (ADBC COPY → Arrow →
     dlt parquet → DuckDB)."""
+    import psycopg  # noqa: F401 - pg_to_bq.source imports it on first use
+
     import pg_to_bq.adbc_session  # noqa: F401
+    import pg_to_bq.duckdb_destination  # noqa: F401
+    import pg_to_bq.parquet_files  # noqa: F401
     from pg_to_bq.catalog import discover
     from pg_to_bq.load import load_table
     from pg_to_bq.plan import plan_table
