@@ -96,3 +96,32 @@ def test_a_replace_split_over_two_files_is_refused_and_keeps_the_old_rows(tmp_pa
     with pytest.raises(Exception, match="arrived in 2 files"):
         pipeline.run(files(range(10), range(10, 20)), loader_file_format="parquet")
     assert _rows(path, "SELECT count(*) FROM raw.split") == [(2000,)]
+
+
+def test_the_table_file_is_loaded_as_written(pg_url: str, tmp_path: Path) -> None:
+    """pg_to_bq's parquet file matches the table dlt expects (names, types, nullability), so
+    dlt imports it as it is: a mismatch would make dlt's normalize step read and rewrite every
+    table once more. Asks dlt's own test (`should_normalize_arrow_schema`) after a load."""
+    from dlt.common.libs.pyarrow import should_normalize_arrow_schema
+
+    from pg_to_bq.extract import arrow_schema
+    from pg_to_bq.load import make_pipeline
+
+    run_sql(pg_url, """
+        CREATE TABLE shaped (id bigint PRIMARY KEY, name text NOT NULL, note text,
+                             amount numeric(12,2), at timestamptz NOT NULL, day date,
+                             payload jsonb, ref uuid NOT NULL);
+        INSERT INTO shaped SELECT g, 'n' || g, CASE WHEN g % 2 = 0 THEN 'x' END, g / 3.0,
+               now(), current_date, '{"a": 1}', gen_random_uuid()
+        FROM generate_series(1, 500) g;
+    """)
+    path, work = tmp_path / "dest.duckdb", tmp_path / "work"
+    assert _replace(pg_url, "shaped", path, work).rows == 500
+    plan = _plan(pg_url, "shaped")
+    pipeline = make_pipeline(plan, duckdb_destination(str(path)), "raw", work)
+    columns = pipeline.default_schema.get_table_columns("shaped")
+    assert set(columns) == {c.name for c in plan.columns}
+    rewrite, *_ = should_normalize_arrow_schema(
+        arrow_schema(plan), columns, pipeline.default_schema.naming,
+        pipeline.destination.capabilities())
+    assert not rewrite
