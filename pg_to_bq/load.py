@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 from dlt.common.schema import Schema
 
 from pg_to_bq.extract import TableReader, literal
-from pg_to_bq.parquet_files import write_table_file
+from pg_to_bq.parquet_files import remove_stale_files, write_table_file
 from pg_to_bq.plan import TablePlan
 from pg_to_bq.typemap import quote_ident
 
@@ -212,10 +212,12 @@ def _extract(
                 on_batch(batch.num_rows)
             yield batch
 
+    files = Path(pipeline.working_dir) / "pg_to_bq_files"
+    for stale in remove_stale_files(files):
+        log.info("removed %s, left by an extraction of %s that did not finish", stale, plan.name)
+
     def table_file() -> Iterator[Any]:
-        path, rows = write_table_file(batches(), reader.schema,
-                                      Path(pipeline.working_dir) / "pg_to_bq_files",
-                                      destination_name)
+        path, rows = write_table_file(batches(), reader.schema, files, destination_name)
         written.append(path)
         # An empty file still has the columns: dlt creates (or, on replace, empties) the table.
         yield dlt.mark.with_file_import(str(path), "parquet", items_count=rows)

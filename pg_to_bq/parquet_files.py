@@ -14,6 +14,7 @@ bounded by the batch size.
 from __future__ import annotations
 
 import contextlib
+import time
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
@@ -32,6 +33,23 @@ _DESTINATION_OPTIONS: dict[str, dict[str, Any]] = {
 
 def writer_options(destination_name: str) -> dict[str, Any]:
     return {**_DLT_DEFAULTS, **_DESTINATION_OPTIONS.get(destination_name, {})}
+
+
+# A file not written to for this long belongs to a process that died mid-extraction.
+STALE_AFTER_S = 3600
+
+
+def remove_stale_files(directory: Path, now: float | None = None) -> list[Path]:
+    """Remove the files a killed extraction left in `directory` (a running extraction writes
+    its file continuously, so a recent file is never touched); returns what was removed."""
+    now = time.time() if now is None else now
+    removed = []
+    for path in directory.glob("*.parquet") if directory.is_dir() else ():
+        with contextlib.suppress(OSError):
+            if now - path.stat().st_mtime > STALE_AFTER_S:
+                path.unlink()
+                removed.append(path)
+    return removed
 
 
 def write_table_file(
