@@ -458,6 +458,24 @@ def loaded(pg_server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Load
         pg_server.drop_database(name)
 
 
+def compare_values(col: Col, expected: list[tuple[int, Any]], actual: list[tuple[int, Any]],
+                   same: Callable[[Any, Any], bool], destination: str) -> int:
+    """Compare (id, value) rows from PostgreSQL and a destination one by one: NULL stays NULL,
+    every other value is `same`. Returns how many non-NULL values were compared."""
+    compared = 0
+    for (row, pg_value), (_, value) in zip(expected, actual, strict=True):
+        if pg_value is None:
+            assert value is None, f"{col.name} row {row}: NULL became {value!r}"
+            continue
+        assert value is not None, f"{col.name} row {row}: {pg_value!r} became NULL"
+        assert same(pg_value, value), (
+            f"{col.name} ({col.sql_type}) row {row}: PostgreSQL {pg_value!r}, "
+            f"{destination} {value!r}"
+        )
+        compared += 1
+    return compared
+
+
 def _duck(loaded: Loaded) -> duckdb.DuckDBPyConnection:
     return duckdb.connect(str(loaded.duckdb_path), read_only=True)
 
@@ -480,17 +498,7 @@ def test_roundtrip(loaded: Loaded, rule: str) -> None:
                 f"SELECT id, {col.duck_expr.format(c=quoted)} FROM raw.roundtrip ORDER BY id"
             ).fetchall()
             assert [r[0] for r in actual] == [r[0] for r in expected]
-            compared = 0
-            for (row, pg_value), (_, duck_value) in zip(expected, actual, strict=True):
-                if pg_value is None:
-                    assert duck_value is None, f"{col.name} row {row}: NULL became {duck_value!r}"
-                    continue
-                assert duck_value is not None, f"{col.name} row {row}: {pg_value!r} became NULL"
-                assert col.same(pg_value, duck_value), (
-                    f"{col.name} ({col.sql_type}) row {row}: PostgreSQL {pg_value!r}, "
-                    f"DuckDB {duck_value!r}"
-                )
-                compared += 1
+            compared = compare_values(col, expected, actual, col.same, "DuckDB")
             if col.name != "x" or loaded.xml_supported:
                 assert compared >= 1, f"{col.name}: no value compared"
 

@@ -32,6 +32,7 @@ from pg_to_bq_tests.test_type_roundtrip import (
     Col,
     _naive_equal,
     _pg,
+    compare_values,
     create_table,
 )
 
@@ -171,19 +172,7 @@ def _check_column(col: Col, rule: str, plan: TablePlan, schema: dict[str, Any],
     else:
         assert _schema_type(field) == expected_type, (col.name, _schema_type(field))
 
-    same = _bq_same(col)
-    compared = 0
-    for (row, pg_value), (_, bq_value) in zip(pg_rows, bq_rows, strict=True):
-        if pg_value is None:
-            assert bq_value is None, f"{col.name} row {row}: NULL became {bq_value!r}"
-            continue
-        assert bq_value is not None, f"{col.name} row {row}: {pg_value!r} became NULL"
-        assert same(pg_value, bq_value), (
-            f"{col.name} ({col.sql_type}) row {row}: PostgreSQL {pg_value!r}, "
-            f"BigQuery {bq_value!r}"
-        )
-        compared += 1
-    return compared
+    return compare_values(col, pg_rows, bq_rows, _bq_same(col), "BigQuery")
 
 
 @pytest.mark.parametrize("rule", list(CASES))
