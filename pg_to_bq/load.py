@@ -12,8 +12,6 @@ unchanged table costs a count, a small read and a state check, not a load.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import hashlib
 import logging
 import time
@@ -57,18 +55,6 @@ WINDOW_MAX_BYTES = 32 * 1024 * 1024
 # process grew with the table (1.3 GB at 5M rows); bounded, DuckDB spills to disk instead.
 # Not keeping insertion order lets it insert with bounded memory (tables are unordered).
 DUCKDB_GLOBAL_CONFIG = {"memory_limit": "64MB", "preserve_insertion_order": False}
-
-
-def _libc() -> ctypes.CDLL | None:
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.malloc_trim  # noqa: B018 - glibc only
-    except (OSError, AttributeError):
-        return None
-    return libc
-
-
-_LIBC = _libc()
 
 
 class EmptyTableError(ValueError):
@@ -267,11 +253,8 @@ def _normalize_and_load(pipeline: dlt.Pipeline) -> str | None:
 
 def _release_memory() -> None:
     """Hand the extraction's buffers back to the OS before DuckDB (in this process) loads:
-    Arrow's allocator keeps freed memory for reuse, and so does glibc's malloc for what the
-    driver's reader thread allocated; either would add up with DuckDB's."""
+    Arrow's allocator keeps freed memory for reuse, which would add up with DuckDB's."""
     pa.default_memory_pool().release_unused()
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
 
 
 def _chain(ahead: list[pa.RecordBatch] | None, reader: TableReader) -> Iterator[pa.RecordBatch]:
