@@ -124,6 +124,13 @@ def create_tables(admin_url: str, specs: list[dict]) -> str:
     return url
 
 
+
+def _shutdown(*sockets: socket.socket) -> None:
+    """End both directions of a relayed connection (either side may already be gone)."""
+    for sock in sockets:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
 class WireCounter:
     """A TCP listener on 127.0.0.1 that counts connections and, when `upstream` is given,
     relays them to it, counting the statements clients send (protocol `Q` and `P`)."""
@@ -169,9 +176,7 @@ class WireCounter:
         except OSError:
             pass
         finally:
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
+            _shutdown(src, dst)
 
     def _client_to_server(self, client: socket.socket, server: socket.socket) -> None:
         buffer = b""
@@ -205,9 +210,7 @@ class WireCounter:
         except OSError:
             pass
         finally:
-            for s in (client, server):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
+            _shutdown(client, server)
 
     def _record(self, sql: bytes) -> None:
         with self._lock:
