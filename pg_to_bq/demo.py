@@ -114,6 +114,11 @@ def run_demo(root: Path, host: str, port: int, open_ui: bool = True) -> int:
     from pg_to_bq.settings import Settings
 
     layout = DemoLayout(root.resolve())
+    # A terminal closing (SIGHUP) or a supervisor stopping the demo (SIGTERM) must clean up
+    # like Ctrl-C: by default either signal ends Python without its `finally` blocks, leaving
+    # PostgreSQL and Dagster running.
+    for stop_signal in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(stop_signal, _interrupt)
     print(f"pg_to_bq demo — everything lives in {layout.root}")
     print("starting the embedded PostgreSQL …", flush=True)
     server = start_database(layout)
@@ -153,6 +158,10 @@ def run_demo(root: Path, host: str, port: int, open_ui: bool = True) -> int:
         _stop_process_group(process)
         server.stop()
         print("stopped Dagster and PostgreSQL; data kept in", layout.root)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def _wait_for_ui(url: str, process: subprocess.Popen, timeout: float = 180) -> bool:

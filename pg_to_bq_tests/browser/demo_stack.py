@@ -230,8 +230,10 @@ class DemoStack:
         mine.difference_update(_ancestry(table, os.getpid()))  # whoever runs this, not the run
         return [table[pid] for pid in sorted(mine) if pid in table]
 
-    def stop(self, timeout: float = 90.0, grace: float = 15.0) -> StopResult:
-        """Ctrl-C: SIGINT to the demo's process group; then look for processes left behind.
+    def stop(self, timeout: float = 90.0, grace: float = 15.0,
+             sig: signal.Signals = signal.SIGINT) -> StopResult:
+        """Ctrl-C: SIGINT (or `sig`, e.g. a supervisor's SIGTERM) to the demo's process group;
+        then look for processes left behind.
 
         Waits up to `grace` seconds after the CLI exits for the rest to go. Anything still
         alive is reported in the result and then killed, so a failing test leaves nothing
@@ -242,7 +244,7 @@ class DemoStack:
         exit_code: int | None = None
         if self.process.poll() is None:
             try:
-                os.killpg(self.process.pid, signal.SIGINT)
+                os.killpg(self.process.pid, sig)
                 exit_code = self.process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
