@@ -2,7 +2,8 @@
 # Install pg_to_bq with everything its test suite needs, on Debian/Ubuntu:
 #   - Debian packages for the test tiers (Chromium for the UI test, bubblewrap for the
 #     Lambda sandbox, podman/buildah/debootstrap for the container image build);
-#   - a virtual environment in .venv with the package and its test extras.
+#   - a virtual environment in .venv with the package, its test extras and the
+#     benchmark's comparison backend (connectorx, the `bench` extra).
 # Usage: bash install.sh            (as root, or with sudo available)
 #        PG_TO_BQ_SKIP_APT=1 bash install.sh   (Python parts only)
 set -euo pipefail
@@ -27,5 +28,5 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[test]'
+.venv/bin/python -m pip install -q -e '.[test,bench]'
 echo "installed: activate with '. .venv/bin/activate', then run 'pg-to-bq demo' or '.venv/bin/pytest'"

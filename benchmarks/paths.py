@@ -51,7 +51,8 @@ def _preimport_dlt_duckdb() -> None:
 
 def pg_to_bq(url: str, table: str, work_dir: str, full_refresh: bool = False,
              batch_bytes: int | None = None, streams: int = 1,
-             replace_strategy: str = "insert-from-staging", **_: object) -> dict:
+             replace_strategy: str = "insert-from-staging",
+             duckdb_settings: dict[str, str] | None = None, **_: object) -> dict:
     """pg_to_bq's own path: one-table catalog query, plan, `load_table` (ADBC COPY → Arrow →
     dlt parquet → DuckDB)."""
     import psycopg  # noqa: F401 - pg_to_bq.source imports it on first use
@@ -74,7 +75,7 @@ def pg_to_bq(url: str, table: str, work_dir: str, full_refresh: bool = False,
     extra: dict = {"batch_bytes": batch_bytes} if batch_bytes else {}
     if streams > 1:
         extra["streams"] = streams
-    destination = pg_to_bq_destination(duckdb_path, replace_strategy)
+    destination = pg_to_bq_destination(duckdb_path, replace_strategy, duckdb_settings)
     result = load_table(plan, source_url=url, destination=destination,
                         dataset=DATASET, work_dir=Path(work_dir), full_refresh=full_refresh,
                         **extra)
@@ -86,7 +87,8 @@ def pg_to_bq(url: str, table: str, work_dir: str, full_refresh: bool = False,
             "destination_table": plan.destination_table}
 
 
-def pg_to_bq_destination(duckdb_path: str, replace_strategy: str = "insert-from-staging"):
+def pg_to_bq_destination(duckdb_path: str, replace_strategy: str = "insert-from-staging",
+                         duckdb_settings: dict[str, str] | None = None):
     """What `pg_to_bq.resources.Destination.dlt_destination()` returns for DuckDB; built here
     so the measured process does not import Dagster (~100 MB and seconds of imports that
     a Dagster step process has already paid for). `replace_strategy` other than the
@@ -96,7 +98,7 @@ def pg_to_bq_destination(duckdb_path: str, replace_strategy: str = "insert-from-
     from pg_to_bq.duckdb_destination import REPLACE_STRATEGY, duckdb_destination
 
     if replace_strategy == REPLACE_STRATEGY:
-        return duckdb_destination(duckdb_path)
+        return duckdb_destination(duckdb_path, duckdb_settings)
     return dlt.destinations.duckdb(credentials=duckdb_path, replace_strategy=replace_strategy)
 
 
@@ -171,8 +173,8 @@ def old_approach(url: str, table: str, work_dir: str, **_: object) -> dict:
 
 
 def pg_to_bq_truncate(**kw: object) -> dict:
-    """pg_to_bq with dlt's `truncate-and-insert` replace strategy instead of the resource's
-    `insert-from-staging` (which copies the loaded table once more, atomically)."""
+    """pg_to_bq with dlt's stock DuckDB destination and its `truncate-and-insert` replace
+    strategy (empties the table first, in a transaction of its own: not atomic)."""
     return pg_to_bq(**{**kw, "replace_strategy": "truncate-and-insert"})
 
 
@@ -181,11 +183,18 @@ def pg_to_bq_2streams(**kw: object) -> dict:
     return pg_to_bq(**{**kw, "streams": 2})
 
 
+def pg_to_bq_duckdb1gb(**kw: object) -> dict:
+    """pg_to_bq with `PG_TO_BQ_DESTINATION=duckdb:///…?memory_limit=1GB`: DuckDB's buffer pool
+    at 1 GB instead of pg_to_bq's 64 MB default (what a bigger machine can afford)."""
+    return pg_to_bq(**{**kw, "duckdb_settings": {"memory_limit": "1GB"}})
+
+
 PATHS = {
     "copy": copy_ceiling,
     "pg_to_bq": pg_to_bq,
     "pg_to_bq_truncate": pg_to_bq_truncate,
     "pg_to_bq_2streams": pg_to_bq_2streams,
+    "pg_to_bq_duckdb1gb": pg_to_bq_duckdb1gb,
     "dlt_connectorx": dlt_connectorx,
     "dlt_pyarrow": dlt_pyarrow,
     "dlt_sqlalchemy": dlt_sqlalchemy,

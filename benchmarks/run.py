@@ -32,8 +32,8 @@ sys.path.insert(0, str(HERE))
 
 import dataset  # noqa: E402
 
-ALL_PATHS = ("copy", "pg_to_bq", "pg_to_bq_truncate", "pg_to_bq_2streams", "dlt_connectorx",
-             "dlt_pyarrow", "dlt_sqlalchemy", "old")
+ALL_PATHS = ("copy", "pg_to_bq", "pg_to_bq_truncate", "pg_to_bq_2streams", "pg_to_bq_duckdb1gb",
+             "dlt_connectorx", "dlt_pyarrow", "dlt_sqlalchemy", "old")
 DEFAULT_PATHS = ("copy", "pg_to_bq", "dlt_connectorx", "dlt_pyarrow", "dlt_sqlalchemy", "old")
 SLOW_PATHS = ("dlt_sqlalchemy", "old")  # read the slice table, rows/s scaled
 LABELS = {
@@ -41,6 +41,7 @@ LABELS = {
     "pg_to_bq": "**pg_to_bq** (`load_table`: ADBC COPY → Arrow → dlt parquet → DuckDB)",
     "pg_to_bq_truncate": "pg_to_bq, replace strategy `truncate-and-insert` (variant)",
     "pg_to_bq_2streams": "pg_to_bq, `streams=2` (variant)",
+    "pg_to_bq_duckdb1gb": "pg_to_bq, DuckDB `memory_limit=1GB` (variant)",
     "dlt_connectorx": "dlt `sql_table(backend=\"connectorx\")`",
     "dlt_pyarrow": "dlt `sql_table(backend=\"pyarrow\")`",
     "dlt_sqlalchemy": "dlt `sql_table(backend=\"sqlalchemy\")` (dlt default)",

@@ -16,6 +16,7 @@ Merges and appends are dlt's, unchanged.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
 from dlt.common.destination.client import LoadJob
@@ -73,14 +74,37 @@ class AtomicReplaceDuckDbClient(DuckDbClient):
 class duckdb(dlt_duckdb):  # noqa: N801 - dlt derives the destination's name from the class name
     """`dlt.destinations.duckdb` with `AtomicReplaceDuckDbClient`."""
 
+    duckdb_settings: dict[str, str] = {}  # noqa: RUF012 - replaced per instance, never mutated
+
     @property
     def client_class(self) -> type[DuckDbClient]:
         return AtomicReplaceDuckDbClient
 
 
-def duckdb_destination(path: str, **kwargs: Any) -> duckdb:
-    """pg_to_bq's DuckDB destination for the file at `path`."""
-    return duckdb(credentials=path, replace_strategy=REPLACE_STRATEGY, **kwargs)
+def duckdb_destination(path: str, settings: Mapping[str, str] | None = None,
+                       **kwargs: Any) -> duckdb:
+    """pg_to_bq's DuckDB destination for the file at `path`. `settings` (DuckDB's own names
+    and values, from `PG_TO_BQ_DESTINATION`'s query) apply while a table loads, over
+    `pg_to_bq.load.DUCKDB_GLOBAL_CONFIG`; DuckDB checks them here, so a wrong name or value
+    fails before anything is read."""
+    settings = dict(settings or {})
+    if settings:
+        _check_settings(settings)
+    destination = duckdb(credentials=path, replace_strategy=REPLACE_STRATEGY, **kwargs)
+    destination.duckdb_settings = settings
+    return destination
+
+
+def _check_settings(settings: dict[str, str]) -> None:
+    import duckdb as duckdb_engine
+
+    try:
+        duckdb_engine.connect(":memory:", config=settings).close()
+    except duckdb_engine.Error as exc:
+        raise ValueError(
+            f"PG_TO_BQ_DESTINATION: DuckDB does not accept the settings {settings}: "
+            f"{str(exc).splitlines()[0]}"
+        ) from None
 
 
 def _check_single_file(file_path: str) -> None:

@@ -99,7 +99,7 @@ def make_pipeline(plan: TablePlan, destination: Any, dataset: str, work_dir: Pat
     )
 
 
-def dlt_settings(destination_name: str) -> dict[str, Any]:
+def dlt_settings(destination: Any) -> dict[str, Any]:
     """dlt settings for our loads, applied while a table loads. They are defaults in dlt's
     `config.toml` layer, so environment variables (e.g. `LOAD__TRUNCATE_STAGING_DATASET`)
     still override them."""
@@ -111,10 +111,11 @@ def dlt_settings(destination_name: str) -> dict[str, Any]:
         # keeping a second copy of every table in the destination.
         "load.truncate_staging_dataset": True,
     }
-    if destination_name == "duckdb":
+    if destination.destination_name == "duckdb":
         # A local file read once by DuckDB: compressing it only costs CPU on both sides.
         values["data_writer.compression"] = "none"
-        values["destination.duckdb.credentials.global_config"] = dict(DUCKDB_GLOBAL_CONFIG)
+        values["destination.duckdb.credentials.global_config"] = {
+            **DUCKDB_GLOBAL_CONFIG, **getattr(destination, "duckdb_settings", {})}
     return values
 
 
@@ -149,7 +150,7 @@ def load_table(
         )
     started = time.monotonic()
     pipeline = make_pipeline(plan, destination, dataset, work_dir)
-    with dlt.config.values(dlt_settings(pipeline.destination.destination_name)):
+    with dlt.config.values(dlt_settings(pipeline.destination)):
         _sync_once(plan, pipeline)
         mode, where, cursor_from = _choose_mode(plan, pipeline, full_refresh, window)
         stored_window = _resource_state(plan, pipeline).get(WINDOW_STATE_KEY) \

@@ -140,6 +140,7 @@ def build_resources(settings: Settings) -> dict[str, object]:
         "destination": Destination(
             kind=settings.destination.kind,
             duckdb_path=str(settings.destination.path) if settings.destination.path else None,
+            duckdb_settings=dict(settings.destination.duckdb_settings) or None,
             dataset=settings.dataset,
             work_dir=str(settings.work_dir),
             bigquery_project=settings.bigquery_project,

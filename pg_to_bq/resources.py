@@ -124,6 +124,8 @@ class Destination(dg.ConfigurableResource):
     Attributes:
         kind: `duckdb` or `bigquery`.
         duckdb_path: The DuckDB file (kind duckdb).
+        duckdb_settings: DuckDB settings applied while a table loads (`memory_limit`,
+            `threads`, ...), over pg_to_bq's defaults; from `PG_TO_BQ_DESTINATION`'s query.
         dataset: Dataset (BigQuery) or schema (DuckDB) receiving the tables.
         work_dir: Root of every working directory (dlt pipelines); must be writable.
         bigquery_project / bigquery_location: The BigQuery project and dataset location.
@@ -133,6 +135,7 @@ class Destination(dg.ConfigurableResource):
 
     kind: str = "duckdb"
     duckdb_path: str | None = None
+    duckdb_settings: dict[str, str] | None = None
     dataset: str = "pg_raw"
     work_dir: str = "/tmp/pg_to_bq"
     bigquery_project: str | None = None
@@ -155,7 +158,7 @@ class Destination(dg.ConfigurableResource):
             Path(self.duckdb_path).parent.mkdir(parents=True, exist_ok=True)
             from pg_to_bq.duckdb_destination import duckdb_destination
 
-            return duckdb_destination(self.duckdb_path)
+            return duckdb_destination(self.duckdb_path, self.duckdb_settings)
         if self.kind == "bigquery":
             return dlt.destinations.bigquery(
                 credentials=self.bigquery_credentials(),

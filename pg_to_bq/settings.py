@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 PREFIX = "PG_TO_BQ_"
@@ -29,13 +29,18 @@ class SettingsError(ValueError):
 
 @dataclass(frozen=True)
 class DestinationSpec:
-    """Where tables land: `kind` is `duckdb` (with `path`) or `bigquery`."""
+    """Where tables land: `kind` is `duckdb` (with `path`, and DuckDB settings from the URL's
+    query, e.g. `?memory_limit=1GB`) or `bigquery`."""
 
     kind: str
     path: Path | None = None
+    duckdb_settings: tuple[tuple[str, str], ...] = ()
 
     def describe(self) -> str:
-        return f"duckdb:///{self.path}" if self.kind == "duckdb" else "bigquery"
+        if self.kind != "duckdb":
+            return "bigquery"
+        query = "&".join(f"{k}={v}" for k, v in self.duckdb_settings)
+        return f"duckdb:///{self.path}" + (f"?{query}" if query else "")
 
 
 @dataclass(frozen=True)
@@ -178,22 +183,40 @@ class Settings:
 
 
 def parse_destination(value: str) -> DestinationSpec:
-    """Parse `PG_TO_BQ_DESTINATION`: `duckdb:///path/file.duckdb` or `bigquery`."""
+    """Parse `PG_TO_BQ_DESTINATION`: `duckdb:///path/file.duckdb[?setting=value&...]` or
+    `bigquery`. The query's DuckDB settings (`memory_limit`, `threads`, ...) apply while a
+    table loads, over pg_to_bq's own defaults."""
     if value == "bigquery":
         return DestinationSpec("bigquery")
     if value.startswith("duckdb:///"):
-        path = value[len("duckdb:///") :]
+        path, _, query = value[len("duckdb:///") :].partition("?")
         if not path or path.endswith("/"):
             raise SettingsError(
                 f"{PREFIX}DESTINATION={value!r} names no file: write duckdb:///path/to/file.duckdb"
             )
         # duckdb:////abs/path and duckdb:///rel/path both mean what a reader expects.
         resolved = Path(path if path.startswith("/") else path).expanduser()
-        return DestinationSpec("duckdb", resolved.resolve())
+        return DestinationSpec("duckdb", resolved.resolve(), _duckdb_settings(value, query))
     raise SettingsError(
         f"{PREFIX}DESTINATION={value!r} is not understood: use duckdb:///path/to/file.duckdb "
         "or bigquery"
     )
+
+
+def _duckdb_settings(value: str, query: str) -> tuple[tuple[str, str], ...]:
+    """`memory_limit=1GB&threads=2` as pairs; names must look like DuckDB setting names
+    (whether DuckDB knows them is checked when the destination is opened)."""
+    pairs = []
+    for item in query.split("&") if query else ():
+        name, equals, setting = item.partition("=")
+        name, setting = unquote(name).strip(), unquote(setting).strip()
+        if not equals or not setting or not re.fullmatch(r"[a-z_][a-z0-9_]*", name):
+            raise SettingsError(
+                f"{PREFIX}DESTINATION={value!r}: {item!r} is not a DuckDB setting; write "
+                "duckdb:///path/to/file.duckdb?memory_limit=1GB&threads=4 (lower-case names)"
+            )
+        pairs.append((name, setting))
+    return tuple(pairs)
 
 
 def redact_url(url: str) -> str:

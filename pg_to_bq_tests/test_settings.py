@@ -93,6 +93,22 @@ def test_duckdb_destination_paths() -> None:
     assert parse_destination("duckdb:///rel/file.duckdb").path == Path("rel/file.duckdb").resolve()
 
 
+def test_duckdb_settings_in_the_destination_query() -> None:
+    spec = parse_destination("duckdb:////abs/file.duckdb?memory_limit=1GB&threads=4")
+    assert spec.path == Path("/abs/file.duckdb")
+    assert spec.duckdb_settings == (("memory_limit", "1GB"), ("threads", "4"))
+    assert spec.describe() == "duckdb:////abs/file.duckdb?memory_limit=1GB&threads=4"
+    assert parse_destination("duckdb:////abs/f.duckdb?temp_directory=%2Ftmp%2Fspill") \
+        .duckdb_settings == (("temp_directory", "/tmp/spill"),)
+    assert parse_destination("duckdb:////abs/file.duckdb").duckdb_settings == ()
+
+
+@pytest.mark.parametrize("query", ["memory_limit", "memory_limit=", "Memory-Limit=1GB", "=1GB"])
+def test_malformed_duckdb_settings_name_the_variable(query: str) -> None:
+    with pytest.raises(SettingsError, match="PG_TO_BQ_DESTINATION=.*memory_limit=1GB"):
+        parse_destination(f"duckdb:////abs/file.duckdb?{query}")
+
+
 def test_redact_url_hides_password_only() -> None:
     assert redact_url("postgresql://app:s3cret@db:5432/shop") == "postgresql://app:***@db:5432/shop"
     assert redact_url("postgresql://app@db/shop") == "postgresql://app@db/shop"
