@@ -347,6 +347,11 @@ def run_table_load(
     if result.snapshot_rows is not None and window is None and result.mode == "full":
         outcomes.append(checks.reconcile_row_counts(result.snapshot_rows, destination_rows,
                                                     "replace"))
+    elif result.table_rows is not None and deleted is None:
+        # The whole table as the rows were read: rows inserted in PostgreSQL since then are
+        # the next run's, not missing ones.
+        outcomes.append(checks.reconcile_row_counts(result.table_rows, destination_rows,
+                                                    plan.disposition))
     else:
         outcomes.append(_reconcile_whole_table(plan, url, source, destination_rows))
     if plan.cursor:
@@ -366,6 +371,7 @@ def run_table_load(
 def _reconcile_whole_table(
     plan: TablePlan, url: str, source: SourceDatabase, destination_rows: int
 ) -> checks.CheckOutcome:
+    """After a delete pass (its own snapshot, later than the load's), the table as it is now."""
     from pg_to_bq.extract import qualified_name
 
     with connect(url, statement_timeout_s=source.statement_timeout_s) as conn:

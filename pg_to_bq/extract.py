@@ -98,6 +98,9 @@ class ExtractStats:
     batches: int = 0
     bytes: int = 0
     snapshot_rows: int | None = None
+    # The whole table's rows in the same snapshot (with `count_table`); equals
+    # `snapshot_rows` when the read has no `where`.
+    table_rows: int | None = None
     streams: int = 1
 
 
@@ -105,6 +108,8 @@ class TableReader:
     """Reads one table (optionally filtered by `where`) inside one read-only snapshot.
 
     Use as a context manager; iterate `batches()`; `stats` fills as batches arrive.
+    `count_table` also counts the whole table in the same snapshot (`stats.table_rows`), what
+    a merged destination table should hold once these rows are merged.
     With `streams > 1` the table is split into that many ranges (of its single-column
     integer primary key, else of ctid blocks) read in parallel by connections sharing the
     exported snapshot; batches arrive interleaved, at most `QUEUE_DEPTH` (or `streams`)
@@ -120,6 +125,7 @@ class TableReader:
         where: str | None = None,
         batch_bytes: int = 16 * 1024 * 1024,
         count_rows: bool = True,
+        count_table: bool = False,
         hash_salt: bytes | None = None,
         statement_timeout_s: int = 3600,
         application_name: str = "pg_to_bq",
@@ -132,6 +138,7 @@ class TableReader:
         self.where = where
         self.batch_bytes = batch_bytes
         self.count_rows = count_rows
+        self.count_table = count_table
         self.hash_salt = hash_salt
         self.statement_timeout_s = statement_timeout_s
         self.application_name = application_name
@@ -155,6 +162,10 @@ class TableReader:
                 (count,) = session.fetchone(
                     f"SELECT count(*) FROM {qualified_name(self.plan)}{self._where()}")
                 self.stats.snapshot_rows = int(count)
+            if self.count_table:
+                if self.where or not self.count_rows:
+                    (count,) = session.fetchone(f"SELECT count(*) FROM {qualified_name(self.plan)}")
+                self.stats.table_rows = int(count)
             if self.streams > 1:
                 self._ranges = self._split(session)
                 if len(self._ranges) > 1:

@@ -82,6 +82,8 @@ class LoadResult:
     cursor_from: Any = None
     cursor_to: Any = None
     batches: int = 0
+    # The whole source table's rows in the snapshot the rows were read in.
+    table_rows: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -157,7 +159,7 @@ def load_table(
             if mode == "incremental" else None
         reader = TableReader(
             source_url, plan, where=where, batch_bytes=batch_bytes, hash_salt=hash_salt,
-            statement_timeout_s=statement_timeout_s, streams=streams,
+            statement_timeout_s=statement_timeout_s, streams=streams, count_table=True,
         )
         tracker = _WindowTracker(plan, mode) if plan.cursor is not None and mode != "window" \
             else None
@@ -276,6 +278,7 @@ def _result(plan: TablePlan, reader: TableReader, load_id: str | None, started: 
         cursor_from=cursor_from,
         cursor_to=cursor_to,
         batches=reader.stats.batches,
+        table_rows=reader.stats.table_rows,
         extra={"unchanged": True} if unchanged else {},
     )
 

@@ -7,11 +7,13 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import dagster as dg
 import duckdb
+import psycopg
 import pytest
 
 from pg_to_bq.assets import APPLY_DELETES_TAG, FULL_REFRESH_TAG
@@ -83,6 +85,51 @@ def test_incremental_merge_picks_changes_and_skips_unchanged_rows(pg_url: str, s
     again = materialize(defs)  # idempotent: nothing new, nothing duplicated
     assert again.success
     assert duck(path, "SELECT count(*), count(DISTINCT id) FROM raw.orders") == [(1001, 1001)]
+
+
+def test_rows_inserted_while_a_merge_reads_are_the_next_runs(pg_url: str, settings_env) -> None:
+    """The row-count check compares the destination with the whole table in the snapshot
+    the rows were read in. A row committed in PostgreSQL while the load is reading (after
+    its snapshot) is not missing: the next run loads it. Real concurrency: a second
+    connection inserts the row once the load's COPY shows in pg_stat_activity."""
+    run_sql(pg_url, """
+        CREATE TABLE events (id bigint PRIMARY KEY, updated_at timestamptz NOT NULL, pad text);
+        INSERT INTO events SELECT g, now(), repeat('x', 200) FROM generate_series(1, 300000) g;
+        CREATE INDEX ON events (updated_at);
+    """)
+    path = settings_env(pg_url)
+    defs = build_definitions(Settings.from_env())
+    assert materialize(defs).success
+
+    inserted_during_copy = threading.Event()
+
+    def insert_once_the_copy_runs() -> None:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                active = conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pg_to_bq' "
+                    "AND state = 'active' AND query LIKE 'COPY (SELECT%%events%%'").fetchone()[0]
+                if active:
+                    conn.execute("INSERT INTO events VALUES (300001, now(), 'late')")
+                    inserted_during_copy.set()
+                    return
+                time.sleep(0.002)
+
+    inserter = threading.Thread(target=insert_once_the_copy_runs)
+    inserter.start()
+    # Every row is inside the lookback window: this incremental run re-reads (and merges)
+    # all 300,000, long enough for the insert to land mid-read.
+    during = materialize(defs)
+    inserter.join()
+    assert inserted_during_copy.is_set()
+    assert metadata_of(during)["load_mode"] == "incremental"
+    assert metadata_of(during)["rows_loaded"] == 300000
+    assert check_results(during)["row_count_matches_source"] == (True, "ERROR")
+
+    after = materialize(defs)
+    assert check_results(after)["row_count_matches_source"] == (True, "ERROR")
+    assert duck(path, "SELECT count(*), max(id) FROM raw.events") == [(300001, 300001)]
 
 
 def test_deletes_are_applied_on_demand(pg_url: str, settings_env) -> None:
