@@ -8,7 +8,8 @@ loads a code location, `dagster api grpc` or `dagster dev`, has done already):
   `PG_TO_BQ_SOURCE_URL` pointing at a listener that only counts connections — there
   must be none;
 * the same snapshot with the source given as a Secrets Manager secret id (as in
-  production), which adds dagster-aws's `SecretsManagerResource` and its import;
+  production), which adds the `secrets` resource (pg_to_bq's boto3-based `SecretsManager`;
+  boto3 itself is imported only when a secret is read);
 * live: the same 1,000 tables created in PostgreSQL, no snapshot, and the source URL
   pointing at a proxy in front of PostgreSQL that counts connections and the statements
   sent (simple-query `Q` and extended-protocol `Parse` messages, read off the wire, so
@@ -297,8 +298,8 @@ def measure(admin_url: str, count: int, work: Path, dlt_reflection: bool = True,
     finally:
         listener.close()
     snapshot_connections = listener.connections
-    # The same snapshot with the source as a secret id: the Secrets Manager resource (and so
-    # dagster-aws) is part of the definitions.
+    # The same snapshot with the source as a secret id: the Secrets Manager resource is part
+    # of the definitions.
     secret_runs = [_probe(_env(work, None, snapshot)) for _ in range(repeat)]
 
     # 2. Live: no snapshot, 1,000 real tables, one catalog query expected.
@@ -393,8 +394,8 @@ def render(result: dict) -> list[str]:
              "`dagster dev` / `dagster api grpc -m pg_to_bq.definitions` do), then "
              f"`defs.get_repository_def()`; best of {runs}. *total* is the import of "
              "`pg_to_bq.definitions` = *libraries* (importing dagster and what pg_to_bq's "
-             "modules import: psycopg, pyarrow, PyYAML; dagster-aws only when a secret id is "
-             "configured, dlt only inside a run) + *build* (`build_definitions()`: catalog, plans, "
+             "modules import: PyYAML; psycopg only to discover the catalog live; dlt, pyarrow "
+             "and boto3 only inside a run) + *build* (`build_definitions()`: catalog, plans, "
              "assets, jobs, schedules); *repository* is `defs.get_repository_def()` (Dagster "
              "resolving the asset graph). *whole load, fresh* is all of it from an empty "
              "interpreter; *load after dagster* leaves out `import dagster`, which the "
@@ -409,7 +410,7 @@ def render(result: dict) -> list[str]:
                       result["snapshot"]["connections"], 0))
     if "snapshot_secret" in result:
         secret = _best(result["snapshot_secret"]["runs"])
-        lines.append(_row("snapshot, source as a Secrets Manager secret id (dagster-aws loaded)",
+        lines.append(_row("snapshot, source as a Secrets Manager secret id (production)",
                           secret, "-", "-"))
     live = _best(result["live"]["runs"])
     lines.append(_row(f"live PostgreSQL ({n:,} real tables, no snapshot)", live,

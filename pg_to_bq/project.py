@@ -120,9 +120,8 @@ def uses_secrets(settings: Settings) -> bool:
 
 
 def build_resources(settings: Settings) -> dict[str, object]:
-    """The source and destination resources, and dagster-aws's `SecretsManagerResource` as
-    `secrets` when a secret id is configured. Without one nothing reads a secret, so the
-    resource (and the dagster-aws import, ~0.7 s of every code location load) is left out."""
+    """The source and destination resources, and the `secrets` resource (AWS Secrets
+    Manager) when a secret id is configured; without one nothing reads a secret."""
     secrets = secrets_manager(settings.aws_region) if uses_secrets(settings) else None
     dependency = {"secrets": secrets} if secrets is not None else {}
     resources: dict[str, object] = {

@@ -2,11 +2,8 @@
 
 Secret values are resolved when a run asks for them (never at import, never in logs
 or metadata): plain values come through `dg.EnvVar`, secret ids through AWS Secrets
-Manager via dagster-aws's `SecretsManagerResource`.
-
-dagster-aws is imported only when a Secrets Manager resource is built (importing it costs
-~0.7 s, mostly Dagster storage modules its package pulls in): a code location configured
-with plain values loads without it.
+Manager via the `SecretsManager` resource (boto3, imported when a secret is read).
+`read_secret` also takes dagster-aws's `SecretsManagerResource` (the same `get_client()`).
 """
 
 
@@ -37,14 +34,36 @@ for _name in ("botocore.parsers", "botocore.endpoint", "botocore.hooks", "botoco
     logging.getLogger(_name).addFilter(_DropSecretPayloads())
 
 
-def secrets_manager(region_name: str | None = None) -> "SecretsManagerResource":
-    """dagster-aws's `SecretsManagerResource` (the import happens here, on first use)."""
-    from dagster_aws.secretsmanager import SecretsManagerResource
+class SecretsManager(dg.ConfigurableResource):
+    """AWS Secrets Manager through boto3: the `secrets` resource when a secret id is set.
 
-    return SecretsManagerResource(region_name=region_name)
+    It has dagster-aws's `SecretsManagerResource`'s `get_client()`, and either serves
+    `read_secret`. pg_to_bq builds this one because importing dagster-aws's costs ~0.9 s
+    (its module imports `dagster._core.test_utils`, and with it Dagster's run storage and
+    alembic) in every process that loads the code location: the code server and each run's
+    step processes, one per table. boto3 is imported only when a secret is read.
+
+    Attributes:
+        region_name: The AWS region; unset, boto3's (`AWS_REGION`, the instance's).
+        endpoint_url: Another Secrets Manager endpoint (a VPC endpoint); unset, boto3's
+            (which honours `AWS_ENDPOINT_URL_SECRETS_MANAGER` and `AWS_ENDPOINT_URL`).
+    """
+
+    region_name: str | None = None
+    endpoint_url: str | None = None
+
+    def get_client(self) -> Any:
+        import boto3
+
+        return boto3.session.Session().client(
+            "secretsmanager", region_name=self.region_name, endpoint_url=self.endpoint_url)
 
 
-def read_secret(secrets: "SecretsManagerResource", secret_id: str) -> str:
+def secrets_manager(region_name: str | None = None) -> SecretsManager:
+    return SecretsManager(region_name=region_name)
+
+
+def read_secret(secrets: "SecretsManager | SecretsManagerResource", secret_id: str) -> str:
     """The SecretString of `secret_id`; errors name the id and the AWS error code only."""
     from botocore.exceptions import BotoCoreError, ClientError
 
@@ -86,7 +105,7 @@ class SourceDatabase(dg.ConfigurableResource):
     parallel_streams: int = 1
     parallel_min_bytes: int = 1024**3
     # A string: Dagster replaces the annotation of a resource dependency, never resolves it.
-    secrets: dg.ResourceDependency["SecretsManagerResource"] = None  # type: ignore[assignment]
+    secrets: dg.ResourceDependency[SecretsManager] = None  # type: ignore[assignment]
     _cache: dict = PrivateAttr(default_factory=dict)
 
     def resolved_url(self) -> str:
@@ -114,7 +133,7 @@ class SourceDatabase(dg.ConfigurableResource):
             return read_secret(self._secrets(), self.hash_salt_secret_id).encode("utf-8")
         return None
 
-    def _secrets(self) -> "SecretsManagerResource":
+    def _secrets(self) -> SecretsManager:
         return self.secrets or secrets_manager()
 
 
@@ -142,7 +161,7 @@ class Destination(dg.ConfigurableResource):
     bigquery_location: str = "US"
     bigquery_credentials_secret_id: str | None = None
     bigquery_key_file: str | None = None
-    secrets: dg.ResourceDependency["SecretsManagerResource"] = None  # type: ignore[assignment]
+    secrets: dg.ResourceDependency[SecretsManager] = None  # type: ignore[assignment]
 
     @property
     def work_path(self) -> Path:
