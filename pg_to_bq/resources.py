@@ -104,7 +104,6 @@ class SourceDatabase(dg.ConfigurableResource):
     hash_salt_secret_id: str | None = None
     parallel_streams: int = 1
     parallel_min_bytes: int = 1024**3
-    # A string: Dagster replaces the annotation of a resource dependency, never resolves it.
     secrets: dg.ResourceDependency[SecretsManager] = None  # type: ignore[assignment]
     _cache: dict = PrivateAttr(default_factory=dict)
 
