@@ -290,31 +290,37 @@ def run_table_load(
             live = discover(conn, schemas=[plan.table.schema], include_views=True,
                             table=plan.table.name)
         dlt_destination = destination.dlt_destination()
-        context.log.info(
-            f"loading {plan.name} → {ctx.qualified_prefix}.{plan.destination_table} "
-            f"({'full refresh' if full_refresh else plan.disposition})"
-        )
-        result = load_table(
-            plan,
-            source_url=url,
-            destination=dlt_destination,
-            dataset=destination.dataset,
-            work_dir=destination.work_path,
-            full_refresh=full_refresh,
-            window=window,
-            batch_bytes=source.batch_bytes,
-            hash_salt=source.resolved_hash_salt(),
-            statement_timeout_s=source.statement_timeout_s,
-            on_batch=progress,
-            streams=source.streams_for(plan.table.size_bytes),
-        )
-        deleted = apply_deletes(
-            plan, source_url=url, destination=dlt_destination, dataset=destination.dataset,
-            work_dir=destination.work_path, batch_bytes=source.batch_bytes,
-            statement_timeout_s=source.statement_timeout_s,
-        ) if deletes else None
-        pipeline = make_pipeline(plan, dlt_destination, destination.dataset, destination.work_path)
-        destination_rows = count_destination_rows(pipeline, plan.destination_table)
+
+        def waiting(seconds: float) -> None:
+            context.log.info(f"{plan.name}: waiting for {destination.describe()}, which another "
+                             f"load is writing ({seconds:.0f} s so far)")
+
+        with destination.writing(on_wait=waiting):
+            context.log.info(
+                f"loading {plan.name} → {ctx.qualified_prefix}.{plan.destination_table} "
+                f"({'full refresh' if full_refresh else plan.disposition})"
+            )
+            result = load_table(
+                plan,
+                source_url=url,
+                destination=dlt_destination,
+                dataset=destination.dataset,
+                work_dir=destination.work_path,
+                full_refresh=full_refresh,
+                window=window,
+                batch_bytes=source.batch_bytes,
+                hash_salt=source.resolved_hash_salt(),
+                statement_timeout_s=source.statement_timeout_s,
+                on_batch=progress,
+                streams=source.streams_for(plan.table.size_bytes),
+            )
+            deleted = apply_deletes(
+                plan, source_url=url, destination=dlt_destination, dataset=destination.dataset,
+                work_dir=destination.work_path, batch_bytes=source.batch_bytes,
+                statement_timeout_s=source.statement_timeout_s,
+            ) if deletes else None
+            pipeline = make_pipeline(plan, dlt_destination, destination.dataset, destination.work_path)
+            destination_rows = count_destination_rows(pipeline, plan.destination_table)
     except Exception as exc:
         retryable = is_transient(exc)
         raise dg.Failure(

@@ -262,4 +262,6 @@ def _build_definitions(settings: Settings | None) -> dg.Definitions:
         jobs=jobs,
         schedules=schedules,
         resources=build_resources(settings),
+        # Also what the UI's materializations run with (Dagster's implicit asset job).
+        executor=dg.in_process_executor if settings.executor == "in_process" else None,
     )

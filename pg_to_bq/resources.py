@@ -7,7 +7,10 @@ Manager via the `SecretsManager` resource (boto3, imported when a secret is read
 """
 
 
+import contextlib
 import logging
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -165,6 +168,20 @@ class Destination(dg.ConfigurableResource):
     @property
     def work_path(self) -> Path:
         return Path(self.work_dir)
+
+    def describe(self) -> str:
+        return f"the DuckDB file {self.duckdb_path}" if self.kind == "duckdb" else \
+            f"BigQuery dataset {self.dataset}"
+
+    def writing(self, on_wait: Callable[[float], None] | None = None) -> AbstractContextManager:
+        """Held while a table loads. DuckDB takes one writing process at a time, so a DuckDB
+        file is locked for the load (other loads wait, `on_wait` tells); BigQuery needs no
+        lock."""
+        if self.kind == "duckdb" and self.duckdb_path:
+            from pg_to_bq.file_lock import exclusive
+
+            return exclusive(Path(self.duckdb_path), on_wait)
+        return contextlib.nullcontext()
 
     def dlt_destination(self) -> Any:
         """A dlt destination instance; credentials are resolved here, at run time."""

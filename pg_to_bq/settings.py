@@ -175,11 +175,19 @@ class Settings:
             tags=_tags(get("TAGS", "")),
             freshness_hours=_positive_int(get("FRESHNESS_HOURS", "48"), "FRESHNESS_HOURS"),
             deletes_cron=deletes_cron,
-            executor=_choice(get("EXECUTOR", "multiprocess"), "EXECUTOR",
+            executor=_choice(get("EXECUTOR", default_executor(destination)), "EXECUTOR",
                              ("multiprocess", "in_process", "ecs")),
             hash_salt_set=get("HASH_SALT") is not None,
             hash_salt_secret=get("HASH_SALT_SECRET"),
         )
+
+
+def default_executor(destination: DestinationSpec) -> str:
+    """In-process for a DuckDB file: DuckDB takes one writing process at a time, so parallel
+    step processes mostly wait for each other, and each costs ~5 CPU-s to start (measured: 60
+    tables in 202 s with the multiprocess executor, 64 s in-process). BigQuery loads in
+    parallel, one process per table."""
+    return "in_process" if destination.kind == "duckdb" else "multiprocess"
 
 
 def parse_destination(value: str) -> DestinationSpec:

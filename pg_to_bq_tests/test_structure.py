@@ -202,6 +202,19 @@ def test_nightly_executor_setting(snapshot_env, monkeypatch, setting: str, execu
     assert job.executor_def.name == executor
 
 
+@pytest.mark.parametrize(("destination", "executor"), [
+    ("duckdb:////tmp/x.duckdb", "in_process"), ("bigquery", "multi_or_in_process_executor")])
+def test_default_executor_follows_the_destination(snapshot_env, monkeypatch, destination: str,
+                                                  executor: str) -> None:
+    """DuckDB takes one writer at a time: its loads run in one process (the nightly job and
+    the UI's materializations); BigQuery's in parallel processes."""
+    monkeypatch.setenv("PG_TO_BQ_DESTINATION", destination)
+    monkeypatch.setenv("PG_TO_BQ_BIGQUERY_PROJECT", "p")
+    defs = build_definitions(Settings.from_env())
+    assert defs.resolve_job_def(NIGHTLY_JOB).executor_def.name == executor
+    assert defs.resolve_implicit_global_asset_job_def().executor_def.name == executor
+
+
 def test_parallel_streams_only_for_large_tables(snapshot_env, monkeypatch) -> None:
     monkeypatch.setenv("PG_TO_BQ_PARALLEL_STREAMS", "4")
     monkeypatch.setenv("PG_TO_BQ_PARALLEL_MIN_BYTES", "1000000")
