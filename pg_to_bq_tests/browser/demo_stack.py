@@ -260,6 +260,17 @@ class DemoStack:
         _kill(leftovers)
         return StopResult(exit_code, seconds, leftovers, self.output())
 
+    def assert_stops_cleanly(self, sig: signal.Signals = signal.SIGINT) -> None:
+        """Stop the demo with `sig`: it exits 0, says it stopped Dagster and PostgreSQL, and
+        leaves no process of its own behind (both were seen running)."""
+        result = self.stop(sig=sig)
+        assert result.exit_code == 0, result.output[-3000:]
+        assert "stopped Dagster and PostgreSQL" in result.output
+        assert not result.leftovers, f"still running after {sig.name}:\n" + "\n".join(
+            str(p) for p in result.leftovers)
+        assert any("postgres" in p.command for p in self.seen.values())
+        assert any("dagster" in p.command for p in self.seen.values())
+
     def _leftovers(self) -> list[Proc]:
         alive = {p for p in self.seen.values() if p.alive()}
         alive.update(self._current_processes())

@@ -16,13 +16,7 @@ def test_sigterm_stops_everything() -> None:
     work = Path(tempfile.mkdtemp(prefix="pg_to_bq_sigterm_"))
     stack = DemoStack.start(work / "demo")
     try:
-        result = stack.stop(sig=signal.SIGTERM)
-        assert result.exit_code == 0, result.output[-3000:]
-        assert "stopped Dagster and PostgreSQL" in result.output
-        assert not result.leftovers, "still running after SIGTERM:\n" + "\n".join(
-            str(p) for p in result.leftovers)
-        assert any("postgres" in p.command for p in stack.seen.values())
-        assert any("dagster" in p.command for p in stack.seen.values())
+        stack.assert_stops_cleanly(signal.SIGTERM)
     finally:
         stack.stop()
         shutil.rmtree(work, ignore_errors=True)

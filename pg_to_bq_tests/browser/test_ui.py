@@ -230,10 +230,4 @@ def test_japanese_table_page_shows_its_real_names(stack: DemoStack, asset_nodes:
 
 
 def test_ctrl_c_stops_everything(stack: DemoStack) -> None:
-    result = stack.stop()
-    assert result.exit_code == 0, result.output[-3000:]
-    assert "stopped Dagster and PostgreSQL" in result.output
-    assert not result.leftovers, "still running after Ctrl-C:\n" + "\n".join(
-        str(p) for p in result.leftovers)
-    assert any("postgres" in p.command for p in stack.seen.values())
-    assert any("dagster" in p.command for p in stack.seen.values())
+    stack.assert_stops_cleanly()
