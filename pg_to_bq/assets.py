@@ -292,8 +292,8 @@ def run_table_load(
         dlt_destination = destination.dlt_destination()
 
         def waiting(seconds: float) -> None:
-            context.log.info(f"{plan.name}: waiting for {destination.describe()}, which another "
-                             f"load is writing ({seconds:.0f} s so far)")
+            context.log.info(f"{plan.name}: waiting for the DuckDB file {destination.duckdb_path}, "
+                             f"which another load is writing ({seconds:.0f} s so far)")
 
         with destination.writing(on_wait=waiting):
             context.log.info(

@@ -169,10 +169,6 @@ class Destination(dg.ConfigurableResource):
     def work_path(self) -> Path:
         return Path(self.work_dir)
 
-    def describe(self) -> str:
-        return f"the DuckDB file {self.duckdb_path}" if self.kind == "duckdb" else \
-            f"BigQuery dataset {self.dataset}"
-
     def writing(self, on_wait: Callable[[float], None] | None = None) -> AbstractContextManager:
         """Held while a table loads. DuckDB takes one writing process at a time, so a DuckDB
         file is locked for the load (other loads wait, `on_wait` tells); BigQuery needs no
