@@ -185,7 +185,7 @@ def pg_to_bq_2streams(**kw: object) -> dict:
 
 def pg_to_bq_duckdb1gb(**kw: object) -> dict:
     """pg_to_bq with `PG_TO_BQ_DESTINATION=duckdb:///…?memory_limit=1GB`: DuckDB's buffer pool
-    at 1 GB instead of pg_to_bq's 64 MB default (what a bigger machine can afford)."""
+    at 1 GB instead of pg_to_bq's 88 MB default (what a bigger machine can afford)."""
     return pg_to_bq(**{**kw, "duckdb_settings": {"memory_limit": "1GB"}})
 
 

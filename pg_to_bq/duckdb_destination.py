@@ -11,22 +11,37 @@ load rolls back to the old rows, and each row is written once. This needs the ta
 arrive in ONE file (dlt rotates files only when told a size, which pg_to_bq never sets);
 a second file for the same table fails the load instead of deleting the first one's rows.
 Merges and appends are dlt's, unchanged.
+
+DuckDB loads with a small, bounded buffer pool (`pg_to_bq.load.DUCKDB_GLOBAL_CONFIG`), but
+what an insert must hold in memory grows with the width of the rows (each thread builds a
+row group of ~123k rows): a table of 60 KB rows failed with "Out of Memory Error" at any
+bound under 512 MB. When a job runs out of memory, its transaction has rolled back; it runs
+again with twice the memory limit, up to half the machine's RAM. A limit the user set in
+`PG_TO_BQ_DESTINATION` is kept as set, and the error says how to raise it.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from dlt.common.destination.client import LoadJob
+from dlt.common.destination.client import LoadJob, RunnableLoadJob
 from dlt.common.destination.exceptions import DestinationTerminalException
 from dlt.common.destination.typing import PreparedTableSchema
 from dlt.common.storages.load_package import ParsedLoadJobFileName
 from dlt.destinations import duckdb as dlt_duckdb
 from dlt.destinations.impl.duckdb.duck import DuckDbClient, DuckDbCopyJob
 
+log = logging.getLogger(__name__)
+
 REPLACE_STRATEGY = "insert-from-staging"
+# How DuckDB words running out of its buffer pool (an OutOfMemoryException, or a commit
+# that could not pin a block).
+_OUT_OF_MEMORY = re.compile(r"Out of Memory Error|failed to pin block|could not allocate block",
+                            re.IGNORECASE)
 # The job folders of a load package (dlt's PackageStorage layout).
 _JOB_FOLDERS = ("new_jobs", "started_jobs", "completed_jobs", "failed_jobs")
 
@@ -52,7 +67,11 @@ class ReplaceInTransactionJob(DuckDbCopyJob):
 
 
 class AtomicReplaceDuckDbClient(DuckDbClient):
-    """dlt's DuckDB client, except that replaced tables skip the staging dataset."""
+    """dlt's DuckDB client, except that replaced tables skip the staging dataset, and a job
+    that runs out of memory runs again with more (see the module's docstring)."""
+
+    # False when the user chose the memory limit (set per client by `duckdb.client`).
+    grow_memory = True
 
     def should_load_data_to_staging_dataset(self, table_name: str) -> bool:
         if replaces_in_place(self.prepare_load_table(table_name)):
@@ -66,9 +85,83 @@ class AtomicReplaceDuckDbClient(DuckDbClient):
 
     def create_load_job(self, table: PreparedTableSchema, file_path: str, load_id: str,
                         restore: bool = False) -> LoadJob:
-        if replaces_in_place(table) and file_path.endswith(".parquet"):
-            return ReplaceInTransactionJob(file_path)
-        return super().create_load_job(table, file_path, load_id, restore)
+        job = ReplaceInTransactionJob(file_path) \
+            if replaces_in_place(table) and file_path.endswith(".parquet") \
+            else super().create_load_job(table, file_path, load_id, restore)
+        if isinstance(job, RunnableLoadJob):
+            job.run = _retried_with_more_memory(job, table["name"])  # type: ignore[method-assign]
+        return job
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether `exc` (or what it wraps) is DuckDB running out of its memory limit."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if _OUT_OF_MEMORY.search(str(seen)):
+            return True
+        seen = getattr(seen, "dbapi_exception", None) or seen.__cause__
+    return False
+
+
+def memory_cap() -> int:
+    """The largest memory limit a load grows to: half the machine's RAM."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+
+
+def _retried_with_more_memory(job: RunnableLoadJob, table: str) -> Callable[[], None]:
+    """`job.run`, run again with twice DuckDB's memory limit each time it runs out of memory
+    (its transaction has rolled back, so nothing is written twice); the limit is put back
+    after."""
+    run = job.run
+
+    def run_growing() -> None:
+        # The client running the job (dlt hands each job its worker's client).
+        client: AtomicReplaceDuckDbClient = job._job_client  # type: ignore[assignment]
+        sql_client = client.sql_client
+        original: str | None = None
+        limit = 0
+        try:
+            while True:
+                try:
+                    run()
+                    return
+                except Exception as exc:
+                    if not is_out_of_memory(exc):
+                        raise
+                    if original is None:
+                        original, limit = _memory_limit(sql_client)
+                    if not client.grow_memory or limit * 2 > memory_cap():
+                        raise DestinationTerminalException(
+                            f"DuckDB ran out of memory loading table {table} with "
+                            f"memory_limit={limit // 2**20}MB (its rows are too wide for that "
+                            "bound); raise it in PG_TO_BQ_DESTINATION, e.g. "
+                            "duckdb:///file.duckdb?memory_limit=2GB: "
+                            f"{str(exc).splitlines()[0]}"
+                        ) from exc
+                    log.warning("DuckDB ran out of memory loading table %s with memory_limit=%dMB"
+                                " (wide rows); loading it again with %dMB", table,
+                                limit // 2**20, limit * 2 // 2**20)
+                    limit *= 2
+                    _set_memory_limit(sql_client, f"{limit}B")
+        finally:
+            if original is not None:
+                _set_memory_limit(sql_client, original)
+
+    return run_growing
+
+
+_UNITS = {"bytes": 1, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def _memory_limit(sql_client: Any) -> tuple[str, int]:
+    """DuckDB's memory limit as it reports it (e.g. '83.9 MiB') and in bytes."""
+    ((text,),) = sql_client.execute_sql("SELECT current_setting('memory_limit')")
+    number, _, unit = str(text).partition(" ")
+    return str(text), int(float(number) * _UNITS[unit.lower() or "bytes"])
+
+
+def _set_memory_limit(sql_client: Any, limit: str) -> None:
+    sql_client.execute_sql(f"SET GLOBAL memory_limit = '{limit}'")
 
 
 class duckdb(dlt_duckdb):  # noqa: N801 - dlt derives the destination's name from the class name
@@ -79,6 +172,11 @@ class duckdb(dlt_duckdb):  # noqa: N801 - dlt derives the destination's name fro
     @property
     def client_class(self) -> type[DuckDbClient]:
         return AtomicReplaceDuckDbClient
+
+    def client(self, schema: Any, initial_config: Any = None) -> Any:
+        client = super().client(schema, initial_config)
+        client.grow_memory = "memory_limit" not in self.duckdb_settings
+        return client
 
 
 def duckdb_destination(path: str, settings: Mapping[str, str] | None = None,

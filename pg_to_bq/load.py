@@ -54,7 +54,7 @@ WINDOW_MAX_BYTES = 32 * 1024 * 1024
 # DuckDB's buffer pool defaults to 80% of RAM and holds the loaded table's blocks, so the
 # process grew with the table (1.3 GB at 5M rows); bounded, DuckDB spills to disk instead.
 # Not keeping insertion order lets it insert with bounded memory (tables are unordered).
-DUCKDB_GLOBAL_CONFIG = {"memory_limit": "64MB", "preserve_insertion_order": False}
+DUCKDB_GLOBAL_CONFIG = {"memory_limit": "88MB", "preserve_insertion_order": False}
 
 
 class EmptyTableError(ValueError):
@@ -256,8 +256,24 @@ def _normalize_and_load(pipeline: dlt.Pipeline) -> str | None:
 
 def _release_memory() -> None:
     """Hand the extraction's buffers back to the OS before DuckDB (in this process) loads:
-    Arrow's allocator keeps freed memory for reuse, which would add up with DuckDB's."""
+    Arrow's allocator, and the C library's for the driver's buffers, keep freed memory for
+    reuse, which would add up with DuckDB's."""
     pa.default_memory_pool().release_unused()
+    if _malloc_trim is not None:
+        _malloc_trim(0)
+
+
+def _find_malloc_trim() -> Callable[[int], int] | None:
+    """glibc's `malloc_trim`, where there is one (not on musl or macOS)."""
+    import ctypes
+
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+_malloc_trim = _find_malloc_trim()
 
 
 def _chain(ahead: list[pa.RecordBatch] | None, reader: TableReader) -> Iterator[pa.RecordBatch]:

@@ -2,7 +2,7 @@
 the table — real PostgreSQL, real DuckDB file.
 
 `duckdb:///file.duckdb?memory_limit=1GB` lets a bigger machine give DuckDB more memory
-than pg_to_bq's 64 MB default (see docs/configuration and benchmarks/README.md).
+than pg_to_bq's 88 MB default (see docs/configuration and benchmarks/README.md).
 """
 
 from __future__ import annotations
