@@ -33,6 +33,7 @@ from dlt.common.destination.exceptions import DestinationTerminalException
 from dlt.common.destination.typing import PreparedTableSchema
 from dlt.common.storages.load_package import ParsedLoadJobFileName
 from dlt.destinations import duckdb as dlt_duckdb
+from dlt.destinations.impl.duckdb.configuration import DuckDbCredentials
 from dlt.destinations.impl.duckdb.duck import DuckDbClient, DuckDbCopyJob
 
 log = logging.getLogger(__name__)
@@ -133,13 +134,13 @@ def _retried_with_more_memory(job: RunnableLoadJob, table: str) -> Callable[[], 
                     if not client.grow_memory or limit * 2 > memory_cap():
                         raise DestinationTerminalException(
                             f"DuckDB ran out of memory loading table {table} with "
-                            f"memory_limit={limit // 2**20}MB (its rows are too wide for that "
+                            f"memory_limit={limit // 2**20} MiB (its rows are too wide for that "
                             "bound); raise it in PG_TO_BQ_DESTINATION, e.g. "
                             "duckdb:///file.duckdb?memory_limit=2GB: "
                             f"{str(exc).splitlines()[0]}"
                         ) from exc
-                    log.warning("DuckDB ran out of memory loading table %s with memory_limit=%dMB"
-                                " (wide rows); loading it again with %dMB", table,
+                    log.warning("DuckDB ran out of memory loading table %s with memory_limit="
+                                "%d MiB (wide rows); loading it again with %d MiB", table,
                                 limit // 2**20, limit * 2 // 2**20)
                     limit *= 2
                     _set_memory_limit(sql_client, f"{limit}B")
@@ -188,7 +189,11 @@ def duckdb_destination(path: str, settings: Mapping[str, str] | None = None,
     settings = dict(settings or {})
     if settings:
         _check_settings(settings)
-    destination = duckdb(credentials=path, replace_strategy=REPLACE_STRATEGY, **kwargs)
+    # The path set on credentials, not given as a string: dlt parses a string as a URL with
+    # SQLAlchemy, an import (~10 MB) the load would carry through DuckDB's insert.
+    credentials = DuckDbCredentials()
+    credentials.database = path
+    destination = duckdb(credentials=credentials, replace_strategy=REPLACE_STRATEGY, **kwargs)
     destination.duckdb_settings = settings
     return destination
 
