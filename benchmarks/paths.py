@@ -39,9 +39,8 @@ def _preimport_dlt_duckdb(sqlalchemy: bool = True) -> None:
     """Modules dlt imports lazily on its first DuckDB pipeline (sqlalchemy for the
     credentials parser, among others): imports, not work, so outside the timed part.
 
-    pg_to_bq's destination does not have dlt parse its credentials, so SQLAlchemy is imported
-    only when dlt shows the finished load's destination: that import stays in its timed part
-    (and out of the memory its insert runs with), as it is in a real run."""
+    pg_to_bq's DuckDB destination never has dlt parse or show its credentials with SQLAlchemy
+    (`pg_to_bq.duckdb_destination.FileCredentials`), so its path preloads none."""
     import dlt
     import dlt.common.configuration.plugins  # noqa: F401 - dlt's plugins, on the first pipeline
     import dlt.common.libs.pyarrow  # noqa: F401

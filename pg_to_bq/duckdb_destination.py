@@ -28,12 +28,16 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from dlt.common.configuration import configspec
 from dlt.common.destination.client import LoadJob, RunnableLoadJob
 from dlt.common.destination.exceptions import DestinationTerminalException
 from dlt.common.destination.typing import PreparedTableSchema
 from dlt.common.storages.load_package import ParsedLoadJobFileName
 from dlt.destinations import duckdb as dlt_duckdb
-from dlt.destinations.impl.duckdb.configuration import DuckDbCredentials
+from dlt.destinations.impl.duckdb.configuration import (
+    DuckDbClientConfiguration,
+    DuckDbCredentials,
+)
 from dlt.destinations.impl.duckdb.duck import DuckDbClient, DuckDbCopyJob
 
 log = logging.getLogger(__name__)
@@ -165,8 +169,24 @@ def _set_memory_limit(sql_client: Any, limit: str) -> None:
     sql_client.execute_sql(f"SET GLOBAL memory_limit = '{limit}'")
 
 
+@configspec(init=False)
+class FileCredentials(DuckDbCredentials):
+    """A DuckDB file, shown as its path. dlt shows credentials as a URL it builds with
+    SQLAlchemy: importing it (~0.1 s, ~10 MB) was the only use of SQLAlchemy in a load."""
+
+    def __str__(self) -> str:
+        return str(self.database)
+
+
+@configspec(init=False)
+class FileConfiguration(DuckDbClientConfiguration):
+    credentials: FileCredentials = None
+
+
 class duckdb(dlt_duckdb):  # noqa: N801 - dlt derives the destination's name from the class name
     """`dlt.destinations.duckdb` with `AtomicReplaceDuckDbClient`."""
+
+    spec = FileConfiguration
 
     duckdb_settings: dict[str, str] = {}  # noqa: RUF012 - replaced per instance, never mutated
 
@@ -190,8 +210,8 @@ def duckdb_destination(path: str, settings: Mapping[str, str] | None = None,
     if settings:
         _check_settings(settings)
     # The path set on credentials, not given as a string: dlt parses a string as a URL with
-    # SQLAlchemy, an import (~10 MB) the load would carry through DuckDB's insert.
-    credentials = DuckDbCredentials()
+    # SQLAlchemy (see `FileCredentials`).
+    credentials = FileCredentials()
     credentials.database = path
     destination = duckdb(credentials=credentials, replace_strategy=REPLACE_STRATEGY, **kwargs)
     destination.duckdb_settings = settings
