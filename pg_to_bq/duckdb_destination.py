@@ -108,9 +108,25 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return False
 
 
-def memory_cap() -> int:
-    """The largest memory limit a load grows to: half the machine's RAM."""
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+# Where a container's memory limit is (cgroup v2, then v1): an ECS task or a Lambda function
+# sees the host's RAM in sysconf, and growing past its own limit would get it killed.
+CGROUP_LIMIT_FILES = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
+
+
+def memory_cap(limit_files: tuple[str, ...] = CGROUP_LIMIT_FILES) -> int:
+    """The largest memory limit a load grows to: half the memory this process may use (the
+    machine's RAM, or its container's limit when lower)."""
+    available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for name in limit_files:
+        try:
+            with open(name) as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            available = min(available, int(text))
+        break
+    return available // 2
 
 
 def _retried_with_more_memory(job: RunnableLoadJob, table: str) -> Callable[[], None]:

@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 from pg_to_bq.catalog import discover
-from pg_to_bq.duckdb_destination import duckdb_destination, is_out_of_memory
+from pg_to_bq.duckdb_destination import duckdb_destination, is_out_of_memory, memory_cap
 from pg_to_bq.load import DUCKDB_GLOBAL_CONFIG, load_table
 from pg_to_bq.plan import TablePlan, build_plans
 from pg_to_bq_tests.conftest import run_sql
@@ -121,3 +121,14 @@ def test_out_of_memory_is_recognised_through_dlts_wrapping() -> None:
         conn.execute("SELECT list(range) FROM range(10000000)").fetchall()
     assert is_out_of_memory(DatabaseTransientException(raised.value))
     assert not is_out_of_memory(DatabaseTransientException(ValueError("Catalog Error: no table")))
+
+
+def test_memory_grows_to_half_of_the_containers_limit_not_the_hosts(tmp_path: Path) -> None:
+    """An ECS task sees the host's RAM; its cgroup file holds its own limit ("max" when none)."""
+    host = memory_cap(())
+    limited = tmp_path / "memory.max"
+    limited.write_text("2147483648\n")
+    assert memory_cap((str(limited),)) == min(host, 2**31 // 2)
+    unlimited = tmp_path / "unlimited"
+    unlimited.write_text("max\n")
+    assert memory_cap((str(tmp_path / "missing"), str(unlimited))) == host
