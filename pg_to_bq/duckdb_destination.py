@@ -16,7 +16,8 @@ DuckDB loads with a small, bounded buffer pool (`pg_to_bq.load.DUCKDB_GLOBAL_CON
 what an insert must hold in memory grows with the width of the rows (each thread builds a
 row group of ~123k rows): a table of 60 KB rows failed with "Out of Memory Error" at any
 bound under 512 MB. When a job runs out of memory, its transaction has rolled back; it runs
-again with twice the memory limit, up to half the machine's RAM. A limit the user set in
+again with twice the memory limit, up to half the memory the process may use (the
+machine's, or its container's limit). A limit the user set in
 `PG_TO_BQ_DESTINATION` is kept as set, and the error says how to raise it.
 """
 

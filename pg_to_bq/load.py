@@ -53,6 +53,8 @@ WINDOW_MAX_ROWS = 200_000
 WINDOW_MAX_BYTES = 32 * 1024 * 1024
 # DuckDB's buffer pool defaults to 80% of RAM and holds the loaded table's blocks, so the
 # process grew with the table (1.3 GB at 5M rows); bounded, DuckDB spills to disk instead.
+# 88 MB holds the row groups two threads build for a ~300-byte row (64 MB spilled ~100 MB and
+# took 40% more CPU); wider rows get more (`pg_to_bq.duckdb_destination`).
 # Not keeping insertion order lets it insert with bounded memory (tables are unordered).
 DUCKDB_GLOBAL_CONFIG = {"memory_limit": "88MB", "preserve_insertion_order": False}
 
