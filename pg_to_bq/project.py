@@ -171,8 +171,17 @@ def refresh_catalog_job() -> None:
     refresh_catalog_op()
 
 
+# What a table's step process needs, loaded once per run by the multiprocess executor's fork
+# server and inherited by every step it forks: the code location (its definitions, built
+# from the catalog) and the load path's libraries (dlt, pyarrow, DuckDB, the ADBC driver).
+FORKSERVER_PRELOAD = ("pg_to_bq.definitions", "pg_to_bq.load", "pg_to_bq.duckdb_destination",
+                      "pg_to_bq.adbc_session")
+
+
 def executor_for(name: str) -> dg.ExecutorDefinition | None:
-    """The nightly job's executor: Dagster's default (multiprocess), in-process, or
+    """The nightly job's executor: multiprocess (a process per table, forked from a server that
+    has loaded the code location once: Dagster's default `spawn` starts every step from an
+    empty interpreter, ~5 CPU-s of imports and definitions each), in-process, or
     dagster-aws's `ecs_executor` (one ECS task per table) for runs that outgrow one container."""
     if name == "ecs":
         from dagster_aws.ecs import ecs_executor
@@ -180,7 +189,10 @@ def executor_for(name: str) -> dg.ExecutorDefinition | None:
         return ecs_executor
     if name == "in_process":
         return dg.in_process_executor
-    return None
+    return dg.multiprocess_executor.configured(
+        {"start_method": {"forkserver": {"preload_modules": list(FORKSERVER_PRELOAD)}}},
+        name="multiprocess",
+    )
 
 
 @contextlib.contextmanager
@@ -262,6 +274,7 @@ def _build_definitions(settings: Settings | None) -> dg.Definitions:
         jobs=jobs,
         schedules=schedules,
         resources=build_resources(settings),
-        # Also what the UI's materializations run with (Dagster's implicit asset job).
-        executor=dg.in_process_executor if settings.executor == "in_process" else None,
+        # Also what the UI's materializations run with (Dagster's implicit asset job); with
+        # `ecs`, those run in the run's own task.
+        executor=executor_for(settings.executor) if settings.executor != "ecs" else None,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import os
 import socket
 import subprocess
 import sys
@@ -194,7 +195,7 @@ def _memo_op() -> str:
     return dagster_name("load", "public", "顧客メモ")
 
 
-@pytest.mark.parametrize(("setting", "executor"), [("multiprocess", "multi_or_in_process_executor"),
+@pytest.mark.parametrize(("setting", "executor"), [("multiprocess", "multiprocess"),
                                                    ("in_process", "in_process"), ("ecs", "ecs")])
 def test_nightly_executor_setting(snapshot_env, monkeypatch, setting: str, executor: str) -> None:
     monkeypatch.setenv("PG_TO_BQ_EXECUTOR", setting)
@@ -202,8 +203,41 @@ def test_nightly_executor_setting(snapshot_env, monkeypatch, setting: str, execu
     assert job.executor_def.name == executor
 
 
+def test_multiprocess_steps_fork_from_a_server_with_the_code_location_loaded(snapshot_env,
+                                                                            monkeypatch) -> None:
+    """Dagster's default `spawn` starts every table's step in an empty interpreter (imports,
+    then the whole code location again: ~5 CPU-s a table); the fork server loads them once."""
+    from pg_to_bq.project import FORKSERVER_PRELOAD
+
+    monkeypatch.setenv("PG_TO_BQ_EXECUTOR", "multiprocess")
+    defs = build_definitions(Settings.from_env())
+    for job in (defs.resolve_job_def(NIGHTLY_JOB), defs.resolve_implicit_global_asset_job_def()):
+        config = job.executor_def.config_schema.resolve_config({}).value["config"]
+        assert config["start_method"] == {
+            "forkserver": {"preload_modules": list(FORKSERVER_PRELOAD)}}, config
+    assert "pg_to_bq.definitions" in FORKSERVER_PRELOAD
+
+
+def test_the_fork_servers_modules_start_no_thread_when_imported(
+        snapshot_env, counter: ConnectionCounter) -> None:
+    """Forking is safe only from a process without threads: importing what the fork server
+    preloads (the code location included, from its snapshot) must start none, and connect
+    to nothing (the source points at a listener that counts connections)."""
+    from pg_to_bq.project import FORKSERVER_PRELOAD
+
+    code = ("import threading, importlib\n"
+            f"for name in {list(FORKSERVER_PRELOAD)!r}:\n"
+            "    importlib.import_module(name)\n"
+            "print(threading.active_count(), sorted(t.name for t in threading.enumerate()))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, env=os.environ.copy())
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "1 ['MainThread']", out.stdout
+    assert counter.count == 0
+
+
 @pytest.mark.parametrize(("destination", "executor"), [
-    ("duckdb:////tmp/x.duckdb", "in_process"), ("bigquery", "multi_or_in_process_executor")])
+    ("duckdb:////tmp/x.duckdb", "in_process"), ("bigquery", "multiprocess")])
 def test_default_executor_follows_the_destination(snapshot_env, monkeypatch, destination: str,
                                                   executor: str) -> None:
     """DuckDB takes one writer at a time: its loads run in one process (the nightly job and
