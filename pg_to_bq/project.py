@@ -4,6 +4,7 @@
 import contextlib
 import gc
 import logging
+import multiprocessing
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -189,6 +190,8 @@ def executor_for(name: str) -> dg.ExecutorDefinition | None:
         return ecs_executor
     if name == "in_process":
         return dg.in_process_executor
+    if "forkserver" not in multiprocessing.get_all_start_methods():  # Windows
+        return None
     return dg.multiprocess_executor.configured(
         {"start_method": {"forkserver": {"preload_modules": list(FORKSERVER_PRELOAD)}}},
         name="multiprocess",
