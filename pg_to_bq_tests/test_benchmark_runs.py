@@ -46,3 +46,17 @@ def test_every_path_incremental_and_definitions_run(pg_url: str, tmp_path: Path)
     snapshot = rows["snapshot (synthetic, 20 tables)"].split(" | ")
     assert snapshot[-2:] == ["0", "0 |"], snapshot
     assert "1 catalog query" in results
+
+
+def test_the_nightly_executor_benchmark_runs(pg_url: str) -> None:
+    """`benchmarks/nightly_steps.py` (the nightly job by executor): each executor loads every
+    table (the script counts them in DuckDB and fails otherwise) and gets its row in the table
+    it prints."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "nightly_steps.py"), "--pg-url", pg_url,
+         "--tables", "2"],
+        capture_output=True, text=True, timeout=900, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for executor in ("in_process", "multiprocess", "spawn"):
+        assert f"| {executor} | " in proc.stdout, proc.stdout
