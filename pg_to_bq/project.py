@@ -174,9 +174,13 @@ def refresh_catalog_job() -> None:
 
 # What a table's step process needs, loaded once per run by the multiprocess executor's fork
 # server and inherited by every step it forks: the code location (its definitions, built
-# from the catalog) and the load path's libraries (dlt, pyarrow, DuckDB, the ADBC driver).
+# from the catalog), the load path's libraries (dlt, pyarrow, DuckDB, the ADBC driver, psycopg
+# for the schema check), and what Dagster's step process imports to reach its instance's
+# storage (~0.9 s a step otherwise; found with PYTHONPROFILEIMPORTTIME). Nothing here may
+# start a thread or open a connection when imported (a test checks): forking copies neither.
 FORKSERVER_PRELOAD = ("pg_to_bq.definitions", "pg_to_bq.load", "pg_to_bq.duckdb_destination",
-                      "pg_to_bq.adbc_session")
+                      "pg_to_bq.adbc_session", "psycopg", "dlt.sources.helpers.requests",
+                      "dagster._cli", "dagster._core.storage.base_storage")
 
 
 def executor_for(name: str) -> dg.ExecutorDefinition | None:

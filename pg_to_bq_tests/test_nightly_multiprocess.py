@@ -2,10 +2,10 @@
 the run worker runs it (`dagster job execute -m pg_to_bq.definitions`) — real PostgreSQL,
 real DuckDB file, real step processes.
 
-Each table's step is forked from a server that loaded the code location once. Dagster's
-default (`spawn`) started every step from an empty interpreter that imported Dagster, dlt
-and pyarrow and built every table's definitions again: 20 tables took 103 CPU-s, 52 with the
-fork server (21 in one process).
+Each table's step is forked from a server that loaded the code location, the load libraries
+and Dagster's storage once. Dagster's default (`spawn`) started every step from an empty
+interpreter that imported them all and built every table's definitions again
+(`benchmarks/nightly_steps.py`).
 """
 
 from __future__ import annotations
@@ -56,3 +56,7 @@ def test_nightly_steps_fork_from_one_loaded_code_location(pg_url: str, settings_
     assert len(definitions) == 2, definitions
     # dlt: imported by the fork server only (steps inherit it).
     assert len(dlt) == 1, dlt
+    # SQLAlchemy, under Dagster's instance storage (~0.8 s a step): the run's process and the
+    # fork server.
+    sqlalchemy = [line for line in imports if re.search(r"\|\s+sqlalchemy$", line)]
+    assert len(sqlalchemy) == 2, sqlalchemy
