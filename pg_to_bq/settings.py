@@ -184,9 +184,9 @@ class Settings:
 
 def default_executor(destination: DestinationSpec) -> str:
     """In-process for a DuckDB file: DuckDB takes one writing process at a time, so parallel
-    step processes mostly wait for each other, and each costs ~5 CPU-s to start (measured: 60
-    tables in 202 s with the multiprocess executor, 64 s in-process). BigQuery loads in
-    parallel, one process per table."""
+    step processes mostly wait for each other, and each still costs ~1 CPU-s more than a step
+    in-process, even forked (20 small tables: 41 CPU-s in step processes, 21 in-process;
+    `benchmarks/nightly_steps.py`). BigQuery loads in parallel, one process per table."""
     return "in_process" if destination.kind == "duckdb" else "multiprocess"
 
 
