@@ -15,7 +15,15 @@ import dagster as dg
 import pytest
 
 from pg_to_bq.catalog import Catalog, Column, ForeignKey, Table, write_snapshot
-from pg_to_bq.project import NIGHTLY_JOB, NIGHTLY_SCHEDULE, REFRESH_JOB, build_definitions
+from pg_to_bq.project import (
+    NIGHTLY_JOB,
+    NIGHTLY_SCHEDULE,
+    REFRESH_JOB,
+    asset_context,
+    build_definitions,
+    load_catalog,
+    plans_for,
+)
 from pg_to_bq.resources import SecretsManager
 from pg_to_bq.settings import Settings
 
@@ -300,17 +308,71 @@ def test_secrets_resource_only_with_a_secret_id(snapshot_env, monkeypatch) -> No
 
 
 def test_every_table_op_keeps_its_own_compute_function(snapshot_env) -> None:
-    """Table ops share one precomputed signature (`assets.LOAD_SIGNATURE`), not a function."""
-    from pg_to_bq.assets import LOAD_SIGNATURE
+    """Table ops are built directly (not by `@multi_asset`): each has its own compute
+    function, and they share one config schema and the check outputs' definitions."""
+    from pg_to_bq.assets import LOAD_CONFIG_SCHEMA
 
     graph = build_definitions(Settings.from_env()).resolve_asset_graph()
     ops = [a.op for a in graph.assets_defs if a.is_executable]
-    functions = {op.compute_fn.decorated_fn for op in ops}
+    functions = {op.compute_fn for op in ops}
     assert len(functions) == len(ops) == 4
-    assert all(inspect.signature(f) is LOAD_SIGNATURE for f in functions)
-    assert list(LOAD_SIGNATURE.parameters) == ["context"]
+    assert all(list(inspect.signature(f).parameters) == ["context", "inputs"] for f in functions)
+    assert all(op.config_schema.as_field() is LOAD_CONFIG_SCHEMA for op in ops)
     assert all(op.config_schema.as_field().config_type.fields.keys() == {"full_refresh", "apply_deletes"}
                for op in ops)
+
+
+def test_table_asset_is_what_multi_asset_would_build(snapshot_env, tmp_path, monkeypatch) -> None:
+    """`build_table_asset` constructs what `@multi_asset(specs=..., check_specs=...)` builds
+    from the same parts: same op name, input and output names and types, keys, checks, spec
+    attributes, partitions, tags, retry policy, pool and resource keys."""
+    from pg_to_bq.assets import (
+        LOAD_CONFIG_SCHEMA,
+        POOL,
+        build_table_asset,
+        check_specs,
+        destination_key,
+    )
+
+    tables = tmp_path / "tables.yaml"
+    tables.write_text("tables:\n  analytics.events:\n    primary_key: [at]\n"
+                      "    partition: {column: at, granularity: month, "
+                      "start: 2026-01-01}\n")
+    monkeypatch.setenv("PG_TO_BQ_TABLES_FILE", str(tables))
+    settings = Settings.from_env()
+    ctx = asset_context(settings)
+    plans = [p for p in plans_for(settings, load_catalog(settings).catalog) if p.columns]
+    assert any(p.partition is not None for p in plans)
+    for plan in plans:
+        built = build_table_asset(plan, ctx)
+        (spec,) = built.specs
+
+        @dg.multi_asset(name=plan.op_name, specs=[spec.replace_attributes(partitions_def=None)],
+                        check_specs=check_specs(plan, destination_key(plan, ctx)),
+                        partitions_def=spec.partitions_def, pool=POOL,
+                        op_tags={"pg_to_bq/table": plan.name},
+                        retry_policy=built.op.retry_policy,
+                        config_schema=dict(LOAD_CONFIG_SCHEMA.config_type.fields),
+                        required_resource_keys={"source", "destination"})
+        def reference(context):
+            raise NotImplementedError
+
+        for attribute in ("keys", "check_keys", "keys_by_input_name", "keys_by_output_name",
+                          "check_specs_by_output_name", "partitions_def", "specs",
+                          "required_resource_keys"):
+            ours, theirs = getattr(built, attribute), getattr(reference, attribute)
+            if attribute == "specs":
+                ours, theirs = list(ours), list(theirs)
+            assert ours == theirs, attribute
+        ops = built.op, reference.op
+        assert len({op.name for op in ops}) == 1
+        assert len({op.pool for op in ops}) == 1
+        assert ops[0].tags == ops[1].tags
+        assert ops[0].retry_policy == ops[1].retry_policy
+        for a, b in ((ops[0].input_defs, ops[1].input_defs), (ops[0].output_defs, ops[1].output_defs)):
+            assert [(d.name, d.dagster_type.key) for d in a] == [(d.name, d.dagster_type.key) for d in b]
+        assert [(o.is_required, o.description, o.metadata) for o in ops[0].output_defs] == \
+            [(o.is_required, o.description, o.metadata) for o in ops[1].output_defs]
 
 
 def test_snapshot_json_is_the_dataclasses_form_and_interns_columns() -> None:
