@@ -55,11 +55,12 @@ def _preimport_dlt_duckdb(sqlalchemy: bool = True) -> None:
 
 
 def pg_to_bq(url: str, table: str, work_dir: str, full_refresh: bool = False,
-             batch_bytes: int | None = None, streams: int = 1,
+             batch_bytes: int | None = None, streams: int | None = None,
              replace_strategy: str = "insert-from-staging",
              duckdb_settings: dict[str, str] | None = None, **_: object) -> dict:
     """pg_to_bq's own path: one-table catalog query, plan, `load_table` (ADBC COPY → Arrow →
-    dlt parquet → DuckDB)."""
+    dlt parquet → DuckDB), over as many COPY streams as pg_to_bq's defaults give the table
+    (`pg_to_bq.settings.streams_for`) unless `streams` says otherwise."""
     import psycopg  # noqa: F401 - pg_to_bq.source imports it on first use
 
     import pg_to_bq.adbc_session  # noqa: F401
@@ -68,6 +69,7 @@ def pg_to_bq(url: str, table: str, work_dir: str, full_refresh: bool = False,
     from pg_to_bq.catalog import discover
     from pg_to_bq.load import load_table
     from pg_to_bq.plan import plan_table
+    from pg_to_bq.settings import streams_for
     from pg_to_bq.source import connect
 
     _preimport_dlt_duckdb(sqlalchemy=False)
@@ -79,8 +81,7 @@ def pg_to_bq(url: str, table: str, work_dir: str, full_refresh: bool = False,
         catalog = discover(conn, schemas=["public"], table=table)
     plan = plan_table(catalog.tables[0], "duckdb")
     extra: dict = {"batch_bytes": batch_bytes} if batch_bytes else {}
-    if streams > 1:
-        extra["streams"] = streams
+    extra["streams"] = streams_for(plan.table.size_bytes) if streams is None else streams
     destination = pg_to_bq_destination(duckdb_path, replace_strategy, duckdb_settings)
     result = load_table(plan, source_url=url, destination=destination,
                         dataset=DATASET, work_dir=Path(work_dir), full_refresh=full_refresh,
@@ -90,6 +91,7 @@ def pg_to_bq(url: str, table: str, work_dir: str, full_refresh: bool = False,
             "mode": result.mode, "disposition": plan.disposition, "cursor": plan.cursor,
             "load_table_s": result.duration_s, "batches": result.batches,
             "duckdb": duckdb_path, "dataset": DATASET, "unchanged": result.extra.get("unchanged"),
+            "streams": result.streams,
             "destination_table": plan.destination_table}
 
 
@@ -184,9 +186,9 @@ def pg_to_bq_truncate(**kw: object) -> dict:
     return pg_to_bq(**{**kw, "replace_strategy": "truncate-and-insert"})
 
 
-def pg_to_bq_2streams(**kw: object) -> dict:
-    """pg_to_bq reading the table over two COPY connections (`streams=2`)."""
-    return pg_to_bq(**{**kw, "streams": 2})
+def pg_to_bq_1stream(**kw: object) -> dict:
+    """pg_to_bq reading the table over one COPY connection (`PG_TO_BQ_PARALLEL_STREAMS=1`)."""
+    return pg_to_bq(**{**kw, "streams": 1})
 
 
 def pg_to_bq_duckdb1gb(**kw: object) -> dict:
@@ -199,7 +201,7 @@ PATHS = {
     "copy": copy_ceiling,
     "pg_to_bq": pg_to_bq,
     "pg_to_bq_truncate": pg_to_bq_truncate,
-    "pg_to_bq_2streams": pg_to_bq_2streams,
+    "pg_to_bq_1stream": pg_to_bq_1stream,
     "pg_to_bq_duckdb1gb": pg_to_bq_duckdb1gb,
     "dlt_connectorx": dlt_connectorx,
     "dlt_pyarrow": dlt_pyarrow,

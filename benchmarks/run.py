@@ -32,7 +32,7 @@ sys.path.insert(0, str(HERE))
 
 import dataset  # noqa: E402
 
-ALL_PATHS = ("copy", "pg_to_bq", "pg_to_bq_truncate", "pg_to_bq_2streams", "pg_to_bq_duckdb1gb",
+ALL_PATHS = ("copy", "pg_to_bq", "pg_to_bq_truncate", "pg_to_bq_1stream", "pg_to_bq_duckdb1gb",
              "dlt_connectorx", "dlt_pyarrow", "dlt_sqlalchemy", "old")
 DEFAULT_PATHS = ("copy", "pg_to_bq", "dlt_connectorx", "dlt_pyarrow", "dlt_sqlalchemy", "old")
 SLOW_PATHS = ("dlt_sqlalchemy", "old")  # read the slice table, rows/s scaled
@@ -40,7 +40,7 @@ LABELS = {
     "copy": "raw `COPY … TO STDOUT (FORMAT binary)`, discarded (ceiling)",
     "pg_to_bq": "**pg_to_bq** (`load_table`: ADBC COPY → Arrow → dlt parquet → DuckDB)",
     "pg_to_bq_truncate": "pg_to_bq, replace strategy `truncate-and-insert` (variant)",
-    "pg_to_bq_2streams": "pg_to_bq, `streams=2` (variant)",
+    "pg_to_bq_1stream": "pg_to_bq, one COPY stream (variant)",
     "pg_to_bq_duckdb1gb": "pg_to_bq, DuckDB `memory_limit=1GB` (variant)",
     "dlt_connectorx": "dlt `sql_table(backend=\"connectorx\")`",
     "dlt_pyarrow": "dlt `sql_table(backend=\"pyarrow\")`",
@@ -290,7 +290,13 @@ def render(command, info, data, summary, runs, incremental, definitions, args) -
                   "(all threads, DuckDB's included; PostgreSQL's own CPU is not counted). "
                   "Paths marked *slice* read the first "
                   f"{data['slice_rows']:,} rows (table `{data['slice_table']}`); their rows/s "
-                  "is their rate on the slice.", ""]
+                  "is their rate on the slice."]
+        streams = sorted({r.detail.get("streams") for r in runs if r.path == "pg_to_bq"} - {None})
+        if streams:
+            lines[-1] += (f" pg_to_bq read the table over {' or '.join(map(str, streams))} COPY "
+                          "stream(s): its default for a table this size "
+                          "(`PG_TO_BQ_PARALLEL_STREAMS`, `PG_TO_BQ_PARALLEL_MIN_BYTES`).")
+        lines.append("")
     if incremental:
         import incremental as incremental_bench
 

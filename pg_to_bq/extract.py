@@ -10,6 +10,7 @@ reconciliation and the rows read describe the same snapshot.
 With `streams > 1` a large table is read by several connections at once, each over one
 range of the table (of an integer primary key, else of ctid blocks), all inside the
 snapshot the first connection exports: the rows are exactly those one stream would read.
+Each stream's batches are a share of `batch_bytes`, so memory does not grow with streams.
 
 Every batch is converted to the plan's Arrow types and checked: a value the destination
 cannot hold exactly fails the table with `LossyValueError`, never a silent change.
@@ -186,7 +187,7 @@ class TableReader:
         """Converted, checked batches. An empty table yields nothing."""
         assert self._conn is not None, "use TableReader as a context manager"
         if self._snapshot is None:
-            source = _read_ahead(lambda put: self._read(self._conn, None, put))
+            source = _read_ahead(lambda put: self._read(self._conn, None, put, self.batch_bytes))
         else:
             source = self._read_parallel()
         for batch in source:
@@ -213,10 +214,10 @@ class TableReader:
         return f" WHERE {self.where}" if self.where else ""
 
     def _read(self, session: AdbcSession, where: str | None,
-              put: Callable[[pa.RecordBatch], bool]) -> None:
+              put: Callable[[pa.RecordBatch], bool], batch_bytes: int) -> None:
         """COPY one range on `session`, converting each batch and handing it to `put`."""
         sql = select_sql(self.plan, self._conditions(where))
-        with session.stream(sql, self.batch_bytes) as reader:
+        with session.stream(sql, batch_bytes) as reader:
             for raw in reader:
                 if not put(convert_batch(self.plan, raw, self.schema, self.hash_salt)):
                     return
@@ -251,6 +252,9 @@ class TableReader:
 
     def _read_parallel(self) -> Iterator[pa.RecordBatch]:
         items: queue.Queue = queue.Queue(maxsize=max(QUEUE_DEPTH, len(self._ranges)))
+        # Each stream's batches are a share of `batch_bytes`, so more streams do not hold
+        # more data in flight.
+        batch_bytes = max(1, self.batch_bytes // len(self._ranges))
         stop = threading.Event()
         finished = object()
 
@@ -262,7 +266,7 @@ class TableReader:
             try:
                 session = self._connect()
                 _begin(session, snapshot=self._snapshot)
-                self._read(session, where, put)
+                self._read(session, where, put, batch_bytes)
                 put(finished)
             except BaseException as exc:  # handed to the consumer, raised there
                 put(exc)

@@ -86,6 +86,8 @@ class LoadResult:
     batches: int = 0
     # The whole source table's rows in the snapshot the rows were read in.
     table_rows: int | None = None
+    # COPY connections the rows were read over (`streams_for` the table's size).
+    streams: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -297,6 +299,7 @@ def _result(plan: TablePlan, reader: TableReader, load_id: str | None, started: 
         cursor_to=cursor_to,
         batches=reader.stats.batches,
         table_rows=reader.stats.table_rows,
+        streams=reader.stats.streams,
         extra={"unchanged": True} if unchanged else {},
     )
 

@@ -18,6 +18,7 @@ import dagster as dg
 from pydantic import PrivateAttr
 
 from pg_to_bq.secrets import SecretError, service_account_info, source_url_from_secret
+from pg_to_bq.settings import DEFAULT_PARALLEL_MIN_BYTES, DEFAULT_PARALLEL_STREAMS, streams_for
 
 if TYPE_CHECKING:
     from dagster_aws.secretsmanager import SecretsManagerResource
@@ -105,8 +106,8 @@ class SourceDatabase(dg.ConfigurableResource):
     batch_bytes: int = 16 * 1024 * 1024
     hash_salt: str | None = None
     hash_salt_secret_id: str | None = None
-    parallel_streams: int = 1
-    parallel_min_bytes: int = 1024**3
+    parallel_streams: int = DEFAULT_PARALLEL_STREAMS
+    parallel_min_bytes: int = DEFAULT_PARALLEL_MIN_BYTES
     secrets: dg.ResourceDependency[SecretsManager] = None  # type: ignore[assignment]
     _cache: dict = PrivateAttr(default_factory=dict)
 
@@ -124,9 +125,7 @@ class SourceDatabase(dg.ConfigurableResource):
 
     def streams_for(self, size_bytes: int | None) -> int:
         """How many COPY streams to read a table of `size_bytes` with."""
-        if self.parallel_streams > 1 and size_bytes is not None and size_bytes >= self.parallel_min_bytes:
-            return self.parallel_streams
-        return 1
+        return streams_for(size_bytes, self.parallel_streams, self.parallel_min_bytes)
 
     def resolved_hash_salt(self) -> bytes | None:
         if self.hash_salt:

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PATHS = ("copy", "pg_to_bq", "pg_to_bq_truncate", "pg_to_bq_2streams", "pg_to_bq_duckdb1gb",
+PATHS = ("copy", "pg_to_bq", "pg_to_bq_truncate", "pg_to_bq_1stream", "pg_to_bq_duckdb1gb",
          "dlt_connectorx", "dlt_pyarrow", "dlt_sqlalchemy", "old")
 
 
@@ -39,6 +39,8 @@ def test_every_path_incremental_and_definitions_run(pg_url: str, tmp_path: Path)
         expected = "500 (slice)" if path in ("dlt_sqlalchemy", "old") else "3,000"
         assert f" | {expected} | " in line, line
     assert " | 1.00× | " in rows[LABELS["pg_to_bq"]]
+    # a 3,000-row table is below the parallel-read threshold: one stream, and the table says so
+    assert "pg_to_bq read the table over 1 COPY stream(s)" in results
     # The incremental run over the unchanged table loaded nothing; the definitions loaded
     # from the snapshot without a connection, and live with one catalog query.
     assert "| incremental, nothing changed (same work dir) | incremental |" in results

@@ -78,6 +78,21 @@ def test_four_streams_read_exactly_what_one_stream_reads(source: str, table: str
     assert four.stats.rows == four.stats.snapshot_rows == sum(single.values())
 
 
+def test_streams_share_the_batch_size(source: str) -> None:
+    """Each of n streams asks for batches of `batch_bytes / n`, so more streams do not hold
+    more data in flight (the queue holds as many batches either way)."""
+    plan = _plan(source, "with_pk")
+
+    def batch_sizes(streams: int) -> list[int]:
+        with TableReader(source, plan, streams=streams, batch_bytes=256 * 1024) as reader:
+            return [batch.nbytes for batch in reader.batches()]
+
+    one, four = batch_sizes(1), batch_sizes(4)
+    assert sum(one) == sum(four)
+    assert max(four) <= max(one) / 3
+    assert len(four) >= 3 * len(one)
+
+
 def test_streams_respect_the_where_filter(source: str) -> None:
     plan = _plan(source, "with_pk")
     single, _ = _read(source, plan, 1, where='"id" >= 20000')

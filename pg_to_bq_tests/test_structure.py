@@ -257,6 +257,14 @@ def test_default_executor_follows_the_destination(snapshot_env, monkeypatch, des
     assert defs.resolve_implicit_global_asset_job_def().executor_def.name == executor
 
 
+def test_large_tables_read_over_two_streams_by_default(snapshot_env) -> None:
+    """By default a table of 256 MiB or more on disk is read over two COPY streams."""
+    source = build_definitions(Settings.from_env()).resources["source"]
+    assert source.streams_for(256 * 1024**2) == 2
+    assert source.streams_for(256 * 1024**2 - 1) == 1
+    assert source.streams_for(None) == 1
+
+
 def test_parallel_streams_only_for_large_tables(snapshot_env, monkeypatch) -> None:
     monkeypatch.setenv("PG_TO_BQ_PARALLEL_STREAMS", "4")
     monkeypatch.setenv("PG_TO_BQ_PARALLEL_MIN_BYTES", "1000000")
