@@ -261,21 +261,25 @@ class TableReader:
         def put(item: object) -> bool:
             return _put(items, item, stop)
 
-        def work(where: str | None) -> None:
+        def work(where: str | None, exporter: bool) -> None:
             session = None
             try:
-                session = self._connect()
-                _begin(session, snapshot=self._snapshot)
+                if exporter:  # the connection that exported the snapshot reads the first range
+                    session = self._conn
+                else:
+                    session = self._connect()
+                    _begin(session, snapshot=self._snapshot)
                 self._read(session, where, put, batch_bytes)
                 put(finished)
             except BaseException as exc:  # handed to the consumer, raised there
                 put(exc)
             finally:
-                if session is not None:
+                if session is not None and not exporter:
                     session.close()
 
         threads = [
-            threading.Thread(target=work, args=(where,), name=f"pg_to_bq-stream-{i}", daemon=True)
+            threading.Thread(target=work, args=(where, i == 0), name=f"pg_to_bq-stream-{i}",
+                             daemon=True)
             for i, where in enumerate(self._ranges)
         ]
         for thread in threads:

@@ -78,6 +78,22 @@ def test_four_streams_read_exactly_what_one_stream_reads(source: str, table: str
     assert four.stats.rows == four.stats.snapshot_rows == sum(single.values())
 
 
+def test_n_streams_use_n_connections(source: str, monkeypatch) -> None:
+    """The connection that exported the snapshot reads the first range itself."""
+    plan = _plan(source, "with_pk")
+    opened = []
+    connect = TableReader._connect
+
+    def counting(self):
+        opened.append(1)
+        return connect(self)
+
+    monkeypatch.setattr(TableReader, "_connect", counting)
+    parallel, reader = _read(source, plan, 4)
+    assert reader.stats.streams == 4 and len(opened) == 4
+    assert sum(parallel.values()) == reader.stats.snapshot_rows == 20000
+
+
 def test_streams_share_the_batch_size(source: str) -> None:
     """Each of n streams asks for batches of `batch_bytes / n`, so more streams do not hold
     more data in flight (the queue holds as many batches either way)."""
