@@ -62,7 +62,8 @@ def _rows(reader: TableReader) -> Counter:
 
 
 def _read(url: str, plan: TablePlan, streams: int, where: str | None = None) -> tuple[Counter, TableReader]:
-    with TableReader(url, plan, streams=streams, where=where, batch_bytes=64 * 1024) as reader:
+    with TableReader(url, plan, streams=streams, where=where, batch_bytes=64 * 1024,
+                     min_rows_per_stream=1) as reader:
         rows = _rows(reader)
     return rows, reader
 
@@ -100,13 +101,38 @@ def test_streams_share_the_batch_size(source: str) -> None:
     plan = _plan(source, "with_pk")
 
     def batch_sizes(streams: int) -> list[int]:
-        with TableReader(source, plan, streams=streams, batch_bytes=256 * 1024) as reader:
+        with TableReader(source, plan, streams=streams, batch_bytes=256 * 1024,
+                         min_rows_per_stream=1) as reader:
             return [batch.nbytes for batch in reader.batches()]
 
     one, four = batch_sizes(1), batch_sizes(4)
     assert sum(one) == sum(four)
     assert max(four) <= max(one) / 3
     assert len(four) >= 3 * len(one)
+
+
+def test_a_read_too_small_to_split_uses_one_stream(source: str, monkeypatch) -> None:
+    """An incremental window of a few rows is not worth a second connection: with fewer rows
+    to read than `min_rows_per_stream` per stream, one connection reads them (no snapshot
+    export, no range query)."""
+    plan = _plan(source, "with_pk")
+    opened = []
+    connect = TableReader._connect
+
+    def counting(self):
+        opened.append(1)
+        return connect(self)
+
+    monkeypatch.setattr(TableReader, "_connect", counting)
+    where = '"id" >= 58000'  # ~334 rows: under 2 × 500, over 2 × 100
+    with TableReader(source, plan, streams=2, where=where, min_rows_per_stream=500) as reader:
+        small = _rows(reader)
+    assert 200 < reader.stats.snapshot_rows < 1000
+    assert reader.stats.streams == 1 and len(opened) == 1
+    with TableReader(source, plan, streams=2, where=where, min_rows_per_stream=100) as reader:
+        split = _rows(reader)
+    assert reader.stats.streams == 2 and len(opened) == 3
+    assert small == split
 
 
 def test_streams_respect_the_where_filter(source: str) -> None:
@@ -128,7 +154,7 @@ def test_changes_committed_after_the_snapshot_appear_in_no_stream(source: str, t
         "no_pk": "INSERT INTO no_pk SELECT a + 1000, b FROM no_pk; "
                  "UPDATE no_pk SET b = 'changed' WHERE a % 5 = 0; DELETE FROM no_pk WHERE a % 7 = 0",
     }[table]
-    with TableReader(source, plan, streams=4, batch_bytes=64 * 1024) as reader:
+    with TableReader(source, plan, streams=4, batch_bytes=64 * 1024, min_rows_per_stream=1) as reader:
         with psycopg.connect(source, autocommit=True) as conn:
             conn.execute(f"BEGIN; {changes}; COMMIT")
         during = _rows(reader)
@@ -151,7 +177,7 @@ def test_a_lossy_value_in_one_stream_fails_the_read(source: str) -> None:
 def test_stopping_early_closes_every_stream(source: str) -> None:
     plan = _plan(source, "no_pk")
     started = time.monotonic()
-    with TableReader(source, plan, streams=4, batch_bytes=16 * 1024) as reader:
+    with TableReader(source, plan, streams=4, batch_bytes=16 * 1024, min_rows_per_stream=1) as reader:
         batches = reader.batches()
         next(batches)
         batches.close()
