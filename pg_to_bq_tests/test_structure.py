@@ -389,11 +389,17 @@ def test_snapshot_json_is_the_dataclasses_form_and_interns_columns() -> None:
 
     copy = Table(schema="public", name="orders_copy", columns=ORDERS.columns)
     catalog = Catalog(tables=(CUSTOMERS, ORDERS, copy, EVENTS, MEMO), database="shop")
-    expected = json.dumps({"version": 1, "database": "shop", "discovered_at": catalog.discovered_at,
-                           "tables": [dataclasses.asdict(t) for t in catalog.tables]},
-                          indent=1, ensure_ascii=False)
-    assert catalog.to_json() == expected
-    again = Catalog.from_json(expected)
+    expected = {"version": 1, "database": "shop", "discovered_at": catalog.discovered_at,
+                "tables": [json.loads(json.dumps(dataclasses.asdict(t))) for t in catalog.tables]}
+    text = catalog.to_json()
+    assert json.loads(text) == expected
+    # one table a line, names readable (not \u-escaped)
+    lines = text.splitlines()
+    assert len(lines) == 2 + len(catalog.tables)
+    assert [json.loads(line.rstrip(","))["name"] for line in lines[1:-1]] == \
+        [t.name for t in catalog.tables]
+    assert "顧客メモ" in text
+    again = Catalog.from_json(text)
     assert again == catalog
     # equal columns of different tables are one object after reading
     assert again.tables[1].columns == again.tables[2].columns
