@@ -79,17 +79,23 @@ def test_four_streams_read_exactly_what_one_stream_reads(source: str, table: str
     assert four.stats.rows == four.stats.snapshot_rows == sum(single.values())
 
 
-def test_n_streams_use_n_connections(source: str, monkeypatch) -> None:
-    """The connection that exported the snapshot reads the first range itself."""
-    plan = _plan(source, "with_pk")
-    opened = []
+@pytest.fixture
+def opened(monkeypatch) -> list[int]:
+    """Records every connection a `TableReader` opens (each still a real one)."""
+    calls: list[int] = []
     connect = TableReader._connect
 
     def counting(self):
-        opened.append(1)
+        calls.append(1)
         return connect(self)
 
     monkeypatch.setattr(TableReader, "_connect", counting)
+    return calls
+
+
+def test_n_streams_use_n_connections(source: str, opened: list[int]) -> None:
+    """The connection that exported the snapshot reads the first range itself."""
+    plan = _plan(source, "with_pk")
     parallel, reader = _read(source, plan, 4)
     assert reader.stats.streams == 4 and len(opened) == 4
     assert sum(parallel.values()) == reader.stats.snapshot_rows == 20000
@@ -111,19 +117,11 @@ def test_streams_share_the_batch_size(source: str) -> None:
     assert len(four) >= 3 * len(one)
 
 
-def test_a_read_too_small_to_split_uses_one_stream(source: str, monkeypatch) -> None:
+def test_a_read_too_small_to_split_uses_one_stream(source: str, opened: list[int]) -> None:
     """An incremental window of a few rows is not worth a second connection: with fewer rows
     to read than `min_rows_per_stream` per stream, one connection reads them (no snapshot
     export, no range query)."""
     plan = _plan(source, "with_pk")
-    opened = []
-    connect = TableReader._connect
-
-    def counting(self):
-        opened.append(1)
-        return connect(self)
-
-    monkeypatch.setattr(TableReader, "_connect", counting)
     where = '"id" >= 58000'  # ~334 rows: under 2 × 500, over 2 × 100
     with TableReader(source, plan, streams=2, where=where, min_rows_per_stream=500) as reader:
         small = _rows(reader)
