@@ -317,7 +317,7 @@ def test_secrets_resource_only_with_a_secret_id(snapshot_env, monkeypatch) -> No
 
 def test_every_table_op_keeps_its_own_compute_function(snapshot_env) -> None:
     """Table ops are built directly (not by `@multi_asset`): each has its own compute
-    function, and they share one config schema and the check outputs' definitions."""
+    function, and they share one config schema object."""
     from pg_to_bq.assets import LOAD_CONFIG_SCHEMA
 
     graph = build_definitions(Settings.from_env()).resolve_asset_graph()
