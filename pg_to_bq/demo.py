@@ -122,13 +122,19 @@ def run_demo(root: Path, host: str, port: int, open_ui: bool = True) -> int:
     print(f"pg_to_bq demo — everything lives in {layout.root}")
     print("starting the embedded PostgreSQL …", flush=True)
     server = start_database(layout)
-    env = {**os.environ, **demo_environment(layout, server)}
-    print(f"  PostgreSQL {server.url(DEMO_DATABASE)} (sample shop database)")
-    settings = Settings.from_env(env)
-    catalog = refresh_catalog(settings)
-    print(f"  discovered {len(catalog.tables)} tables: "
-          + ", ".join(t.qualified_name for t in catalog.tables))
-    write_dagster_yaml(layout.dagster_home, settings.max_source_connections)
+    try:
+        env = {**os.environ, **demo_environment(layout, server)}
+        print(f"  PostgreSQL {server.url(DEMO_DATABASE)} (sample shop database)")
+        settings = Settings.from_env(env)
+        catalog = refresh_catalog(settings)
+        print(f"  discovered {len(catalog.tables)} tables: "
+              + ", ".join(t.qualified_name for t in catalog.tables))
+        write_dagster_yaml(layout.dagster_home, settings.max_source_connections)
+    except BaseException:
+        # A bad setting or a failed discovery: PostgreSQL runs as a daemon of its own and
+        # would outlive the error.
+        server.stop()
+        raise
     if not open_ui:
         print("database ready; not starting the UI (--no-ui)")
         server.stop()

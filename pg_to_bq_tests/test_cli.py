@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import duckdb
@@ -101,3 +104,29 @@ def test_subcommand_help(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
     assert exit_info.value.code == 0
+
+
+def test_demo_with_a_bad_setting_says_so_and_leaves_no_postgresql_running() -> None:
+    """The demo starts its own PostgreSQL (a daemon, not a child) before it reads the
+    settings; an invalid setting must be reported and that server stopped."""
+    # Not under pytest's temporary root: the server's unprivileged user must reach it.
+    root = Path(tempfile.mkdtemp(prefix="pg_to_bq_demo_bad_"))
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PG_TO_BQ_", "DAGSTER_"))}
+        env["PG_TO_BQ_PARALLEL_STREAMS"] = "0"
+        script = Path(sys.executable).parent / "pg-to-bq"
+        result = subprocess.run([str(script), "demo", "--dir", str(root / "demo"), "--no-ui"],
+                                capture_output=True, text=True, timeout=300, env=env)
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert "error: PG_TO_BQ_PARALLEL_STREAMS='0' must be a positive whole number" in result.stderr
+        running = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if str(root) in command:
+                running.append(command)
+        assert running == []
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
