@@ -59,6 +59,10 @@ class AdbcSession:
                 with contextlib.suppress(Exception):
                     reader.close()
 
+    def rollback(self) -> None:
+        """End the current transaction; the next statement starts a new one."""
+        self._conn.rollback()
+
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self._conn.rollback()

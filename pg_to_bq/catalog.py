@@ -75,6 +75,7 @@ cols AS (
     GROUP BY a.attrelid
 )
 SELECT json_build_object(
+    'oid', r.oid,
     'schema', r.schema,
     'name', r.name,
     'kind', r.relkind,
@@ -163,6 +164,9 @@ class Table:
     name: str
     kind: str = "r"
     comment: str | None = None
+    # PostgreSQL's object id: it stays when a table is renamed (how a rename is told from a
+    # dropped table and a new one).
+    oid: int | None = None
     estimated_rows: int | None = None
     size_bytes: int | None = None
     columns: tuple[Column, ...] = ()
@@ -196,6 +200,7 @@ class Table:
             name=data["name"],
             kind=data.get("kind", "r"),
             comment=data.get("comment"),
+            oid=data.get("oid"),
             estimated_rows=data.get("estimated_rows"),
             size_bytes=data.get("size_bytes"),
             columns=tuple(_column(c, columns) for c in data.get("columns") or ()),
@@ -249,6 +254,14 @@ class Catalog:
             and not any(_matches(t, p) for p in exclude)
         )
         return Catalog(tables=tables, database=self.database, discovered_at=self.discovered_at)
+
+    def get(self, schema: str, name: str) -> Table | None:
+        """The table `schema.name` (exact names), or None."""
+        index = self.__dict__.get("_index")
+        if index is None:
+            index = {(t.schema, t.name): t for t in self.tables}
+            object.__setattr__(self, "_index", index)
+        return index.get((schema, name))
 
     def unmatched_patterns(self, patterns: Iterable[str]) -> list[str]:
         """The patterns that match no table (a typo in an include list should not pass silently)."""

@@ -6,11 +6,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pg_to_bq.catalog import Table
-
 ROW_COUNT = "row_count_matches_source"
-SCHEMA_DRIFT = "schema_unchanged_since_discovery"
+FINGERPRINT = "values_match_source"
 FRESHNESS = "cursor_is_fresh"
+# Tables up to this many rows have every value compared; larger ones, key ranges.
+DEFAULT_FINGERPRINT_ROWS = 100_000
 
 
 @dataclass(frozen=True)
@@ -43,28 +43,6 @@ def reconcile_row_counts(source_rows: int, destination_rows: int, disposition: s
         ROW_COUNT, False, "ERROR",
         f"the destination has {abs(difference)} {'fewer' if difference < 0 else 'more'} row(s) "
         "than the source snapshot", metadata)
-
-
-def schema_drift(planned: Table, live: Table | None) -> CheckOutcome:
-    """Columns added, dropped or retyped in PostgreSQL since the catalog snapshot was taken."""
-    if live is None:
-        return CheckOutcome(SCHEMA_DRIFT, False, "WARN", "the table was not found in PostgreSQL")
-    before = {c.name: c.type for c in planned.columns}
-    after = {c.name: c.type for c in live.columns}
-    added = sorted(set(after) - set(before))
-    dropped = sorted(set(before) - set(after))
-    retyped = sorted(f"{n}: {before[n]} → {after[n]}" for n in set(before) & set(after)
-                     if before[n] != after[n])
-    metadata = {"added": ", ".join(added) or "-", "dropped": ", ".join(dropped) or "-",
-                "retyped": ", ".join(retyped) or "-"}
-    if not (added or dropped or retyped):
-        return CheckOutcome(SCHEMA_DRIFT, True, "WARN", "no change since discovery", metadata)
-    parts = [f"added {added}" if added else "", f"dropped {dropped}" if dropped else "",
-             f"retyped {retyped}" if retyped else ""]
-    return CheckOutcome(
-        SCHEMA_DRIFT, False, "WARN",
-        "PostgreSQL changed since the catalog snapshot (" + "; ".join(p for p in parts if p)
-        + "); run `pg-to-bq discover` and reload the code location", metadata)
 
 
 def cursor_freshness(latest: Any, max_age: timedelta, now: datetime | None = None) -> CheckOutcome:

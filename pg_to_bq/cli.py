@@ -9,9 +9,9 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from pg_to_bq.catalog import Catalog
-from pg_to_bq.naming import NameCollisionError
 from pg_to_bq.overrides import OverridesError
 from pg_to_bq.plan import PlanError, TablePlan
 from pg_to_bq.secrets import SecretError
@@ -19,7 +19,7 @@ from pg_to_bq.settings import SettingsError
 from pg_to_bq.source import SourceUnreachable
 
 USER_ERRORS = (SettingsError, SourceUnreachable, SecretError, OverridesError, PlanError,
-               NameCollisionError, KeyError)
+               KeyError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -52,6 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                       help="after merging, delete rows whose primary key left the source")
     sync.add_argument("--refresh-catalog", action="store_true",
                       help="rediscover tables before loading")
+    sync.add_argument("--verbose", "-v", action="store_true",
+                      help="also print Dagster's log and failed tables' stack traces")
 
     args = parser.parse_args(argv)
     _quiet_library_warnings()
@@ -64,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "discover":
             return cmd_discover(offline=args.offline)
         return cmd_sync(args.tables, args.full_refresh, args.partition, args.refresh_catalog,
-                        args.apply_deletes)
+                        args.apply_deletes, args.verbose)
     except USER_ERRORS as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"error: {message}", file=sys.stderr)
@@ -135,10 +137,12 @@ def _width(text: str) -> int:
 
 def cmd_sync(
     names: Sequence[str], full_refresh: bool, partition: str | None, refresh: bool,
-    apply_deletes: bool = False,
+    apply_deletes: bool = False, verbose: bool = False,
 ) -> int:
+    """Materialize the selected tables' assets in one Dagster run, in this process."""
     import dagster as dg
 
+    from pg_to_bq import progress
     from pg_to_bq.assets import APPLY_DELETES_TAG, FULL_REFRESH_TAG, destination_key
     from pg_to_bq.plan import select_plans
     from pg_to_bq.project import asset_context, build_definitions, load_catalog, plans_for
@@ -150,10 +154,10 @@ def cmd_sync(
         print(f"warning: {loaded.warning}", file=sys.stderr)
     plans = plans_for(settings, loaded.catalog)
     chosen = select_plans(plans, names) if names else plans
-    skipped = [p for p in chosen if not p.columns]
-    chosen = [p for p in chosen if p.columns]
+    skipped = [p for p in chosen if not p.columns and p.error is None]
+    chosen = [p for p in chosen if p.columns or p.error]
     for plan in skipped:
-        print(f"skip  {plan.name}: no loadable columns")
+        print(f"skip  {plan.name}: {'; '.join(plan.notes) or 'no loadable columns'}")
     if not chosen:
         print("nothing to load")
         return 1 if skipped or names else 0
@@ -170,71 +174,100 @@ def cmd_sync(
     else:
         instance = dg.DagsterInstance.ephemeral()
     assets = list(defs.assets or [])
-    failures: list[tuple[str, str]] = []
-    total_rows, started = 0, time.monotonic()
+    report = _Report(len(chosen), verbose)
     print(f"loading {len(chosen)} table(s) into {settings.destination.describe()} "
-          f"dataset {settings.dataset}")
-    for index, plan in enumerate(chosen, start=1):
-        key = destination_key(plan, ctx)
-        prefix = f"[{index}/{len(chosen)}] {plan.name}"
-        print(f"{prefix} …", flush=True)
-        table_started = time.monotonic()
-        result = dg.materialize(
-            assets,
-            selection=dg.AssetSelection.assets(key),
-            resources=defs.resources,
-            instance=instance,
-            partition_key=partition if plan.partition is not None else None,
-            tags={**({FULL_REFRESH_TAG: "true"} if full_refresh else {}),
-                  **({APPLY_DELETES_TAG: "true"} if apply_deletes else {})},
-            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
-            raise_on_error=False,
-        )
-        elapsed = time.monotonic() - table_started
-        if result.success:
-            metadata = _materialization_metadata(result, key)
-            rows = int(metadata.get("rows_loaded", 0))
-            total_rows += rows
-            failed_checks = _failed_checks(result)
-            suffix = f"; checks failed: {', '.join(failed_checks)}" if failed_checks else ""
-            deleted = metadata.get("rows_deleted")
-            deleted_text = f", {deleted:,} deleted" if isinstance(deleted, int) else ""
-            print(f"{prefix}: ok, {rows:,} rows ({metadata.get('load_mode', '?')}){deleted_text} "
-                  f"in {elapsed:.1f}s{suffix}", flush=True)
-        else:
-            message = _failure_message(result) or "failed (see the Dagster logs)"
-            failures.append((plan.name, message))
-            print(f"{prefix}: FAILED: {message}", flush=True)
-    print(f"\n{len(chosen) - len(failures)} loaded, {len(failures)} failed, "
-          f"{total_rows:,} rows in {time.monotonic() - started:.1f}s")
-    for name, message in failures:
-        print(f"  FAILED {name}: {message}")
-    return 1 if failures else 0
+          f"dataset {settings.dataset}", flush=True)
+    tags = {**({FULL_REFRESH_TAG: "true"} if full_refresh else {}),
+            **({APPLY_DELETES_TAG: "true"} if apply_deletes else {})}
+    # One run for the unpartitioned tables, one per kind of partitions (a run has one key).
+    runs: dict[str | None, list[TablePlan]] = {}
+    for plan in chosen:
+        runs.setdefault(plan.partition.granularity if plan.partition else None, []).append(plan)
+    with progress.listening(report.table):
+        for granularity, run_plans in runs.items():
+            result = dg.materialize(
+                assets,
+                selection=dg.AssetSelection.assets(*(destination_key(p, ctx) for p in run_plans)),
+                resources=defs.resources,
+                instance=instance,
+                partition_key=partition if granularity else None,
+                tags=tags,
+                run_config={"loggers": {"console": {"config": {
+                    "log_level": "INFO" if verbose else "CRITICAL"}}}},
+                raise_on_error=False,
+            )
+            if not result.success:
+                report.unreported(run_plans, _failure_message(result))
+    return report.summary()
 
 
-def _materialization_metadata(result, key) -> dict:
-    for event in result.get_asset_materialization_events():
-        materialization = event.event_specific_data.materialization
-        if materialization.asset_key == key:
-            return {k: v.value for k, v in materialization.metadata.items()}
-    return {}
+class _Report:
+    """Prints a line per table as its outcome arrives, then the summary."""
+
+    def __init__(self, total: int, verbose: bool) -> None:
+        self.total, self.verbose = total, verbose
+        self.outcomes: dict[str, Any] = {}
+        self.started = time.monotonic()
+
+    def table(self, outcome: Any) -> None:
+        self.outcomes[outcome.table] = outcome
+        prefix = f"[{len(self.outcomes)}/{self.total}] {outcome.table}"
+        if outcome.status == "failed":
+            print(f"{prefix}: FAILED: {outcome.error}", flush=True)
+            if self.verbose and outcome.trace:
+                print(outcome.trace.rstrip(), flush=True)
+            return
+        if outcome.status == "gone":
+            print(f"{prefix}: not loaded: {outcome.error}", flush=True)
+            return
+        deleted = f", {outcome.deleted:,} deleted" if outcome.deleted is not None else ""
+        state = "unchanged" if outcome.status == "unchanged" else "ok"
+        checks = f"; checks failed: {', '.join(outcome.failed_checks)}" \
+            if outcome.failed_checks else ""
+        print(f"{prefix}: {state}, {outcome.rows:,} rows ({outcome.mode}){deleted} in "
+              f"{outcome.seconds:.1f}s{checks}", flush=True)
+
+    def unreported(self, plans: Sequence[TablePlan], message: str | None) -> None:
+        """Tables of a failed run that no step reported (the step failed as a whole)."""
+        from pg_to_bq.progress import TableOutcome
+
+        for plan in plans:
+            if plan.name not in self.outcomes:
+                self.table(TableOutcome(plan.name, "failed",
+                                        error=message or "failed (see the Dagster logs)"))
+
+    def summary(self) -> int:
+        outcomes = list(self.outcomes.values())
+        failed = [o for o in outcomes if o.status == "failed"]
+        gone = [o for o in outcomes if o.status == "gone"]
+        loaded = [o for o in outcomes if o.status in ("loaded", "unchanged")]
+        rows = sum(o.rows for o in loaded)
+        print(f"\n{len(loaded)} loaded, {len(failed)} failed"
+              + (f", {len(gone)} not in PostgreSQL" if gone else "")
+              + f", {rows:,} rows in {time.monotonic() - self.started:.1f}s")
+        for outcome in failed:
+            print(f"  FAILED {outcome.table}: {outcome.error}")
+        for outcome in gone:
+            print(f"  NOT LOADED {outcome.table}: {outcome.error}")
+        noted = [o for o in loaded if o.notes]
+        if noted:
+            print("notes:")
+            for outcome in noted:
+                for note in outcome.notes:
+                    print(f"  {outcome.table}: {note}")
+        if failed and not self.verbose:
+            print("(stack traces are in the Dagster event log; --verbose prints them here)")
+        return 1 if failed else 0
 
 
-def _failed_checks(result) -> list[str]:
-    failed = []
-    for event in result.get_asset_check_evaluations():
-        if not event.passed:
-            failed.append(f"{event.check_name} ({event.description})")
-    return failed
-
-
-def _failure_message(result) -> str | None:
+def _failure_message(result: Any) -> str | None:
+    """The first line of the first step failure of a Dagster run."""
     for event in result.get_step_failure_events():
         failure = event.step_failure_data
         if failure is None:
             continue
         if failure.user_failure_data is not None and failure.user_failure_data.description:
-            return failure.user_failure_data.description
+            return failure.user_failure_data.description.splitlines()[0]
         if failure.error is not None:
             return failure.error.message.strip().splitlines()[0]
     return None

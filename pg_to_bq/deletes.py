@@ -32,7 +32,7 @@ def keys_plan(plan: TablePlan) -> TablePlan:
         disposition="replace",
         cursor=None,
         partition=None,
-        hashed=(),
+        left_out=(),
         bigquery_partition=None,
         bigquery_cluster=(),
     )

@@ -137,6 +137,7 @@ class TableReader:
         application_name: str = "pg_to_bq",
         streams: int = 1,
         min_rows_per_stream: int = MIN_ROWS_PER_STREAM,
+        session: AdbcSession | None = None,
     ) -> None:
         if streams < 1:
             raise ValueError(f"streams must be at least 1, not {streams}")
@@ -154,6 +155,9 @@ class TableReader:
         self.stats = ExtractStats()
         self.schema = arrow_schema(plan)
         self._conn: AdbcSession | None = None
+        # A session lent by the caller (many small tables, one connection): each read is its
+        # own transaction on it, ended (not closed) when the reader exits.
+        self._lent = session
         self._snapshot: str | None = None
         self._ranges: list[str | None] = [None]
         if plan.hashed and not hash_salt:
@@ -163,7 +167,7 @@ class TableReader:
             )
 
     def __enter__(self) -> TableReader:
-        self._conn = session = self._connect()
+        self._conn = session = self._lent or self._connect()
         try:
             _begin(session)
             if self.count_rows:
@@ -188,7 +192,10 @@ class TableReader:
 
     def __exit__(self, *exc: object) -> None:
         if self._conn is not None:
-            self._conn.close()
+            if self._conn is self._lent:
+                self._conn.rollback()
+            else:
+                self._conn.close()
             self._conn = None
 
     def batches(self) -> Iterator[pa.RecordBatch]:

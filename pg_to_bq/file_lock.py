@@ -1,4 +1,5 @@
-"""One writer at a time for a DuckDB destination file, across processes.
+"""One writer at a time for a DuckDB destination file (or a dlt pipeline's working
+directory), across processes.
 
 DuckDB lets one process open a database file for writing; a second process fails at once
 ("Could not set lock on file"). Dagster's multiprocess executor runs table steps in

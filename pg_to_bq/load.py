@@ -1,35 +1,60 @@
-"""Load one table with its own dlt pipeline, fed Arrow batches from `pg_to_bq.extract`.
+"""Load tables with dlt, fed Arrow batches from `pg_to_bq.extract`.
 
-Each table has its own pipeline name and working directory, so runs of different tables
-never share state; the pipeline state (including the incremental cursor) is stored in
-the destination with each load, so a fresh container resumes where the last one stopped.
+Tables load in groups (`load_group`): every table of a group is read, in turn, into a
+parquet file (`pg_to_bq.parquet_files`), then ONE dlt extract, normalize and load takes all
+the files, whose load jobs dlt runs in parallel threads. dlt's fixed costs — resolving its
+configuration, restoring state from the destination, creating a load package, updating the
+stored schema, recording the load — are paid once per group, not per table. A large table
+is a group of its own. Nothing about one table stops another: a table that cannot be read
+fails alone before dlt sees it; a table whose load job fails is recorded and the others
+complete (`load.raise_on_failed_jobs` off); when dlt fails the package as a whole, each
+table is loaded again on its own, so only the culprit fails.
 
-An incremental run re-reads the rows inside the lookback window of the last cursor. Each
-load records a digest of exactly those rows, so when a run reads them back unchanged (and
-nothing newer), it knows a merge would change nothing and skips dlt entirely: an
-unchanged table costs a count, a small read and a state check, not a load.
+State: each group has its own dlt pipeline (and `pg_to_bq.plan.TablePlan.pipeline_name`
+for a table loaded alone); a table's cursor and lookback-window digest are stored in the
+destination by `pg_to_bq.cursor_store`, keyed by table, so a fresh container resumes where
+the last load stopped, whichever step loads the table. They are written after the load,
+for the tables whose load succeeded: a table that failed never has its cursor moved past
+rows it did not load, and a run killed in between leaves cursors behind, which only
+re-reads rows.
+
+An incremental run re-reads the rows inside the lookback window of the last cursor. When
+it reads back exactly the rows the last load recorded for that window (and nothing
+newer), a merge would change nothing: the table is not loaded at all.
 """
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import logging
+import re
 import time
-from collections.abc import Callable, Iterator
+import traceback
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import dlt
 import pyarrow as pa
-import pyarrow.compute as pc
 from dlt.common.schema import Schema
 
+from pg_to_bq.adbc_session import AdbcSession
+from pg_to_bq.cursor_store import read_states, write_states
+from pg_to_bq.cursor_window import (
+    WindowTracker,
+    lookback_of,
+    max_of,
+    state_value,
+    window_digest,
+)
+from pg_to_bq.errors import describe, is_transient
 from pg_to_bq.extract import TableReader, literal
+from pg_to_bq.file_lock import exclusive
 from pg_to_bq.parquet_files import remove_stale_files, write_table_file
 from pg_to_bq.plan import TablePlan
+from pg_to_bq.source import SourceUnreachable, with_options
+from pg_to_bq.source import describe as describe_source
 from pg_to_bq.typemap import quote_ident
 
 log = logging.getLogger(__name__)
@@ -47,16 +72,19 @@ logging.getLogger("dlt").addFilter(_QuietHintOverride())
 
 CURSOR_STATE_KEY = "pg_to_bq_cursor"
 WINDOW_STATE_KEY = "pg_to_bq_window"
-# The rows of the lookback window are kept (to digest them) only up to these sizes; a
-# larger window is not digested and the next run simply merges it.
-WINDOW_MAX_ROWS = 200_000
-WINDOW_MAX_BYTES = 32 * 1024 * 1024
+LOAD_ID_STATE_KEY = "load_id"
 # DuckDB's buffer pool defaults to 80% of RAM and holds the loaded table's blocks, so the
 # process grew with the table (1.3 GB at 5M rows); bounded, DuckDB spills to disk instead.
 # 88 MB holds the row groups two threads build for a ~300-byte row (64 MB spilled ~100 MB and
 # took 40% more CPU); wider rows get more (`pg_to_bq.duckdb_destination`).
 # Not keeping insertion order lets it insert with bounded memory (tables are unordered).
 DUCKDB_GLOBAL_CONFIG = {"memory_limit": "88MB", "preserve_insertion_order": False}
+# A table's read is tried this many times when it fails in a way that can pass (a dropped
+# connection, a serialization failure), waiting RETRY_DELAY_S, then twice that, between.
+READ_ATTEMPTS = 3
+RETRY_DELAY_S = 2.0
+# Row counts of this many tables are asked of the destination in one query.
+COUNT_QUERY_TABLES = 200
 
 
 class EmptyTableError(ValueError):
@@ -70,6 +98,17 @@ class Window:
     column: str
     start: Any
     end: Any
+
+
+@dataclass(frozen=True)
+class TableLoad:
+    """One table to load in a group, and how."""
+
+    plan: TablePlan
+    full_refresh: bool = False
+    window: Window | None = None
+    # COPY connections reading the table (`pg_to_bq.settings.streams_for` its size).
+    streams: int = 1
 
 
 @dataclass
@@ -89,6 +128,19 @@ class LoadResult:
     # COPY connections the rows were read over (`streams_for` the table's size).
     streams: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
+    # "loaded", "unchanged" (nothing to merge) or "failed" (then `error` says why).
+    status: str = "loaded"
+    error: str | None = None
+    # The failure's stack trace, for the Dagster event log (never the terminal by default).
+    trace: str | None = None
+    # Whether trying the same load again soon could succeed.
+    transient: bool = False
+    # Rows in the destination table after the load (None when not counted).
+    destination_rows: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status != "failed"
 
 
 def pipelines_dir(work_dir: Path) -> Path:
@@ -96,17 +148,24 @@ def pipelines_dir(work_dir: Path) -> Path:
 
 
 def make_pipeline(plan: TablePlan, destination: Any, dataset: str, work_dir: Path) -> dlt.Pipeline:
-    """The table's own dlt pipeline; its working files live under `work_dir`."""
+    """The pipeline of `plan`'s table loaded alone; its working files live under `work_dir`."""
+    return group_pipeline(plan.pipeline_name, destination, dataset, work_dir)
+
+
+def group_pipeline(name: str, destination: Any, dataset: str, work_dir: Path) -> dlt.Pipeline:
+    """The dlt pipeline `name` (a group's, or a table's); its files live under `work_dir`."""
     return dlt.pipeline(
-        pipeline_name=plan.pipeline_name,
+        pipeline_name=name,
         destination=destination,
         dataset_name=dataset,
         pipelines_dir=str(pipelines_dir(work_dir)),
+        # A trace file per step, rewritten after each of them: nothing here reads it.
+        enable_runtime_trace=False,
     )
 
 
 def dlt_settings(destination: Any) -> dict[str, Any]:
-    """dlt settings for our loads, applied while a table loads. They are defaults in dlt's
+    """dlt settings for our loads, applied while a group loads. They are defaults in dlt's
     `config.toml` layer, so environment variables (e.g. `LOAD__TRUNCATE_STAGING_DATASET`)
     still override them."""
     values: dict[str, Any] = {
@@ -116,6 +175,9 @@ def dlt_settings(destination: Any) -> dict[str, Any]:
         # Replace and merge go through staging tables; empty them after the load instead of
         # keeping a second copy of every table in the destination.
         "load.truncate_staging_dataset": True,
+        # A table whose load job fails is recorded in the package and the other tables'
+        # jobs complete; `_load_files` reads the failures from the load info.
+        "load.raise_on_failed_jobs": False,
     }
     if destination.destination_name == "duckdb":
         # A local file read once by DuckDB: compressing it only costs CPU on both sides.
@@ -140,122 +202,482 @@ def load_table(
     on_batch: Callable[[int], None] | None = None,
     streams: int = 1,
 ) -> LoadResult:
-    """Extract `plan`'s table and load it; returns what was loaded.
+    """Extract `plan`'s table and load it with its own pipeline; raises when it fails.
 
     `full_refresh` replaces the destination table (and resets the incremental cursor);
     `window` re-reads one partition and merges it. Otherwise a merge plan with a cursor
     reads rows at or after the last cursor minus the lookback, and others are replaced.
     An incremental read that finds exactly the rows the last load recorded for its
-    lookback window loads nothing (`extra["unchanged"]`). `streams` > 1 reads a large
+    lookback window loads nothing (`status == "unchanged"`). `streams` > 1 reads a large
     table over that many connections (see `TableReader`).
     """
-    if not plan.columns:
-        raise EmptyTableError(
-            f"table {plan.name} has no loadable columns (it has {len(plan.table.columns)} in "
-            f"PostgreSQL, {len(plan.excluded)} excluded); nothing was loaded"
-        )
-    started = time.monotonic()
-    pipeline = make_pipeline(plan, destination, dataset, work_dir)
+    if not plan.columns and plan.error is None:
+        raise EmptyTableError(_no_columns(plan))
+    [result] = load_group(
+        [TableLoad(plan, full_refresh=full_refresh, window=window, streams=streams)],
+        pipeline_name=plan.pipeline_name, source_url=source_url, destination=destination,
+        dataset=dataset, work_dir=work_dir, batch_bytes=batch_bytes, hash_salt=hash_salt,
+        statement_timeout_s=statement_timeout_s, on_batch=on_batch, count_rows=False,
+        raise_errors=True)
+    return result
+
+
+def load_group(
+    loads: Sequence[TableLoad],
+    *,
+    pipeline_name: str,
+    source_url: str,
+    destination: Any,
+    dataset: str,
+    work_dir: Path,
+    batch_bytes: int = 16 * 1024 * 1024,
+    hash_salt: bytes | None = None,
+    statement_timeout_s: int = 3600,
+    on_batch: Callable[[str, int], None] | Callable[[int], None] | None = None,
+    on_result: Callable[[LoadResult], None] | None = None,
+    count_rows: bool = True,
+    raise_errors: bool = False,
+    destination_lock: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+) -> list[LoadResult]:
+    """Load `loads` with the dlt pipeline `pipeline_name`; a result per table, in order.
+
+    A table that fails has a result with `status == "failed"` and the others load (with
+    `raise_errors`, the first failure is raised instead, as `load_table` does). `on_result`
+    is called with each table's result as soon as it is known (a failed read at once, the
+    loaded tables after the group's load). `count_rows` asks the destination for each loaded
+    table's rows (one query for many tables).
+    """
+    with exclusive(pipelines_dir(work_dir) / pipeline_name, _waiting_for(pipeline_name)):
+        return _load_group(loads, pipeline_name, source_url, destination, dataset, work_dir,
+                           batch_bytes, hash_salt, statement_timeout_s, on_batch, on_result,
+                           count_rows, raise_errors, destination_lock)
+
+
+def _waiting_for(pipeline_name: str) -> Callable[[float], None]:
+    def waiting(seconds: float) -> None:
+        log.info("waiting for another load of %s on this machine to finish (%.0f s so far)",
+                 pipeline_name, seconds)
+
+    return waiting
+
+
+def _load_group(
+    loads: Sequence[TableLoad],
+    pipeline_name: str,
+    source_url: str,
+    destination: Any,
+    dataset: str,
+    work_dir: Path,
+    batch_bytes: int,
+    hash_salt: bytes | None,
+    statement_timeout_s: int,
+    on_batch: Callable[..., None] | None,
+    on_result: Callable[[LoadResult], None] | None,
+    count_rows: bool,
+    raise_errors: bool,
+    destination_lock: Callable[[], contextlib.AbstractContextManager],
+) -> list[LoadResult]:
+    pipeline = group_pipeline(pipeline_name, destination, dataset, work_dir)
+    results: dict[int, LoadResult] = {}
+
+    def settle(index: int, result: LoadResult) -> None:
+        results[index] = result
+        if raise_errors and result.status == "failed":
+            raise result.extra.pop("exception", None) or LoadJobFailed(result.error)
+        result.extra.pop("exception", None)
+        if on_result is not None:
+            on_result(result)
+
+    unchanged: list[tuple[int, LoadResult]] = []
+
+    def settle_read(index: int, result: LoadResult) -> None:
+        # An unchanged table is settled with the loaded ones, once its rows are counted.
+        if result.status == "unchanged" and count_rows:
+            unchanged.append((index, result))
+        else:
+            settle(index, result)
+
     with dlt.config.values(dlt_settings(pipeline.destination)):
-        _sync_once(plan, pipeline)
-        mode, where, cursor_from = _choose_mode(plan, pipeline, full_refresh, window)
-        stored_window = _resource_state(plan, pipeline).get(WINDOW_STATE_KEY) \
-            if mode == "incremental" else None
-        reader = TableReader(
-            source_url, plan, where=where, batch_bytes=batch_bytes, hash_salt=hash_salt,
-            statement_timeout_s=statement_timeout_s, streams=streams, count_table=True,
-        )
-        tracker = _WindowTracker(plan, mode) if plan.cursor is not None and mode != "window" \
-            else None
-        with reader:
-            ahead: list[pa.RecordBatch] | None = None
-            if stored_window and reader.stats.snapshot_rows == stored_window.get("rows"):
-                ahead = list(reader.batches())
-                if _digest(ahead, reader.schema) == stored_window.get("digest"):
-                    if on_batch is not None:
-                        on_batch(reader.stats.rows)
-                    return _result(plan, reader, None, started, mode, cursor_from,
-                                   _max_of(ahead, plan), unchanged=True)
-            _extract(plan, pipeline, reader, ahead, mode, tracker, on_batch)
-        # The source snapshot is released (the reader closed) before the destination loads.
-        load_id = _normalize_and_load(pipeline)
-    return _result(plan, reader, load_id, started, mode, cursor_from,
-                   tracker.max if tracker else None)
+        with destination_lock():
+            _sync_once(pipeline)
+            states = _states(pipeline, [load.plan for load in loads])
+        read = _read_all(loads, pipeline, states, source_url, batch_bytes, hash_salt,
+                         statement_timeout_s, on_batch, settle_read,
+                         keep_exceptions=raise_errors)
+        failures: dict[str, str] = {}
+        loaded: list[tuple[int, _Read]] = []
+        load_id = None
+        counts: dict[str, int] = {}
+        if read or unchanged:
+            with destination_lock():
+                if read:
+                    failures, load_id = _load_files(pipeline, [r for _, r in read])
+                    loaded = [(i, item) for i, item in read
+                              if item.plan.destination_table not in failures]
+                    _commit_states(pipeline, [item for _, item in loaded], states, load_id)
+                if count_rows:
+                    counts = _count_rows(pipeline, [i.plan for _, i in loaded] + [
+                        load.plan for load in (loads[i] for i, _ in unchanged)])
+        for index, item in read:
+            if item.plan.destination_table in failures:
+                settle(index, item.failed(failures[item.plan.destination_table]))
+        for index, result in [(i, item.result(load_id)) for i, item in loaded] + unchanged:
+            result.destination_rows = counts.get(result.destination_table)
+            settle(index, result)
+    return [results[i] for i in sorted(results)]
 
 
-def _extract(
-    plan: TablePlan,
+class LoadJobFailed(RuntimeError):
+    """The destination refused a table's load job (the message says why)."""
+
+
+@dataclass
+class _Read:
+    """A table read into a parquet file, waiting for the group's load."""
+
+    plan: TablePlan
+    mode: str
+    cursor_from: Any
+    tracker: WindowTracker | None
+    reader: TableReader
+    path: Path
+    started: float
+
+    def result(self, load_id: str | None, status: str = "loaded") -> LoadResult:
+        stats = self.reader.stats
+        return LoadResult(
+            table=self.plan.name, destination_table=self.plan.destination_table,
+            rows=stats.rows, snapshot_rows=stats.snapshot_rows, load_id=load_id,
+            duration_s=time.monotonic() - self.started, mode=self.mode,
+            cursor_from=self.cursor_from, cursor_to=self.tracker.max if self.tracker else None,
+            batches=stats.batches, table_rows=stats.table_rows, streams=stats.streams,
+            status=status)
+
+    def failed(self, error: str) -> LoadResult:
+        result = self.result(None, status="failed")
+        result.error = f"table {self.plan.name}: the destination refused the load: {error}"
+        return result
+
+
+def _states(pipeline: dlt.Pipeline, plans: Sequence[TablePlan]) -> dict[str, dict[str, Any]]:
+    """Each table's stored state (`pg_to_bq.cursor_store`), else, for a table loaded before
+    pg_to_bq kept it there, its cursor in the dlt state of its own pipeline."""
+    stored = read_states(pipeline, [p.destination_table for p in plans])
+    for plan in plans:
+        if plan.destination_table not in stored:
+            legacy = _resource_state(pipeline, plan)
+            if legacy:
+                stored[plan.destination_table] = dict(legacy)
+    return stored
+
+
+def _read_all(
+    loads: Sequence[TableLoad],
     pipeline: dlt.Pipeline,
-    reader: TableReader,
-    ahead: list[pa.RecordBatch] | None,
-    mode: str,
-    tracker: _WindowTracker | None,
-    on_batch: Callable[[int], None] | None,
-) -> None:
-    """dlt's extract step: the reader's batches written to one parquet file
-    (`pg_to_bq.parquet_files`), imported into a load package."""
-    destination_name = pipeline.destination.destination_name
-    written: list[Path] = []
-
-    def batches() -> Iterator[pa.RecordBatch]:
-        for batch in _chain(ahead, reader):
-            if tracker is not None and batch.num_rows:
-                tracker.add(batch)
-            if on_batch is not None:
-                on_batch(batch.num_rows)
-            yield batch
-
+    states: dict[str, dict[str, Any]],
+    source_url: str,
+    batch_bytes: int,
+    hash_salt: bytes | None,
+    statement_timeout_s: int,
+    on_batch: Callable[..., None] | None,
+    settle: Callable[[int, LoadResult], None],
+    keep_exceptions: bool = False,
+) -> list[tuple[int, _Read]]:
+    """Read each table into a parquet file over one connection (each table in its own
+    snapshot); tables that fail are settled at once, the others returned to be loaded."""
     files = Path(pipeline.working_dir) / "pg_to_bq_files"
     for stale in remove_stale_files(files):
-        log.info("removed %s, left by an extraction of %s that did not finish", stale, plan.name)
+        log.info("removed %s, left by an extraction that did not finish", stale)
+    read: list[tuple[int, _Read]] = []
+    with _Sessions(source_url, statement_timeout_s) as sessions:
+        for index, load in enumerate(loads):
+            started = time.monotonic()
+            try:
+                item = _read_with_retries(load, pipeline, states.get(
+                    load.plan.destination_table, {}), sessions, files, batch_bytes, hash_salt,
+                    statement_timeout_s, on_batch)
+            except Exception as exc:  # noqa: BLE001 - one table's failure is its own
+                settle(index, _failure(load.plan, exc, started, keep_exceptions))
+                continue
+            if isinstance(item, LoadResult):
+                settle(index, item)
+            else:
+                read.append((index, item))
+    _release_memory()
+    return read
+
+
+def _read_with_retries(load: TableLoad, pipeline: dlt.Pipeline, state: dict[str, Any],
+                       sessions: _Sessions, files: Path, *args: Any) -> _Read | LoadResult:
+    for attempt in range(1, READ_ATTEMPTS + 1):
+        try:
+            return _read_table(load, pipeline, state, sessions, files, *args)
+        except Exception as exc:
+            sessions.discard()
+            if attempt == READ_ATTEMPTS or not is_transient(exc):
+                raise
+            delay = RETRY_DELAY_S * 2 ** (attempt - 1)
+            log.warning("reading %s failed (%s); trying again in %.0f s", load.plan.name,
+                        describe(exc), delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def _read_table(
+    load: TableLoad,
+    pipeline: dlt.Pipeline,
+    state: dict[str, Any],
+    sessions: _Sessions,
+    files: Path,
+    batch_bytes: int,
+    hash_salt: bytes | None,
+    statement_timeout_s: int,
+    on_batch: Callable[..., None] | None,
+) -> _Read | LoadResult:
+    """Read one table into a parquet file (or find it unchanged since the last load)."""
+    plan = load.plan
+    if plan.error is not None:
+        raise PlanFailed(plan.error)
+    if not plan.columns:
+        raise EmptyTableError(_no_columns(plan))
+    started = time.monotonic()
+    mode, where, cursor_from = _choose_mode(plan, state, load.full_refresh, load.window)
+    stored_window = state.get(WINDOW_STATE_KEY) if mode == "incremental" else None
+    reader = TableReader(
+        sessions.url, plan, where=where, batch_bytes=batch_bytes, hash_salt=hash_salt,
+        statement_timeout_s=statement_timeout_s, streams=load.streams, count_table=True,
+        session=sessions.get(),
+    )
+    tracker = WindowTracker(plan, mode) if plan.cursor is not None and mode != "window" else None
+    report = _batch_reporter(on_batch, plan)
+    with reader:
+        ahead: list[pa.RecordBatch] | None = None
+        if stored_window and reader.stats.snapshot_rows == stored_window.get("rows"):
+            ahead = list(reader.batches())
+            if window_digest(ahead, reader.schema) == stored_window.get("digest"):
+                report(reader.stats.rows)
+                unchanged = _Read(plan, mode, cursor_from, None, reader, Path(), started)
+                result = unchanged.result(None, status="unchanged")
+                result.cursor_to = max_of(ahead, plan)
+                result.extra["unchanged"] = True
+                return result
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            for batch in reader.batches() if ahead is None else ahead:
+                if tracker is not None and batch.num_rows:
+                    tracker.add(batch)
+                report(batch.num_rows)
+                yield batch
+
+        path, _ = write_table_file(batches(), reader.schema, files,
+                                   pipeline.destination.destination_name)
+    return _Read(plan, mode, cursor_from, tracker, reader, path, started)
+
+
+class PlanFailed(ValueError):
+    """The table's plan has an error (an override that does not fit it)."""
+
+
+def _batch_reporter(on_batch: Callable[..., None] | None, plan: TablePlan) -> Callable[[int], None]:
+    if on_batch is None:
+        return lambda rows: None
+    try:  # `on_batch(rows)` (one table) or `on_batch(table, rows)` (a group)
+        import inspect
+
+        two = len(inspect.signature(on_batch).parameters) >= 2
+    except (TypeError, ValueError):
+        two = False
+    return (lambda rows: on_batch(plan.name, rows)) if two else on_batch  # type: ignore[misc,return-value]
+
+
+def _failure(plan: TablePlan, exc: BaseException, started: float, keep: bool = False
+             ) -> LoadResult:
+    """The result of a table that failed with `exc`. The exception is kept only for `keep`
+    (to raise it): its frames hold the table's batches, so a run of many failing tables
+    keeps only messages and stack traces."""
+    message = describe(exc)
+    if plan.name not in message:
+        message = f"table {plan.name}: {message}"
+    result = LoadResult(
+        table=plan.name, destination_table=plan.destination_table, rows=0, snapshot_rows=None,
+        load_id=None, duration_s=time.monotonic() - started, mode="-", status="failed",
+        error=message, trace="".join(traceback.format_exception(exc)),
+        transient=is_transient(exc))
+    if keep:
+        result.extra["exception"] = exc
+    return result
+
+
+def _no_columns(plan: TablePlan) -> str:
+    return (f"table {plan.name} has no loadable columns (it has {len(plan.table.columns)} in "
+            f"PostgreSQL, {len(plan.excluded)} excluded); nothing was loaded")
+
+
+class _Sessions:
+    """One source connection shared by the group's reads (each in its own transaction),
+    opened when first needed and opened again after a failure."""
+
+    def __init__(self, url: str, statement_timeout_s: int) -> None:
+        self.url = url
+        self.statement_timeout_s = statement_timeout_s
+        self._session: AdbcSession | None = None
+
+    def get(self) -> AdbcSession:
+        if self._session is None:
+            uri = with_options(self.url, "pg_to_bq", self.statement_timeout_s)
+            try:
+                self._session = AdbcSession(uri)
+            except Exception as exc:  # the driver raises its own error classes
+                raise SourceUnreachable(
+                    f"cannot connect to PostgreSQL at {describe_source(self.url)}: "
+                    f"{str(exc).splitlines()[0]}") from None
+        return self._session
+
+    def discard(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
+    def __enter__(self) -> _Sessions:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.discard()
+
+
+def _load_files(pipeline: dlt.Pipeline, read: list[_Read]) -> tuple[dict[str, str], str | None]:
+    """Load the files of `read` in one package; returns the failed tables' errors (by
+    destination table) and the load id.
+
+    When dlt fails the whole package (not one table's job), the package is dropped and
+    each table is loaded again on its own, so that only the culprit fails.
+    """
+    try:
+        try:
+            return _load_package(pipeline, read)
+        except Exception as exc:  # noqa: BLE001 - isolated below
+            pipeline.drop_pending_packages()
+            if len(read) == 1:
+                return {read[0].plan.destination_table: describe(exc)}, None
+            log.warning("loading %d tables together failed (%s); loading each alone",
+                        len(read), describe(exc))
+        failures: dict[str, str] = {}
+        load_id = None
+        for item in read:
+            try:
+                failed, load_id = _load_package(pipeline, [item])
+                failures.update(failed)
+            except Exception as exc:  # noqa: BLE001 - this table's own failure
+                pipeline.drop_pending_packages()
+                failures[item.plan.destination_table] = describe(exc)
+        return failures, load_id
+    finally:
+        for item in read:
+            item.path.unlink(missing_ok=True)
+
+
+def _load_package(pipeline: dlt.Pipeline, read: list[_Read]) -> tuple[dict[str, str], str | None]:
+    resources = [_resource(pipeline, item) for item in read]
+    schema = Schema(pipeline.pipeline_name, normalizers={"names": "direct"})
+    # extract, normalize and load rather than `run`: `run` would query the destination's
+    # state a second time, and with a package left over from an interrupted run it loads
+    # only that package and returns without reading the tables.
+    pipeline.extract(resources, schema=schema, loader_file_format="parquet")
+    pipeline.normalize()
+    info = pipeline.load()
+    failures: dict[str, str] = {}
+    for package in info.load_packages:
+        for job in package.jobs.get("failed_jobs", []):
+            failures.setdefault(job.job_file_info.table_name, job_error(job.failed_message))
+    return failures, info.loads_ids[-1] if info.loads_ids else None
+
+
+_EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?\w*(?:Error|Exception): (.+)$")
+
+
+def job_error(failed_message: str | None) -> str:
+    """The cause of a failed dlt load job in one line: dlt records the whole stack trace,
+    whose last exception line says what the destination refused."""
+    lines = (failed_message or "").strip().splitlines()
+    for line in reversed(lines):
+        match = _EXCEPTION_LINE.match(line)
+        if match:
+            return match.group(1).strip()[:2000]
+    return lines[-1].strip()[:2000] if lines else "the load job failed"
+
+
+def _resource(pipeline: dlt.Pipeline, item: _Read) -> Any:
+    plan = item.plan
+    path = item.path
 
     def table_file() -> Iterator[Any]:
-        path, rows = write_table_file(batches(), reader.schema, files, destination_name)
-        written.append(path)
         # An empty file still has the columns: dlt creates (or, on replace, empties) the table.
-        yield dlt.mark.with_file_import(str(path), "parquet", items_count=rows)
-        if tracker is not None:
-            # The next run reads from this value (minus the lookback). Taking the newest value
-            # seen, even when older than the stored one, can only re-read rows, never skip them.
-            state = dlt.current.resource_state()
-            if tracker.max is not None:
-                state[CURSOR_STATE_KEY] = _state_value(tracker.max)
-            elif mode == "full":
-                state.pop(CURSOR_STATE_KEY, None)
-            digest = tracker.digest(reader.schema)
-            if digest is None:
-                state.pop(WINDOW_STATE_KEY, None)
-            else:
-                state[WINDOW_STATE_KEY] = digest
+        yield dlt.mark.with_file_import(str(path), "parquet",
+                                        items_count=item.reader.stats.rows)
 
     resource = dlt.resource(
         table_file,
         name=plan.destination_table,
-        write_disposition="replace" if mode == "full" else "merge",
+        write_disposition="replace" if item.mode == "full" else "merge",
         primary_key=list(plan.destination_primary_key) or None,
         columns=[c.dlt_hint() for c in plan.columns],
         file_format="parquet",
     )
     if pipeline.destination.destination_name == "bigquery":
         resource = _bigquery_hints(resource, plan)
-    schema = Schema(plan.pipeline_name, normalizers={"names": "direct"})
-    # extract, normalize and load rather than `run`: `run` would query the destination's
-    # state a second time, and with a package left over from an interrupted run it loads
-    # only that package and returns without reading the table.
+    return resource
+
+
+def _commit_states(pipeline: dlt.Pipeline, loaded: list[_Read],
+                   previous: dict[str, dict[str, Any]], load_id: str | None) -> None:
+    """Store the state of the tables that loaded (see the module's docstring); a failure
+    here leaves cursors behind, which only re-reads rows."""
+    states = {}
+    for item in loaded:
+        state = dict(previous.get(item.plan.destination_table, {}))
+        tracker = item.tracker
+        if tracker is not None and tracker.max is not None:
+            state[CURSOR_STATE_KEY] = state_value(tracker.max)
+        elif item.mode == "full":
+            state.pop(CURSOR_STATE_KEY, None)
+        window = tracker.digest(item.reader.schema) if tracker is not None else None
+        if window is None:
+            state.pop(WINDOW_STATE_KEY, None)
+        else:
+            state[WINDOW_STATE_KEY] = window
+        state[LOAD_ID_STATE_KEY] = load_id
+        states[item.plan.destination_table] = state
     try:
-        pipeline.extract(resource, schema=schema, loader_file_format="parquet")
-    finally:
-        # The load package holds the file now (a hard link, or a copy).
-        for path in written:
-            path.unlink(missing_ok=True)
+        write_states(pipeline, states)
+    except Exception as exc:  # noqa: BLE001 - the data is loaded; the next run re-reads
+        log.warning("the loaded tables' cursors were not stored (%s): the next run reads "
+                    "their rows since the previous cursor again", describe(exc))
 
 
-def _normalize_and_load(pipeline: dlt.Pipeline) -> str | None:
-    _release_memory()
-    pipeline.normalize()
-    info = pipeline.load()
-    info.raise_on_failed_jobs()
-    return info.loads_ids[-1] if info.loads_ids else None
+def _count_rows(pipeline: dlt.Pipeline, plans: Sequence[TablePlan]) -> dict[str, int]:
+    """Rows in each loaded table, asked of the destination (one query per 200 tables)."""
+    counts: dict[str, int] = {}
+    if not plans:
+        return counts
+    with pipeline.sql_client() as client:
+        for start in range(0, len(plans), COUNT_QUERY_TABLES):
+            chunk = plans[start:start + COUNT_QUERY_TABLES]
+            sql = " UNION ALL ".join(
+                f"SELECT {i} AS i, count(*) AS n FROM "
+                f"{client.make_qualified_table_name(p.destination_table)}"
+                for i, p in enumerate(chunk))
+            with client.execute_query(sql) as cursor:
+                for i, n in cursor.fetchall():
+                    counts[chunk[int(i)].destination_table] = int(n)
+    return counts
+
+
+def count_destination_rows(pipeline: Any, table: str) -> int:
+    """Rows in one loaded table, asked of the destination itself."""
+    with pipeline.sql_client() as client:
+        qualified = client.make_qualified_table_name(table)
+        with client.execute_query(f"SELECT count(*) FROM {qualified}") as cursor:
+            return int(cursor.fetchone()[0])
 
 
 def _release_memory() -> None:
@@ -280,44 +702,29 @@ def _find_malloc_trim() -> Callable[[int], int] | None:
 _malloc_trim = _find_malloc_trim()
 
 
-def _chain(ahead: list[pa.RecordBatch] | None, reader: TableReader) -> Iterator[pa.RecordBatch]:
-    """The batches read ahead (to compare with the stored window), else the reader's."""
-    yield from reader.batches() if ahead is None else ahead
-
-
-def _result(plan: TablePlan, reader: TableReader, load_id: str | None, started: float,
-            mode: str, cursor_from: Any, cursor_to: Any, unchanged: bool = False) -> LoadResult:
-    return LoadResult(
-        table=plan.name,
-        destination_table=plan.destination_table,
-        rows=reader.stats.rows,
-        snapshot_rows=reader.stats.snapshot_rows,
-        load_id=load_id,
-        duration_s=time.monotonic() - started,
-        mode=mode,
-        cursor_from=cursor_from,
-        cursor_to=cursor_to,
-        batches=reader.stats.batches,
-        table_rows=reader.stats.table_rows,
-        streams=reader.stats.streams,
-        extra={"unchanged": True} if unchanged else {},
-    )
-
-
-def _sync_once(plan: TablePlan, pipeline: dlt.Pipeline) -> None:
+def _sync_once(pipeline: dlt.Pipeline) -> None:
     """Restore state and schema from the destination (a fresh container has neither), then
-    finish any package an interrupted run left behind, as `pipeline.run` would: its state
-    (and cursor) was already saved locally, so dropping it could skip rows."""
+    finish any package an interrupted run left behind, as `pipeline.run` would: its tables
+    were loaded, or not, as a whole; cursors are stored only after a load (see the module's
+    docstring), so finishing it never skips rows."""
     try:
         pipeline.sync_destination()
     except Exception as exc:  # noqa: BLE001 - `run` used to try again; so does this
-        log.debug("restoring state for %s failed once, trying again: %s", plan.name, exc)
+        log.debug("restoring state for %s failed once, trying again: %s",
+                  pipeline.pipeline_name, exc)
         pipeline.sync_destination()
     if pipeline.list_extracted_load_packages():
         pipeline.normalize()
     if pipeline.list_normalized_load_packages():
-        log.info("loading the package an interrupted run of %s left behind", plan.name)
-        pipeline.load().raise_on_failed_jobs()
+        log.info("loading the package an interrupted run of %s left behind",
+                 pipeline.pipeline_name)
+        try:
+            pipeline.load()
+        except Exception as exc:  # noqa: BLE001 - stale: this run reads the tables again
+            log.warning("the package an interrupted run of %s left behind did not load (%s); "
+                        "it is dropped and its tables are read again", pipeline.pipeline_name,
+                        describe(exc))
+            pipeline.drop_pending_packages()
 
 
 def _bigquery_hints(resource: Any, plan: TablePlan) -> Any:
@@ -350,7 +757,7 @@ def _bigquery_hints(resource: Any, plan: TablePlan) -> Any:
 
 
 def _choose_mode(
-    plan: TablePlan, pipeline: dlt.Pipeline, full_refresh: bool, window: Window | None
+    plan: TablePlan, state: dict[str, Any], full_refresh: bool, window: Window | None
 ) -> tuple[str, str | None, Any]:
     if full_refresh or plan.disposition == "replace":
         return "full", None, None
@@ -360,166 +767,18 @@ def _choose_mode(
         where = (f"{column} >= {literal(window.start, pg_type)} AND "
                  f"{column} < {literal(window.end, pg_type)}")
         return "window", where, window.start
-    previous = _resource_state(plan, pipeline).get(CURSOR_STATE_KEY)
+    previous = state.get(CURSOR_STATE_KEY)
     if previous is None or plan.cursor is None:
         return "full", None, None
     pg_type = plan.table.column(plan.cursor).type
     bound = literal(previous, pg_type)
-    if _lookback(plan):
+    if lookback_of(plan):
         bound = f"{bound} - {literal(f'{int(plan.lookback.total_seconds())} seconds', 'interval')}"
     return "incremental", f"{quote_ident(plan.cursor)} >= {bound}", previous
 
 
-def _lookback(plan: TablePlan) -> timedelta | None:
-    """The lookback applied to the cursor (only timestamp and date cursors have one)."""
-    assert plan.cursor is not None
-    pg_type = plan.table.column(plan.cursor).type
-    if plan.lookback and pg_type.startswith(("timestamp", "date")):
-        return timedelta(seconds=int(plan.lookback.total_seconds()))
-    return None
-
-
-def _resource_state(plan: TablePlan, pipeline: dlt.Pipeline) -> dict[str, Any]:
+def _resource_state(pipeline: dlt.Pipeline, plan: TablePlan) -> dict[str, Any]:
     """This table's resource state: local, or restored from the destination by the sync."""
     sources = pipeline.state.get("sources", {})
-    return sources.get(plan.pipeline_name, {}).get("resources", {}).get(plan.destination_table, {})
-
-
-class _WindowTracker:
-    """Follows the cursor's maximum while the table streams by, and keeps the rows the next
-    incremental run will read again (cursor ≥ maximum − lookback), to digest them."""
-
-    def __init__(self, plan: TablePlan, mode: str) -> None:
-        assert plan.cursor is not None
-        self.mode = mode
-        self.column = plan.column_for(plan.cursor).name
-        self.lookback = _lookback(plan)
-        self.max: Any = None
-        self.kept: list[pa.RecordBatch] = []
-        self.overflow = False
-
-    def add(self, batch: pa.RecordBatch) -> None:
-        column = batch.column(self.column)
-        newest = _py_max(column)
-        if newest is None:
-            return
-        if self.max is None or newest > self.max:
-            self.max = newest
-            self.kept = [b for b in (self._in_window(k) for k in self.kept) if b.num_rows]
-        if self.overflow:
-            return
-        kept = self._in_window(batch)
-        if kept.num_rows:
-            self.kept.append(kept)
-        if (sum(b.num_rows for b in self.kept) > WINDOW_MAX_ROWS
-                or sum(b.nbytes for b in self.kept) > WINDOW_MAX_BYTES):
-            self.overflow, self.kept = True, []
-
-    def _in_window(self, batch: pa.RecordBatch) -> pa.RecordBatch:
-        values, bound = _comparable(batch.column(self.column), _minus(self.max, self.lookback))
-        return batch.filter(pc.greater_equal(values, bound))
-
-    def digest(self, schema: pa.Schema) -> dict[str, Any] | None:
-        """What the next incremental run must read back to skip its load, or None."""
-        if self.overflow or (self.max is None and self.mode != "incremental"):
-            return None
-        # (An incremental run that read nothing keeps its cursor: the next run reads the
-        # same, empty, window again.)
-        digest = _digest(self.kept, schema)
-        return None if digest is None else {"rows": sum(b.num_rows for b in self.kept),
-                                            "digest": digest}
-
-
-def _minus(value: Any, lookback: timedelta | None) -> Any:
-    """`value` − `lookback` as the next run's query computes it."""
-    if lookback is None:
-        return value
-    if isinstance(value, datetime):
-        return value - lookback
-    if isinstance(value, date):
-        # PostgreSQL's date − interval is a timestamp within an earlier day; the dates at or
-        # after it are those from `value` − whole days of the lookback.
-        return value - timedelta(days=lookback.days)
-    return value
-
-
-def _digest(batches: list[pa.RecordBatch], schema: pa.Schema) -> str | None:
-    """An order-independent digest of whole rows — their count and the sum and xor of
-    DuckDB's hash of each row — and of the Arrow schema; equal digests mean the same rows.
-    None when DuckDB cannot hash a column type (then nothing is skipped)."""
-    import duckdb
-
-    try:
-        table = pa.Table.from_batches(batches, schema=schema)
-        with duckdb.connect() as con:
-            con.register("w", table)
-            count, total, xor = con.execute(
-                "SELECT count(*), coalesce(sum(h), 0)::VARCHAR, coalesce(bit_xor(h), 0)::VARCHAR "
-                "FROM (SELECT hash(*COLUMNS(*)) AS h FROM w)"
-            ).fetchone()
-    except (duckdb.Error, pa.ArrowException) as exc:
-        log.debug("no window digest: %s", exc)
-        return None
-    shape = hashlib.sha256(str(schema).encode("utf-8")).hexdigest()[:16]
-    return f"{count}:{total}:{xor}:{shape}"
-
-
-def _max_of(batches: list[pa.RecordBatch], plan: TablePlan) -> Any:
-    if plan.cursor is None:
-        return None
-    column = plan.column_for(plan.cursor).name
-    values = [_py_max(b.column(column)) for b in batches if b.num_rows]
-    values = [v for v in values if v is not None]
-    return max(values) if values else None
-
-
-def _py_max(array: pa.Array) -> Any:
-    """The array's largest value as a Python object. A zoned timestamp is read through its
-    naive form (its UTC wall time): pyarrow's `as_py` on a zoned timestamp scalar imports
-    pandas (~40 MB per loading process) to find the zone."""
-    kind = array.type
-    if pa.types.is_timestamp(kind) and kind.tz:
-        naive = pc.max(array.view(pa.timestamp(kind.unit))).as_py()
-        return None if naive is None else naive.replace(tzinfo=UTC).astimezone(_zone(kind.tz))
-    return pc.max(array).as_py()
-
-
-_UNITS_PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def _comparable(array: pa.Array, value: Any) -> tuple[pa.Array, pa.Scalar]:
-    """`array` and `value` in a form `pc` compares. Timestamps, dates and integers compare as
-    integers: `pa.scalar` from a Python value imports pandas (see `_py_max`)."""
-    kind = array.type
-    if pa.types.is_timestamp(kind):
-        epoch = _EPOCH if kind.tz else _EPOCH.replace(tzinfo=None)
-        delta = value - epoch
-        per_second = _UNITS_PER_SECOND[kind.unit]
-        ticks = (delta.days * 86_400 + delta.seconds) * per_second \
-            + delta.microseconds * per_second // 1_000_000
-        return array.view(pa.int64()), _int64(ticks)
-    if pa.types.is_date32(kind):
-        return array.view(pa.int32()).cast(pa.int64()), _int64((value - _EPOCH.date()).days)
-    if pa.types.is_integer(kind):
-        return array.cast(pa.int64()), _int64(int(value))
-    return array, pa.scalar(value, kind)
-
-
-def _int64(value: int) -> pa.Scalar:
-    return pa.Array.from_buffers(
-        pa.int64(), 1, [None, pa.py_buffer(value.to_bytes(8, "little", signed=True))])[0]
-
-
-def _zone(name: str) -> tzinfo:
-    if name in ("UTC", "+00:00", "Z"):
-        return UTC
-    if name[:1] in "+-":
-        hours, _, minutes = name[1:].partition(":")
-        offset = timedelta(hours=int(hours), minutes=int(minutes or 0))
-        return timezone(-offset if name[0] == "-" else offset)
-    return ZoneInfo(name)
-
-
-def _state_value(value: Any) -> Any:
-    return value.isoformat() if hasattr(value, "isoformat") else value
+    return sources.get(pipeline.pipeline_name, {}).get("resources", {}).get(
+        plan.destination_table, {})

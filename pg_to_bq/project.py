@@ -111,6 +111,12 @@ def asset_context(settings: Settings) -> AssetContext:
         owners=settings.owners,
         tags=tuple(sorted(settings.tags.items())),
         freshness=timedelta(hours=settings.freshness_hours),
+        overrides=load_overrides(settings.tables_file),
+        schemas=settings.schemas,
+        include_views=settings.include_views,
+        step_tables=settings.step_tables,
+        own_step_bytes=settings.own_step_bytes,
+        fingerprint_rows=settings.fingerprint_rows,
     )
 
 
@@ -229,16 +235,17 @@ def _build_definitions(settings: Settings | None) -> dg.Definitions:
         log.warning(loaded.warning)
     plans = plans_for(settings, loaded.catalog)
     for plan in plans:
-        if not plan.columns:
+        if not plan.columns and plan.error is None:
             log.warning("table %s has no loadable columns and is skipped", plan.name)
     source_specs, table_assets = build_assets(plans, asset_context(settings))
     jobs: list = [refresh_catalog_job]
     schedules: list = []
-    if any(p.scheduled and p.partition is None and p.columns for p in plans):
+    if any(p.scheduled and p.partition is None and (p.columns or p.error) for p in plans):
         nightly = dg.define_asset_job(
             NIGHTLY_JOB,
             selection=dg.AssetSelection.tag(SCHEDULE_TAG, "nightly"),
-            description="Load every scheduled table (one step per table)",
+            description="Load every scheduled table (small tables share a step, large ones "
+                        "have their own)",
             executor_def=executor_for(settings.executor),
         )
         jobs.append(nightly)

@@ -85,6 +85,9 @@ class Settings:
     executor: str = "multiprocess"
     hash_salt_set: bool = False
     hash_salt_secret: str | None = None
+    step_tables: int = 50
+    own_step_bytes: int = 64 * 1024**2
+    fingerprint_rows: int = 100_000
 
     @property
     def snapshot_path(self) -> Path:
@@ -188,6 +191,11 @@ class Settings:
                              ("multiprocess", "in_process", "ecs")),
             hash_salt_set=get("HASH_SALT") is not None,
             hash_salt_secret=get("HASH_SALT_SECRET"),
+            step_tables=_positive_int(get("STEP_TABLES", "50"), "STEP_TABLES"),
+            own_step_bytes=_non_negative_int(get("OWN_STEP_BYTES", str(64 * 1024**2)),
+                                             "OWN_STEP_BYTES"),
+            fingerprint_rows=_non_negative_int(get("FINGERPRINT_ROWS", "100000"),
+                                               "FINGERPRINT_ROWS"),
         )
 
 

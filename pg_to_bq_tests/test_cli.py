@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -39,8 +40,8 @@ def test_sync_loads_then_merges_and_full_refresh(sample_db_url: str, settings_en
     path = settings_env(sample_db_url)
     assert main(["sync", "orders", "public.customers"]) == 0
     out = capsys.readouterr().out
-    assert "[1/2] public.orders: ok, 20,000 rows (full)" in out
-    assert "[2/2] public.customers: ok, 5,000 rows (full)" in out
+    assert re.search(r"\[[12]/2\] public.orders: ok, 20,000 rows \(full\)", out), out
+    assert re.search(r"\[[12]/2\] public.customers: ok, 5,000 rows \(full\)", out), out
     assert "2 loaded, 0 failed, 25,000 rows" in out
     assert main(["sync", "orders"]) == 0
     assert "(incremental)" in capsys.readouterr().out
@@ -60,11 +61,23 @@ def test_sync_exits_nonzero_and_names_the_failed_table(pg_url: str, settings_env
     """)
     settings_env(pg_url)
     assert main(["sync"]) == 1
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert "public.ok_table: ok, 2 rows" in out
-    assert "public.prices: FAILED: table public.prices failed: table public.prices, column " \
-           "'price' (numeric(10,2))" in out
+    failed = [line for line in out.splitlines() if "FAILED" in line]
+    assert len(failed) == 2, out  # the progress line and the summary line
+    assert failed[0].endswith("public.prices: FAILED: table public.prices, column 'price' "
+                              "(numeric(10,2)): value 'NaN' does not fit DECIMAL(10,2) exactly "
+                              "(no decimal type holds NaN). Nothing was loaded for this table. "
+                              "To load it, override the column in the tables file "
+                              "(PG_TO_BQ_TABLES_FILE): tables: {public.prices: {columns: "
+                              "{price: {cast: text}}}} keeps the value as text, or "
+                              "{exclude: true} leaves the column out."), failed[0]
     assert "1 loaded, 1 failed" in out
+    # The stack trace is for the event log, not the terminal, unless asked for.
+    assert "Traceback" not in out + captured.err
+    assert main(["sync", "--verbose"]) == 1
+    assert "Traceback (most recent call last)" in capsys.readouterr().out
 
 
 def test_unknown_table_is_a_clear_error(sample_db_url: str, settings_env, capsys) -> None:

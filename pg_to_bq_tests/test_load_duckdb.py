@@ -147,7 +147,7 @@ def test_materialization_metadata_and_checks(loaded_sample) -> None:
               for e in result.get_asset_check_evaluations() if not e.passed]
     assert failed == []
     assert {e.check_name for e in result.get_asset_check_evaluations()} >= {
-        "row_count_matches_source", "schema_unchanged_since_discovery", "cursor_is_fresh"}
+        "row_count_matches_source", "values_match_source", "cursor_is_fresh"}
 
 
 def test_rerun_does_not_duplicate_rows(sample_db_url: str, settings_env) -> None:
@@ -174,11 +174,20 @@ def test_one_failing_table_does_not_hide_the_others(pg_url: str, settings_env) -
     job = defs.resolve_job_def(NIGHTLY_JOB)
     result = job.execute_in_process(raise_on_error=False, instance=dg.DagsterInstance.ephemeral())
     assert not result.success
-    failures = result.get_step_failure_events()
-    assert [f.step_key for f in failures] == ["load__public__bad"]
-    message = failures[0].step_failure_data.user_failure_data.description
-    assert "public.bad" in message and "valid_to" in message
-    assert "timestamp with time zone" in message and "cast: text" in message
+    # The three small tables share a step: it fails naming the bad table alone, after the
+    # two good ones materialized, each with its own event.
+    [failure] = result.get_step_failure_events()
+    message = failure.step_failure_data.user_failure_data.description
+    assert message.startswith("1 of 3 table(s) failed: public.bad.")
+    assert "valid_to" in message and "timestamp with time zone" in message
+    assert "cast: text" in message
+    materialized = {e.asset_key.path[-1] for e in result.get_asset_materialization_events()}
+    assert materialized == {"good_a", "good_b"}
+    # The failed table's own record, on its asset: why it was not loaded.
+    [observation] = [e.event_specific_data.asset_observation for e in result.all_events
+                     if e.event_type_value == "ASSET_OBSERVATION"]
+    assert observation.asset_key.path[-1] == "bad"
+    assert "valid_to" in observation.metadata["pg_to_bq/load_failed"].value
     assert duck_rows(path, "SELECT count(*) FROM raw.good_a") == [(100,)]
     assert duck_rows(path, "SELECT count(*) FROM raw.good_b") == [(50,)]
     tables = {r[0] for r in duck_rows(path, "SELECT table_name FROM information_schema.tables")}

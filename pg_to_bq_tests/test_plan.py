@@ -5,7 +5,7 @@ from datetime import timedelta
 import pytest
 
 from pg_to_bq.catalog import Catalog, Column, Table
-from pg_to_bq.naming import NameCollisionError, dagster_name, destination_name
+from pg_to_bq.naming import dagster_name, destination_name, unique_names
 from pg_to_bq.overrides import OverridesError, parse_overrides
 from pg_to_bq.plan import PlanError, build_plans, detect_cursor, plan_table
 from pg_to_bq.typemap import numeric_typmod
@@ -75,16 +75,23 @@ def test_override_errors_name_file_table_and_field(spec: dict, message: str) -> 
         parse_overrides(spec, "tables.yaml")
 
 
-def test_override_of_missing_column_or_table_is_an_error() -> None:
+def test_an_override_that_does_not_fit_fails_that_table_alone() -> None:
+    """A cursor column that no longer exists, merge without a key: that table's plan has
+    the error (its load fails with it); the other tables plan as usual."""
     overrides = parse_overrides({"tables": {"public.orders": {"cursor": "changed"}}}, "t.yaml")
-    with pytest.raises(PlanError, match="t.yaml: table public.orders: cursor column 'changed'"):
-        build_plans(Catalog(tables=(ORDERS,)), "duckdb", overrides)
+    orders, log = build_plans(Catalog(tables=(ORDERS, LOG)), "duckdb", overrides)
+    assert orders.error is not None and not orders.loadable
+    assert "t.yaml: table public.orders: cursor column 'changed' does not exist" in orders.error
+    assert log.error is None and log.loadable
+    overrides = parse_overrides({"tables": {"public.log": {"disposition": "merge"}}}, "t.yaml")
+    [log] = build_plans(Catalog(tables=(LOG,)), "duckdb", overrides)
+    assert "needs a primary key" in log.error
+
+
+def test_tables_file_naming_a_missing_table_is_an_error() -> None:
     overrides = parse_overrides({"tables": {"public.nope": {}}}, "t.yaml")
     with pytest.raises(PlanError, match=r"public.nope"):
         build_plans(Catalog(tables=(ORDERS,)), "duckdb", overrides)
-    overrides = parse_overrides({"tables": {"public.log": {"disposition": "merge"}}}, "t.yaml")
-    with pytest.raises(PlanError, match="needs a primary key"):
-        build_plans(Catalog(tables=(LOG,)), "duckdb", overrides)
 
 
 def test_lookback_default_and_override() -> None:
@@ -104,24 +111,83 @@ def test_destination_names_keep_postgres_names() -> None:
     assert len(destination_name("x" * 400)) == 300
 
 
-def test_column_collision_names_both_sources() -> None:
+def test_column_collision_is_resolved_by_a_suffix_and_reported() -> None:
+    """`a-b` and `a_b` both become `a_b`: the unchanged name keeps it, the other gets the
+    first 6 hex digits of the SHA-1 of its PostgreSQL name."""
+    import hashlib
+
     table = Table(schema="public", name="t", columns=(col("a-b"), col("a_b")))
-    with pytest.raises(NameCollisionError, match="'a-b' and 'a_b' would both be loaded as 'a_b'"):
-        build_plans(Catalog(tables=(table,)), "duckdb")
+    [plan] = build_plans(Catalog(tables=(table,)), "duckdb")
+    suffix = hashlib.sha1(b"a-b").hexdigest()[:6]
+    assert [(c.source.name, c.name) for c in plan.columns] == [("a-b", f"a_b_{suffix}"),
+                                                               ("a_b", "a_b")]
+    [renaming] = plan.renamings
+    assert renaming.source == "a-b" and renaming.target == f"a_b_{suffix}"
+    assert "`a_b` is loaded as `a_b`" in renaming.reason
 
 
-def test_case_insensitive_collision_is_detected() -> None:
-    table = Table(schema="public", name="t", columns=(col("Name"), col("name")))
-    with pytest.raises(NameCollisionError, match="'Name' and 'name'"):
-        build_plans(Catalog(tables=(table,)), "bigquery")
+def test_case_only_twins_get_distinct_names_whatever_their_order() -> None:
+    """BigQuery and DuckDB compare names without case: `Name` and `name` cannot both be
+    `Name`. The lower-case one keeps its name, in either column order."""
+    for columns in ((col("Name"), col("name")), (col("name"), col("Name"))):
+        table = Table(schema="public", name="t", columns=columns)
+        [plan] = build_plans(Catalog(tables=(table,)), "bigquery")
+        names = {c.source.name: c.name for c in plan.columns}
+        assert names["name"] == "name"
+        assert names["Name"].startswith("Name_") and len(names["Name"]) == len("Name_") + 6
+        assert plan.error is None
 
 
-def test_table_collision_across_schemas() -> None:
+def test_table_collision_across_schemas_is_resolved() -> None:
     a = Table(schema="sales", name="orders", columns=(col("id"),))
     b = Table(schema="public", name="sales__orders", columns=(col("id"),))
-    with pytest.raises(NameCollisionError, match="sales.orders.*public.sales__orders|"
-                                                 "public.sales__orders.*sales.orders"):
-        build_plans(Catalog(tables=(a, b)), "duckdb")
+    plans = {p.name: p for p in build_plans(Catalog(tables=(a, b)), "duckdb")}
+    assert plans["public.sales__orders"].destination_table == "sales__orders"
+    assert plans["sales.orders"].destination_table.startswith("sales__orders_")
+    assert plans["sales.orders"].table_renaming is not None
+    # Loading a part of the catalog gives the same names: plans are built for all of it.
+    again = {p.name: p for p in build_plans(Catalog(tables=(b, a)), "duckdb")}
+    assert {n: p.destination_table for n, p in again.items()} == \
+        {n: p.destination_table for n, p in plans.items()}
+
+
+def test_unique_names_rule_is_deterministic_and_cut_to_the_limit() -> None:
+    names, renamings = unique_names(["x" * 70, "X" * 70, "ok"], max_length=63)
+    assert names["ok"] == "ok"
+    assert len(names["x" * 70]) == 63 and len(names["X" * 70]) == 63
+    assert names["x" * 70].casefold() != names["X" * 70].casefold()
+    assert unique_names(["X" * 70, "x" * 70, "ok"], max_length=63)[0] == names
+    assert {r.source for r in renamings} == {"x" * 70, "X" * 70}
+
+
+@pytest.mark.parametrize(("name", "type_name", "excluded"), [
+    ("password_hash", "text", True), ("api_key", "varchar", True), ("apiKey", "text", True),
+    ("private_key", "bytea", True), ("access_token", "text", True), ("token", "jsonb", True),
+    ("client_secret", "text", True), ("passwd", "text", True),
+    # numbers, dates and booleans are never excluded by name
+    ("token_count", "int4", False), ("used_token", "int8", False), ("secret", "bool", False),
+    ("password_changed_at", "timestamptz", False),
+    # whole words only
+    ("passenger_count", "text", False), ("compass", "text", False),
+    ("bypass_rule", "text", False), ("secretary_id", "text", False),
+    ("tokenizer", "text", False),
+])
+def test_sensitive_columns_match_whole_words_of_text_types(name: str, type_name: str,
+                                                           excluded: bool) -> None:
+    table = Table(schema="public", name="t", columns=(col("id"), col(name, type_name)))
+    plan = plan_table(table, "duckdb")
+    assert (name in plan.excluded) is excluded
+    if excluded:
+        [left_out] = plan.left_out
+        assert "sensitive-column rule" in left_out.setting
+        assert f"{{{name}: {{exclude: false}}}}" in left_out.setting
+
+
+def test_an_excluded_column_is_loaded_with_exclude_false() -> None:
+    overrides = parse_overrides(
+        {"tables": {"public.orders": {"columns": {"api_token": {"exclude": False}}}}}, "t.yaml")
+    [plan] = build_plans(Catalog(tables=(ORDERS,)), "duckdb", overrides)
+    assert plan.excluded == () and "api_token" in [c.name for c in plan.columns]
 
 
 def test_dagster_names_are_ascii_and_distinct() -> None:
@@ -168,6 +234,6 @@ def test_bigquery_partition_and_cluster_columns_must_be_loaded() -> None:
     assert (plan.bigquery_partition, plan.bigquery_cluster) == ("updated_at", ("id",))
     overrides = parse_overrides(
         {"tables": {"public.orders": {"bigquery": {"cluster": ["api_token"]}}}}, "t.yaml")
-    with pytest.raises(PlanError, match="t.yaml: table public.orders: bigquery partition/cluster "
-                                        "column 'api_token' is not loaded"):
-        build_plans(Catalog(tables=(ORDERS,)), "bigquery", overrides)
+    [plan] = build_plans(Catalog(tables=(ORDERS,)), "bigquery", overrides)
+    assert "t.yaml: table public.orders: bigquery partition/cluster column 'api_token' is " \
+           "not loaded" in plan.error

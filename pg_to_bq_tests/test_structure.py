@@ -128,16 +128,53 @@ def test_metadata_visible_before_first_materialization(snapshot_env) -> None:
     assert memo.metadata["dagster/table_name"] == "dest.raw.顧客メモ"
 
 
-def test_one_step_per_table_and_checks(snapshot_env) -> None:
+def test_small_tables_share_a_step_and_every_table_has_its_checks(snapshot_env) -> None:
     defs = build_definitions(Settings.from_env())
     job = defs.resolve_job_def(NIGHTLY_JOB)
-    assert sorted(node.name for node in job.graph.node_defs) == sorted(
-        ["load__analytics__events", "load__public__customers", "load__public__orders",
-         _memo_op()])
+    assert [node.name for node in job.graph.node_defs] == ["load_tables"]
+    [step] = [a for a in defs.resolve_asset_graph().assets_defs if a.is_executable]
+    assert step.can_subset
+    assert len(step.keys) == 4
     checks = {k.name for k in defs.resolve_asset_graph().asset_check_keys
               if k.asset_key == dg.AssetKey(["duckdb", "raw", "customers"])}
-    assert checks == {"row_count_matches_source", "schema_unchanged_since_discovery",
-                      "cursor_is_fresh"}
+    assert checks == {"row_count_matches_source", "values_match_source", "cursor_is_fresh"}
+
+
+def test_large_and_partitioned_tables_have_a_step_of_their_own(snapshot_env, tmp_path,
+                                                                monkeypatch) -> None:
+    from pg_to_bq.groups import DEFAULT_OWN_STEP_BYTES
+
+    big = Table(schema="public", name="events_big", size_bytes=DEFAULT_OWN_STEP_BYTES,
+                columns=(Column("id", "bigint", "int8", nullable=False),), primary_key=("id",))
+    write_snapshot(Catalog(tables=(CUSTOMERS, ORDERS, EVENTS, MEMO, big), database="shop"),
+                   snapshot_env)
+    tables = tmp_path / "tables.yaml"
+    tables.write_text("tables:\n  public.orders:\n    partition: {column: id, granularity: "
+                      "month, start: 2026-01-01}\n")
+    monkeypatch.setenv("PG_TO_BQ_TABLES_FILE", str(tables))
+    graph = build_definitions(Settings.from_env()).resolve_asset_graph()
+    steps = {a.op.name: sorted(k.path[-1] for k in a.keys)
+             for a in graph.assets_defs if a.is_executable}
+    assert steps == {"load__public__events_big": ["events_big"],
+                     "load__public__orders": ["orders"],
+                     "load_tables": sorted(["analytics__events", "customers", "顧客メモ"])}
+
+
+def test_many_small_tables_spread_over_stable_steps() -> None:
+    """1,000 small tables: 32 steps of ~31; adding a table moves no other table."""
+    from pg_to_bq.groups import group_plans
+    from pg_to_bq.plan import plan_table
+
+    plans = [plan_table(Table(schema="public", name=f"t{i:04d}", columns=(
+        Column("id", "bigint", "int8"),)), "duckdb") for i in range(1000)]
+    groups = group_plans(plans)
+    assert len(groups) == 32 and max(len(g.plans) for g in groups) < 60
+    assert sorted(p.name for g in groups for p in g.plans) == sorted(p.name for p in plans)
+    where = {p.name: g.name for g in groups for p in g.plans}
+    extra = plan_table(Table(schema="public", name="new_table", columns=(
+        Column("id", "bigint", "int8"),)), "duckdb")
+    again = {p.name: g.name for g in group_plans([*plans, extra]) for p in g.plans}
+    assert all(again[name] == group for name, group in where.items())
 
 
 def test_schedule_targets_every_table_by_tag(snapshot_env) -> None:
@@ -164,7 +201,7 @@ def test_default_schedule_is_01_00_tokyo(tmp_path: Path, settings_env, counter) 
 def test_import_of_code_location_does_not_query_postgres(snapshot_env, counter) -> None:
     started = time.monotonic()
     result = subprocess.run([sys.executable, "-c", "import pg_to_bq.definitions as d; "
-                             "print(len(list(d.defs.assets)))"],
+                             "print(len(d.defs.resolve_asset_graph().get_all_asset_keys()))"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "8"
@@ -315,50 +352,60 @@ def test_secrets_resource_only_with_a_secret_id(snapshot_env, monkeypatch) -> No
         defs.get_repository_def().get_top_level_resources())
 
 
-def test_every_table_op_keeps_its_own_compute_function(snapshot_env) -> None:
-    """Table ops are built directly (not by `@multi_asset`): each has its own compute
+def test_every_step_op_keeps_its_own_compute_function(snapshot_env, monkeypatch) -> None:
+    """Step ops are built directly (not by `@multi_asset`): each has its own compute
     function, and they share one config schema object."""
     from pg_to_bq.assets import LOAD_CONFIG_SCHEMA
 
+    monkeypatch.setenv("PG_TO_BQ_STEP_TABLES", "1")
     graph = build_definitions(Settings.from_env()).resolve_asset_graph()
     ops = [a.op for a in graph.assets_defs if a.is_executable]
     functions = {op.compute_fn for op in ops}
-    assert len(functions) == len(ops) == 4
+    assert len(functions) == len(ops) > 1
     assert all(list(inspect.signature(f).parameters) == ["context", "inputs"] for f in functions)
     assert all(op.config_schema.as_field() is LOAD_CONFIG_SCHEMA for op in ops)
     assert all(op.config_schema.as_field().config_type.fields.keys() == {"full_refresh", "apply_deletes"}
                for op in ops)
 
 
-def test_table_asset_is_what_multi_asset_would_build(snapshot_env, tmp_path, monkeypatch) -> None:
-    """`build_table_asset` constructs what `@multi_asset(specs=..., check_specs=...)` builds
-    from the same parts: same op name, input and output names and types, keys, checks, spec
-    attributes, partitions, tags, retry policy, pool and resource keys."""
+@pytest.mark.parametrize("step_tables", ["50", "1"])
+def test_group_asset_is_what_multi_asset_would_build(snapshot_env, tmp_path, monkeypatch,
+                                                     step_tables: str) -> None:
+    """`build_group_asset` constructs what `@multi_asset(specs=..., check_specs=...,
+    can_subset=True)` builds from the same parts: same op name, input and output names and
+    types, keys, checks, spec attributes, partitions, tags, retry policy, pool and resource
+    keys. (The Japanese table is left out: the decorator cannot name its input and output,
+    which `build_group_asset` names with an ASCII form.)"""
     from pg_to_bq.assets import (
         LOAD_CONFIG_SCHEMA,
-        POOL,
-        build_table_asset,
+        build_group_asset,
         check_specs,
-        destination_key,
     )
+    from pg_to_bq.groups import group_plans
 
+    write_snapshot(Catalog(tables=(CUSTOMERS, ORDERS, EVENTS), database="shop"), snapshot_env)
     tables = tmp_path / "tables.yaml"
     tables.write_text("tables:\n  analytics.events:\n    primary_key: [at]\n"
                       "    partition: {column: at, granularity: month, "
                       "start: 2026-01-01}\n")
     monkeypatch.setenv("PG_TO_BQ_TABLES_FILE", str(tables))
+    monkeypatch.setenv("PG_TO_BQ_STEP_TABLES", step_tables)
     settings = Settings.from_env()
     ctx = asset_context(settings)
     plans = [p for p in plans_for(settings, load_catalog(settings).catalog) if p.columns]
     assert any(p.partition is not None for p in plans)
-    for plan in plans:
-        built = build_table_asset(plan, ctx)
-        (spec,) = built.specs
+    for group in group_plans(plans, settings.step_tables):
+        built = build_group_asset(group, ctx)
+        specs = list(built.specs)
+        partitions = {spec.partitions_def for spec in specs}
+        assert len(partitions) == 1
 
-        @dg.multi_asset(name=plan.op_name, specs=[spec.replace_attributes(partitions_def=None)],
-                        check_specs=check_specs(plan, destination_key(plan, ctx)),
-                        partitions_def=spec.partitions_def, pool=POOL,
-                        op_tags={"pg_to_bq/table": plan.name},
+        @dg.multi_asset(name=group.name,
+                        specs=[s.replace_attributes(partitions_def=None) for s in specs],
+                        check_specs=[c for p, s in zip(group.plans, specs, strict=True)
+                                     for c in check_specs(p, s.key)],
+                        partitions_def=next(iter(partitions)), pool=ctx.pool,
+                        op_tags=built.op.tags, can_subset=True,
                         retry_policy=built.op.retry_policy,
                         config_schema=dict(LOAD_CONFIG_SCHEMA.config_type.fields),
                         required_resource_keys={"source", "destination"})
@@ -367,7 +414,7 @@ def test_table_asset_is_what_multi_asset_would_build(snapshot_env, tmp_path, mon
 
         for attribute in ("keys", "check_keys", "keys_by_input_name", "keys_by_output_name",
                           "check_specs_by_output_name", "partitions_def", "specs",
-                          "required_resource_keys"):
+                          "required_resource_keys", "can_subset"):
             ours, theirs = getattr(built, attribute), getattr(reference, attribute)
             if attribute == "specs":
                 ours, theirs = list(ours), list(theirs)
@@ -381,6 +428,27 @@ def test_table_asset_is_what_multi_asset_would_build(snapshot_env, tmp_path, mon
             assert [(d.name, d.dagster_type.key) for d in a] == [(d.name, d.dagster_type.key) for d in b]
         assert [(o.is_required, o.description, o.metadata) for o in ops[0].output_defs] == \
             [(o.is_required, o.description, o.metadata) for o in ops[1].output_defs]
+
+
+def test_names_dagster_refuses_get_an_ascii_form_and_keep_their_key(snapshot_env) -> None:
+    """A Japanese table keeps its name in its asset keys; its op input and output names (which
+    Dagster restricts to ASCII) get an ASCII form with a hash. A name with a space or quote
+    gets an ASCII key part, and its real name leads the description."""
+    from pg_to_bq.assets import build_group_asset
+    from pg_to_bq.groups import LoadGroup
+
+    odd = Table(schema="public", name='my "odd" table', columns=(Column("id", "bigint", "int8"),))
+    write_snapshot(Catalog(tables=(MEMO, odd), database="shop"), snapshot_env)
+    settings = Settings.from_env()
+    plans = plans_for(settings, load_catalog(settings).catalog)
+    built = build_group_asset(LoadGroup("g", "p", tuple(plans)), asset_context(settings))
+    keys = {k.path[-1] for k in built.keys}
+    assert "顧客メモ" in keys
+    [odd_key] = [k for k in built.keys if k.path[-1] != "顧客メモ"]
+    assert odd_key.path[-1].isascii() and " " not in odd_key.path[-1]
+    assert built.specs_by_key[odd_key].description.startswith('**public.my "odd" table**')
+    assert all(name.isascii() for name in built.keys_by_output_name)
+    assert all(name.isascii() for name in built.keys_by_input_name)
 
 
 def test_snapshot_json_is_the_dataclasses_form_and_interns_columns() -> None:

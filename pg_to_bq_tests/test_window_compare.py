@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from pg_to_bq.load import _comparable, _py_max
+from pg_to_bq.cursor_window import _comparable, _py_max
 
 CASES = [
     (pa.timestamp("us", tz="UTC"),
@@ -64,7 +64,7 @@ def test_all_null_maximum_is_none() -> None:
 def test_tracking_a_zoned_cursor_does_not_import_pandas() -> None:
     code = (
         "import sys, datetime as d, pyarrow as pa\n"
-        "from pg_to_bq.load import _comparable, _py_max\n"
+        "from pg_to_bq.cursor_window import _comparable, _py_max\n"
         "a = pa.Array.from_buffers(pa.timestamp('us', tz='UTC'), 2, "
         "[None, pa.py_buffer((1).to_bytes(8, 'little') * 2)])\n"
         "m = _py_max(a)\n"

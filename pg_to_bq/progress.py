@@ -1,0 +1,62 @@
+"""Per-table outcomes as a step produces them, for whoever watches in the same process.
+
+Dagster records every outcome in its event log (materializations, check results, the
+step's failure); `pg-to-bq sync`, which runs the steps in its own process, also prints a
+line per table the moment it is known. A step publishes each table's `TableOutcome`
+here; a listener (the CLI) receives it. With no listener, publishing costs nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class TableOutcome:
+    """What happened to one table in a step.
+
+    Attributes:
+        table: `schema.table`.
+        status: `loaded`, `unchanged` (nothing new to merge), `failed`, or `gone` (not in
+            PostgreSQL any more: dropped or renamed).
+        rows: Rows read and loaded.
+        mode: `full`, `incremental` or `window`.
+        seconds: Time spent on the table.
+        error: Why it failed, in one line (`failed`), or what happened (`gone`).
+        trace: The stack trace of a failure (for `--verbose`).
+        notes: Things the user should know: schema changes handled, columns left out or
+            renamed.
+        failed_checks: Checks that did not pass, with their reason.
+        deleted: Rows deleted by a delete pass.
+    """
+
+    table: str
+    status: str
+    rows: int = 0
+    mode: str = "-"
+    seconds: float = 0.0
+    error: str | None = None
+    trace: str | None = None
+    notes: tuple[str, ...] = ()
+    failed_checks: tuple[str, ...] = ()
+    deleted: int | None = None
+
+
+_listeners: list[Callable[[TableOutcome], None]] = []
+
+
+def publish(outcome: TableOutcome) -> None:
+    for listener in list(_listeners):
+        listener(outcome)
+
+
+@contextlib.contextmanager
+def listening(listener: Callable[[TableOutcome], None]) -> Iterator[None]:
+    """Call `listener` with every outcome published in this process during the block."""
+    _listeners.append(listener)
+    try:
+        yield
+    finally:
+        _listeners.remove(listener)
