@@ -48,7 +48,9 @@ from pg_to_bq.cursor_window import (
     state_value,
     window_digest,
 )
+from pg_to_bq.destination_schema import alter_statements, apply, planned_types, stored_columns
 from pg_to_bq.errors import describe, is_transient
+from pg_to_bq.evolution import Change, Evolution, diff
 from pg_to_bq.extract import TableReader, literal
 from pg_to_bq.file_lock import exclusive
 from pg_to_bq.parquet_files import remove_stale_files, write_table_file
@@ -137,6 +139,8 @@ class LoadResult:
     transient: bool = False
     # Rows in the destination table after the load (None when not counted).
     destination_rows: int | None = None
+    # Schema changes the load handled, in words.
+    changes: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -201,6 +205,8 @@ def load_table(
     statement_timeout_s: int = 3600,
     on_batch: Callable[[int], None] | None = None,
     streams: int = 1,
+    pipeline_name: str | None = None,
+    record_state: bool = True,
 ) -> LoadResult:
     """Extract `plan`'s table and load it with its own pipeline; raises when it fails.
 
@@ -209,16 +215,17 @@ def load_table(
     reads rows at or after the last cursor minus the lookback, and others are replaced.
     An incremental read that finds exactly the rows the last load recorded for its
     lookback window loads nothing (`status == "unchanged"`). `streams` > 1 reads a large
-    table over that many connections (see `TableReader`).
+    table over that many connections (see `TableReader`). Side loads (a fill, a delete
+    pass's keys) name their own `pipeline_name` and keep no state (`record_state`).
     """
     if not plan.columns and plan.error is None:
         raise EmptyTableError(_no_columns(plan))
     [result] = load_group(
         [TableLoad(plan, full_refresh=full_refresh, window=window, streams=streams)],
-        pipeline_name=plan.pipeline_name, source_url=source_url, destination=destination,
-        dataset=dataset, work_dir=work_dir, batch_bytes=batch_bytes, hash_salt=hash_salt,
-        statement_timeout_s=statement_timeout_s, on_batch=on_batch, count_rows=False,
-        raise_errors=True)
+        pipeline_name=pipeline_name or plan.pipeline_name, source_url=source_url,
+        destination=destination, dataset=dataset, work_dir=work_dir, batch_bytes=batch_bytes,
+        hash_salt=hash_salt, statement_timeout_s=statement_timeout_s, on_batch=on_batch,
+        count_rows=False, raise_errors=True, record_state=record_state)
     return result
 
 
@@ -238,6 +245,7 @@ def load_group(
     count_rows: bool = True,
     raise_errors: bool = False,
     destination_lock: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    record_state: bool = True,
 ) -> list[LoadResult]:
     """Load `loads` with the dlt pipeline `pipeline_name`; a result per table, in order.
 
@@ -245,12 +253,21 @@ def load_group(
     `raise_errors`, the first failure is raised instead, as `load_table` does). `on_result`
     is called with each table's result as soon as it is known (a failed read at once, the
     loaded tables after the group's load). `count_rows` asks the destination for each loaded
-    table's rows (one query for many tables).
+    table's rows (one query for many tables). `destination_lock` is held while the
+    destination is used (restoring state, loading), not while the tables are read. Loads of
+    one pipeline on one machine take turns (its working directory holds its packages).
+    Schema changes are handled as `pg_to_bq.evolution` says, and listed in each result.
     """
+    run = _GroupRun(
+        loads=loads, source_url=source_url, dataset=dataset, work_dir=work_dir,
+        batch_bytes=batch_bytes, hash_salt=hash_salt, statement_timeout_s=statement_timeout_s,
+        on_batch=on_batch, on_result=on_result, count_rows=count_rows,
+        raise_errors=raise_errors, destination_lock=destination_lock,
+        record_state=record_state)
     with exclusive(pipelines_dir(work_dir) / pipeline_name, _waiting_for(pipeline_name)):
-        return _load_group(loads, pipeline_name, source_url, destination, dataset, work_dir,
-                           batch_bytes, hash_salt, statement_timeout_s, on_batch, on_result,
-                           count_rows, raise_errors, destination_lock)
+        run.pipeline = group_pipeline(pipeline_name, destination, dataset, work_dir)
+        with dlt.config.values(dlt_settings(run.pipeline.destination)):
+            return run.execute()
 
 
 def _waiting_for(pipeline_name: str) -> Callable[[float], None]:
@@ -259,72 +276,6 @@ def _waiting_for(pipeline_name: str) -> Callable[[float], None]:
                  pipeline_name, seconds)
 
     return waiting
-
-
-def _load_group(
-    loads: Sequence[TableLoad],
-    pipeline_name: str,
-    source_url: str,
-    destination: Any,
-    dataset: str,
-    work_dir: Path,
-    batch_bytes: int,
-    hash_salt: bytes | None,
-    statement_timeout_s: int,
-    on_batch: Callable[..., None] | None,
-    on_result: Callable[[LoadResult], None] | None,
-    count_rows: bool,
-    raise_errors: bool,
-    destination_lock: Callable[[], contextlib.AbstractContextManager],
-) -> list[LoadResult]:
-    pipeline = group_pipeline(pipeline_name, destination, dataset, work_dir)
-    results: dict[int, LoadResult] = {}
-
-    def settle(index: int, result: LoadResult) -> None:
-        results[index] = result
-        if raise_errors and result.status == "failed":
-            raise result.extra.pop("exception", None) or LoadJobFailed(result.error)
-        result.extra.pop("exception", None)
-        if on_result is not None:
-            on_result(result)
-
-    unchanged: list[tuple[int, LoadResult]] = []
-
-    def settle_read(index: int, result: LoadResult) -> None:
-        # An unchanged table is settled with the loaded ones, once its rows are counted.
-        if result.status == "unchanged" and count_rows:
-            unchanged.append((index, result))
-        else:
-            settle(index, result)
-
-    with dlt.config.values(dlt_settings(pipeline.destination)):
-        with destination_lock():
-            _sync_once(pipeline)
-            states = _states(pipeline, [load.plan for load in loads])
-        read = _read_all(loads, pipeline, states, source_url, batch_bytes, hash_salt,
-                         statement_timeout_s, on_batch, settle_read,
-                         keep_exceptions=raise_errors)
-        failures: dict[str, str] = {}
-        loaded: list[tuple[int, _Read]] = []
-        load_id = None
-        counts: dict[str, int] = {}
-        if read or unchanged:
-            with destination_lock():
-                if read:
-                    failures, load_id = _load_files(pipeline, [r for _, r in read])
-                    loaded = [(i, item) for i, item in read
-                              if item.plan.destination_table not in failures]
-                    _commit_states(pipeline, [item for _, item in loaded], states, load_id)
-                if count_rows:
-                    counts = _count_rows(pipeline, [i.plan for _, i in loaded] + [
-                        load.plan for load in (loads[i] for i, _ in unchanged)])
-        for index, item in read:
-            if item.plan.destination_table in failures:
-                settle(index, item.failed(failures[item.plan.destination_table]))
-        for index, result in [(i, item.result(load_id)) for i, item in loaded] + unchanged:
-            result.destination_rows = counts.get(result.destination_table)
-            settle(index, result)
-    return [results[i] for i in sorted(results)]
 
 
 class LoadJobFailed(RuntimeError):
@@ -342,6 +293,15 @@ class _Read:
     reader: TableReader
     path: Path
     started: float
+    evolution: Evolution = field(default_factory=lambda: Evolution(exists=True))
+    # Columns (destination names) whose values the rows already loaded must get (a fill).
+    fill: tuple[str, ...] = ()
+    changes: list[str] = field(default_factory=list)
+
+    @property
+    def refresh(self) -> bool:
+        """The destination table is dropped and created again (a type it cannot widen to)."""
+        return self.evolution.reload
 
     def result(self, load_id: str | None, status: str = "loaded") -> LoadResult:
         stats = self.reader.stats
@@ -351,12 +311,219 @@ class _Read:
             duration_s=time.monotonic() - self.started, mode=self.mode,
             cursor_from=self.cursor_from, cursor_to=self.tracker.max if self.tracker else None,
             batches=stats.batches, table_rows=stats.table_rows, streams=stats.streams,
-            status=status)
+            status=status, changes=tuple(self.changes))
 
     def failed(self, error: str) -> LoadResult:
         result = self.result(None, status="failed")
-        result.error = f"table {self.plan.name}: the destination refused the load: {error}"
+        result.error = error if error.startswith(f"table {self.plan.name}") else \
+            f"table {self.plan.name}: the destination refused the load: {error}"
         return result
+
+
+@dataclass
+class _GroupRun:
+    """One `load_group` call: its settings, and the steps it goes through."""
+
+    loads: Sequence[TableLoad]
+    source_url: str
+    dataset: str
+    work_dir: Path
+    batch_bytes: int
+    hash_salt: bytes | None
+    statement_timeout_s: int
+    on_batch: Callable[..., None] | None
+    on_result: Callable[[LoadResult], None] | None
+    count_rows: bool
+    raise_errors: bool
+    destination_lock: Callable[[], contextlib.AbstractContextManager]
+    record_state: bool
+    pipeline: Any = None
+    results: dict[int, LoadResult] = field(default_factory=dict)
+
+    def settle(self, index: int, result: LoadResult) -> None:
+        self.results[index] = result
+        exception = result.extra.pop("exception", None)
+        if self.raise_errors and result.status == "failed":
+            raise exception or LoadJobFailed(result.error)
+        if self.on_result is not None:
+            self.on_result(result)
+
+    def execute(self) -> list[LoadResult]:
+        pipeline = self.pipeline
+        plans = [load.plan for load in self.loads if load.plan.loadable]
+        with self.destination_lock():
+            _sync_once(pipeline)
+            states = _states(pipeline, plans) if self.record_state else {}
+            evolutions = _evolutions(pipeline, plans)
+        unchanged: list[tuple[int, LoadResult]] = []
+
+        def settle_read(index: int, result: LoadResult) -> None:
+            # An unchanged table is settled with the loaded ones, once its rows are counted.
+            if result.status == "unchanged" and self.count_rows:
+                unchanged.append((index, result))
+            else:
+                self.settle(index, result)
+
+        read = self.read_all(states, evolutions, settle_read)
+        failures: dict[str, str] = {}
+        loaded: list[tuple[int, _Read]] = []
+        load_id = None
+        counts: dict[str, int] = {}
+        if read or unchanged:
+            with self.destination_lock():
+                if read:
+                    failures = _prepare(pipeline, [r for _, r in read], states,
+                                        self.record_state)
+                    ready = [r for _, r in read if r.plan.destination_table not in failures]
+                    load_failures, load_id = _load_files(pipeline, ready)
+                    failures.update(load_failures)
+                    loaded = [(i, r) for i, r in read
+                              if r.plan.destination_table not in failures]
+                    failures.update(self.fill([r for _, r in loaded]))
+                    loaded = [(i, r) for i, r in loaded if r.plan.destination_table not in failures]
+                    if self.record_state:
+                        _commit_states(pipeline, [r for _, r in loaded], states, load_id)
+                if self.count_rows:
+                    counts = _count_rows(pipeline, [r.plan for _, r in loaded] + [
+                        self.loads[i].plan for i, _ in unchanged])
+        for index, item in read:
+            if item.plan.destination_table in failures:
+                self.settle(index, item.failed(failures[item.plan.destination_table]))
+        for index, result in [(i, item.result(load_id)) for i, item in loaded] + unchanged:
+            result.destination_rows = counts.get(result.destination_table)
+            self.settle(index, result)
+        return [self.results[i] for i in sorted(self.results)]
+
+    def read_all(self, states: dict[str, dict[str, Any]], evolutions: dict[str, Evolution],
+                 settle: Callable[[int, LoadResult], None]) -> list[tuple[int, _Read]]:
+        """Read each table into a parquet file over one connection (each table in its own
+        snapshot); tables that fail are settled at once, the others returned to be loaded."""
+        files = Path(self.pipeline.working_dir) / "pg_to_bq_files"
+        for stale in remove_stale_files(files):
+            log.info("removed %s, left by an extraction that did not finish", stale)
+        read: list[tuple[int, _Read]] = []
+        with _Sessions(self.source_url, self.statement_timeout_s) as sessions:
+            for index, load in enumerate(self.loads):
+                started = time.monotonic()
+                table = load.plan.destination_table
+                try:
+                    item = self.read_with_retries(
+                        load, states.get(table, {}), evolutions.get(table), sessions, files)
+                except Exception as exc:  # noqa: BLE001 - one table's failure is its own
+                    settle(index, _failure(load.plan, exc, started, self.raise_errors))
+                    continue
+                if isinstance(item, LoadResult):
+                    settle(index, item)
+                else:
+                    read.append((index, item))
+        _release_memory()
+        return read
+
+    def read_with_retries(self, load: TableLoad, state: dict[str, Any],
+                          evolution: Evolution | None, sessions: _Sessions,
+                          files: Path) -> _Read | LoadResult:
+        for attempt in range(1, READ_ATTEMPTS + 1):
+            try:
+                return self.read_table(load, state, evolution, sessions, files)
+            except Exception as exc:
+                sessions.discard()
+                if attempt == READ_ATTEMPTS or not is_transient(exc):
+                    raise
+                delay = RETRY_DELAY_S * 2 ** (attempt - 1)
+                log.warning("reading %s failed (%s); trying again in %.0f s", load.plan.name,
+                            describe(exc), delay)
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def read_table(self, load: TableLoad, state: dict[str, Any], evolution: Evolution | None,
+                   sessions: _Sessions, files: Path) -> _Read | LoadResult:
+        """Read one table into a parquet file (or find it unchanged since the last load)."""
+        plan = load.plan
+        if plan.error is not None:
+            raise PlanFailed(plan.error)
+        if not plan.columns:
+            raise EmptyTableError(_no_columns(plan))
+        evolution = evolution or Evolution(exists=False)
+        started = time.monotonic()
+        # A table the destination does not have (or must drop) is read whole, whatever the
+        # cursor says: a cursor without its rows would skip them.
+        whole = not evolution.exists or evolution.reload
+        mode, where, cursor_from = _choose_mode(plan, state, load.full_refresh or whole,
+                                                None if whole else load.window)
+        pending = tuple(state.get(PENDING_FILL_STATE_KEY, ()))
+        fill = () if mode == "full" or plan.disposition != "merge" else tuple(
+            dict.fromkeys([*evolution.added, *(c for c in pending
+                                               if c in {m.name for m in plan.columns})]))
+        stored_window = state.get(WINDOW_STATE_KEY) if mode == "incremental" else None
+        reader = TableReader(
+            sessions.url, plan, where=where, batch_bytes=self.batch_bytes,
+            hash_salt=self.hash_salt, statement_timeout_s=self.statement_timeout_s,
+            streams=load.streams, count_table=True, session=sessions.get(),
+        )
+        tracker = WindowTracker(plan, mode) if plan.cursor is not None and mode != "window" \
+            else None
+        report = _batch_reporter(self.on_batch, plan)
+        changes = _describe_changes(plan, evolution, state, mode, fill,
+                                    had_state=bool(state.get(LOAD_ID_STATE_KEY)))
+        with reader:
+            ahead: list[pa.RecordBatch] | None = None
+            if stored_window and not evolution.changed and not fill \
+                    and reader.stats.snapshot_rows == stored_window.get("rows"):
+                ahead = list(reader.batches())
+                if window_digest(ahead, reader.schema) == stored_window.get("digest"):
+                    report(reader.stats.rows)
+                    unchanged = _Read(plan, mode, cursor_from, None, reader, Path(), started)
+                    result = unchanged.result(None, status="unchanged")
+                    result.cursor_to = max_of(ahead, plan)
+                    result.extra["unchanged"] = True
+                    return result
+
+            def batches() -> Iterator[pa.RecordBatch]:
+                for batch in reader.batches() if ahead is None else ahead:
+                    if tracker is not None and batch.num_rows:
+                        tracker.add(batch)
+                    report(batch.num_rows)
+                    yield batch
+
+            path, _ = write_table_file(batches(), reader.schema, files,
+                                       self.pipeline.destination.destination_name)
+        return _Read(plan, mode, cursor_from, tracker, reader, path, started, evolution, fill,
+                     changes)
+
+    def fill(self, loaded: list[_Read]) -> dict[str, str]:
+        """Fill the columns added to merged tables for their existing rows; a table whose
+        fill fails fails (its rows loaded; the next run fills them, see `_prepare`)."""
+        from pg_to_bq.backfill import fill_columns
+
+        failures = {}
+        for item in loaded:
+            if not item.fill:
+                continue
+            try:
+                rows = fill_columns(
+                    item.plan, item.fill, source_url=self.source_url,
+                    destination=self.pipeline.destination, dataset=self.dataset,
+                    work_dir=self.work_dir, batch_bytes=self.batch_bytes,
+                    statement_timeout_s=self.statement_timeout_s, hash_salt=self.hash_salt)
+            except Exception as exc:  # noqa: BLE001 - this table's own failure
+                failures[item.plan.destination_table] = (
+                    f"table {item.plan.name}: new column(s) {', '.join(item.fill)} were not "
+                    f"filled for the rows loaded before ({describe(exc)}); its rows are "
+                    "loaded and the next run fills them")
+                continue
+            item.changes.append(f"filled {', '.join(item.fill)} for {rows:,} existing row(s)")
+        return failures
+
+
+PENDING_FILL_STATE_KEY = "pending_fill"
+# The PostgreSQL type of each column last loaded (by PostgreSQL name), and the destination
+# columns that load wrote.
+COLUMNS_STATE_KEY = "columns"
+LOADED_COLUMNS_STATE_KEY = "loaded_columns"
+
+
+class PlanFailed(ValueError):
+    """The table's plan has an error (an override that does not fit it)."""
 
 
 def _states(pipeline: dlt.Pipeline, plans: Sequence[TablePlan]) -> dict[str, dict[str, Any]]:
@@ -371,111 +538,77 @@ def _states(pipeline: dlt.Pipeline, plans: Sequence[TablePlan]) -> dict[str, dic
     return stored
 
 
-def _read_all(
-    loads: Sequence[TableLoad],
-    pipeline: dlt.Pipeline,
-    states: dict[str, dict[str, Any]],
-    source_url: str,
-    batch_bytes: int,
-    hash_salt: bytes | None,
-    statement_timeout_s: int,
-    on_batch: Callable[..., None] | None,
-    settle: Callable[[int, LoadResult], None],
-    keep_exceptions: bool = False,
-) -> list[tuple[int, _Read]]:
-    """Read each table into a parquet file over one connection (each table in its own
-    snapshot); tables that fail are settled at once, the others returned to be loaded."""
-    files = Path(pipeline.working_dir) / "pg_to_bq_files"
-    for stale in remove_stale_files(files):
-        log.info("removed %s, left by an extraction that did not finish", stale)
-    read: list[tuple[int, _Read]] = []
-    with _Sessions(source_url, statement_timeout_s) as sessions:
-        for index, load in enumerate(loads):
-            started = time.monotonic()
-            try:
-                item = _read_with_retries(load, pipeline, states.get(
-                    load.plan.destination_table, {}), sessions, files, batch_bytes, hash_salt,
-                    statement_timeout_s, on_batch)
-            except Exception as exc:  # noqa: BLE001 - one table's failure is its own
-                settle(index, _failure(load.plan, exc, started, keep_exceptions))
-                continue
-            if isinstance(item, LoadResult):
-                settle(index, item)
-            else:
-                read.append((index, item))
-    _release_memory()
-    return read
+def _evolutions(pipeline: dlt.Pipeline, plans: Sequence[TablePlan]) -> dict[str, Evolution]:
+    """What each table's load must do about schema changes (`pg_to_bq.evolution`)."""
+    stored = stored_columns(pipeline, [p.destination_table for p in plans])
+    kind = pipeline.destination.destination_name
+    return {p.destination_table: diff(planned_types(pipeline, p), stored.get(p.destination_table),
+                                      kind, frozenset(p.destination_primary_key))
+            for p in plans}
 
 
-def _read_with_retries(load: TableLoad, pipeline: dlt.Pipeline, state: dict[str, Any],
-                       sessions: _Sessions, files: Path, *args: Any) -> _Read | LoadResult:
-    for attempt in range(1, READ_ATTEMPTS + 1):
+def _describe_changes(plan: TablePlan, evolution: Evolution, state: dict[str, Any], mode: str,
+                      fill: tuple[str, ...], had_state: bool) -> list[str]:
+    """The schema changes this load handles, in words (for the CLI and the metadata)."""
+    if not evolution.exists:
+        return ["the destination table was missing: loaded whole"] if had_state else []
+    source_names = {c.name: c.source for c in plan.columns}
+    before = state.get(COLUMNS_STATE_KEY, {})
+    changes = []
+    for name in evolution.added:
+        action = ("its values filled for the rows loaded before" if name in fill
+                  else "loaded with every row")
+        changes.append(Change("added", name).describe(action))
+    previously = state.get(LOADED_COLUMNS_STATE_KEY)
+    for name in evolution.dropped:
+        if evolution.reload:
+            changes.append(f"column {name} dropped in PostgreSQL: not in the reloaded table")
+        elif previously is None or name in previously:  # said once, at the first load after
+            changes.append(Change("dropped", name).describe(""))
+    for change in (*evolution.widened, *evolution.retyped):
+        source = source_names.get(change.column)
+        text = change.describe("")
+        if source is not None and before.get(source.name) not in (None, source.type):
+            text += f"; PostgreSQL {before[source.name]} → {source.type}"
+        changes.append(text)
+    extra = set(fill) - set(evolution.added)
+    if extra:
+        changes.append(f"column(s) {', '.join(sorted(extra))}: values for the rows loaded "
+                       "before filled now (an earlier run could not)")
+    if mode == "full" and evolution.changed and plan.disposition == "merge" \
+            and not evolution.reload:
+        changes.append("read whole this run")
+    return changes
+
+
+def _prepare(pipeline: dlt.Pipeline, read: list[_Read], states: dict[str, dict[str, Any]],
+             record_state: bool) -> dict[str, str]:
+    """Before the load: mark the fills this run owes (so a run killed before they are done
+    leaves them to the next one) and change column types in place. Returns the tables that
+    cannot load (an ALTER the destination refused)."""
+    pending = {}
+    for item in read:
+        if item.fill and record_state:
+            state = dict(states.get(item.plan.destination_table, {}))
+            state[PENDING_FILL_STATE_KEY] = sorted(set(state.get(PENDING_FILL_STATE_KEY, ()))
+                                                   | set(item.fill))
+            pending[item.plan.destination_table] = state
+    if pending:
+        write_states(pipeline, pending)
+        states.update(pending)
+    failures = {}
+    for item in read:
+        evolution = item.evolution
+        if item.refresh or not (evolution.widened or evolution.relax):
+            continue
         try:
-            return _read_table(load, pipeline, state, sessions, files, *args)
-        except Exception as exc:
-            sessions.discard()
-            if attempt == READ_ATTEMPTS or not is_transient(exc):
-                raise
-            delay = RETRY_DELAY_S * 2 ** (attempt - 1)
-            log.warning("reading %s failed (%s); trying again in %.0f s", load.plan.name,
-                        describe(exc), delay)
-            time.sleep(delay)
-    raise AssertionError("unreachable")
-
-
-def _read_table(
-    load: TableLoad,
-    pipeline: dlt.Pipeline,
-    state: dict[str, Any],
-    sessions: _Sessions,
-    files: Path,
-    batch_bytes: int,
-    hash_salt: bytes | None,
-    statement_timeout_s: int,
-    on_batch: Callable[..., None] | None,
-) -> _Read | LoadResult:
-    """Read one table into a parquet file (or find it unchanged since the last load)."""
-    plan = load.plan
-    if plan.error is not None:
-        raise PlanFailed(plan.error)
-    if not plan.columns:
-        raise EmptyTableError(_no_columns(plan))
-    started = time.monotonic()
-    mode, where, cursor_from = _choose_mode(plan, state, load.full_refresh, load.window)
-    stored_window = state.get(WINDOW_STATE_KEY) if mode == "incremental" else None
-    reader = TableReader(
-        sessions.url, plan, where=where, batch_bytes=batch_bytes, hash_salt=hash_salt,
-        statement_timeout_s=statement_timeout_s, streams=load.streams, count_table=True,
-        session=sessions.get(),
-    )
-    tracker = WindowTracker(plan, mode) if plan.cursor is not None and mode != "window" else None
-    report = _batch_reporter(on_batch, plan)
-    with reader:
-        ahead: list[pa.RecordBatch] | None = None
-        if stored_window and reader.stats.snapshot_rows == stored_window.get("rows"):
-            ahead = list(reader.batches())
-            if window_digest(ahead, reader.schema) == stored_window.get("digest"):
-                report(reader.stats.rows)
-                unchanged = _Read(plan, mode, cursor_from, None, reader, Path(), started)
-                result = unchanged.result(None, status="unchanged")
-                result.cursor_to = max_of(ahead, plan)
-                result.extra["unchanged"] = True
-                return result
-
-        def batches() -> Iterator[pa.RecordBatch]:
-            for batch in reader.batches() if ahead is None else ahead:
-                if tracker is not None and batch.num_rows:
-                    tracker.add(batch)
-                report(batch.num_rows)
-                yield batch
-
-        path, _ = write_table_file(batches(), reader.schema, files,
-                                   pipeline.destination.destination_name)
-    return _Read(plan, mode, cursor_from, tracker, reader, path, started)
-
-
-class PlanFailed(ValueError):
-    """The table's plan has an error (an override that does not fit it)."""
+            apply(pipeline, alter_statements(pipeline, item.plan, evolution,
+                                             planned_types(pipeline, item.plan)))
+        except Exception as exc:  # noqa: BLE001 - this table's own failure
+            failures[item.plan.destination_table] = (
+                f"table {item.plan.name}: the destination refused to change its columns in "
+                f"place ({describe(exc)}); a full refresh (--full-refresh) loads it again")
+    return failures
 
 
 def _batch_reporter(on_batch: Callable[..., None] | None, plan: TablePlan) -> Callable[[int], None]:
@@ -546,43 +679,53 @@ class _Sessions:
 
 
 def _load_files(pipeline: dlt.Pipeline, read: list[_Read]) -> tuple[dict[str, str], str | None]:
-    """Load the files of `read` in one package; returns the failed tables' errors (by
-    destination table) and the load id.
+    """Load the files of `read` (tables to drop and create again in a package of their own);
+    returns the failed tables' errors (by destination table) and the load id.
 
-    When dlt fails the whole package (not one table's job), the package is dropped and
-    each table is loaded again on its own, so that only the culprit fails.
+    When dlt fails a package as a whole (not one table's job), the package is dropped and
+    each of its tables is loaded again on its own, so that only the culprit fails.
     """
+    failures: dict[str, str] = {}
+    load_id = None
     try:
-        try:
-            return _load_package(pipeline, read)
-        except Exception as exc:  # noqa: BLE001 - isolated below
-            pipeline.drop_pending_packages()
-            if len(read) == 1:
-                return {read[0].plan.destination_table: describe(exc)}, None
-            log.warning("loading %d tables together failed (%s); loading each alone",
-                        len(read), describe(exc))
-        failures: dict[str, str] = {}
-        load_id = None
-        for item in read:
+        for refresh in (True, False):
+            part = [item for item in read if item.refresh is refresh]
+            if not part:
+                continue
             try:
-                failed, load_id = _load_package(pipeline, [item])
+                failed, load_id = _load_package(pipeline, part, refresh)
                 failures.update(failed)
-            except Exception as exc:  # noqa: BLE001 - this table's own failure
+                continue
+            except Exception as exc:  # noqa: BLE001 - isolated below
                 pipeline.drop_pending_packages()
-                failures[item.plan.destination_table] = describe(exc)
+                if len(part) == 1:
+                    failures[part[0].plan.destination_table] = describe(exc)
+                    continue
+                log.warning("loading %d tables together failed (%s); loading each alone",
+                            len(part), describe(exc))
+            for item in part:
+                try:
+                    failed, load_id = _load_package(pipeline, [item], refresh)
+                    failures.update(failed)
+                except Exception as exc:  # noqa: BLE001 - this table's own failure
+                    pipeline.drop_pending_packages()
+                    failures[item.plan.destination_table] = describe(exc)
         return failures, load_id
     finally:
         for item in read:
             item.path.unlink(missing_ok=True)
 
 
-def _load_package(pipeline: dlt.Pipeline, read: list[_Read]) -> tuple[dict[str, str], str | None]:
+def _load_package(pipeline: dlt.Pipeline, read: list[_Read], refresh: bool = False
+                  ) -> tuple[dict[str, str], str | None]:
     resources = [_resource(pipeline, item) for item in read]
     schema = Schema(pipeline.pipeline_name, normalizers={"names": "direct"})
     # extract, normalize and load rather than `run`: `run` would query the destination's
     # state a second time, and with a package left over from an interrupted run it loads
-    # only that package and returns without reading the tables.
-    pipeline.extract(resources, schema=schema, loader_file_format="parquet")
+    # only that package and returns without reading the tables. `drop_resources` drops the
+    # tables (and their staging copies) in the load step, before loading them again.
+    pipeline.extract(resources, schema=schema, loader_file_format="parquet",
+                     refresh="drop_resources" if refresh else None)
     pipeline.normalize()
     info = pipeline.load()
     failures: dict[str, str] = {}
@@ -646,6 +789,9 @@ def _commit_states(pipeline: dlt.Pipeline, loaded: list[_Read],
         else:
             state[WINDOW_STATE_KEY] = window
         state[LOAD_ID_STATE_KEY] = load_id
+        state[COLUMNS_STATE_KEY] = {c.source.name: c.source.type for c in item.plan.columns}
+        state[LOADED_COLUMNS_STATE_KEY] = [c.name for c in item.plan.columns]
+        state.pop(PENDING_FILL_STATE_KEY, None)  # done: the load and its fill succeeded
         states[item.plan.destination_table] = state
     try:
         write_states(pipeline, states)

@@ -29,6 +29,7 @@ from pg_to_bq.assets import (
     AssetContext,
     LoadConfig,
     destination_key,
+    destination_metadata,
 )
 from pg_to_bq.catalog import Catalog, discover
 from pg_to_bq.deletes import apply_deletes
@@ -108,6 +109,7 @@ def run_step(
                          metadata={"tables": ", ".join(p.name for p in plans)[:2000]},
                          allow_retries=is_transient(exc)) from exc
 
+    snapshots = {plan.name: plan for plan in plans}
     failed: list[LoadResult] = []
     for load, result in zip(loads, results, strict=True):
         if not result.ok:
@@ -122,8 +124,8 @@ def run_step(
                 load.plan.name, "failed", mode=result.mode, seconds=result.duration_s,
                 error=result.error, trace=result.trace))
             continue
-        yield from _materialized(context, load.plan, result, ctx, source, destination, url,
-                                 window, deletes)
+        yield from _materialized(context, load.plan, snapshots[load.plan.name], result, ctx,
+                                 source, destination, url, window, deletes)
     if failed:
         names = ", ".join(r.table for r in failed)
         raise dg.Failure(
@@ -165,6 +167,7 @@ def _report_gone(context: dg.AssetExecutionContext, plan: TablePlan, ctx: AssetC
 def _materialized(
     context: dg.AssetExecutionContext,
     plan: TablePlan,
+    snapshot_plan: TablePlan,
     result: LoadResult,
     ctx: AssetContext,
     source: SourceDatabase,
@@ -198,7 +201,14 @@ def _materialized(
                 "cursor_from": result.cursor_from, "cursor_to": result.cursor_to}
     metadata.update({k: v if isinstance(v, int) else str(v)
                      for k, v in optional.items() if v is not None})
-    notes = _notes(plan)
+    notes = [*result.changes, *_notes(plan)]
+    if result.changes:
+        metadata["pg_to_bq/schema_changes"] = dg.MetadataValue.md(
+            "\n".join(f"- {change}" for change in result.changes))
+    if [c.source for c in plan.columns] != [c.source for c in snapshot_plan.columns]:
+        # The columns loaded now, until the definitions are built from a newer catalog.
+        metadata["dagster/column_schema"] = destination_metadata(plan, ctx)[
+            "dagster/column_schema"]
     if plan.left_out:
         metadata["pg_to_bq/left_out_columns"] = dg.MetadataValue.md(
             "\n".join(f"- {c.describe()}" for c in plan.left_out))

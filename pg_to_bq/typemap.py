@@ -234,9 +234,11 @@ class ColumnMapping:
 
     def dlt_hint(self) -> dict[str, Any]:
         """The dlt column schema for this column."""
-        hint: dict[str, Any] = {"name": self.name, "nullable": self.source.nullable}
-        if self.transform == "hash":
-            hint["nullable"] = True
+        # Nullable in the destination whatever PostgreSQL says (the column metadata shows
+        # PostgreSQL's constraint): a column dropped in PostgreSQL stays in the destination,
+        # NULL for rows loaded from then on (`pg_to_bq.evolution`). dlt keeps primary key
+        # columns NOT NULL itself.
+        hint: dict[str, Any] = {"name": self.name, "nullable": True}
         hint.update(_DLT_TYPES[self.logical])
         if self.logical == "json" and self.destination == "bigquery":
             # BigQuery batch-loads its JSON type only from CSV/JSONL/Avro, never parquet, and
