@@ -68,12 +68,45 @@ LOAD_CONFIG_SCHEMA = dg.Field(dg.Shape({
 
 
 @dataclass(frozen=True)
+class InstanceNames:
+    """The names one mirrored database gives its definitions.
+
+    Standalone (`prefix` empty) the names are the historical ones: keys `postgres/…` and
+    `duckdb/raw/…`, job `mirror_all_tables`, resources `source` and `destination`. A
+    Dagster component instance (several databases in one project) puts its name first:
+    keys `shop/postgres/…`, job `shop__mirror_all_tables`, resource `shop__source`, pool
+    `shop__pg_to_bq_source`, groups `shop__public`, so no two instances ever meet.
+    """
+
+    prefix: str = ""
+
+    @property
+    def key_prefix(self) -> tuple[str, ...]:
+        return (self.prefix,) if self.prefix else ()
+
+    def name(self, base: str) -> str:
+        return f"{self.prefix}__{base}" if self.prefix else base
+
+    @property
+    def source(self) -> str:
+        return self.name("source")
+
+    @property
+    def destination(self) -> str:
+        return self.name("destination")
+
+    @property
+    def secrets(self) -> str:
+        return self.name("secrets")
+
+
+@dataclass(frozen=True)
 class AssetContext:
     """What every table asset needs to know about the deployment (not secrets).
 
-    `key_prefix` and `name_prefix` keep several databases apart in one project (asset keys;
-    op, job, schedule and pool names). `overrides`, `schemas` and `include_views` let a run
-    plan a table again from its live columns.
+    `names` keeps several databases apart in one project (asset keys; op, job, schedule,
+    resource and pool names). `overrides`, `schemas` and `include_views` let a run plan a
+    table again from its live columns.
     """
 
     destination_kind: str
@@ -83,8 +116,7 @@ class AssetContext:
     tags: tuple[tuple[str, str], ...] = ()
     freshness: timedelta = timedelta(hours=48)
     retries: int = 3
-    key_prefix: tuple[str, ...] = ()
-    name_prefix: str = ""
+    names: InstanceNames = field(default_factory=InstanceNames)
     overrides: Overrides = field(default_factory=Overrides)
     schemas: tuple[str, ...] = ()
     include_views: bool = False
@@ -93,11 +125,15 @@ class AssetContext:
     fingerprint_rows: int = checks.DEFAULT_FINGERPRINT_ROWS
 
     @property
+    def key_prefix(self) -> tuple[str, ...]:
+        return self.names.key_prefix
+
+    @property
     def pool(self) -> str:
-        return self.name_prefix + POOL
+        return self.names.name(POOL)
 
     def group(self, schema_group: str) -> str:
-        return self.name_prefix + schema_group
+        return self.names.name(schema_group)
 
 
 def key_part(name: str) -> str:
@@ -332,8 +368,10 @@ def build_group_asset(group: LoadGroup, ctx: AssetContext) -> dg.AssetsDefinitio
         from pg_to_bq.materialize import run_step  # dlt: only when a step runs
 
         config = LoadConfig(**(context.op_execution_context.op_config or {}))
-        yield from run_step(context, group, ctx, config, context.resources.source,
-                            context.resources.destination)
+        resources = context.resources
+        yield from run_step(context, group, ctx, config,
+                            getattr(resources, ctx.names.source),
+                            getattr(resources, ctx.names.destination))
 
     tags = {"pg_to_bq/tables": str(len(group.plans))}
     if group.single:
@@ -344,7 +382,7 @@ def build_group_asset(group: LoadGroup, ctx: AssetContext) -> dg.AssetsDefinitio
         ins=dict.fromkeys(keys_by_input, _SOURCE_IN),
         outs=outs,
         config_schema=LOAD_CONFIG_SCHEMA,
-        required_resource_keys={"source", "destination"},
+        required_resource_keys={ctx.names.source, ctx.names.destination},
         tags=tags,
         retry_policy=dg.RetryPolicy(max_retries=ctx.retries, delay=5,
                                     backoff=dg.Backoff.EXPONENTIAL),
@@ -370,5 +408,6 @@ def build_assets(
     loaded asset: materializing it fails with the reason.
     """
     loaded = [p for p in plans if p.columns or p.error]
-    groups = group_plans(loaded, ctx.step_tables, ctx.own_step_bytes, prefix=ctx.name_prefix)
+    groups = group_plans(loaded, ctx.step_tables, ctx.own_step_bytes,
+                         prefix=ctx.names.name("") if ctx.names.prefix else "")
     return [source_spec(p, ctx) for p in plans], [build_group_asset(g, ctx) for g in groups]

@@ -144,6 +144,7 @@ def cmd_sync(
 
     from pg_to_bq import progress
     from pg_to_bq.assets import APPLY_DELETES_TAG, FULL_REFRESH_TAG, destination_key
+    from pg_to_bq.catalog_asset import catalog_key
     from pg_to_bq.plan import select_plans
     from pg_to_bq.project import asset_context, build_definitions, load_catalog, plans_for
     from pg_to_bq.settings import Settings
@@ -185,9 +186,14 @@ def cmd_sync(
         runs.setdefault(plan.partition.granularity if plan.partition else None, []).append(plan)
     with progress.listening(report.table):
         for granularity, run_plans in runs.items():
+            keys = [destination_key(p, ctx) for p in run_plans]
+            if not names and granularity is None:
+                # Everything: the catalog step too, which keeps the snapshot up to date and
+                # loads tables new in PostgreSQL.
+                keys.append(catalog_key(ctx))
             result = dg.materialize(
                 assets,
-                selection=dg.AssetSelection.assets(*(destination_key(p, ctx) for p in run_plans)),
+                selection=dg.AssetSelection.assets(*keys),
                 resources=defs.resources,
                 instance=instance,
                 partition_key=partition if granularity else None,
@@ -207,11 +213,14 @@ class _Report:
     def __init__(self, total: int, verbose: bool) -> None:
         self.total, self.verbose = total, verbose
         self.outcomes: dict[str, Any] = {}
+        self.done = 0
         self.started = time.monotonic()
 
     def table(self, outcome: Any) -> None:
         self.outcomes[outcome.table] = outcome
-        prefix = f"[{len(self.outcomes)}/{self.total}] {outcome.table}"
+        self.done += not outcome.new
+        position = "new" if outcome.new else f"{self.done}/{self.total}"
+        prefix = f"[{position}] {outcome.table}"
         if outcome.status == "failed":
             print(f"{prefix}: FAILED: {outcome.error}", flush=True)
             if self.verbose and outcome.trace:

@@ -50,18 +50,18 @@ def stored_columns(pipeline: Any, tables: Sequence[str]) -> dict[str, dict[str, 
     return found
 
 
-def planned_types(pipeline: Any, plan: TablePlan) -> dict[str, str]:
+def type_mapper(pipeline: Any) -> Any:
+    """dlt's type mapper for the pipeline's destination (resolving it resolves the
+    destination's configuration: get it once for many tables)."""
+    return pipeline.destination.capabilities().get_type_mapper()
+
+
+def planned_types(mapper: Any, plan: TablePlan) -> dict[str, str]:
     """The destination type dlt creates for each of `plan`'s columns."""
     hints = [c.dlt_hint() for c in plan.columns]
     table = {"name": plan.destination_table, "columns": {h["name"]: h for h in hints},
              "write_disposition": "replace"}
-    mapper = _type_mapper(pipeline)
     return {h["name"]: mapper.to_destination_type(h, table) for h in hints}
-
-
-def _type_mapper(pipeline: Any) -> Any:
-    caps = pipeline.destination.capabilities()
-    return caps.get_type_mapper()
 
 
 def alter_statements(pipeline: Any, plan: TablePlan, evolution: Evolution,

@@ -41,6 +41,8 @@ from dlt.destinations.impl.duckdb.configuration import (
 )
 from dlt.destinations.impl.duckdb.duck import DuckDbClient, DuckDbCopyJob
 
+from pg_to_bq.dlt_cache import ResolvedOnce
+
 log = logging.getLogger(__name__)
 
 REPLACE_STRATEGY = "insert-from-staging"
@@ -200,8 +202,9 @@ class FileConfiguration(DuckDbClientConfiguration):
     credentials: FileCredentials = None
 
 
-class duckdb(dlt_duckdb):  # noqa: N801 - dlt derives the destination's name from the class name
-    """`dlt.destinations.duckdb` with `AtomicReplaceDuckDbClient`."""
+class duckdb(ResolvedOnce, dlt_duckdb):  # noqa: N801 - dlt derives the destination's name from the class name
+    """`dlt.destinations.duckdb` with `AtomicReplaceDuckDbClient`, resolved once per process
+    (`pg_to_bq.dlt_cache`)."""
 
     spec = FileConfiguration
 

@@ -48,7 +48,13 @@ from pg_to_bq.cursor_window import (
     state_value,
     window_digest,
 )
-from pg_to_bq.destination_schema import alter_statements, apply, planned_types, stored_columns
+from pg_to_bq.destination_schema import (
+    alter_statements,
+    apply,
+    planned_types,
+    stored_columns,
+    type_mapper,
+)
 from pg_to_bq.errors import describe, is_transient
 from pg_to_bq.evolution import Change, Evolution, diff
 from pg_to_bq.extract import TableReader, literal
@@ -267,7 +273,12 @@ def load_group(
     with exclusive(pipelines_dir(work_dir) / pipeline_name, _waiting_for(pipeline_name)):
         run.pipeline = group_pipeline(pipeline_name, destination, dataset, work_dir)
         with dlt.config.values(dlt_settings(run.pipeline.destination)):
-            return run.execute()
+            try:
+                return run.execute()
+            finally:
+                # The destination's buffers (DuckDB's, in this process) go back to the OS
+                # after each group: a run of many groups would otherwise keep them all.
+                _release_memory()
 
 
 def _waiting_for(pipeline_name: str) -> Callable[[float], None]:
@@ -540,9 +551,12 @@ def _states(pipeline: dlt.Pipeline, plans: Sequence[TablePlan]) -> dict[str, dic
 
 def _evolutions(pipeline: dlt.Pipeline, plans: Sequence[TablePlan]) -> dict[str, Evolution]:
     """What each table's load must do about schema changes (`pg_to_bq.evolution`)."""
+    if not plans:
+        return {}
     stored = stored_columns(pipeline, [p.destination_table for p in plans])
     kind = pipeline.destination.destination_name
-    return {p.destination_table: diff(planned_types(pipeline, p), stored.get(p.destination_table),
+    mapper = type_mapper(pipeline)
+    return {p.destination_table: diff(planned_types(mapper, p), stored.get(p.destination_table),
                                       kind, frozenset(p.destination_primary_key))
             for p in plans}
 
@@ -603,7 +617,7 @@ def _prepare(pipeline: dlt.Pipeline, read: list[_Read], states: dict[str, dict[s
             continue
         try:
             apply(pipeline, alter_statements(pipeline, item.plan, evolution,
-                                             planned_types(pipeline, item.plan)))
+                                             planned_types(type_mapper(pipeline), item.plan)))
         except Exception as exc:  # noqa: BLE001 - this table's own failure
             failures[item.plan.destination_table] = (
                 f"table {item.plan.name}: the destination refused to change its columns in "

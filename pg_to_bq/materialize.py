@@ -85,20 +85,9 @@ def run_step(
             loads.append(TableLoad(live_plan, full_refresh=full_refresh, window=window,
                                    streams=source.streams_for(table.size_bytes)))
 
-        def waiting(seconds: float) -> None:
-            context.log.info(f"waiting for the DuckDB file {destination.duckdb_path}, which "
-                             f"another load is writing ({seconds:.0f} s so far)")
-
         context.log.info(f"loading {len(loads)} table(s) into {ctx.qualified_prefix}"
                          + (" (full refresh)" if full_refresh else ""))
-        hashing = any(load.plan.hashed for load in loads)
-        results = load_group(
-            loads, pipeline_name=group.pipeline_name, source_url=url,
-            destination=destination.dlt_destination(), dataset=destination.dataset,
-            work_dir=destination.work_path, batch_bytes=source.batch_bytes,
-            hash_salt=source.resolved_hash_salt() if hashing else None,
-            statement_timeout_s=source.statement_timeout_s, on_batch=_Progress(context),
-            destination_lock=lambda: destination.writing(on_wait=waiting))
+        results = load_with(context, loads, group.pipeline_name, source, destination, url)
     except Exception as exc:
         # What every table of the step needs failed (the source, a secret, the destination):
         # each selected table fails with that cause.
@@ -137,6 +126,26 @@ def run_step(
             allow_retries=len(failed) == len(plans) and all(r.transient for r in failed),
         )
     context.log.info(f"{len(loads)} table(s) in {time.monotonic() - step_started:.1f} s")
+
+
+def load_with(context: dg.OpExecutionContext | dg.AssetExecutionContext,
+              loads: Sequence[TableLoad], pipeline_name: str, source: SourceDatabase,
+              destination: Destination, url: str) -> list[LoadResult]:
+    """`load_group` with the run's resources: the DuckDB file's writer lock (a waiting load
+    says so in the run's log), the hash salt when a table hashes, progress in the log."""
+
+    def waiting(seconds: float) -> None:
+        context.log.info(f"waiting for the DuckDB file {destination.duckdb_path}, which "
+                         f"another load is writing ({seconds:.0f} s so far)")
+
+    hashing = any(load.plan.hashed for load in loads)
+    return load_group(
+        loads, pipeline_name=pipeline_name, source_url=url,
+        destination=destination.dlt_destination(), dataset=destination.dataset,
+        work_dir=destination.work_path, batch_bytes=source.batch_bytes,
+        hash_salt=source.resolved_hash_salt() if hashing else None,
+        statement_timeout_s=source.statement_timeout_s, on_batch=_Progress(context),
+        destination_lock=lambda: destination.writing(on_wait=waiting))
 
 
 def _window(context: dg.AssetExecutionContext, plans: Sequence[TablePlan]) -> Window | None:
@@ -186,35 +195,9 @@ def _materialized(
     destination_rows = result.destination_rows
     if deleted is not None:
         destination_rows = _count(destination, plan)
-    metadata: dict[str, Any] = {
-        "rows_loaded": result.rows,
-        "load_mode": result.mode,
-        "duration_s": round(result.duration_s, 3),
-        "dlt_load_id": result.load_id or "",
-        "destination_table": f"{ctx.qualified_prefix}.{plan.destination_table}",
-    }
-    if destination_rows is not None:
-        metadata["dagster/row_count"] = destination_rows
-    if result.status == "unchanged":
-        metadata["unchanged"] = "the rows of the lookback window read back as last loaded"
-    optional = {"source_rows_in_snapshot": result.snapshot_rows, "rows_deleted": deleted,
-                "cursor_from": result.cursor_from, "cursor_to": result.cursor_to}
-    metadata.update({k: v if isinstance(v, int) else str(v)
-                     for k, v in optional.items() if v is not None})
+    metadata = materialization_metadata(plan, snapshot_plan, result, ctx, destination_rows,
+                                        deleted)
     notes = [*result.changes, *_notes(plan)]
-    if result.changes:
-        metadata["pg_to_bq/schema_changes"] = dg.MetadataValue.md(
-            "\n".join(f"- {change}" for change in result.changes))
-    if [c.source for c in plan.columns] != [c.source for c in snapshot_plan.columns]:
-        # The columns loaded now, until the definitions are built from a newer catalog.
-        metadata["dagster/column_schema"] = destination_metadata(plan, ctx)[
-            "dagster/column_schema"]
-    if plan.left_out:
-        metadata["pg_to_bq/left_out_columns"] = dg.MetadataValue.md(
-            "\n".join(f"- {c.describe()}" for c in plan.left_out))
-    if plan.renamings:
-        metadata["pg_to_bq/renamed_columns"] = dg.MetadataValue.md(
-            "\n".join(f"- {r.describe()}" for r in plan.renamings))
     yield dg.MaterializeResult(asset_key=key, metadata=metadata)
 
     outcomes = _check_outcomes(plan, result, ctx, source, url, destination_rows, window, deleted)
@@ -237,6 +220,45 @@ def _materialized(
         plan.name, "unchanged" if result.status == "unchanged" else "loaded", rows=result.rows,
         mode=result.mode, seconds=result.duration_s, notes=tuple(notes),
         failed_checks=tuple(failed_checks), deleted=deleted))
+
+
+def materialization_metadata(plan: TablePlan, snapshot_plan: TablePlan | None,
+                             result: LoadResult, ctx: AssetContext,
+                             destination_rows: int | None, deleted: int | None
+                             ) -> dict[str, Any]:
+    """What a table's materialization records: rows, mode, load id, cursors, the schema
+    changes the load handled, columns left out or renamed, and (while the definitions were
+    built from an older catalog) the columns loaded now."""
+    metadata: dict[str, Any] = {
+        "rows_loaded": result.rows,
+        "load_mode": result.mode,
+        "duration_s": round(result.duration_s, 3),
+        "dlt_load_id": result.load_id or "",
+        "destination_table": f"{ctx.qualified_prefix}.{plan.destination_table}",
+    }
+    if destination_rows is not None:
+        metadata["dagster/row_count"] = destination_rows
+    if result.status == "unchanged":
+        metadata["unchanged"] = "the rows of the lookback window read back as last loaded"
+    optional = {"source_rows_in_snapshot": result.snapshot_rows, "rows_deleted": deleted,
+                "cursor_from": result.cursor_from, "cursor_to": result.cursor_to}
+    metadata.update({k: v if isinstance(v, int) else str(v)
+                     for k, v in optional.items() if v is not None})
+    if result.changes:
+        metadata["pg_to_bq/schema_changes"] = dg.MetadataValue.md(
+            "\n".join(f"- {change}" for change in result.changes))
+    if snapshot_plan is None or \
+            [c.source for c in plan.columns] != [c.source for c in snapshot_plan.columns]:
+        # The columns loaded now, until the definitions are built from a newer catalog.
+        metadata["dagster/column_schema"] = destination_metadata(plan, ctx)[
+            "dagster/column_schema"]
+    if plan.left_out:
+        metadata["pg_to_bq/left_out_columns"] = dg.MetadataValue.md(
+            "\n".join(f"- {c.describe()}" for c in plan.left_out))
+    if plan.renamings:
+        metadata["pg_to_bq/renamed_columns"] = dg.MetadataValue.md(
+            "\n".join(f"- {r.describe()}" for r in plan.renamings))
+    return metadata
 
 
 def _notes(plan: TablePlan) -> list[str]:

@@ -30,6 +30,7 @@ class TableOutcome:
             renamed.
         failed_checks: Checks that did not pass, with their reason.
         deleted: Rows deleted by a delete pass.
+        new: A table new in PostgreSQL, found and loaded by the catalog step.
     """
 
     table: str
@@ -42,6 +43,7 @@ class TableOutcome:
     notes: tuple[str, ...] = ()
     failed_checks: tuple[str, ...] = ()
     deleted: int | None = None
+    new: bool = False
 
 
 _listeners: list[Callable[[TableOutcome], None]] = []

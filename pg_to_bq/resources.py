@@ -138,6 +138,10 @@ class SourceDatabase(dg.ConfigurableResource):
         return self.secrets or secrets_manager()
 
 
+# dlt destinations made in this process, by the `Destination` configuration they serve.
+_destinations: dict[str, Any] = {}
+
+
 class Destination(dg.ConfigurableResource):
     """Where tables land: a DuckDB file or BigQuery.
 
@@ -179,9 +183,16 @@ class Destination(dg.ConfigurableResource):
         return contextlib.nullcontext()
 
     def dlt_destination(self) -> Any:
-        """A dlt destination instance; credentials are resolved here, at run time."""
-        import dlt
+        """The dlt destination, made once per process for this configuration (dlt resolves a
+        destination's configuration on every use otherwise, `pg_to_bq.dlt_cache`);
+        credentials are resolved here, at run time."""
+        key = self.model_dump_json()
+        destination = _destinations.get(key)
+        if destination is None:
+            destination = _destinations[key] = self._make_dlt_destination()
+        return destination
 
+    def _make_dlt_destination(self) -> Any:
         if self.kind == "duckdb":
             if not self.duckdb_path:
                 raise ValueError("destination duckdb needs a file path (PG_TO_BQ_DESTINATION)")
@@ -190,7 +201,9 @@ class Destination(dg.ConfigurableResource):
 
             return duckdb_destination(self.duckdb_path, self.duckdb_settings)
         if self.kind == "bigquery":
-            return dlt.destinations.bigquery(
+            from pg_to_bq.dlt_cache import bigquery_destination
+
+            return bigquery_destination(
                 credentials=self.bigquery_credentials(),
                 location=self.bigquery_location,
                 project_id=self.bigquery_project,

@@ -12,8 +12,12 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+if TYPE_CHECKING:
+    from pg_to_bq.overrides import Overrides
 
 PREFIX = "PG_TO_BQ_"
 DEFAULT_CRON = "0 16 * * *"
@@ -88,6 +92,21 @@ class Settings:
     step_tables: int = 50
     own_step_bytes: int = 64 * 1024**2
     fingerprint_rows: int = 100_000
+    # The environment variables that hold the source URL and the hash salt: resources read
+    # them when a run needs them (`dg.EnvVar`), so the values never enter the definitions.
+    source_url_env: str = f"{PREFIX}SOURCE_URL"
+    hash_salt_env: str = f"{PREFIX}HASH_SALT"
+    # Per-table overrides given inline (a Dagster component's `tables` attribute), in the
+    # tables file's form; otherwise `tables_file` is read.
+    inline_tables: Mapping[str, Any] | None = None
+
+    def overrides(self) -> Overrides:
+        """The per-table overrides: inline, else from the tables file, else none."""
+        from pg_to_bq.overrides import load_overrides, parse_overrides
+
+        if self.inline_tables is not None:
+            return parse_overrides(dict(self.inline_tables), "the component's tables attribute")
+        return load_overrides(self.tables_file)
 
     @property
     def snapshot_path(self) -> Path:
@@ -129,6 +148,14 @@ class Settings:
             raise SettingsError(
                 f"{PREFIX}DATASET={dataset!r} is not a valid dataset name: use letters, digits "
                 "and underscores only (BigQuery's rule)"
+            )
+        if destination.path is not None and dataset.casefold() == destination.path.stem.casefold():
+            raise SettingsError(
+                f"{PREFIX}DATASET={dataset!r} is also the name DuckDB gives the file "
+                f"{destination.path.name} (its catalog): DuckDB cannot tell the two apart in a "
+                f"query. Rename the dataset ({PREFIX}DATASET={dataset}_raw) or the file "
+                f"({PREFIX}DESTINATION=duckdb:///"
+                f"{destination.path.with_stem(destination.path.stem + '_mirror')})"
             )
         cron = get("SCHEDULE_CRON", DEFAULT_CRON)
         _check_cron(cron, "SCHEDULE_CRON")

@@ -112,3 +112,18 @@ def test_malformed_duckdb_settings_name_the_variable(query: str) -> None:
 def test_redact_url_hides_password_only() -> None:
     assert redact_url("postgresql://app:s3cret@db:5432/shop") == "postgresql://app:***@db:5432/shop"
     assert redact_url("postgresql://app@db/shop") == "postgresql://app@db/shop"
+
+
+@pytest.mark.parametrize("dataset", ["many", "MANY"])
+def test_a_duckdb_dataset_named_like_its_file_is_refused_with_the_rename(dataset: str) -> None:
+    """DuckDB names a file's catalog after the file: a schema of the same name makes every
+    query ambiguous (every table failed). Refused before anything is touched."""
+    with pytest.raises(SettingsError) as refused:
+        settings(DESTINATION="duckdb:////data/many.duckdb", DATASET=dataset)
+    message = str(refused.value)
+    assert f"PG_TO_BQ_DATASET={dataset!r} is also the name DuckDB gives the file many.duckdb" \
+        in message
+    assert f"PG_TO_BQ_DATASET={dataset}_raw" in message
+    assert "PG_TO_BQ_DESTINATION=duckdb:////data/many_mirror.duckdb" in message
+    assert settings(DESTINATION="duckdb:////data/many.duckdb", DATASET="many_raw").dataset \
+        == "many_raw"

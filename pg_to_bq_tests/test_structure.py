@@ -95,11 +95,15 @@ def test_keys_deps_groups_and_kinds(snapshot_env, counter: ConnectionCounter) ->
     assert keys == {
         "postgres/public/customers", "postgres/public/orders", "postgres/analytics/events",
         "duckdb/raw/customers", "duckdb/raw/orders", "duckdb/raw/analytics__events",
-        f"postgres/public/{_memo_key()}", f"duckdb/raw/{_memo_key()}",
+        "postgres/public/顧客メモ", "duckdb/raw/顧客メモ", "postgres/catalog",
     }
     node = graph.get(dg.AssetKey(["duckdb", "raw", "orders"]))
     assert node.parent_keys == {dg.AssetKey(["postgres", "public", "orders"])}
     assert node.group_name == "public"
+    # A source and its loaded table share a name, never a group: the sidebar and the asset
+    # list tell them apart.
+    assert graph.get(dg.AssetKey(["postgres", "public", "orders"])).group_name == \
+        "postgres_public"
     assert graph.get(dg.AssetKey(["duckdb", "raw", "analytics__events"])).group_name == "analytics"
     assert node.kinds == {"dlt", "duckdb"}
     assert graph.get(dg.AssetKey(["postgres", "public", "orders"])).kinds == {"postgres"}
@@ -131,8 +135,9 @@ def test_metadata_visible_before_first_materialization(snapshot_env) -> None:
 def test_small_tables_share_a_step_and_every_table_has_its_checks(snapshot_env) -> None:
     defs = build_definitions(Settings.from_env())
     job = defs.resolve_job_def(NIGHTLY_JOB)
-    assert [node.name for node in job.graph.node_defs] == ["load_tables"]
-    [step] = [a for a in defs.resolve_asset_graph().assets_defs if a.is_executable]
+    assert sorted(node.name for node in job.graph.node_defs) == ["load_tables", "refresh_catalog"]
+    [step] = [a for a in defs.resolve_asset_graph().assets_defs
+              if a.is_executable and a.op.name == "load_tables"]
     assert step.can_subset
     assert len(step.keys) == 4
     checks = {k.name for k in defs.resolve_asset_graph().asset_check_keys
@@ -155,7 +160,8 @@ def test_large_and_partitioned_tables_have_a_step_of_their_own(snapshot_env, tmp
     graph = build_definitions(Settings.from_env()).resolve_asset_graph()
     steps = {a.op.name: sorted(k.path[-1] for k in a.keys)
              for a in graph.assets_defs if a.is_executable}
-    assert steps == {"load__public__events_big": ["events_big"],
+    assert steps == {"refresh_catalog": ["catalog"],
+                     "load__public__events_big": ["events_big"],
                      "load__public__orders": ["orders"],
                      "load_tables": sorted(["analytics__events", "customers", "顧客メモ"])}
 
@@ -186,7 +192,7 @@ def test_schedule_targets_every_table_by_tag(snapshot_env) -> None:
     selected = defs.resolve_job_def(NIGHTLY_JOB).asset_layer.executable_asset_keys
     assert {k.to_user_string() for k in selected} == {
         "duckdb/raw/customers", "duckdb/raw/orders", "duckdb/raw/analytics__events",
-        f"duckdb/raw/{_memo_key()}"}
+        "duckdb/raw/顧客メモ", "postgres/catalog"}
     assert defs.resolve_job_def(REFRESH_JOB) is not None
 
 
@@ -204,7 +210,7 @@ def test_import_of_code_location_does_not_query_postgres(snapshot_env, counter) 
                              "print(len(d.defs.resolve_asset_graph().get_all_asset_keys()))"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "8"
+    assert result.stdout.strip() == "9"  # 4 tables, each twice, and the catalog
     assert counter.count == 0
     assert time.monotonic() - started < 120
 
@@ -216,8 +222,11 @@ def test_unreachable_postgres_without_snapshot_still_loads(tmp_path: Path, setti
     settings_env(f"postgresql://app:hunter2@127.0.0.1:{closed_port}/shop",
                  CATALOG_PATH=str(tmp_path / "missing.json"))
     defs = build_definitions(Settings.from_env())
-    assert list(defs.assets or []) == []
+    # Only the catalog asset: the nightly job discovers the tables and loads them.
+    assert [k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()] == \
+        ["postgres/catalog"]
     assert defs.resolve_job_def(REFRESH_JOB) is not None
+    assert defs.resolve_job_def(NIGHTLY_JOB) is not None
 
 
 def test_include_pattern_matching_nothing_is_an_error(snapshot_env, monkeypatch) -> None:
@@ -359,7 +368,7 @@ def test_every_step_op_keeps_its_own_compute_function(snapshot_env, monkeypatch)
 
     monkeypatch.setenv("PG_TO_BQ_STEP_TABLES", "1")
     graph = build_definitions(Settings.from_env()).resolve_asset_graph()
-    ops = [a.op for a in graph.assets_defs if a.is_executable]
+    ops = [a.op for a in graph.assets_defs if a.is_executable and a.op.name != "refresh_catalog"]
     functions = {op.compute_fn for op in ops}
     assert len(functions) == len(ops) > 1
     assert all(list(inspect.signature(f).parameters) == ["context", "inputs"] for f in functions)

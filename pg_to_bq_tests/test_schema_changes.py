@@ -1,0 +1,276 @@
+"""Tier 2: schema changes in PostgreSQL load themselves, PostgreSQL → DuckDB (issue 16).
+
+Every test migrates a real PostgreSQL database between plain `pg-to-bq sync` runs (the
+command a user runs, in this process) and then compares every row of the source with the
+destination, value for value.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from decimal import Decimal
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import psycopg
+import pytest
+
+from pg_to_bq.cli import main
+from pg_to_bq.project import NIGHTLY_JOB, build_definitions
+from pg_to_bq.settings import Settings
+from pg_to_bq_tests.conftest import run_sql
+
+EVENTS = """
+    CREATE TABLE events (id int PRIMARY KEY, title text NOT NULL, amount numeric(12,2),
+                         n int, code varchar(10),
+                         updated_at timestamptz NOT NULL DEFAULT now() - interval '1 day');
+    INSERT INTO events SELECT g, 't' || g, g * 1.5, g, 'c' || (g % 100),
+                              now() - interval '30 days' + g * interval '1 minute'
+    FROM generate_series(1, 20000) g;
+    CREATE TABLE plain (a int, b text);
+    INSERT INTO plain SELECT g, 'b' || g FROM generate_series(1, 100) g;
+"""
+
+
+def pg(url: str, sql: str) -> list[tuple]:
+    with psycopg.connect(url) as conn:
+        return conn.execute(sql).fetchall()
+
+
+def duck(path: Path, sql: str) -> list[tuple]:
+    with duckdb.connect(str(path), read_only=True) as conn:
+        return conn.execute(sql).fetchall()
+
+
+def columns_of(path: Path, table: str) -> dict[str, str]:
+    return dict(duck(path, "SELECT column_name, data_type FROM information_schema.columns "
+                           f"WHERE table_schema = 'raw' AND table_name = '{table}'"))
+
+
+def assert_equal(url: str, path: Path, table: str, columns: list[str], key: str) -> None:
+    """Every row of the source equals the destination's, in the given columns."""
+    listed = ", ".join(columns)
+    source = pg(url, f"SELECT {listed} FROM {table} ORDER BY {key}")
+    loaded = duck(path, f"SELECT {listed} FROM raw.{table} ORDER BY {key}")
+    assert len(source) == len(loaded)
+    differing = [(s, d) for s, d in zip(source, loaded, strict=True) if _norm(s) != _norm(d)]
+    assert not differing, differing[:3]
+
+
+def _norm(row: tuple) -> tuple:
+    return tuple(Decimal(str(v)) if isinstance(v, (Decimal, float)) else v for v in row)
+
+
+def sync(capsys, *args: str) -> str:
+    assert main(["sync", *args]) == 0, capsys.readouterr().out
+    return capsys.readouterr().out
+
+
+@pytest.fixture
+def evolving(pg_url: str, settings_env, capsys):
+    run_sql(pg_url, EVENTS)
+    path = settings_env(pg_url)
+    assert main(["sync", "--refresh-catalog"]) == 0
+    capsys.readouterr()
+    return pg_url, path
+
+
+def test_new_column_on_a_merged_table_is_filled_for_existing_rows(evolving, capsys) -> None:
+    """The commonest migration: before, 19,389 of 20,000 rows kept NULL for good."""
+    url, path = evolving
+    run_sql(url, "ALTER TABLE events ADD COLUMN extra text DEFAULT 'x';"
+                 "ALTER TABLE plain ADD COLUMN c int DEFAULT 7;"
+                 "UPDATE events SET extra = 'changed', updated_at = now() WHERE id <= 611")
+    out = sync(capsys)
+    assert "public.events: column extra added in PostgreSQL: its values filled for the rows " \
+           "loaded before" in out
+    assert "public.plain: column c added in PostgreSQL: loaded with every row" in out
+    assert duck(path, "SELECT count(*) FILTER (WHERE extra = 'x'), "
+                      "count(*) FILTER (WHERE extra = 'changed') FROM raw.events") \
+        == [(19389, 611)]
+    assert_equal(url, path, "events", ["id", "title", "amount", "n", "code", "extra"], "id")
+    assert_equal(url, path, "plain", ["a", "b", "c"], "a")
+    # Said once: the next run has nothing to say.
+    assert "notes:" not in sync(capsys)
+
+
+def test_dropped_column_is_kept_nullable_and_said_once(evolving, capsys) -> None:
+    url, path = evolving
+    # A table an earlier version of pg_to_bq loaded kept PostgreSQL's NOT NULL.
+    with duckdb.connect(str(path)) as conn:
+        conn.execute("ALTER TABLE raw.events ALTER COLUMN title SET NOT NULL")
+    run_sql(url, "ALTER TABLE events DROP COLUMN title;"
+                 "INSERT INTO events (id, amount, n, code, updated_at) "
+                 "VALUES (20001, 1, 1, 'new', now())")
+    out = sync(capsys)
+    assert "public.events: column title dropped in PostgreSQL: kept in the destination, " \
+           "NULL for rows loaded from now on" in out
+    # Rows read again (the new one, and those in the lookback window of the cursor) have
+    # no title any more; every other row keeps its own.
+    assert duck(path, "SELECT count(title) FILTER (WHERE id <= 19000), "
+                      "count(*) FILTER (WHERE title IS NULL AND id = 20001) FROM raw.events") \
+        == [(19000, 1)]
+    assert_equal(url, path, "events", ["id", "amount", "n", "code"], "id")
+    run_sql(url, "UPDATE events SET n = -1, updated_at = now() WHERE id = 7")
+    out = sync(capsys)
+    assert "title" not in out
+    assert duck(path, "SELECT n, title FROM raw.events WHERE id = 7") == [(-1, None)]
+
+
+def test_types_widen_in_place_and_other_changes_reload(evolving, capsys) -> None:
+    url, path = evolving
+    run_sql(url, "ALTER TABLE events ALTER COLUMN n TYPE bigint;"
+                 "ALTER TABLE events ALTER COLUMN amount TYPE numeric(14,4);"
+                 "ALTER TABLE events ALTER COLUMN code TYPE text;"
+                 "UPDATE events SET n = 10000000000, amount = 12345678.1234, updated_at = now() "
+                 "WHERE id = 5")
+    out = sync(capsys)
+    assert "column n changed type: widened in place (INTEGER → BIGINT); PostgreSQL integer " \
+           "→ bigint" in out
+    assert "column amount changed type: widened in place (DECIMAL(12,2) → DECIMAL(14,4))" in out
+    assert "code" not in out  # varchar(10) → text: the destination type is the same
+    assert columns_of(path, "events")["n"] == "BIGINT"
+    assert_equal(url, path, "events", ["id", "title", "amount", "n", "code"], "id")
+
+    # numeric to text cannot be widened: the table is loaded again under the new type.
+    run_sql(url, "ALTER TABLE events ALTER COLUMN amount TYPE text;"
+                 "UPDATE events SET amount = 'abc', updated_at = now() WHERE id = 6")
+    out = sync(capsys)
+    assert "column amount changed type (DECIMAL(14,4) → VARCHAR): table reloaded under the new " \
+           "type; PostgreSQL numeric(14,4) → text" in out
+    assert columns_of(path, "events")["amount"] == "VARCHAR"
+    assert_equal(url, path, "events", ["id", "title", "amount", "n", "code"], "id")
+
+
+def test_two_changes_in_one_night_then_the_scheduled_job(evolving, capsys) -> None:
+    """A rename (one column dropped, one added) and a retype at once; then the same kind of
+    night run by the nightly job instead of the CLI."""
+    url, path = evolving
+    run_sql(url, "ALTER TABLE events RENAME COLUMN title TO headline;"
+                 "ALTER TABLE events ADD COLUMN score int DEFAULT 3;")
+    out = sync(capsys)
+    assert "column headline added" in out and "column score added" in out
+    assert "column title dropped" in out
+    assert_equal(url, path, "events", ["id", "headline", "score", "amount", "n"], "id")
+    # the renamed column's old name keeps its values (history), but in rows read again
+    assert duck(path, "SELECT count(title) FILTER (WHERE id <= 19000) FROM raw.events") \
+        == [(19000,)]
+
+    run_sql(url, "ALTER TABLE events ADD COLUMN flag bool DEFAULT true;"
+                 "ALTER TABLE events ALTER COLUMN n TYPE text USING 'n' || n")
+    defs = build_definitions(Settings.from_env())
+    result = defs.resolve_job_def(NIGHTLY_JOB).execute_in_process(
+        instance=dg.DagsterInstance.ephemeral(), raise_on_error=False)
+    assert result.success
+    changes = {e.asset_key.path[-1]: e.event_specific_data.materialization.metadata
+               for e in result.get_asset_materialization_events()}
+    text = changes["events"]["pg_to_bq/schema_changes"].value
+    assert "column n changed type (BIGINT → VARCHAR)" in text or \
+           "column n changed type (INTEGER → VARCHAR)" in text, text
+    assert "column flag added" in text
+    assert_equal(url, path, "events", ["id", "headline", "score", "amount", "n", "flag"], "id")
+
+
+def test_a_fill_a_killed_run_left_undone_is_done_by_the_next_run(evolving, capsys) -> None:
+    """A column is added, and the run that loads it is killed (SIGKILL, the whole process
+    group) before it is done; the next plain run leaves no row without its value."""
+    url, path = evolving
+    run_sql(url, """
+        CREATE TABLE big (id bigint PRIMARY KEY, payload text,
+                          updated_at timestamptz NOT NULL DEFAULT now() - interval '1 day');
+        INSERT INTO big SELECT g, repeat(md5(g::text), 4),
+                               now() - interval '30 days' + g * interval '1 second'
+        FROM generate_series(1, 300000) g;
+    """)
+    assert main(["sync", "--refresh-catalog"]) == 0
+    run_sql(url, "ALTER TABLE big ADD COLUMN extra int DEFAULT 42;"
+                 "UPDATE big SET payload = 'new', updated_at = now() WHERE id <= 100")
+    work = Path(os.environ["PG_TO_BQ_WORK_DIR"])
+    command = [sys.executable, "-m", "pg_to_bq.cli", "sync", "public.big"]
+    process = subprocess.Popen(command, env=dict(os.environ), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 120
+    # The fill reads the key and the new column into a side table: kill while it does.
+    while time.monotonic() < deadline and process.poll() is None:
+        if (work / "pipelines" / "pg_to_bq__side_loads").exists():
+            break
+        time.sleep(0.01)
+    assert process.poll() is None, "the run ended before its fill began"
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+    # Killed between the load (the column exists, new rows have it) and the fill.
+    [(with_value,)] = duck(path, "SELECT count(extra) FROM raw.big")
+    assert with_value < 300000
+    capsys.readouterr()
+    out = sync(capsys, "public.big")
+    assert "extra" in out
+    assert duck(path, "SELECT count(*), count(extra), min(extra), max(extra) FROM raw.big") \
+        == [(300000, 300000, 42, 42)]
+    assert duck(path, "SELECT count(*) FROM raw.big WHERE payload = 'new'") == [(100,)]
+
+
+def test_a_partition_backfill_after_a_new_column(pg_url: str, settings_env, tmp_path: Path,
+                                                 capsys) -> None:
+    run_sql(pg_url, """
+        CREATE TABLE visits (id bigint PRIMARY KEY, visited_at timestamptz NOT NULL, page text);
+        INSERT INTO visits SELECT g, TIMESTAMPTZ '2026-11-01 00:00:00+00' + g * interval '1 hour',
+                                  '/p' || g FROM generate_series(0, 71) g;
+    """)
+    tables = tmp_path / "tables.yaml"
+    tables.write_text("tables:\n  public.visits:\n    partition: {column: visited_at, "
+                      "granularity: day, start: 2026-11-01}\n")
+    path = settings_env(pg_url, TABLES_FILE=str(tables))
+    for day in ("2026-11-01", "2026-11-02", "2026-11-03"):
+        assert main(["sync", "--partition", day]) == 0
+    run_sql(pg_url, "ALTER TABLE visits ADD COLUMN referrer text DEFAULT 'direct';"
+                    "UPDATE visits SET referrer = 'ad' WHERE id = 30")
+    capsys.readouterr()
+    out = sync(capsys, "--partition", "2026-11-02")
+    assert "column referrer added in PostgreSQL: its values filled" in out
+    assert_equal(pg_url, path, "visits", ["id", "visited_at", "page", "referrer"], "id")
+
+
+def test_dropped_and_renamed_tables_are_reported_not_failed(evolving, capsys) -> None:
+    url, path = evolving
+    run_sql(url, "ALTER TABLE plain RENAME TO plain_v2")
+    out = sync(capsys)  # the snapshot still names public.plain
+    assert "public.plain: not loaded: table public.plain is renamed to public.plain_v2 in " \
+           "PostgreSQL: not loaded; dest.raw.plain stays as it was" in out
+    # Under its new name it is a new table, loaded the same night.
+    assert "[new] public.plain_v2: ok, 100 rows (full)" in out
+    assert "2 loaded, 0 failed, 1 not in PostgreSQL" in out
+    assert duck(path, "SELECT count(*) FROM raw.plain") == [(100,)]
+    assert duck(path, "SELECT count(*) FROM raw.plain_v2") == [(100,)]
+    # The catalog was kept: public.plain is gone from the definitions now (its destination
+    # table stays); public.plain_v2 is an asset of its own.
+    keys = {k.path[-1] for k in build_definitions(Settings.from_env()).resolve_asset_graph()
+            .get_all_asset_keys()}
+    assert "plain_v2" in keys and "plain" not in keys
+    run_sql(url, "DROP TABLE plain_v2")
+    out = sync(capsys)
+    assert "table public.plain_v2 is no longer in PostgreSQL (dropped, or renamed): not " \
+           "loaded; dest.raw.plain_v2 stays as it was" in out
+    assert "1 loaded, 0 failed, 1 not in PostgreSQL" in out
+
+
+def test_a_new_table_is_loaded_by_the_next_sync_and_becomes_its_own_asset(evolving,
+                                                                          capsys) -> None:
+    """No discovery by hand: the catalog step of the next plain sync (or nightly run) finds
+    the table, keeps the catalog, and loads it; the definitions built next have its asset."""
+    url, path = evolving
+    run_sql(url, "CREATE TABLE invoices (id int PRIMARY KEY, total numeric(10,2));"
+                 "INSERT INTO invoices SELECT g, g * 2.5 FROM generate_series(1, 250) g")
+    out = sync(capsys)
+    assert "[new] public.invoices: ok, 250 rows (full)" in out
+    assert_equal(url, path, "invoices", ["id", "total"], "id")
+    defs = build_definitions(Settings.from_env())
+    keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
+    assert {"duckdb/raw/invoices", "postgres/public/invoices"} <= keys
+    # Now an asset like the others: no longer new.
+    out = sync(capsys)
+    assert "[new]" not in out and "public.invoices: ok" in out
