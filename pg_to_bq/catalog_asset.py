@@ -72,7 +72,7 @@ def build_catalog_asset(settings: "Settings", built: Catalog, ctx: AssetContext,
     names = ctx.names
 
     @dg.multi_asset(
-        name=names.name("refresh_catalog"),
+        name=names.name("discover_tables"),
         specs=[dg.AssetSpec(
             catalog_key(ctx),
             description="PostgreSQL's tables, discovered again by every nightly run (one "

@@ -52,6 +52,53 @@ class DemoLayout:
     def port_file(self) -> Path:
         return self.root / "postgres.port"
 
+    @property
+    def project(self) -> Path:
+        """A Dagster project holding one `PostgresMirror` component: the demo runs pg_to_bq
+        the way a team adds it to its own project."""
+        return self.root / "project"
+
+
+DEMO_PACKAGE = "pg_to_bq_demo"
+# The demo's component: the standalone keys (no instance name), its settings from the
+# environment the demo sets, and its catalog as defs state in the project.
+DEMO_DEFS_YAML = """\
+type: pg_to_bq.component.PostgresMirror
+attributes:
+  source_url_env: PG_TO_BQ_SOURCE_URL
+  destination: "{{ env.PG_TO_BQ_DESTINATION }}"
+  dataset: "{{ env.PG_TO_BQ_DATASET }}"
+  work_dir: "{{ env.PG_TO_BQ_WORK_DIR }}"
+  executor: in_process
+"""
+
+
+def write_project(layout: DemoLayout) -> Path:
+    """The demo's Dagster project (`dg.toml`, a package whose `defs` folder holds the
+    component); returns its workspace file, which `dg dev` serves."""
+    package = layout.project / DEMO_PACKAGE
+    defs = package / "defs" / "shop"
+    defs.mkdir(parents=True, exist_ok=True)
+    (layout.project / "dg.toml").write_text(
+        f'directory_type = "project"\n\n[project]\nroot_module = "{DEMO_PACKAGE}"\n'
+        'code_location_name = "pg_to_bq"\n',
+        encoding="utf-8")
+    (package / "__init__.py").write_text("", encoding="utf-8")
+    (package / "defs" / "__init__.py").write_text("", encoding="utf-8")
+    (package / "definitions.py").write_text(
+        "from pathlib import Path\n\nimport dagster as dg\n\n\n@dg.definitions\n"
+        "def defs() -> dg.Definitions:\n"
+        "    return dg.load_from_defs_folder(path_within_project=Path(__file__).parent)\n",
+        encoding="utf-8")
+    (defs / "defs.yaml").write_text(DEMO_DEFS_YAML, encoding="utf-8")
+    workspace = layout.project / "workspace.yaml"
+    workspace.write_text(
+        "load_from:\n  - python_file:\n"
+        f"      relative_path: {DEMO_PACKAGE}/definitions.py\n"
+        f"      working_directory: {layout.project}\n"
+        "      location_name: pg_to_bq\n", encoding="utf-8")
+    return workspace
+
 
 def start_database(layout: DemoLayout) -> EmbeddedPostgres:
     """Start (or reuse) the demo PostgreSQL and seed it on first start."""
@@ -110,7 +157,7 @@ def write_dagster_yaml(home: Path, pool_limit: int) -> None:
 
 
 def run_demo(root: Path, host: str, port: int, open_ui: bool = True) -> int:
-    from pg_to_bq.project import refresh_catalog
+    from pg_to_bq.project import discover_catalog
     from pg_to_bq.settings import Settings
 
     layout = DemoLayout(root.resolve())
@@ -126,7 +173,7 @@ def run_demo(root: Path, host: str, port: int, open_ui: bool = True) -> int:
         env = {**os.environ, **demo_environment(layout, server)}
         print(f"  PostgreSQL {server.url(DEMO_DATABASE)} (sample shop database)")
         settings = Settings.from_env(env)
-        catalog = refresh_catalog(settings)
+        catalog = discover_catalog(settings)
         print(f"  discovered {len(catalog.tables)} tables: "
               + ", ".join(t.qualified_name for t in catalog.tables))
         write_dagster_yaml(layout.dagster_home, settings.max_source_connections)
@@ -140,12 +187,13 @@ def run_demo(root: Path, host: str, port: int, open_ui: bool = True) -> int:
         server.stop()
         return 0
     url = f"http://{host}:{port}"
-    workspace = layout.root / "workspace.yaml"
-    workspace.write_text("load_from:\n  - python_module:\n      module_name: pg_to_bq.definitions\n"
-                         "      location_name: pg_to_bq\n", encoding="utf-8")
-    command = [sys.executable, "-m", "dagster", "dev", "-w", str(workspace),
+    workspace = write_project(layout)
+    # `dg dev`, which refreshes the component's catalog (its defs state) as it starts.
+    command = [str(Path(sys.executable).with_name("dg")), "dev", "-w", str(workspace),
                "-h", host, "-p", str(port)]
-    process = subprocess.Popen(command, env=env, start_new_session=True)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(layout.project),
+                                                    env.get("PYTHONPATH")) if p)
+    process = subprocess.Popen(command, env=env, start_new_session=True, cwd=layout.project)
     try:
         if _wait_for_ui(url, process):
             print(f"\nDagster UI: {url}\n"

@@ -135,7 +135,7 @@ def test_metadata_visible_before_first_materialization(snapshot_env) -> None:
 def test_small_tables_share_a_step_and_every_table_has_its_checks(snapshot_env) -> None:
     defs = build_definitions(Settings.from_env())
     job = defs.resolve_job_def(NIGHTLY_JOB)
-    assert sorted(node.name for node in job.graph.node_defs) == ["load_tables", "refresh_catalog"]
+    assert sorted(node.name for node in job.graph.node_defs) == ["discover_tables", "load_tables"]
     [step] = [a for a in defs.resolve_asset_graph().assets_defs
               if a.is_executable and a.op.name == "load_tables"]
     assert step.can_subset
@@ -160,7 +160,7 @@ def test_large_and_partitioned_tables_have_a_step_of_their_own(snapshot_env, tmp
     graph = build_definitions(Settings.from_env()).resolve_asset_graph()
     steps = {a.op.name: sorted(k.path[-1] for k in a.keys)
              for a in graph.assets_defs if a.is_executable}
-    assert steps == {"refresh_catalog": ["catalog"],
+    assert steps == {"discover_tables": ["catalog"],
                      "load__public__events_big": ["events_big"],
                      "load__public__orders": ["orders"],
                      "load_tables": sorted(["analytics__events", "customers", "顧客メモ"])}
@@ -368,7 +368,7 @@ def test_every_step_op_keeps_its_own_compute_function(snapshot_env, monkeypatch)
 
     monkeypatch.setenv("PG_TO_BQ_STEP_TABLES", "1")
     graph = build_definitions(Settings.from_env()).resolve_asset_graph()
-    ops = [a.op for a in graph.assets_defs if a.is_executable and a.op.name != "refresh_catalog"]
+    ops = [a.op for a in graph.assets_defs if a.is_executable and a.op.name != "discover_tables"]
     functions = {op.compute_fn for op in ops}
     assert len(functions) == len(ops) > 1
     assert all(list(inspect.signature(f).parameters) == ["context", "inputs"] for f in functions)
