@@ -105,10 +105,12 @@ def format_plans(plans: Sequence[TablePlan], catalog: Catalog) -> str:
     rows = [header]
     for plan in plans:
         notes = list(plan.notes)
-        if plan.excluded:
-            notes.append("excluded: " + ", ".join(plan.excluded))
-        if plan.hashed:
-            notes.append("hashed: " + ", ".join(plan.hashed))
+        if plan.error:
+            notes.append(f"NOT LOADABLE: {plan.error}")
+        notes.extend(f"{c.action}: {c.column} ({c.reason}; {c.setting})" for c in plan.left_out)
+        notes.extend(f"column {r.describe()}" for r in plan.renamings)
+        if plan.table_renaming is not None:
+            notes.append(f"table {plan.table_renaming.describe()}")
         if plan.partition:
             notes.append(f"{plan.partition.granularity} partitions on {plan.partition.column}")
         if plan.table.kind == "p":

@@ -4,7 +4,8 @@ A name is split into words (snake_case, camelCase, digits: `apiKey` → api, key
 `user_password_hash` → user, password, hash) and a column is left out when a word, or two
 adjacent words, name a credential: `password`, `passwd`, `pwd`, `secret`, `token`,
 `api key`, `private key`, `access key`, `credential(s)`. Whole words only, so
-`passenger_count`, `compass`, `bypass_rule` and `secretary_id` stay.
+`passenger_count`, `compass`, `bypass_rule` and `secretary_id` stay; and a credential
+followed by a word that describes it (`api_key_name`, `token_type`, `secret_id`) stays too.
 
 Only columns that could hold such a value are left out: text, binary and JSON types.
 Numbers, dates, booleans and the like are never excluded by their name (`token_count`,
@@ -24,6 +25,12 @@ SECRET_WORDS = frozenset({"password", "passwd", "pwd", "secret", "token", "crede
                           "credentials", "apikey", "privatekey", "accesskey"})
 SECRET_PAIRS = frozenset({("api", "key"), ("private", "key"), ("access", "key"),
                           ("pass", "word")})
+# A word after the credential's that makes the column describe it rather than hold it:
+# `api_key_name`, `token_type`, `secret_id`, `password_changed_at` are loaded.
+DESCRIBING_WORDS = frozenset({"name", "names", "id", "ids", "type", "kind", "label", "count",
+                              "length", "expires", "expiry", "expiration", "created", "updated",
+                              "changed", "at", "on", "version", "status", "enabled",
+                              "required", "policy", "scope", "scopes", "provider", "rotated"})
 # Type categories (pg_type.typcategory) that can hold a credential: strings, user-defined
 # (bytea is 'U'), JSON is 'U' too; arrays of them ('A') are checked by element.
 _STRING_CATEGORIES = frozenset({"S", "U"})
@@ -37,15 +44,20 @@ def words(name: str) -> list[str]:
 
 
 def secret_word(name: str) -> str | None:
-    """The word (or pair of words) of `name` that names a credential, if any."""
+    """The word (or pair of words) of `name` that names a credential, if any (and no
+    describing word follows it: `api_key_name` names a key, it does not hold one)."""
     parts = words(name)
-    for word in parts:
-        if word in SECRET_WORDS:
+    for index, word in enumerate(parts):
+        if word in SECRET_WORDS and not _described(parts, index + 1):
             return word
-    for pair in zip(parts, parts[1:], strict=False):
-        if pair in SECRET_PAIRS:
+    for index, pair in enumerate(zip(parts, parts[1:], strict=False)):
+        if pair in SECRET_PAIRS and not _described(parts, index + 2):
             return " ".join(pair)
     return None
+
+
+def _described(parts: list[str], after: int) -> bool:
+    return any(word in DESCRIBING_WORDS for word in parts[after:])
 
 
 def can_hold_text(column: Column) -> bool:

@@ -171,6 +171,9 @@ def test_unique_names_rule_is_deterministic_and_cut_to_the_limit() -> None:
     ("passenger_count", "text", False), ("compass", "text", False),
     ("bypass_rule", "text", False), ("secretary_id", "text", False),
     ("tokenizer", "text", False),
+    # a credential's name, type or id describes it without holding it
+    ("api_key_name", "text", False), ("token_type", "text", False), ("secret_id", "text", False),
+    ("access_token_hash", "text", True),
 ])
 def test_sensitive_columns_match_whole_words_of_text_types(name: str, type_name: str,
                                                            excluded: bool) -> None:
