@@ -41,9 +41,12 @@ class AdbcSession:
             statement.execute_update()
 
     def fetchone(self, sql: str) -> tuple[Any, ...] | None:
+        """The first row, by position (columns may share a name)."""
         with self.stream(sql) as reader:
-            rows = reader.read_all().slice(0, 1).to_pylist()
-        return tuple(rows[0].values()) if rows else None
+            table = reader.read_all().slice(0, 1)
+        if not table.num_rows:
+            return None
+        return tuple(column[0].as_py() for column in table.columns)
 
     @contextlib.contextmanager
     def stream(self, sql: str, batch_bytes: int | None = None) -> Iterator[pa.RecordBatchReader]:

@@ -122,6 +122,7 @@ class AssetContext:
     include_views: bool = False
     step_tables: int = DEFAULT_STEP_TABLES
     own_step_bytes: int = DEFAULT_OWN_STEP_BYTES
+    fingerprint: bool = True
     fingerprint_rows: int = checks.DEFAULT_FINGERPRINT_ROWS
 
     @property
@@ -274,11 +275,12 @@ def destination_metadata(plan: TablePlan, ctx: AssetContext) -> dict[str, Any]:
     return metadata
 
 
-def check_specs(plan: TablePlan, key: dg.AssetKey) -> list[dg.AssetCheckSpec]:
-    specs = [
-        dg.AssetCheckSpec(checks.ROW_COUNT, asset=key, description=_ROW_COUNT_DESCRIPTION),
-        dg.AssetCheckSpec(checks.FINGERPRINT, asset=key, description=_FINGERPRINT_DESCRIPTION),
-    ]
+def check_specs(plan: TablePlan, key: dg.AssetKey, fingerprint: bool = True
+                ) -> list[dg.AssetCheckSpec]:
+    specs = [dg.AssetCheckSpec(checks.ROW_COUNT, asset=key, description=_ROW_COUNT_DESCRIPTION)]
+    if fingerprint:
+        specs.append(dg.AssetCheckSpec(checks.FINGERPRINT, asset=key,
+                                       description=_FINGERPRINT_DESCRIPTION))
     if plan.cursor:
         specs.append(dg.AssetCheckSpec(checks.FRESHNESS, asset=key,
                                        description=f"Newest {plan.cursor} is recent"))
@@ -359,7 +361,7 @@ def build_group_asset(group: LoadGroup, ctx: AssetContext) -> dg.AssetsDefinitio
         keys_by_output[output] = spec.key
         outs[output] = dg.Out(dg.Nothing, description=spec.description, metadata=spec.metadata,
                               is_required=False)
-        for check in check_specs(plan, spec.key):
+        for check in check_specs(plan, spec.key, ctx.fingerprint):
             checks_by_output[_output_name(spec.key, check.name)] = check
     outs.update(dict.fromkeys(checks_by_output, _CHECK_OUT))
 

@@ -10,7 +10,7 @@ ROW_COUNT = "row_count_matches_source"
 FINGERPRINT = "values_match_source"
 FRESHNESS = "cursor_is_fresh"
 # Tables up to this many rows have every value compared; larger ones, key ranges.
-DEFAULT_FINGERPRINT_ROWS = 100_000
+DEFAULT_FINGERPRINT_ROWS = 20_000
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,8 @@ _SETTINGS = ("source_secret", "destination", "dataset", "schemas", "include", "e
              "bigquery_location", "bigquery_credentials_secret", "bigquery_key_file",
              "aws_region", "batch_bytes", "parallel_streams", "parallel_min_bytes",
              "max_source_connections", "statement_timeout_s", "freshness_hours",
-             "hash_salt_secret", "step_tables", "own_step_bytes", "fingerprint_rows")
+             "hash_salt_secret", "step_tables", "own_step_bytes", "fingerprint",
+             "fingerprint_rows")
 
 
 class PostgresMirrorScaffolder(dg.Scaffolder):
@@ -137,6 +138,7 @@ class PostgresMirror(dg.StateBackedComponent, dg.Resolvable):
     freshness_hours: int | None = None
     step_tables: int | None = None
     own_step_bytes: int | None = None
+    fingerprint: bool | None = None
     fingerprint_rows: int | None = None
     hash_salt_env: str | None = f"{PREFIX}HASH_SALT"
     hash_salt_secret: str | None = None

@@ -198,6 +198,11 @@ class TableReader:
                 self._conn.close()
             self._conn = None
 
+    def query_one(self, sql: str) -> tuple | None:
+        """One row of `sql`, in the reader's snapshot (after `batches`, before exiting)."""
+        assert self._conn is not None, "use TableReader as a context manager"
+        return self._conn.fetchone(sql)
+
     def batches(self) -> Iterator[pa.RecordBatch]:
         """Converted, checked batches. An empty table yields nothing."""
         assert self._conn is not None, "use TableReader as a context manager"

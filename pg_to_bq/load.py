@@ -30,6 +30,7 @@ import logging
 import re
 import time
 import traceback
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,7 @@ import pyarrow as pa
 from dlt.common.schema import Schema
 
 from pg_to_bq.adbc_session import AdbcSession
+from pg_to_bq.checks import FINGERPRINT, CheckOutcome
 from pg_to_bq.cursor_store import read_states, write_states
 from pg_to_bq.cursor_window import (
     WindowTracker,
@@ -59,6 +61,19 @@ from pg_to_bq.errors import describe, is_transient
 from pg_to_bq.evolution import Change, Evolution, diff
 from pg_to_bq.extract import TableReader, literal
 from pg_to_bq.file_lock import exclusive
+from pg_to_bq.fingerprint import (
+    DEFAULT_RANGE_ROWS,
+    Fingerprint,
+    Scope,
+    bounds_sql,
+    compare,
+    destination_sql_many,
+    not_compared,
+    parse,
+    scope_for,
+    source_sql,
+    split_many,
+)
 from pg_to_bq.parquet_files import remove_stale_files, write_table_file
 from pg_to_bq.plan import TablePlan
 from pg_to_bq.source import SourceUnreachable, with_options
@@ -147,6 +162,8 @@ class LoadResult:
     destination_rows: int | None = None
     # Schema changes the load handled, in words.
     changes: tuple[str, ...] = ()
+    # The values check (`pg_to_bq.fingerprint`), when it ran.
+    fingerprint: CheckOutcome | None = None
 
     @property
     def ok(self) -> bool:
@@ -252,6 +269,7 @@ def load_group(
     raise_errors: bool = False,
     destination_lock: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
     record_state: bool = True,
+    fingerprint_rows: int | None = None,
 ) -> list[LoadResult]:
     """Load `loads` with the dlt pipeline `pipeline_name`; a result per table, in order.
 
@@ -263,13 +281,16 @@ def load_group(
     destination is used (restoring state, loading), not while the tables are read. Loads of
     one pipeline on one machine take turns (its working directory holds its packages).
     Schema changes are handled as `pg_to_bq.evolution` says, and listed in each result.
+    With `fingerprint_rows` (the whole-table limit), each loaded table's values are
+    compared with PostgreSQL's (`pg_to_bq.fingerprint`): the source side in the snapshot
+    the table was read in, the destination side after the load, one query for the group.
     """
     run = _GroupRun(
         loads=loads, source_url=source_url, dataset=dataset, work_dir=work_dir,
         batch_bytes=batch_bytes, hash_salt=hash_salt, statement_timeout_s=statement_timeout_s,
         on_batch=on_batch, on_result=on_result, count_rows=count_rows,
         raise_errors=raise_errors, destination_lock=destination_lock,
-        record_state=record_state)
+        record_state=record_state, fingerprint_rows=fingerprint_rows)
     with exclusive(pipelines_dir(work_dir) / pipeline_name, _waiting_for(pipeline_name)):
         run.pipeline = group_pipeline(pipeline_name, destination, dataset, work_dir)
         with dlt.config.values(dlt_settings(run.pipeline.destination)):
@@ -308,6 +329,8 @@ class _Read:
     # Columns (destination names) whose values the rows already loaded must get (a fill).
     fill: tuple[str, ...] = ()
     changes: list[str] = field(default_factory=list)
+    # The source side of the values check: its scope and aggregates (or why it is not).
+    fingerprint: tuple[Scope, Fingerprint] | str | None = None
 
     @property
     def refresh(self) -> bool:
@@ -348,6 +371,7 @@ class _GroupRun:
     raise_errors: bool
     destination_lock: Callable[[], contextlib.AbstractContextManager]
     record_state: bool
+    fingerprint_rows: int | None = None
     pipeline: Any = None
     results: dict[int, LoadResult] = field(default_factory=dict)
 
@@ -380,6 +404,7 @@ class _GroupRun:
         loaded: list[tuple[int, _Read]] = []
         load_id = None
         counts: dict[str, int] = {}
+        checked: dict[str, CheckOutcome] = {}
         if read or unchanged:
             with self.destination_lock():
                 if read:
@@ -397,11 +422,13 @@ class _GroupRun:
                 if self.count_rows:
                     counts = _count_rows(pipeline, [r.plan for _, r in loaded] + [
                         self.loads[i].plan for i, _ in unchanged])
+                checked = _compare_fingerprints(pipeline, [r for _, r in loaded])
         for index, item in read:
             if item.plan.destination_table in failures:
                 self.settle(index, item.failed(failures[item.plan.destination_table]))
         for index, result in [(i, item.result(load_id)) for i, item in loaded] + unchanged:
             result.destination_rows = counts.get(result.destination_table)
+            result.fingerprint = checked.get(result.destination_table)
             self.settle(index, result)
         return [self.results[i] for i in sorted(self.results)]
 
@@ -456,9 +483,10 @@ class _GroupRun:
             raise EmptyTableError(_no_columns(plan))
         evolution = evolution or Evolution(exists=False)
         started = time.monotonic()
-        # A table the destination does not have (or must drop) is read whole, whatever the
-        # cursor says: a cursor without its rows would skip them.
-        whole = not evolution.exists or evolution.reload
+        # A table the destination does not have is read whole, whatever the cursor says (a
+        # cursor without its rows would skip them), unless one partition is asked for; a
+        # table that must be dropped for a new type is read whole, every partition of it.
+        whole = (not evolution.exists and load.window is None) or evolution.reload
         mode, where, cursor_from = _choose_mode(plan, state, load.full_refresh or whole,
                                                 None if whole else load.window)
         pending = tuple(state.get(PENDING_FILL_STATE_KEY, ()))
@@ -498,8 +526,12 @@ class _GroupRun:
 
             path, _ = write_table_file(batches(), reader.schema, files,
                                        self.pipeline.destination.destination_name)
+            source_fingerprint = None
+            if self.fingerprint_rows is not None:
+                source_fingerprint = _source_fingerprint(plan, reader, mode,
+                                                         self.fingerprint_rows)
         return _Read(plan, mode, cursor_from, tracker, reader, path, started, evolution, fill,
-                     changes)
+                     changes, source_fingerprint)
 
     def fill(self, loaded: list[_Read]) -> dict[str, str]:
         """Fill the columns added to merged tables for their existing rows; a table whose
@@ -524,6 +556,74 @@ class _GroupRun:
                 continue
             item.changes.append(f"filled {', '.join(item.fill)} for {rows:,} existing row(s)")
         return failures
+
+
+def _source_fingerprint(plan: TablePlan, reader: TableReader, mode: str, full_rows: int
+                        ) -> tuple[Scope, Fingerprint] | str:
+    """The source side of the values check, in the snapshot the table was read in. A
+    table the load read most of is compared whole; a larger one in key ranges sized by
+    what the load read, so the check costs a small share of the load."""
+    if mode == "window":
+        return "not computed for a run of one partition: the check compares whole tables"
+    try:
+        stats = reader.stats
+        table_rows = stats.table_rows if stats.table_rows is not None else stats.rows
+        if stats.rows * 2 >= table_rows:
+            full_rows = max(full_rows, table_rows)
+        bounds = None
+        bounds_query = bounds_sql(plan)
+        if bounds_query is not None and table_rows > full_rows:
+            row = reader.query_one(bounds_query)
+            if row and row[0] is not None:
+                bounds = (int(row[0]), int(row[1]))
+        range_rows = max(MIN_RANGE_ROWS, min(DEFAULT_RANGE_ROWS, stats.rows // 4))
+        scope = scope_for(plan, table_rows, uuid.uuid4().hex, full_rows=full_rows,
+                          range_rows=range_rows, bounds=bounds)
+        row = reader.query_one(source_sql(plan, scope))
+        assert row is not None
+        return scope, parse(plan, row, scope)
+    except Exception as exc:  # noqa: BLE001 - the load stands; the check says why it did not run
+        return f"not computed: the PostgreSQL side failed ({describe(exc)})"
+
+
+# Tables whose destination side one query computes; a key range holds at least this many
+# rows, however few the load read.
+FINGERPRINT_QUERY_TABLES = 50
+MIN_RANGE_ROWS = 200
+
+
+def _compare_fingerprints(pipeline: dlt.Pipeline, loaded: list[_Read]) -> dict[str, CheckOutcome]:
+    """The values check of each loaded table (see `load_group`)."""
+    outcomes: dict[str, CheckOutcome] = {}
+    ready = []
+    for item in loaded:
+        if isinstance(item.fingerprint, str):
+            outcomes[item.plan.destination_table] = CheckOutcome(
+                FINGERPRINT, False, "WARN", item.fingerprint)
+        elif item.fingerprint is not None:
+            ready.append(item)
+    if not ready:
+        return outcomes
+    kind = pipeline.destination.destination_name
+    try:
+        with pipeline.sql_client() as client:
+            for start in range(0, len(ready), FINGERPRINT_QUERY_TABLES):
+                chunk = ready[start:start + FINGERPRINT_QUERY_TABLES]
+                items = [(r.plan, client.make_qualified_table_name(r.plan.destination_table),
+                          r.fingerprint[0]) for r in chunk]  # type: ignore[index]
+                rows = split_many(client.execute_sql(destination_sql_many(items, kind)) or [])
+                for index, item in enumerate(chunk):
+                    scope, source = item.fingerprint  # type: ignore[misc]
+                    destination = parse(item.plan, rows[index], scope)
+                    outcomes[item.plan.destination_table] = compare(
+                        source, destination, skipped=not_compared(item.plan),
+                        disposition=item.plan.disposition)
+    except Exception as exc:  # noqa: BLE001 - the loads stand; the check says why it did not run
+        for item in ready:
+            outcomes.setdefault(item.plan.destination_table, CheckOutcome(
+                FINGERPRINT, False, "WARN",
+                f"not computed: the destination side failed ({describe(exc)})"))
+    return outcomes
 
 
 PENDING_FILL_STATE_KEY = "pending_fill"

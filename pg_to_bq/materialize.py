@@ -87,7 +87,8 @@ def run_step(
 
         context.log.info(f"loading {len(loads)} table(s) into {ctx.qualified_prefix}"
                          + (" (full refresh)" if full_refresh else ""))
-        results = load_with(context, loads, group.pipeline_name, source, destination, url)
+        results = load_with(context, loads, group.pipeline_name, source, destination, url,
+                            ctx.fingerprint_rows if ctx.fingerprint else None)
     except Exception as exc:
         # What every table of the step needs failed (the source, a secret, the destination):
         # each selected table fails with that cause.
@@ -130,7 +131,8 @@ def run_step(
 
 def load_with(context: dg.OpExecutionContext | dg.AssetExecutionContext,
               loads: Sequence[TableLoad], pipeline_name: str, source: SourceDatabase,
-              destination: Destination, url: str) -> list[LoadResult]:
+              destination: Destination, url: str, fingerprint_rows: int | None = None
+              ) -> list[LoadResult]:
     """`load_group` with the run's resources: the DuckDB file's writer lock (a waiting load
     says so in the run's log), the hash salt when a table hashes, progress in the log."""
 
@@ -145,7 +147,8 @@ def load_with(context: dg.OpExecutionContext | dg.AssetExecutionContext,
         work_dir=destination.work_path, batch_bytes=source.batch_bytes,
         hash_salt=source.resolved_hash_salt() if hashing else None,
         statement_timeout_s=source.statement_timeout_s, on_batch=_Progress(context),
-        destination_lock=lambda: destination.writing(on_wait=waiting))
+        destination_lock=lambda: destination.writing(on_wait=waiting),
+        fingerprint_rows=fingerprint_rows)
 
 
 def _window(context: dg.AssetExecutionContext, plans: Sequence[TablePlan]) -> Window | None:
@@ -292,6 +295,8 @@ def _check_outcomes(
         else:
             outcomes.append(checks.reconcile_row_counts(
                 _source_rows(plan, url, source), destination_rows, plan.disposition))
+    if result.fingerprint is not None:
+        outcomes.append(result.fingerprint)
     if plan.cursor:
         latest = result.cursor_to if result.cursor_to is not None else result.cursor_from
         outcomes.append(checks.cursor_freshness(_parse_cursor(latest), ctx.freshness))

@@ -84,6 +84,7 @@ def asset_context(settings: Settings, names: InstanceNames | None = None) -> Ass
         include_views=settings.include_views,
         step_tables=settings.step_tables,
         own_step_bytes=settings.own_step_bytes,
+        fingerprint=settings.fingerprint,
         fingerprint_rows=settings.fingerprint_rows,
     )
 

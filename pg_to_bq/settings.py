@@ -91,7 +91,8 @@ class Settings:
     hash_salt_secret: str | None = None
     step_tables: int = 50
     own_step_bytes: int = 64 * 1024**2
-    fingerprint_rows: int = 100_000
+    fingerprint: bool = True
+    fingerprint_rows: int = 20_000
     # The environment variables that hold the source URL and the hash salt: resources read
     # them when a run needs them (`dg.EnvVar`), so the values never enter the definitions.
     source_url_env: str = f"{PREFIX}SOURCE_URL"
@@ -221,7 +222,8 @@ class Settings:
             step_tables=_positive_int(get("STEP_TABLES", "50"), "STEP_TABLES"),
             own_step_bytes=_non_negative_int(get("OWN_STEP_BYTES", str(64 * 1024**2)),
                                              "OWN_STEP_BYTES"),
-            fingerprint_rows=_non_negative_int(get("FINGERPRINT_ROWS", "100000"),
+            fingerprint=_bool(get("FINGERPRINT", "true"), "FINGERPRINT"),
+            fingerprint_rows=_non_negative_int(get("FINGERPRINT_ROWS", "20000"),
                                                "FINGERPRINT_ROWS"),
         )
 
