@@ -24,6 +24,8 @@ class AdbcSession:
     `close` rolls back (pg_to_bq only reads)."""
 
     def __init__(self, uri: str) -> None:
+        # The database's encoding once a reader asked for it (`TableReader.server_encoding`).
+        self.server_encoding: str | None = None
         self._db = adbc_driver_postgresql.connect(uri)
         try:
             self._conn = adbc_driver_manager.AdbcConnection(self._db)

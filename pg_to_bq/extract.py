@@ -48,7 +48,7 @@ _DAY_US = 86_400_000_000
 _INTEGER_KEYS = {"int2": "smallint", "int4": "integer", "int8": "bigint"}
 # Session settings every reading transaction uses, so text forms never depend on the
 # server's or the role's defaults (interval and date styles, time zone, float digits).
-_SESSION = (
+SESSION = (
     "SET LOCAL IntervalStyle = 'iso_8601'",
     "SET LOCAL DateStyle = 'ISO, YMD'",
     "SET LOCAL TimeZone = 'UTC'",
@@ -203,6 +203,15 @@ class TableReader:
         assert self._conn is not None, "use TableReader as a context manager"
         return self._conn.fetchone(sql)
 
+    def server_encoding(self) -> str:
+        """The database's `server_encoding`, asked once per session."""
+        assert self._conn is not None, "use TableReader as a context manager"
+        encoding = self._conn.server_encoding
+        if encoding is None:
+            (encoding,) = self._conn.fetchone("SELECT current_setting('server_encoding')")
+            self._conn.server_encoding = encoding
+        return str(encoding)
+
     def batches(self) -> Iterator[pa.RecordBatch]:
         """Converted, checked batches. An empty table yields nothing."""
         assert self._conn is not None, "use TableReader as a context manager"
@@ -326,7 +335,7 @@ def _begin(session: AdbcSession, snapshot: str | None = None) -> None:
     session.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
     if snapshot is not None:
         session.execute("SET TRANSACTION SNAPSHOT '" + snapshot.replace("'", "''") + "'")
-    for statement in _SESSION:
+    for statement in SESSION:
         session.execute(statement)
 
 

@@ -42,7 +42,7 @@ non-null counts compared, over the whole table, and the scope says so.
 
 The PostgreSQL query reads each column through `ColumnMapping.select_sql`, the
 expression the extraction copies, so it digests exactly what was loaded. Run it in a
-transaction with the extraction's session settings (`pg_to_bq.extract._SESSION`: the text
+transaction with the extraction's session settings (`pg_to_bq.extract.SESSION`: the text
 of intervals, ranges and the like depends on them) and, to be exact under concurrent
 writes, inside the snapshot the rows were extracted in. Rows written to the source after
 that snapshot would otherwise show as differences.
@@ -53,7 +53,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -63,13 +63,15 @@ from pg_to_bq.typemap import ColumnMapping, quote_ident
 
 FINGERPRINT = checks.FINGERPRINT
 
-# Whole tables are compared up to this many rows; larger tables, key ranges. Measured on
-# the benchmark's 12-column table (2 cores): digesting every column costs about as much
-# per row as loading it, so comparing a whole table fits in 10% of its load only while the
-# load's fixed cost dominates (see docs and the module tests for the numbers).
-DEFAULT_FULL_ROWS = 20_000
+# Digesting a row costs about what loading it costs (the benchmark's 12-column table, 2
+# cores: ~3-4 µs a row in PostgreSQL and ~1-2 µs in DuckDB, against ~3.5 µs for the whole
+# load), so only a load's fixed cost pays for comparing every row. Against `load_table` of
+# that table alone, a whole-table fingerprint cost 3.5% at 1,000 rows, 9% at 5,000, 13% at
+# 10,000, 22% at 20,000, 64% at 100,000 and 118% at 1,000,000; 3 key ranges of 1,000 rows
+# cost 5.3% at 10,000 and 20,000 rows, 5.1% at 100,000 and 1.2% at 1,000,000.
+DEFAULT_FULL_ROWS = 5_000
 DEFAULT_RANGES = 3
-DEFAULT_RANGE_ROWS = 5_000
+DEFAULT_RANGE_ROWS = 1_000
 # A Mersenne prime below 2^31: residues fit 31 bits, so their squares (< 2^62) and sums
 # of a few of them never overflow a signed 64-bit integer in any of the three systems.
 MODULUS = 2_147_483_647
@@ -163,7 +165,7 @@ class Scope:
         double-quoted name as a string, so each destination quotes the key its own way."""
         if not self.destination_key:
             return None
-        return _ranges_condition(_quoter(kind)(self.destination_key), self.ranges)
+        return _ranges_condition(_dialect(kind).quote(self.destination_key), self.ranges)
 
 
 # -- scope -------------------------------------------------------------------------------
@@ -179,7 +181,7 @@ def integer_key(plan: TablePlan) -> str | None:
         column = plan.table.column(name)
     except KeyError:
         return None
-    return name if column.type_name in _INTEGER_KEYS else None
+    return name if (column.base_type_name or column.type_name) in _INTEGER_KEYS else None
 
 
 def bounds_sql(plan: TablePlan) -> str | None:
@@ -266,7 +268,7 @@ def _ranges_condition(quoted_key: str, ranges: Sequence[tuple[int, int]]) -> str
 
 
 def column_method(column: ColumnMapping) -> str:
-    """The `METHODS` key a column is digested with."""
+    """The `METHODS` key a column is digested with (by its loaded type)."""
     if column.transform == "hash":
         return "count"
     return _CLASSES[column.logical]
@@ -288,70 +290,98 @@ def _digested(plan: TablePlan, scope: Scope) -> list[tuple[ColumnMapping, str]]:
     return [(c, column_method(c) if scope.values else "count") for c in plan.columns]
 
 
+# Aggregates per method, in this order on every side: the non-null count, then the digest.
+_WIDTHS: Mapping[str, int] = {"count": 1, "boolean": 2, "float": 2, "text": 2, "bytes": 2,
+                              "decimal": 4, "integer": 3, "timestamp": 3, "date": 3, "time": 3}
+
+# Methods digesting Σc and Σ(c mod P)² of one canonical integer c per row.
+_RESIDUES = frozenset({"integer", "timestamp", "date", "time"})
+
+_Inner = Callable[[ColumnMapping, str], list[str]]
+_Aggregates = Callable[[str, list[str], ColumnMapping], list[str]]
+
+
+@dataclass(frozen=True)
+class _Dialect:
+    """How one system computes the per-row canonical values and their aggregates."""
+
+    quote: Callable[[str], str]
+    inner: _Inner
+    aggregates: _Aggregates
+    residue: str  # `c mod P` (the sign of c's), `{}` standing for c
+
+
 # -- PostgreSQL ---------------------------------------------------------------------------
 
 
 def source_sql(plan: TablePlan, scope: Scope, *, server_encoding: str = "UTF8") -> str:
     """One SELECT returning one row: the fingerprint of `plan`'s table in PostgreSQL.
 
+    Run it with the extraction's session settings, in its snapshot if possible (see the
+    module's docstring).
+
     Args:
         plan: The table's plan (its `select_sql` expressions are what is digested).
         scope: From `scope_for`.
-        server_encoding: The database's `server_encoding`. Text is hashed as UTF-8, as it
-            was loaded; in a database with another encoding it is converted first.
+        server_encoding: The database's `server_encoding`. Text is hashed as the UTF-8 it
+            was loaded as; in a database with another encoding it is converted first.
     """
-    return _sql(
-        plan, scope, _source_table(plan), scope.source_where,
-        lambda column, method: _pg_inner(column, method, server_encoding), _PG_AGGREGATES,
-        # OFFSET 0 keeps the subquery from being merged into the aggregate, which would
-        # evaluate each per-row expression once per aggregate using it.
-        inner_suffix=" OFFSET 0")
+    utf8 = server_encoding.upper().replace("-", "").replace("_", "") in ("UTF8", "UNICODE")
+    dialect = _Dialect(quote_ident, lambda c, m: _pg_inner(c, m, utf8), _pg_aggregates,
+                       f"({{}} % {MODULUS})")
+    # OFFSET 0 keeps PostgreSQL from merging the subquery into the aggregate, which would
+    # compute each per-row value again for every aggregate using it.
+    select, source = _select(plan, scope, dialect, _source_table(plan), scope.source_where,
+                             inner_suffix=" OFFSET 0")
+    return f"SELECT {', '.join(select)} FROM {source}"
 
 
 def _source_table(plan: TablePlan) -> str:
     return f"{quote_ident(plan.table.schema)}.{quote_ident(plan.table.name)}"
 
 
-def _pg_inner(column: ColumnMapping, method: str, server_encoding: str) -> list[str]:
+def _pg_inner(column: ColumnMapping, method: str, utf8: bool) -> list[str]:
     value = f"({column.select_sql})"
     if method == "count":
-        # Every select_sql is NULL exactly when its column is: count the column itself.
+        # Every select_sql, and a salted hash, is NULL exactly when its column is.
         return [quote_ident(column.source.name)]
     if method == "integer":
         return [f"{value}::int8"]
     if method == "boolean":
         return [f"{value}::int4"]
     if method == "decimal":
-        scale = column.scale or 0
-        return [value, f"mod({value} * 1{'0' * scale}::numeric, {MODULUS})::int8"]
+        power = "1" + "0" * (column.scale or 0)
+        return [value, f"mod({value} * {power}::numeric, {MODULUS})::int8"]
     if method == "timestamp":
-        # The binary form is exactly the int8 microseconds since 2000-01-01, in every
-        # PostgreSQL version (extract(epoch ...) is a double before PostgreSQL 14).
+        # The binary form is the int8 of microseconds since 2000-01-01 in every version
+        # (extract(epoch ...) is a double, inexact, before PostgreSQL 14, and slower after).
         send = "timestamptz_send" if column.logical == "timestamptz" else "timestamp_send"
-        return [f"('x' || encode({send}({value}), 'hex'))::bit(64)::int8"]
+        return [_pg_int8_of_bytes(f"{send}({value})")]
     if method == "date":
         return [f"({value} - DATE '1970-01-01')::int8"]
     if method == "time":
-        return [f"('x' || encode(time_send({value}), 'hex'))::bit(64)::int8"]
+        return [_pg_int8_of_bytes(f"time_send({value})")]
     if method == "float":
-        double = f"{value}::float8"
+        double = f"{value}::float8"  # a real widens exactly, as it does on its way to a double
         return [f"CASE WHEN {double} = 'NaN'::float8 THEN {_NAN_BITS} "
-                f"ELSE ('x' || encode(float8send({double}), 'hex'))::bit(64)::int8 END"]
+                f"ELSE {_pg_int8_of_bytes(f'float8send({double})')} END"]
     if method == "text":
         text = _pg_text(column, value)
-        if server_encoding.upper().replace("-", "") not in ("UTF8", "UNICODE"):
-            text = f"convert_to({text}, 'UTF8')"
-        return [_pg_md5_60(text)]
+        return [_pg_md5_60(text if utf8 else f"convert_to({text}, 'UTF8')")]
     if method == "bytes":
         return [_pg_md5_60(value)]
     raise ValueError(f"no fingerprint method {method!r}")
+
+
+def _pg_int8_of_bytes(eight_bytes: str) -> str:
+    return f"('x' || encode({eight_bytes}, 'hex'))::bit(64)::int8"
 
 
 def _pg_text(column: ColumnMapping, value: str) -> str:
     """The text the extraction loads for a text or JSON column."""
     base = column.source.base_type_name or column.source.type_name
     if column.rule == "text" and base == "bpchar":
-        # char(n) loads with its padding (bpchar's output); a cast to text strips it.
+        # char(n) loads with its padding (binary COPY sends it); a cast to text strips it.
         return f"textin(bpcharout({value}))"
     return f"{value}::text"
 
@@ -361,25 +391,28 @@ def _pg_md5_60(value: str) -> str:
 
 
 def _pg_aggregates(method: str, names: list[str], column: ColumnMapping) -> list[str]:
-    first = names[0]
-    count = f"count({first})"
+    # sum(int8) is numeric in PostgreSQL: exact at any size.
+    return _generic_aggregates(method, names, "count({})", "sum({})", "sum({})")
+
+
+def _generic_aggregates(method: str, names: list[str], count: str, total: str,
+                        trues: str) -> list[str]:
+    """Per method: the non-null count, then the digest (`_WIDTHS` values in all).
+
+    `names` are the per-row values: [c] or [c, c mod P]; for decimals [v, u mod P].
+    """
+    value = names[0]
+    first = [count.format(value)]
     if method == "count":
-        return [count]
+        return first
     if method == "boolean":
-        return [count, f"sum({first})"]
+        return [*first, trues.format(value)]
     if method in ("float", "text", "bytes"):
-        return [count, f"sum({first})"]
+        return [*first, total.format(value)]
+    squares = total.format(f"{names[1]} * {names[1]}")
     if method == "decimal":
-        residue = names[1]
-        return [count, f"sum({first})", "0", f"sum({residue} * {residue})"]
-    return [count, f"sum({first})", _squares(f"({first} % {MODULUS})", "sum({})")]
-
-
-_PG_AGGREGATES = _pg_aggregates
-
-
-def _squares(residue: str, total: str) -> str:
-    return total.format(f"{residue} * {residue}")
+        return [*first, total.format(value), "0", squares]
+    return [*first, total.format(value), squares]
 
 
 # -- DuckDB and BigQuery ------------------------------------------------------------------
@@ -391,74 +424,68 @@ def destination_sql(plan: TablePlan, kind: Kind, qualified_table: str, scope: Sc
     Args:
         plan: The table's plan (destination column names and types).
         kind: `duckdb` or `bigquery`.
-        qualified_table: The loaded table's name, qualified and quoted for `kind` (what
-            dlt's `sql_client.make_qualified_table_name` returns, or `qualified_name`).
-        scope: The same scope as the source's.
+        qualified_table: The loaded table, qualified and quoted for `kind` (as dlt's
+            `sql_client.make_qualified_table_name` or `qualified_name` returns it).
+        scope: The scope the source side was computed over.
     """
-    inner, aggregates = _destination_parts(kind)
-    return _sql(plan, scope, qualified_table, scope.destination_where(kind), inner, aggregates)
+    select, source = _select(plan, scope, _dialect(kind), qualified_table,
+                             scope.destination_where(kind))
+    return f"SELECT {', '.join(select)} FROM {source}"
 
 
 def destination_sql_many(items: Sequence[tuple[TablePlan, str, Scope]], kind: Kind) -> str:
-    """One query for many tables (one round trip, which matters on BigQuery): a row per
-    item, its index in `items` first, then the row `destination_sql` would return, every
-    value as text and padded with NULLs to a common width (UNION ALL needs one column
-    type per position; `parse` reads the text). Use `split_many` to get the rows back."""
-    inner, aggregates = _destination_parts(kind)
+    """One query for many tables (one round trip, which matters on BigQuery).
+
+    Returns a row per item: its index in `items`, then the values `destination_sql` would
+    return, as text and padded with NULLs to a common width (UNION ALL needs one type per
+    column; DuckDB would otherwise unify HUGEINT and DECIMAL as DOUBLE). An index rather
+    than the table's name: nothing from the catalog needs quoting as a string literal.
+    `split_many` gives each item's row to `parse`.
+    """
+    dialect = _dialect(kind)
     text = "VARCHAR" if kind == "duckdb" else "STRING"
+    parts = [_select(plan, scope, dialect, table, scope.destination_where(kind))
+             for plan, table, scope in items]
+    width = max((len(select) for select, _ in parts), default=1)
     selects = []
-    widths = [1 + sum(len(_outer_for(m, c, aggregates)) for c, m in _digested(p, s))
-              for p, _, s in items]
-    width = max(widths, default=1)
-    for index, (plan, table, scope) in enumerate(items):
-        sql = _sql(plan, scope, table, scope.destination_where(kind), inner, aggregates,
-                   cast_to=text)
-        padding = "".join(f", CAST(NULL AS {text})" for _ in range(width - widths[index]))
-        selects.append(f"SELECT {index} AS item{padding_alias(sql, padding)}")
+    for index, (select, source) in enumerate(parts):
+        values = [f"CAST({v} AS {text})" for v in select]
+        values += [f"CAST(NULL AS {text})"] * (width - len(select))
+        selects.append(f"SELECT {index} AS item, {', '.join(values)} FROM {source}")
     return " UNION ALL ".join(selects)
-
-
-def padding_alias(sql: str, padding: str) -> str:
-    """`, <columns of sql's SELECT>, <padding> FROM ...`: the item's own query, widened."""
-    assert sql.startswith("SELECT ")
-    head, separator, tail = sql[len("SELECT "):].partition(" FROM ")
-    return f", {head}{padding}{separator}{tail}"
 
 
 def split_many(rows: Sequence[Sequence[Any]]) -> dict[int, Sequence[Any]]:
     """`destination_sql_many`'s rows by item index, each as `parse` takes it."""
-    return {int(row[0]): row[1:] for row in rows}
+    return {int(row[0]): tuple(row[1:]) for row in rows}
 
 
 def qualified_name(kind: Kind, *parts: str) -> str:
-    """A destination table name, each part quoted for `kind` (dataset, table; or project,
-    dataset, table on BigQuery)."""
-    return ".".join(_quoter(kind)(p) for p in parts)
+    """A destination table's name, each part quoted for `kind`: dataset and table, or
+    project, dataset and table on BigQuery."""
+    return ".".join(_dialect(kind).quote(p) for p in parts)
 
 
-def _quoter(kind: Kind) -> Callable[[str], str]:
+def _duckdb_quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _bigquery_quote(name: str) -> str:
+    # A quoted identifier takes the escapes of a string literal in BigQuery.
+    return "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"
+
+
+def _dialect(kind: str) -> _Dialect:
     if kind == "duckdb":
-        return lambda name: '"' + name.replace('"', '""') + '"'
+        return _Dialect(_duckdb_quote, _duckdb_inner, _duckdb_aggregates, f"({{}} % {MODULUS})")
     if kind == "bigquery":
-        # Quoted identifiers take string-literal escapes in BigQuery.
-        return lambda name: "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"
-    raise ValueError(f"unknown destination kind {kind!r} (duckdb or bigquery)")
-
-
-_Inner = Callable[[ColumnMapping, str], list[str]]
-_Aggregates = Callable[[str, list[str], ColumnMapping], list[str]]
-
-
-def _destination_parts(kind: Kind) -> tuple[_Inner, _Aggregates]:
-    if kind == "duckdb":
-        return _duckdb_inner, _duckdb_aggregates
-    if kind == "bigquery":
-        return _bigquery_inner, _bigquery_aggregates
+        return _Dialect(_bigquery_quote, _bigquery_inner, _bigquery_aggregates,
+                        f"MOD({{}}, {MODULUS})")
     raise ValueError(f"unknown destination kind {kind!r} (duckdb or bigquery)")
 
 
 def _duckdb_inner(column: ColumnMapping, method: str) -> list[str]:
-    value = _quoter("duckdb")(column.name)
+    value = _duckdb_quote(column.name)
     if method in ("count", "boolean"):
         return [value]
     if method == "integer":
@@ -470,13 +497,13 @@ def _duckdb_inner(column: ColumnMapping, method: str) -> list[str]:
     if method == "date":
         return [f"CAST({value} - DATE '1970-01-01' AS BIGINT)"]
     if method == "time":
-        return [f"CAST(date_diff('microsecond', TIME '00:00:00', {value}) AS BIGINT)"]
+        return [f"date_diff('microsecond', TIME '00:00:00', {value})"]
     if method == "float":
-        # DuckDB casts a DOUBLE to its 64 bits, and BIT to BIGINT: the IEEE-754 bits.
+        # A DOUBLE casts to BIT as its 64 bits, and BIT to BIGINT: the IEEE-754 bits.
         return [f"CASE WHEN isnan({value}) THEN {_NAN_BITS} "
                 f"ELSE CAST(CAST(CAST({value} AS DOUBLE) AS BIT) AS BIGINT) END"]
     if method == "text":
-        # md5 of VARCHAR (JSON converts to its text) hashes the UTF-8 bytes.
+        # md5 of a VARCHAR hashes its UTF-8 bytes; a JSON column casts to its exact text.
         return [f"CAST('0x' || left(md5(CAST({value} AS VARCHAR)), 15) AS BIGINT)"]
     if method == "bytes":
         return [f"CAST('0x' || left(md5({value}), 15) AS BIGINT)"]
@@ -484,40 +511,34 @@ def _duckdb_inner(column: ColumnMapping, method: str) -> list[str]:
 
 
 def _duckdb_unscaled(value: str, column: ColumnMapping) -> str:
-    """The DECIMAL's unscaled integer as HUGEINT (exact: precision ≤ 38 fits)."""
+    """The DECIMAL's unscaled integer (v·10^scale) as HUGEINT, exactly."""
     precision, scale = column.precision or 38, column.scale or 0
     if precision + scale <= 38:
-        # DuckDB multiplies the internal integers: v·10^s·10^s must fit 38 digits.
+        # DuckDB multiplies the unscaled integers: v·10^s is held as v·10^s·10^s.
         return f"CAST({value} * {10 ** scale} AS HUGEINT)"
+    # Wider: the decimal's text without its point (38 digits fit a HUGEINT).
     return f"CAST(replace(CAST({value} AS VARCHAR), '.', '') AS HUGEINT)"
 
 
 def _duckdb_aggregates(method: str, names: list[str], column: ColumnMapping) -> list[str]:
-    first = names[0]
-    count = f"count({first})"
-    if method == "count":
-        return [count]
-    if method == "boolean":
-        return [count, f"count_if({first})"]
-    if method in ("float", "text", "bytes"):
-        return [count, f"sum({first})"]
-    if method == "decimal":
-        residue = names[1]
-        squares = f"sum({residue} * {residue})"
-        if (column.precision or 38) <= _DUCKDB_DECIMAL_SUM_PRECISION:
-            return [count, f"sum({first})", "0", squares]
-        # Integer and fractional parts apart: SUM(DECIMAL(38,s)) overflows at 10^(38-s).
-        return [count, f"sum(CAST(trunc({first}) AS HUGEINT))",
-                f"sum({first} - trunc({first}))", squares]
-    return [count, f"sum({first})", _squares(f"({first} % {MODULUS})", "sum({})")]
+    # SUM(BIGINT) is a HUGEINT: exact for 2^64 rows of 63-bit values.
+    aggregates = _generic_aggregates(method, names, "count({})", "sum({})", "count_if({})")
+    if method == "decimal" and (column.precision or 38) > _DUCKDB_DECIMAL_SUM_PRECISION:
+        # SUM(DECIMAL(p,s)) is a DECIMAL(38,s) and fails above 10^(38-s): sum the integer
+        # parts as HUGEINT and the fractions apart (parse adds them).
+        value = names[0]
+        aggregates[1:3] = [f"sum(CAST(trunc({value}) AS HUGEINT))",
+                           f"sum({value} - trunc({value}))"]
+    return aggregates
 
 
 def _bigquery_inner(column: ColumnMapping, method: str) -> list[str]:
-    # Functions used (all GoogleSQL, https://cloud.google.com/bigquery/docs/reference/
-    # standard-sql/functions-and-operators): MD5, TO_HEX, SUBSTR, CAST(hex STRING AS
-    # INT64), UNIX_MICROS, UNIX_DATE, TIME_DIFF, IS_NAN, IS_INF, IEEE_DIVIDE, LOG, POW,
-    # FLOOR, LEAST, GREATEST, TRUNC, MOD, COUNTIF, SUM over BIGNUMERIC.
-    value = _quoter("bigquery")(column.name)
+    # Every function is GoogleSQL's (cloud.google.com/bigquery/docs/reference/standard-sql/):
+    # MD5, TO_HEX, SUBSTR, CONCAT and CAST of a '0x' hex STRING to INT64 (string and
+    # conversion functions); UNIX_MICROS, UNIX_DATE, TIME_DIFF (date and time functions);
+    # IS_NAN, IS_INF, IEEE_DIVIDE, LOG, POW, FLOOR, ABS, LEAST, GREATEST, TRUNC, MOD
+    # (mathematical functions); COUNT, COUNTIF, SUM over BIGNUMERIC (aggregate functions).
+    value = _bigquery_quote(column.name)
     if method in ("count", "boolean"):
         return [value]
     if method == "integer":
@@ -533,30 +554,23 @@ def _bigquery_inner(column: ColumnMapping, method: str) -> list[str]:
         return [f"TIME_DIFF({value}, TIME '00:00:00', MICROSECOND)"]
     if method == "float":
         return [_bigquery_float_bits(value)]
-    if method == "text":
-        return [_bigquery_md5_60(value)]
-    if method == "bytes":
-        return [_bigquery_md5_60(value)]
+    if method in ("text", "bytes"):
+        # MD5 of a STRING hashes its UTF-8 bytes; MD5 of BYTES, the bytes.
+        return [f"CAST(CONCAT('0x', SUBSTR(TO_HEX(MD5({value})), 1, 15)) AS INT64)"]
     raise ValueError(f"no fingerprint method {method!r}")
 
 
-def _bigquery_md5_60(value: str) -> str:
-    # MD5 of a STRING hashes its UTF-8 bytes; a '0x' STRING casts to INT64 as hex.
-    return f"CAST(CONCAT('0x', SUBSTR(TO_HEX(MD5({value})), 1, 15)) AS INT64)"
-
-
 def _bigquery_unscaled_residue(value: str, scale: int) -> str:
-    """(v·10^scale) mod P for a NUMERIC or BIGNUMERIC v, exactly.
+    """(v·10^scale) mod P of a NUMERIC or BIGNUMERIC v, exactly.
 
-    The unscaled integer of a BIGNUMERIC(76,38) has 76 digits, more than BIGNUMERIC
-    holds, so it is taken apart: integer part and fraction·10^scale (each fits), each
-    reduced mod P, then combined. Both parts carry v's sign, so the result has it too, as
+    A BIGNUMERIC(76,38)'s unscaled integer has 76 digits, more than BIGNUMERIC holds, so
+    it is taken apart: the integer part and the fraction·10^scale (each fits), each reduced
+    mod P, then combined. Both parts carry v's sign, so the result has it too, as
     PostgreSQL's mod() and DuckDB's % give it.
     """
     exact = f"CAST({value} AS BIGNUMERIC)"
-    power = f"BIGNUMERIC '1{'0' * scale}'"
     integer = f"TRUNC({exact})"
-    fraction = f"(({exact} - {integer}) * {power})"
+    fraction = f"(({exact} - {integer}) * BIGNUMERIC '1{'0' * scale}')"
     factor = pow(10, scale, MODULUS)
     return (f"CAST(MOD(MOD({integer}, {MODULUS}) * {factor} + MOD({fraction}, {MODULUS}), "
             f"{MODULUS}) AS INT64)")
@@ -565,116 +579,106 @@ def _bigquery_unscaled_residue(value: str, scale: int) -> str:
 def _bigquery_float_bits(value: str) -> str:
     """The IEEE-754 bits of a FLOAT64 as a signed INT64, from arithmetic alone.
 
-    BigQuery has no bit access to FLOAT64. For |x| = M·2^(E-52) with M a 53-bit integer,
-    the bits are (E + 1022)·2^52 + M (the exponent field is E + 1023, and M's leading 1
-    is implicit); subnormals have E = -1022 and M < 2^52, which the same formula covers.
-    E starts as FLOOR(LOG(|x|, 2)), clamped to the doubles' range so POW never overflows,
-    and is corrected by one either way (LOG may round across an integer); dividing by a
-    power of two and multiplying by 2^52 are exact, so M is exact.
+    BigQuery has no bit access to a FLOAT64. With |x| = M·2^(E-52), M a 53-bit integer,
+    the bits of |x| are (E + 1022)·2^52 + M (the exponent field is E + 1023 and M's
+    leading 1 is implicit); subnormals have E = -1022 and M < 2^52, which the same
+    formula covers. E starts as FLOOR(LOG(|x|, 2)), clamped to the doubles' exponents so
+    POW never overflows, and is corrected by one either way (LOG may round across an
+    integer); dividing by a power of two and multiplying by 2^52 are exact, so M is.
+    Negative numbers set the sign bit (subtract 2^63), as the signed bits do elsewhere.
     """
     magnitude = f"ABS({value})"
     estimate = f"LEAST(GREATEST(FLOOR(LOG({magnitude}, 2)), -1074), 1023)"
     ratio = f"({magnitude} / POW(2, {estimate}))"
-    exponent = f"({estimate} + IF({ratio} >= 2, 1, 0) - IF({ratio} < 1, 1, 0))"
-    clamped = f"GREATEST({exponent}, -1022)"
-    bits = (f"(CAST({clamped} + 1022 AS INT64) * {_TWO_52} "
-            f"+ CAST({magnitude} / POW(2, {clamped}) * {_TWO_52} AS INT64))")
-    negative_zero = f"IEEE_DIVIDE(1, {value}) < 0"
+    exponent = f"GREATEST({estimate} + IF({ratio} >= 2, 1, 0) - IF({ratio} < 1, 1, 0), -1022)"
+    bits = (f"(CAST({exponent} + 1022 AS INT64) * {_TWO_52} "
+            f"+ CAST({magnitude} / POW(2, {exponent}) * {_TWO_52} AS INT64))")
+    sign = f"{_TWO_63 - 1} - 1"  # 2^63 itself is no INT64 literal
     return (
         f"CASE WHEN IS_NAN({value}) THEN {_NAN_BITS} "
-        f"WHEN IS_INF({value}) THEN IF({value} > 0, {_INF_BITS}, {_INF_BITS - _TWO_63}) "
-        f"WHEN {value} = 0 THEN IF({negative_zero}, {-_TWO_63 + 1} - 1, 0) "
-        f"WHEN {value} < 0 THEN {bits} - {_TWO_63 - 1} - 1 "
+        f"WHEN IS_INF({value}) THEN IF({value} > 0, {_INF_BITS}, {_INF_BITS} - {sign}) "
+        # -0 = 0, but 1 / -0 is -inf
+        f"WHEN {value} = 0 THEN IF(IEEE_DIVIDE(1, {value}) < 0, -{sign}, 0) "
+        f"WHEN {value} < 0 THEN {bits} - {sign} "
         f"ELSE {bits} END"
     )
 
 
 def _bigquery_aggregates(method: str, names: list[str], column: ColumnMapping) -> list[str]:
-    first = names[0]
-    count = f"COUNT({first})"
-    # SUM(INT64) overflows INT64; BIGNUMERIC holds 38 integer digits.
-    total = "SUM(CAST({} AS BIGNUMERIC))"
-    if method == "count":
-        return [count]
-    if method == "boolean":
-        return [count, f"COUNTIF({first})"]
-    if method in ("float", "text", "bytes"):
-        return [count, total.format(first)]
-    if method == "decimal":
-        residue = names[1]
-        return [count, total.format(first), "0", total.format(f"{residue} * {residue}")]
-    return [count, total.format(first), _squares(f"MOD({first}, {MODULUS})", total)]
+    # SUM(INT64) fails on overflow; a BIGNUMERIC sum holds 38 integer digits.
+    return _generic_aggregates(method, names, "COUNT({})", "SUM(CAST({} AS BIGNUMERIC))",
+                               "COUNTIF({})")
 
 
 # -- the query's shape, shared ------------------------------------------------------------
 
 
-def _outer_for(method: str, column: ColumnMapping, aggregates: _Aggregates) -> list[str]:
-    return aggregates(method, ["v"] * 2, column)
+def _select(plan: TablePlan, scope: Scope, dialect: _Dialect, table: str,
+            where: str | None, inner_suffix: str = "") -> tuple[list[str], str]:
+    """The select list and FROM clause of the fingerprint query:
 
+        SELECT count(*), <aggregates>
+        FROM (SELECT <values>, <residues of values> FROM
+              (SELECT <per-row canonical values> FROM table WHERE ...) AS fingerprint_values
+             ) AS fingerprint_rows
 
-def _sql(
-    plan: TablePlan,
-    scope: Scope,
-    table: str,
-    where: str | None,
-    inner: _Inner,
-    aggregates: _Aggregates,
-    *,
-    inner_suffix: str = "",
-    cast_to: str | None = None,
-) -> str:
-    """`SELECT count(*), <aggregates> FROM (SELECT <per-row values> FROM table WHERE ...)`.
-
-    Per-row values get generated aliases (`v0_0`, ...), so no column name of the table
-    can collide with them, and each is computed once however many aggregates use it.
+    Per-row values get generated aliases (`v0_0`, `r0`, ...), so no column of the table
+    can collide with them, and each is computed once however many aggregates use it. The
+    residues (`c mod P`) have a level of their own, so the squares multiply two column
+    references: the BigQuery emulator's translation drops the parentheses of
+    `MOD(c, P) * MOD(c, P)`.
     """
-    projections: list[str] = []
-    outer = ["count(*)"]
+    values: list[str] = []
+    passed: list[str] = []
+    select = ["count(*)"]
     for index, (column, method) in enumerate(_digested(plan, scope)):
         names = []
-        for part, expression in enumerate(inner(column, method)):
-            name = f"v{index}_{part}"
-            projections.append(f"{expression} AS {name}")
-            names.append(name)
-        outer.extend(aggregates(method, names, column))
-    if cast_to:
-        outer = [f"CAST({a} AS {cast_to})" for a in outer]
+        for part, expression in enumerate(dialect.inner(column, method)):
+            names.append(f"v{index}_{part}")
+            values.append(f"{expression} AS {names[-1]}")
+            passed.append(names[-1])
+        if method in _RESIDUES:
+            names.append(f"r{index}")
+            passed.append(f"{dialect.residue.format(names[0])} AS {names[-1]}")
+        select.extend(dialect.aggregates(method, names, column))
     condition = f" WHERE {where}" if where else ""
-    if not projections:
-        return f"SELECT {', '.join(outer)} FROM {table}{condition}"
-    return (f"SELECT {', '.join(outer)} FROM (SELECT {', '.join(projections)} "
-            f"FROM {table}{condition}{inner_suffix}) AS fingerprint_rows")
+    if not values:
+        return select, f"{table}{condition}"
+    inner = f"SELECT {', '.join(values)} FROM {table}{condition}{inner_suffix}"
+    return select, (f"(SELECT {', '.join(passed)} FROM ({inner}) AS fingerprint_values) "
+                    "AS fingerprint_rows")
 
 
 # -- reading and comparing ----------------------------------------------------------------
 
 
 def parse(plan: TablePlan, row: Sequence[Any], scope: Scope) -> Fingerprint:
-    """The fingerprint in a row `source_sql` or `destination_sql` returned.
+    """The fingerprint in a row that `source_sql` or `destination_sql` returned.
 
     Values may arrive as int, Decimal, str (`destination_sql_many`) or None (a sum over no
-    rows); integers come back as int, decimal sums as Decimal.
+    rows); the digest holds ints, and a Decimal for a decimal column's sum.
+
+    Raises:
+        ValueError: the row does not have the plan's shape.
     """
+    digested = _digested(plan, scope)
+    expected = 1 + sum(_WIDTHS[m] for _, m in digested)
     values = list(row)
-    rows = _integer(values[0])
+    if len(values) < expected or any(v is not None for v in values[expected:]):
+        raise ValueError(f"a fingerprint row of {plan.name} has {expected} values, not "
+                         f"{len(values)}")
     position = 1
     columns: dict[str, ColumnDigest] = {}
-    for column, method in _digested(plan, scope):
-        width = len(_outer_for(method, column, _pg_aggregates))
-        part = values[position:position + width]
-        position += width
-        non_null = _integer(part[0])
+    for column, method in digested:
+        part = values[position:position + _WIDTHS[method]]
+        position += _WIDTHS[method]
+        digest: tuple[int | Decimal, ...]
         if method == "decimal":
-            total = _decimal(part[1]) + _decimal(part[2])
-            digest: tuple[int | Decimal, ...] = (total, _integer(part[3]))
+            digest = (_decimal(part[1]) + _decimal(part[2]), _integer(part[3]))
         else:
             digest = tuple(_integer(v) for v in part[1:])
-        columns[column.source.name] = ColumnDigest(non_null, digest, method)
-    if position != len(values) and any(v is not None for v in values[position:]):
-        raise ValueError(f"fingerprint row for {plan.name} has {len(values)} values, "
-                         f"expected {position}")
-    return Fingerprint(rows=rows, columns=columns, scope=scope.description)
+        columns[column.source.name] = ColumnDigest(_integer(part[0]), digest, method)
+    return Fingerprint(rows=_integer(values[0]), columns=columns, scope=scope.description)
 
 
 def _integer(value: Any) -> int:
@@ -682,15 +686,17 @@ def _integer(value: Any) -> int:
         return 0
     if isinstance(value, int):
         return value
-    number = Decimal(str(value)) if not isinstance(value, Decimal) else value
+    number = _decimal(value)
     if number != number.to_integral_value():
-        raise ValueError(f"expected an integer aggregate, got {value!r}")
+        raise ValueError(f"an integer aggregate was {value!r}")
     return int(number)
 
 
 def _decimal(value: Any) -> Decimal:
     if value is None:
         return Decimal(0)
+    if isinstance(value, float):
+        raise ValueError(f"an exact aggregate came back as a float ({value!r})")
     return value if isinstance(value, Decimal) else Decimal(str(value))
 
 
@@ -704,64 +710,61 @@ def compare(
     """Source against destination fingerprint: the `values_match_source` check.
 
     Args:
-        source / destination: Fingerprints of the same scope.
-        skipped: Columns whose values are not compared and why (`not_compared(plan)`).
-        disposition: The table's; a merged table may hold rows the source has deleted
-            since the last delete pass, which makes every column differ: that is a
-            warning (as for the row count), not an error.
+        source / destination: Fingerprints over the same scope.
+        skipped: Columns whose values are not compared, and why (`not_compared(plan)`).
+        disposition: The table's. A merged table may hold rows deleted in the source since
+            the last delete pass, which changes every column: a warning, as for the row
+            count, not an error.
 
     Returns:
         A passing outcome, or a failed one (severity ERROR) whose description names each
-        differing column and what differed; the metadata has the scope, the compared and
-        skipped columns and both sides' values of each differing column.
+        differing column and what differed. The metadata holds the scope, the rows, the
+        compared and skipped columns with their methods, and both sides' values for each
+        differing column.
     """
-    differences: dict[str, dict[str, Any]] = {}
+    names = list(dict.fromkeys([*source.columns, *destination.columns]))
     problems: list[str] = []
-    for name in sorted(set(source.columns) | set(destination.columns),
-                       key=_order(source, destination)):
+    differences: dict[str, Any] = {}
+    for name in names:
         ours, theirs = source.columns.get(name), destination.columns.get(name)
         if ours is None or theirs is None:
-            differences[name] = {"missing_in": "destination" if theirs is None else "source"}
-            problems.append(f"{name} (not in the {'destination' if theirs is None else 'source'} "
-                            "fingerprint)")
+            side = "destination" if theirs is None else "source"
+            problems.append(f"{name} (not in the {side} fingerprint)")
+            differences[name] = {"missing_in": side}
             continue
         what = []
         if ours.non_null != theirs.non_null:
             what.append(f"non-null count: source {ours.non_null:,}, destination "
                         f"{theirs.non_null:,}")
-        if ours.digest != theirs.digest:
-            what.append("values differ" if ours.non_null == theirs.non_null
-                        else "values differ too")
+        if ours.digest != theirs.digest or ours.method != theirs.method:
+            what.append("values differ too" if what else "values differ")
         if what:
             problems.append(f"{name} ({'; '.join(what)})")
-            differences[name] = {
-                "method": METHODS.get(ours.method, ours.method),
-                "source": _shown(ours), "destination": _shown(theirs)}
+            differences[name] = {"method": METHODS[ours.method], "source": _shown(ours),
+                                 "destination": _shown(theirs)}
     compared = [n for n, d in source.columns.items() if d.method != "count"]
     metadata: dict[str, Any] = {
         "scope": source.scope,
         "rows": {"source": source.rows, "destination": destination.rows},
         "compared_columns": compared,
-        "methods": {n: METHODS.get(d.method, d.method) for n, d in source.columns.items()},
+        "methods": {n: METHODS[d.method] for n, d in source.columns.items()},
         "not_compared": dict(skipped),
     }
     if differences:
         metadata["differences"] = differences
-    rows_differ = source.rows != destination.rows
-    if not problems and not rows_differ:
-        note = "" if not skipped else f"; not compared: {', '.join(skipped)}"
-        values = (f"values of {len(compared)} column(s)" if compared
-                  else "non-null counts (values not compared)")
+    unchecked = f"; not compared: {', '.join(skipped)}" if skipped else ""
+    if not problems and source.rows == destination.rows:
+        what = (f"values of {len(compared)} column(s)" if compared
+                else "non-null counts (values not compared)")
         return checks.CheckOutcome(
-            FINGERPRINT, True, "ERROR", f"{values} match the source over {source.scope}{note}",
-            metadata)
+            FINGERPRINT, True, "ERROR",
+            f"{what} match the source over {source.scope}{unchecked}", metadata)
     parts = []
-    if rows_differ:
+    if source.rows != destination.rows:
         parts.append(f"rows in scope: source {source.rows:,}, destination {destination.rows:,}")
     if problems:
-        parts.append(f"{len(problems)} of {len(source.columns)} column(s) differ: "
-                     + ", ".join(problems))
-    description = "; ".join(parts) + f" (scope: {source.scope})"
+        parts.append(f"{len(problems)} of {len(names)} column(s) differ: {', '.join(problems)}")
+    description = "; ".join(parts) + f" (scope: {source.scope}){unchecked}"
     if disposition == "merge" and destination.rows > source.rows:
         return checks.CheckOutcome(
             FINGERPRINT, False, "WARN",
@@ -771,37 +774,6 @@ def compare(
     return checks.CheckOutcome(FINGERPRINT, False, "ERROR", description, metadata)
 
 
-def _order(source: Fingerprint, destination: Fingerprint) -> Callable[[str], int]:
-    """Columns in the table's order (the source fingerprint's), extra ones last."""
-    position = {name: i for i, name in enumerate([*source.columns, *destination.columns])}
-    return lambda name: position[name]
-
-
 def _shown(digest: ColumnDigest) -> dict[str, Any]:
-    # Text for the aggregates: they exceed JSON's safe integers, and Decimal is not JSON.
+    # The aggregates as text: they exceed JSON's safe integers, and a Decimal is no JSON.
     return {"non_null": digest.non_null, "digest": [str(v) for v in digest.digest]}
-
-
-__all__ = [
-    "DEFAULT_FULL_ROWS",
-    "DEFAULT_RANGES",
-    "DEFAULT_RANGE_ROWS",
-    "FINGERPRINT",
-    "METHODS",
-    "ColumnDigest",
-    "Fingerprint",
-    "Scope",
-    "bounds_sql",
-    "column_method",
-    "compare",
-    "destination_sql",
-    "destination_sql_many",
-    "field",
-    "integer_key",
-    "not_compared",
-    "parse",
-    "qualified_name",
-    "scope_for",
-    "source_sql",
-    "split_many",
-]

@@ -92,7 +92,7 @@ class Settings:
     step_tables: int = 50
     own_step_bytes: int = 64 * 1024**2
     fingerprint: bool = True
-    fingerprint_rows: int = 20_000
+    fingerprint_rows: int = 5_000
     # The environment variables that hold the source URL and the hash salt: resources read
     # them when a run needs them (`dg.EnvVar`), so the values never enter the definitions.
     source_url_env: str = f"{PREFIX}SOURCE_URL"
@@ -223,7 +223,7 @@ class Settings:
             own_step_bytes=_non_negative_int(get("OWN_STEP_BYTES", str(64 * 1024**2)),
                                              "OWN_STEP_BYTES"),
             fingerprint=_bool(get("FINGERPRINT", "true"), "FINGERPRINT"),
-            fingerprint_rows=_non_negative_int(get("FINGERPRINT_ROWS", "20000"),
+            fingerprint_rows=_non_negative_int(get("FINGERPRINT_ROWS", "5000"),
                                                "FINGERPRINT_ROWS"),
         )
 

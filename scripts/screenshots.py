@@ -98,6 +98,11 @@ def show_asset_graph(page: Page, base_url: str) -> None:
     viewport = page.locator("[data-svg-viewport]")
     viewport.wait_for()
     settle(page)
+    # Beyond two groups (sources, loaded tables, the catalog) Dagster shows each group
+    # collapsed; expand them all (⌥E) so every table is a node.
+    page.keyboard.press("Alt+e")
+    page.wait_for_timeout(1000)  # the expansion is animated
+    settle(page)
     # The list beside the graph repeats every table twice (source and loaded table); the
     # graph says the same with lineage, so give it the room.
     page.get_by_role("button", name="panel_show_right", exact=True).click()
