@@ -13,7 +13,9 @@ drives the product (commands and environment variables only):
 * `pg_to_bq_cli_resync`: the same `pg-to-bq sync` again, nothing changed in PostgreSQL;
 * `pg_to_bq_job`: the scheduled job as a run worker runs it,
   `dagster job execute -m pg_to_bq.definitions -j mirror_all_tables` (after an untimed
-  `pg-to-bq discover` in its own work dir);
+  `pg-to-bq discover` in its own work dir), Dagster's default storage (SQLite files);
+* `pg_to_bq_job_pg`: the same, with Dagster's storage in PostgreSQL as deployed
+  (`deploy/dagster.yaml`), a fresh database on the same server;
 * `dlt_connectorx`, `dlt_pyarrow`: dlt's `sql_database(credentials=url, schema=...,
   backend=...)`, one source per schema, all in ONE `pipeline.run(..., write_disposition=
   "replace")` into DuckDB, dlt's defaults otherwise.
@@ -50,16 +52,18 @@ SECOND_SCHEMA = "billing"
 BUILD_VERSION = "many_tables v1"  # in the database's comment: a kept database is reused
 DLT_SECTIONS = ("EXTRACT", "NORMALIZE", "LOAD", "DATA_WRITER", "RUNTIME")
 ALL_PATHS = ("pg_to_bq_discover", "pg_to_bq_cli", "pg_to_bq_cli_resync", "pg_to_bq_job",
-             "dlt_connectorx", "dlt_pyarrow")
+             "pg_to_bq_job_pg", "dlt_connectorx", "dlt_pyarrow")
 LABELS = {
     "pg_to_bq_discover": "`pg-to-bq discover` (catalog query, snapshot, plan)",
     "pg_to_bq_cli": "`pg-to-bq sync`, empty DuckDB file and work dir",
     "pg_to_bq_cli_resync": "`pg-to-bq sync` again, nothing changed",
     "pg_to_bq_job": "scheduled job: `dagster job execute -j mirror_all_tables`",
+    "pg_to_bq_job_pg": "the same job, Dagster's storage in PostgreSQL (as deployed)",
     "dlt_connectorx": "dlt `sql_database(backend=\"connectorx\")`, one `run`",
     "dlt_pyarrow": "dlt `sql_database(backend=\"pyarrow\")`, one `run`",
 }
-LOADS = ("pg_to_bq_cli", "pg_to_bq_cli_resync", "pg_to_bq_job", "dlt_connectorx", "dlt_pyarrow")
+LOADS = ("pg_to_bq_cli", "pg_to_bq_cli_resync", "pg_to_bq_job", "pg_to_bq_job_pg",
+         "dlt_connectorx", "dlt_pyarrow")
 NOUNS = ("users", "accounts", "orders", "order_items", "invoices", "payments", "products",
          "customers", "subscriptions", "shipments", "user_events", "audit_log", "sessions",
          "addresses", "coupons", "refunds", "carts", "reviews", "inventory_levels",
@@ -189,6 +193,14 @@ def _warm_up(conn, names: list[tuple[str, str]]) -> None:
         conn.execute(sql.SQL(";").join(
             sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, name))
             for schema, name in names[start:start + 200]))
+
+
+def create_database(admin_url: str, database: str) -> None:
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
 
 
 def drop_database(admin_url: str, database: str) -> None:
@@ -389,17 +401,31 @@ def measure_shape(shape: dict, paths: list[str], args: argparse.Namespace,
             run("pg_to_bq_cli", [*cli, "sync"], env, work, record="pg_to_bq_cli" in paths)
         if "pg_to_bq_cli_resync" in paths:
             run("pg_to_bq_cli_resync", [*cli, "sync"], env, work)
-    if "pg_to_bq_job" in paths:
-        work = base / "pg_to_bq_job"
-        (work / "dagster_home").mkdir(parents=True)
-        env = pg_to_bq_env(url, work, work / "dagster_home")
+    for job_path in ("pg_to_bq_job", "pg_to_bq_job_pg"):
+        if job_path not in paths:
+            continue
+        work = base / job_path
+        home = work / "dagster_home"
+        home.mkdir(parents=True)
+        if job_path == "pg_to_bq_job_pg":
+            # deploy/dagster.yaml's storage, in a fresh database of the same server.
+            storage_db = f"dagster_{tag}_{rep}"
+            drop_database(database_url(url, "postgres"), storage_db)
+            create_database(database_url(url, "postgres"), storage_db)
+            storage_url = database_url(url, storage_db).replace("postgresql://",
+                                                                "postgresql+psycopg2://", 1)
+            (home / "dagster.yaml").write_text(
+                f"storage:\n  postgres:\n    postgres_url: {json.dumps(storage_url)}\n")
+        env = pg_to_bq_env(url, work, home)
         prepared = subprocess.run([*cli, "discover"], env=env, capture_output=True, text=True,
                                   cwd=ROOT)
         if prepared.returncode != 0:
-            print(f"  pg_to_bq_job: the untimed `pg-to-bq discover` failed (exit "
+            print(f"  {job_path}: the untimed `pg-to-bq discover` failed (exit "
                   f"{prepared.returncode}):\n{prepared.stderr[-2000:]}", file=sys.stderr)
-        run("pg_to_bq_job", [str(BIN / "dagster"), "job", "execute", "-m",
-                             "pg_to_bq.definitions", "-j", "mirror_all_tables"], env, work)
+        run(job_path, [str(BIN / "dagster"), "job", "execute", "-m",
+                       "pg_to_bq.definitions", "-j", "mirror_all_tables"], env, work)
+        if job_path == "pg_to_bq_job_pg":
+            drop_database(database_url(url, "postgres"), storage_db)
     for backend in ("connectorx", "pyarrow"):
         if f"dlt_{backend}" in paths:
             work = base / f"dlt_{backend}"
@@ -516,7 +542,10 @@ divide medians: *path ÷ pg_to_bq_cli* above 1 means the path took longer than `
 - `pg_to_bq_job`: the same settings in a work dir of its own plus a fresh `DAGSTER_HOME`;
   an untimed `pg-to-bq discover`, then
   `dagster job execute -m pg_to_bq.definitions -j mirror_all_tables` (pg_to_bq's default
-  executor for DuckDB).
+  executor for DuckDB), Dagster's default storage (SQLite files in `DAGSTER_HOME`).
+- `pg_to_bq_job_pg`: the same job with a `dagster.yaml` putting Dagster's storage in
+  PostgreSQL, as `deploy/dagster.yaml` does in production (a fresh database on the same
+  server, dropped afterwards).
 - `dlt_*`: `dlt.pipeline(destination=dlt.destinations.duckdb(file), dataset_name=...)` and
   `pipeline.run([sql_database(credentials=url, schema="public", backend=...),
   sql_database(..., schema="billing", ...)], write_disposition="replace")`: dlt's

@@ -175,7 +175,9 @@ def cmd_sync(
         Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
         instance = dg.DagsterInstance.get()
     else:
-        instance = dg.DagsterInstance.ephemeral()
+        from pg_to_bq.sync_instance import ephemeral_instance
+
+        instance = ephemeral_instance()
     assets = list(defs.assets or [])
     report = _Report(len(chosen), verbose)
     print(f"loading {len(chosen)} table(s) into {settings.destination.describe()} "

@@ -40,6 +40,7 @@ import dlt
 import pyarrow as pa
 from dlt.common.schema import Schema
 
+from pg_to_bq import tuple_versions
 from pg_to_bq.adbc_session import AdbcSession
 from pg_to_bq.checks import FINGERPRINT, CheckOutcome
 from pg_to_bq.cursor_store import read_states, write_states
@@ -95,6 +96,7 @@ logging.getLogger("dlt").addFilter(_QuietHintOverride())
 
 CURSOR_STATE_KEY = "pg_to_bq_cursor"
 WINDOW_STATE_KEY = "pg_to_bq_window"
+VERSIONS_STATE_KEY = "pg_to_bq_versions"
 LOAD_ID_STATE_KEY = "load_id"
 # DuckDB's buffer pool defaults to 80% of RAM and holds the loaded table's blocks, so the
 # process grew with the table (1.3 GB at 5M rows); bounded, DuckDB spills to disk instead.
@@ -331,6 +333,8 @@ class _Read:
     changes: list[str] = field(default_factory=list)
     # The source side of the values check: its scope and aggregates (or why it is not).
     fingerprint: tuple[Scope, Fingerprint] | str | None = None
+    # The row versions read (`pg_to_bq.tuple_versions`), stored once the load succeeded.
+    versions: str | None = None
 
     @property
     def refresh(self) -> bool:
@@ -505,6 +509,16 @@ class _GroupRun:
         changes = _describe_changes(plan, evolution, state, mode, fill,
                                     had_state=bool(state.get(LOAD_ID_STATE_KEY)))
         with reader:
+            versions = None
+            if mode in ("full", "incremental") and tuple_versions.applies(plan):
+                versions = tuple_versions.token(reader, plan, self.hash_salt)
+                if versions == state.get(VERSIONS_STATE_KEY) and not load.full_refresh \
+                        and evolution.exists and not evolution.changed and not fill:
+                    # Not one row version changed since the last load: nothing to read.
+                    unchanged = _Read(plan, mode, cursor_from, None, reader, Path(), started)
+                    result = unchanged.result(None, status="unchanged")
+                    result.extra["unchanged"] = "versions"
+                    return result
             ahead: list[pa.RecordBatch] | None = None
             if stored_window and not evolution.changed and not fill \
                     and reader.stats.snapshot_rows == stored_window.get("rows"):
@@ -531,7 +545,7 @@ class _GroupRun:
                 source_fingerprint = _source_fingerprint(plan, reader, mode,
                                                          self.fingerprint_rows)
         return _Read(plan, mode, cursor_from, tracker, reader, path, started, evolution, fill,
-                     changes, source_fingerprint)
+                     changes, source_fingerprint, versions)
 
     def fill(self, loaded: list[_Read]) -> dict[str, str]:
         """Fill the columns added to merged tables for their existing rows; a table whose
@@ -901,6 +915,10 @@ def _commit_states(pipeline: dlt.Pipeline, loaded: list[_Read],
             state.pop(WINDOW_STATE_KEY, None)
         else:
             state[WINDOW_STATE_KEY] = window
+        if item.versions is None:
+            state.pop(VERSIONS_STATE_KEY, None)
+        else:
+            state[VERSIONS_STATE_KEY] = item.versions
         state[LOAD_ID_STATE_KEY] = load_id
         state[COLUMNS_STATE_KEY] = {c.source.name: c.source.type for c in item.plan.columns}
         state[LOADED_COLUMNS_STATE_KEY] = [c.name for c in item.plan.columns]

@@ -242,7 +242,10 @@ def materialization_metadata(plan: TablePlan, snapshot_plan: TablePlan | None,
     if destination_rows is not None:
         metadata["dagster/row_count"] = destination_rows
     if result.status == "unchanged":
-        metadata["unchanged"] = "the rows of the lookback window read back as last loaded"
+        metadata["unchanged"] = (
+            "the table's row versions are those of the last load" if
+            result.extra.get("unchanged") == "versions" else
+            "the rows of the lookback window read back as last loaded")
     optional = {"source_rows_in_snapshot": result.snapshot_rows, "rows_deleted": deleted,
                 "cursor_from": result.cursor_from, "cursor_to": result.cursor_to}
     metadata.update({k: v if isinstance(v, int) else str(v)

@@ -66,16 +66,18 @@ def test_incremental_merge_picks_changes_and_skips_unchanged_rows(pg_url: str, s
 
     unchanged = materialize(defs)
     assert metadata_of(unchanged)["load_mode"] == "incremental"
-    # Only rows within the lookback (10 minutes, bounds included) of the last cursor are read
-    # again: rows 990 to 1000.
-    assert metadata_of(unchanged)["rows_loaded"] == 11
+    # Not one row version changed: nothing is read (pg_to_bq.tuple_versions).
+    assert metadata_of(unchanged)["rows_loaded"] == 0
+    assert metadata_of(unchanged)["unchanged"] == \
+        "the table's row versions are those of the last load"
 
     run_sql(pg_url, """
         UPDATE orders SET status = 'paid', updated_at = now() WHERE id IN (3, 4);
         INSERT INTO orders VALUES (1001, 'new', 9.99, now());
     """)
     changed = materialize(defs)
-    # The 3 changed rows plus the 11 rows inside the lookback window of the previous cursor.
+    # The 3 changed rows plus the 11 rows inside the lookback window (10 minutes, bounds
+    # included) of the previous cursor: rows 990 to 1000.
     assert metadata_of(changed)["rows_loaded"] == 14
     assert duck(path, "SELECT count(*), count(DISTINCT id) FROM raw.orders") == [(1001, 1001)]
     assert duck(path, "SELECT id, status FROM raw.orders WHERE status = 'paid' ORDER BY id") \

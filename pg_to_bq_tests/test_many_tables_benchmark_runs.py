@@ -14,7 +14,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PATHS = ("pg_to_bq_discover", "pg_to_bq_cli", "pg_to_bq_cli_resync", "pg_to_bq_job",
-         "dlt_connectorx", "dlt_pyarrow")
+         "pg_to_bq_job_pg", "dlt_connectorx", "dlt_pyarrow")
 
 
 def test_every_many_tables_path_runs(pg_url: str, tmp_path: Path) -> None:

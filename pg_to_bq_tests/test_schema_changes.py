@@ -273,4 +273,4 @@ def test_a_new_table_is_loaded_by_the_next_sync_and_becomes_its_own_asset(evolvi
     assert {"duckdb/raw/invoices", "postgres/public/invoices"} <= keys
     # Now an asset like the others: no longer new.
     out = sync(capsys)
-    assert "[new]" not in out and "public.invoices: ok" in out
+    assert "[new]" not in out and "public.invoices: unchanged" in out

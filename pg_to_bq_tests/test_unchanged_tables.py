@@ -1,0 +1,143 @@
+"""Tier 2: a table whose row versions did not change is not read again — and every change is.
+
+Real PostgreSQL, real DuckDB file. `pg_to_bq.tuple_versions` lets a re-sync skip a table
+whose rows are exactly those of its last load; a skip that missed a change would leave a
+stale value behind, the worst kind of loss, so each way a value can change is made here and
+must be loaded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import psycopg
+import pytest
+
+from pg_to_bq.catalog import discover
+from pg_to_bq.duckdb_destination import duckdb_destination
+from pg_to_bq.load import LoadResult, load_table
+from pg_to_bq.overrides import load_overrides
+from pg_to_bq.plan import build_plans
+from pg_to_bq.tuple_versions import _dollar_quoted
+from pg_to_bq_tests.conftest import run_sql
+
+
+def _load(url: str, table: str, tmp_path: Path, **kwargs) -> LoadResult:
+    with psycopg.connect(url) as conn:
+        catalog = discover(conn, schemas=["public"], table=table)
+    (plan,) = build_plans(catalog, "duckdb")
+    return load_table(plan, source_url=url, destination=duckdb_destination(
+        str(tmp_path / "dest.duckdb")), dataset="raw", work_dir=tmp_path / "work", **kwargs)
+
+
+def _rows(tmp_path: Path, sql: str) -> list[tuple]:
+    with duckdb.connect(str(tmp_path / "dest.duckdb"), read_only=True) as conn:
+        return conn.execute(sql).fetchall()
+
+
+def _assert_skipped(result: LoadResult) -> None:
+    assert (result.status, result.rows, result.extra.get("unchanged")) == \
+        ("unchanged", 0, "versions")
+
+
+KEYLESS = """
+    CREATE TYPE mood AS ENUM ('sad', 'happy');
+    CREATE TABLE notes (n int, body text, feeling mood);
+    INSERT INTO notes SELECT g, 'note ' || g, 'happy' FROM generate_series(1, 50) g;
+"""
+
+
+@pytest.mark.parametrize("change, expected", [
+    ("UPDATE notes SET body = 'edited' WHERE n = 7",
+     [(50, 1, 1)]),
+    # Same value, new row version: read again (a skip is only ever on exact sameness).
+    ("UPDATE notes SET body = body WHERE n = 7",
+     [(50, 0, 1)]),
+    ("DELETE FROM notes WHERE n = 7",
+     [(49, 0, 0)]),
+    ("INSERT INTO notes VALUES (51, 'note 51', 'sad')",
+     [(51, 0, 1)]),
+    ("TRUNCATE notes; INSERT INTO notes SELECT g, 'note ' || g, 'happy' "
+     "FROM generate_series(1, 50) g",
+     [(50, 0, 1)]),
+    ("VACUUM FULL notes",
+     [(50, 0, 1)]),
+    # No row version changes, yet every loaded value does: the catalog is part of the token.
+    ("ALTER TYPE mood RENAME VALUE 'happy' TO 'glad'",
+     [(50, 0, 0)]),
+])
+def test_a_replaced_table_is_skipped_only_while_nothing_changed(
+        pg_url: str, tmp_path: Path, change: str, expected: list[tuple]) -> None:
+    run_sql(pg_url, KEYLESS)
+    first = _load(pg_url, "notes", tmp_path)
+    assert (first.status, first.rows, first.mode) == ("loaded", 50, "full")
+    _assert_skipped(_load(pg_url, "notes", tmp_path))
+
+    run_sql(pg_url, change)
+    again = _load(pg_url, "notes", tmp_path)
+    assert again.status == "loaded" and again.rows == expected[0][0]
+    assert _rows(tmp_path, "SELECT count(*), count(*) FILTER (WHERE body = 'edited'), "
+                           "count(*) FILTER (WHERE n = 7 AND feeling = 'happy') "
+                           "FROM raw.notes") == expected
+    # And once loaded, it is skipped again.
+    _assert_skipped(_load(pg_url, "notes", tmp_path))
+
+
+def test_a_new_column_with_a_default_is_loaded_though_no_row_was_rewritten(
+        pg_url: str, tmp_path: Path) -> None:
+    run_sql(pg_url, KEYLESS)
+    _load(pg_url, "notes", tmp_path)
+    run_sql(pg_url, "ALTER TABLE notes ADD COLUMN extra text DEFAULT 'x'")
+    assert _load(pg_url, "notes", tmp_path).status == "loaded"
+    assert _rows(tmp_path, "SELECT count(*) FROM raw.notes WHERE extra = 'x'") == [(50,)]
+
+
+def test_a_full_refresh_and_a_new_salt_read_the_table_again(pg_url: str, tmp_path: Path) -> None:
+    run_sql(pg_url, "CREATE TABLE people (n int, email text);"
+                    "INSERT INTO people SELECT g, g || '@example.com' FROM generate_series(1, 5) g;")
+    tables = tmp_path / "tables.yaml"
+    tables.write_text("tables:\n  public.people:\n    columns:\n      email: {hash: true}\n")
+    with psycopg.connect(pg_url) as conn:
+        catalog = discover(conn, schemas=["public"], table="people")
+    (plan,) = build_plans(catalog, "duckdb", load_overrides(tables))
+    assert plan.hashed
+
+    def load(salt: bytes, **kwargs) -> LoadResult:
+        return load_table(plan, source_url=pg_url, destination=duckdb_destination(
+            str(tmp_path / "dest.duckdb")), dataset="raw", work_dir=tmp_path / "work",
+            hash_salt=salt, **kwargs)
+
+    assert load(b"one").status == "loaded"
+    first = _rows(tmp_path, "SELECT email FROM raw.people ORDER BY n")
+    _assert_skipped(load(b"one"))
+    assert load(b"one", full_refresh=True).status == "loaded"
+    assert load(b"two").status == "loaded"
+    assert _rows(tmp_path, "SELECT email FROM raw.people ORDER BY n") != first
+
+
+def test_a_small_merged_table_skips_its_window_but_not_a_late_commit(
+        pg_url: str, tmp_path: Path) -> None:
+    run_sql(pg_url, """
+        CREATE TABLE orders (id int PRIMARY KEY, status text, updated_at timestamptz NOT NULL);
+        INSERT INTO orders SELECT g, 'new', now() - interval '1 day' + g * interval '1 minute'
+        FROM generate_series(1, 100) g;""")
+    assert _load(pg_url, "orders", tmp_path).rows == 100
+    _assert_skipped(_load(pg_url, "orders", tmp_path))
+    # A commit that arrives late, its cursor value inside the lookback window (10 minutes)
+    # but before the newest one: the versions changed, so the window is read and merged.
+    run_sql(pg_url, "INSERT INTO orders SELECT 101, 'late', max(updated_at) - interval '5 min' "
+                    "FROM orders")
+    late = _load(pg_url, "orders", tmp_path)
+    assert (late.status, late.mode) == ("loaded", "incremental") and late.rows < 101
+    assert _rows(tmp_path, "SELECT count(*), count(*) FILTER (WHERE status = 'late') "
+                           "FROM raw.orders") == [(101, 1)]
+    _assert_skipped(_load(pg_url, "orders", tmp_path))
+
+
+def test_odd_table_names_are_quoted_in_the_catalog_query(pg_url: str, tmp_path: Path) -> None:
+    assert _dollar_quoted("a'b\\c") == "$q$a'b\\c$q$"
+    assert _dollar_quoted("x$q$y") == "$q1$x$q$y$q1$"
+    run_sql(pg_url, 'CREATE TABLE "it\'s $q$ odd" (n int); INSERT INTO "it\'s $q$ odd" VALUES (1);')
+    assert _load(pg_url, "it's $q$ odd", tmp_path).rows == 1
+    _assert_skipped(_load(pg_url, "it's $q$ odd", tmp_path))
