@@ -415,7 +415,9 @@ def measure_shape(shape: dict, paths: list[str], args: argparse.Namespace,
             storage_url = database_url(url, storage_db).replace("postgresql://",
                                                                 "postgresql+psycopg2://", 1)
             (home / "dagster.yaml").write_text(
-                f"storage:\n  postgres:\n    postgres_url: {json.dumps(storage_url)}\n")
+                "storage:\n  custom:\n    module: pg_to_bq.storage_connections\n"
+                "    class: PooledPostgresStorage\n"
+                f"    config:\n      postgres_url: {json.dumps(storage_url)}\n")
         env = pg_to_bq_env(url, work, home)
         prepared = subprocess.run([*cli, "discover"], env=env, capture_output=True, text=True,
                                   cwd=ROOT)
@@ -544,8 +546,8 @@ divide medians: *path ÷ pg_to_bq_cli* above 1 means the path took longer than `
   `dagster job execute -m pg_to_bq.definitions -j mirror_all_tables` (pg_to_bq's default
   executor for DuckDB), Dagster's default storage (SQLite files in `DAGSTER_HOME`).
 - `pg_to_bq_job_pg`: the same job with a `dagster.yaml` putting Dagster's storage in
-  PostgreSQL, as `deploy/dagster.yaml` does in production (a fresh database on the same
-  server, dropped afterwards).
+  PostgreSQL with `deploy/dagster.yaml`'s storage class (`PooledPostgresStorage`), as in
+  production (a fresh database on the same server, dropped afterwards).
 - `dlt_*`: `dlt.pipeline(destination=dlt.destinations.duckdb(file), dataset_name=...)` and
   `pipeline.run([sql_database(credentials=url, schema="public", backend=...),
   sql_database(..., schema="billing", ...)], write_disposition="replace")`: dlt's

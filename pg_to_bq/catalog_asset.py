@@ -99,7 +99,9 @@ def _refresh(context: dg.AssetExecutionContext, settings: "Settings", built: Cat
     from pg_to_bq.load import TableLoad
     from pg_to_bq.materialize import live_catalog, load_with, materialization_metadata
     from pg_to_bq.mirror import plans_for
+    from pg_to_bq.storage_connections import hold_storage_connections
 
+    hold_storage_connections(context.instance)
     started = time.monotonic()
     source = getattr(context.resources, ctx.names.source)
     destination = getattr(context.resources, ctx.names.destination)

@@ -39,6 +39,7 @@ from pg_to_bq.load import LoadResult, TableLoad, Window, load_group
 from pg_to_bq.plan import TablePlan, replan
 from pg_to_bq.resources import Destination, SourceDatabase
 from pg_to_bq.source import connect
+from pg_to_bq.storage_connections import hold_storage_connections
 
 PROGRESS_EVERY_S = 10.0
 
@@ -65,6 +66,7 @@ def run_step(
     source: SourceDatabase,
     destination: Destination,
 ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
+    hold_storage_connections(context.instance)
     selected = context.selected_asset_keys
     plans = [p for p in group.plans if destination_key(p, ctx) in selected]
     tags = context.run.tags

@@ -232,5 +232,15 @@ def test_japanese_table_page_shows_its_real_names(stack: DemoStack, asset_nodes:
         save_screenshot(page, shots_dir, "japanese-table-page.png", for_readme=False)
 
 
+def test_the_demo_terminal_shows_no_deprecation_warning(stack: DemoStack, table_run: dict
+                                                        ) -> None:
+    """The demo runs through the component and `dg dev`: nothing on the terminal tells the
+    user to use something else (as `dagster dev`'s SupersessionWarning once did)."""
+    text = stack.log_path.read_text(encoding="utf-8", errors="replace")
+    assert "dg dev" in text or "Serving dagster-webserver" in text, text[-3000:]
+    for word in ("SupersessionWarning", "DeprecationWarning", "superseded", "deprecated"):
+        assert word not in text, text[-3000:]
+
+
 def test_ctrl_c_stops_everything(stack: DemoStack) -> None:
     stack.assert_stops_cleanly()
