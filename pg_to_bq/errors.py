@@ -48,7 +48,33 @@ def is_transient(exc: BaseException) -> bool:
     return bool(_TRANSIENT_TEXT.search(str(cause)))
 
 
+# PostgreSQL's own message inside a driver's (ADBC: "INVALID_ARGUMENT: [libpq] Failed to
+# execute query: could not begin COPY: ERROR:  permission denied for table t. SQLSTATE: 42501").
+_PG_MESSAGE = re.compile(r"ERROR:\s+(.+?)(?:\. SQLSTATE|\nQuery was|\n|$)")
+_SQLSTATE = re.compile(r"SQLSTATE: ([0-9A-Z]{5})")
+# What to do about a source error that fails the same way every time.
+_FIXES = {
+    "42501": "grant the role pg_to_bq connects as SELECT on it, or leave the table out "
+             "(PG_TO_BQ_EXCLUDE)",
+    "57014": "the statement timeout cut the read off: raise PG_TO_BQ_STATEMENT_TIMEOUT_S",
+    "42P01": "the table is gone: it is reported, not loaded, once the catalog is refreshed "
+             "(pg-to-bq sync --refresh-catalog)",
+}
+
+
 def describe(exc: BaseException) -> str:
+    """One line: the real cause of `exc`, PostgreSQL's own words for a source error, and
+    the fix when one is known."""
     cause = root_cause(exc)
     text = str(cause).strip() or type(cause).__name__
-    return text if isinstance(cause, ValueError | ConnectionError) else f"{type(cause).__name__}: {text}"
+    if isinstance(cause, ValueError | ConnectionError):
+        return text
+    sqlstate = getattr(cause, "sqlstate", None) or getattr(cause, "sqlstate_", None)
+    if not isinstance(sqlstate, str):
+        match = _SQLSTATE.search(text)
+        sqlstate = match.group(1) if match else None
+    message = _PG_MESSAGE.search(text)
+    line = f"PostgreSQL: {message.group(1)} (SQLSTATE {sqlstate})" if message and sqlstate \
+        else f"{type(cause).__name__}: {text}"
+    fix = _FIXES.get(sqlstate) if sqlstate else None
+    return f"{line}; to fix: {fix}" if fix else line

@@ -80,6 +80,27 @@ def test_sync_exits_nonzero_and_names_the_failed_table(pg_url: str, settings_env
     assert "Traceback (most recent call last)" in capsys.readouterr().out
 
 
+def test_a_table_the_role_cannot_read_is_one_line_with_its_fix(pg_url: str, settings_env,
+                                                               capsys) -> None:
+    role = "reader_" + pg_url.rsplit("/", 1)[1]
+    run_sql(pg_url, f"""
+        CREATE TABLE open_table (id int PRIMARY KEY); INSERT INTO open_table VALUES (1);
+        CREATE TABLE closed_table (id int PRIMARY KEY); INSERT INTO closed_table VALUES (1);
+        CREATE ROLE {role} LOGIN; GRANT SELECT ON open_table TO {role};""")
+    try:
+        settings_env(pg_url.replace("postgres@", f"{role}@", 1))
+        assert main(["sync"]) == 1
+        out = capsys.readouterr().out
+        [line] = [line for line in out.splitlines() if "closed_table: FAILED" in line]
+        assert line.endswith(
+            "public.closed_table: FAILED: table public.closed_table: PostgreSQL: permission "
+            "denied for table closed_table (SQLSTATE 42501); to fix: grant the role pg_to_bq "
+            "connects as SELECT on it, or leave the table out (PG_TO_BQ_EXCLUDE)"), line
+        assert "public.open_table: ok, 1 rows" in out and "1 loaded, 1 failed" in out
+    finally:
+        run_sql(pg_url, f"DROP OWNED BY {role}; DROP ROLE {role};")
+
+
 def test_unknown_table_is_a_clear_error(sample_db_url: str, settings_env, capsys) -> None:
     settings_env(sample_db_url)
     assert main(["sync", "public.nope"]) == 2
