@@ -8,7 +8,7 @@ form as the instance's own `run_launcher` block:
       class: RoutingRunLauncher
       config:
         lambda_max_rows: 2000000
-        lambda_max_tables: 50
+        lambda_max_tables: 1000
         ecs:
           module: dagster_aws.ecs
           class: EcsRunLauncher
@@ -74,6 +74,18 @@ At the slowest load path measured for this project (~14k rows/s) two million row
 three minutes, well inside Lambda's 15-minute limit, with room for the destination's load jobs.
 """
 
+DEFAULT_LAMBDA_MAX_TABLES = 1_000
+"""Runs loading more tables than this go to ECS.
+
+Measured (`benchmarks/many_tables.py`, 2 cores): the nightly job over 1,000 tables of 1,000
+rows took 116 s with Dagster's storage in PostgreSQL as deployed (0.12 s a table, most of it
+Dagster's events) and 0.19 machine CPU-s a table on the multiprocess executor
+(`benchmarks/nightly_steps.py`). Lambda's 900 s, less the 30 s deadline margin, would hold
+about 7,000 such tables there; 1,000 leaves that 7× for what this machine does not show:
+BigQuery's load and merge jobs (seconds each, up to 20 at once per step) and a Lambda
+function's slower vCPUs.
+"""
+
 _LABELS: Mapping[Target, str] = {ECS: "ECS", LAMBDA: "Lambda"}
 
 
@@ -122,7 +134,7 @@ class RoutingRunLauncher(RunLauncher, ConfigurableClass):
         ecs: RunLauncher | ConfigurableClassData,
         lambda_launcher: RunLauncher | ConfigurableClassData,
         lambda_max_rows: int = DEFAULT_LAMBDA_MAX_ROWS,
-        lambda_max_tables: int | None = None,
+        lambda_max_tables: int | None = DEFAULT_LAMBDA_MAX_TABLES,
         inst_data: ConfigurableClassData | None = None,
     ):
         super().__init__()
@@ -160,8 +172,8 @@ class RoutingRunLauncher(RunLauncher, ConfigurableClass):
             "lambda_max_tables": Field(
                 Noneable(IntSource),
                 is_required=False,
-                default_value=None,
-                description="Runs loading more tables than this go to ECS (unset: no limit).",
+                default_value=DEFAULT_LAMBDA_MAX_TABLES,
+                description="Runs loading more tables than this go to ECS (null: no limit).",
             ),
         }
 
@@ -173,7 +185,7 @@ class RoutingRunLauncher(RunLauncher, ConfigurableClass):
             ecs=_class_data(config_value["ecs"]),
             lambda_launcher=_class_data(config_value["lambda"]),
             lambda_max_rows=config_value["lambda_max_rows"],
-            lambda_max_tables=config_value.get("lambda_max_tables"),
+            lambda_max_tables=config_value.get("lambda_max_tables", DEFAULT_LAMBDA_MAX_TABLES),
             inst_data=inst_data,
         )
 

@@ -272,7 +272,7 @@ def test_production_config_builds_both_child_launchers(deployment_env: dict[str,
     with dg.DagsterInstance.from_config(deployment_env["DAGSTER_HOME"]) as instance:
         router = instance.run_launcher
         assert isinstance(router, RoutingRunLauncher)
-        assert (router.lambda_max_rows, router.lambda_max_tables) == (2_000_000, 50)
+        assert (router.lambda_max_rows, router.lambda_max_tables) == (2_000_000, 1_000)
 
         ecs_launcher = router.child("ecs")
         assert isinstance(ecs_launcher, EcsRunLauncher)

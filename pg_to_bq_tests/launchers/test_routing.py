@@ -24,7 +24,7 @@ import yaml
 from dagster._core.launcher import CheckRunHealthResult, LaunchRunContext, RunLauncher, WorkerStatus
 from dagster._serdes import ConfigurableClass, ConfigurableClassData
 
-from pg_to_bq.launchers.router import RoutingRunLauncher
+from pg_to_bq.launchers.router import DEFAULT_LAMBDA_MAX_TABLES, RoutingRunLauncher
 from pg_to_bq.launchers.routing import (
     COMPUTE_REASON_TAG,
     COMPUTE_TAG,
@@ -293,6 +293,19 @@ def test_router_config_builds_children_from_their_own_config() -> None:
     assert router.child("lambda").label == "lambda"
     with pytest.raises(ValueError, match="unknown compute target"):
         router.child("fargate")  # type: ignore[arg-type]
+
+
+def test_without_a_table_limit_the_measured_lambda_capacity_applies() -> None:
+    """Unset, `lambda_max_tables` is the measured capacity (DEFAULT_LAMBDA_MAX_TABLES's
+    docstring); `null` lifts it."""
+    config = {k: v for k, v in _router_config()["config"].items() if k != "lambda_max_tables"}
+    router = ConfigurableClassData("pg_to_bq.launchers.router", "RoutingRunLauncher",
+                                   yaml.safe_dump(config)).rehydrate(as_type=RoutingRunLauncher)
+    assert router.lambda_max_tables == DEFAULT_LAMBDA_MAX_TABLES == 1_000
+    unlimited = ConfigurableClassData(
+        "pg_to_bq.launchers.router", "RoutingRunLauncher",
+        yaml.safe_dump({**config, "lambda_max_tables": None})).rehydrate(as_type=RoutingRunLauncher)
+    assert unlimited.lambda_max_tables is None
 
 
 def test_cli_launch_sizes_run_from_asset_metadata(tmp_path: Path) -> None:
