@@ -110,11 +110,11 @@ CREATE TABLE {table} (
 INSERT INTO {table}
 SELECT g,
        'item ' || g || ' ' || md5(({seed} * 1000003 + g)::text),
-       CASE WHEN g % 10 = 0 THEN NULL ELSE ((g * 37 + {seed}) % 1000000) / 100.0 END,
+       CASE WHEN g % 10 = 0 THEN NULL ELSE ((g::bigint * 37 + {seed}) % 1000000) / 100.0 END,
        (g + {seed}) % 3 <> 0,
-       timestamptz '2024-01-01 00:00:00+00' + ((g * 7919 + {seed}) % 31536000) * interval '1 s',
-       timestamptz '2024-01-01 00:00:00+00' + ((g * 7919 + {seed}) % 31536000) * interval '1 s'
-           + ((g * 104729 + {seed}) % 8640000) * interval '1 s',
+       timestamptz '2024-01-01 00:00:00+00' + ((g::bigint * 7919 + {seed}) % 31536000) * interval '1 s',
+       timestamptz '2024-01-01 00:00:00+00' + ((g::bigint * 7919 + {seed}) % 31536000) * interval '1 s'
+           + ((g::bigint * 104729 + {seed}) % 8640000) * interval '1 s',
        CASE WHEN g % 7 = 0 THEN NULL
             ELSE jsonb_build_object('k', g % 100, 'tag', 't' || ((g + {seed}) % 17),
                                     'ok', g % 2 = 0) END
