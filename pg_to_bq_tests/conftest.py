@@ -11,6 +11,7 @@ import os
 import tempfile
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -39,6 +40,18 @@ class PgServer:
         with psycopg.connect(self.admin_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
+    @contextmanager
+    def database(self, prefix: str = "t", *sql: str) -> Iterator[str]:
+        """A fresh database (its URL), after running `sql` in it; dropped on exit."""
+        name = self.create_database(prefix)
+        try:
+            url = self.url(name)
+            for statements in sql:
+                run_sql(url, statements)
+            yield url
+        finally:
+            self.drop_database(name)
+
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PgServer]:
@@ -59,11 +72,8 @@ def pg_server() -> Iterator[PgServer]:
 @pytest.fixture
 def pg_url(pg_server: PgServer) -> Iterator[str]:
     """The URL of a fresh, empty database (dropped after the test)."""
-    name = pg_server.create_database()
-    try:
-        yield pg_server.url(name)
-    finally:
-        pg_server.drop_database(name)
+    with pg_server.database() as url:
+        yield url
 
 
 def run_sql(url: str, sql: str) -> None:
@@ -78,13 +88,8 @@ def sample_sql() -> str:
 @pytest.fixture(scope="session")
 def sample_db_url(pg_server: PgServer) -> Iterator[str]:
     """A database seeded with the demo's sample shop data (shared; tests must not modify it)."""
-    name = pg_server.create_database("sample")
-    url = pg_server.url(name)
-    run_sql(url, sample_sql())
-    try:
+    with pg_server.database("sample", sample_sql()) as url:
         yield url
-    finally:
-        pg_server.drop_database(name)
 
 
 @pytest.fixture

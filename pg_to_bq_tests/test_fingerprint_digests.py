@@ -316,16 +316,9 @@ def _plans(url: str, destination: str) -> dict[str, TablePlan]:
 
 @pytest.fixture(scope="module")
 def source(pg_server) -> Iterator[str]:
-    name = pg_server.create_database("fingerprint")
-    url = pg_server.url(name)
-    try:
-        with psycopg.connect(url, autocommit=True) as conn:
-            # Values are written in another time zone: no offset may leak into a digest.
-            conn.execute("SET TimeZone = 'Asia/Tokyo'")
-            conn.execute(KINDS_SQL)
+    # Values are written in another time zone: no offset may leak into a digest.
+    with pg_server.database("fingerprint", "SET TimeZone = 'Asia/Tokyo';" + KINDS_SQL) as url:
         yield url
-    finally:
-        pg_server.drop_database(name)
 
 
 @pytest.fixture(scope="module")

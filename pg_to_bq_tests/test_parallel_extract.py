@@ -37,15 +37,8 @@ INSERT INTO parted SELECT g, md5(g::text) FROM generate_series(0, 19999) g;
 
 @pytest.fixture(scope="module")
 def source(pg_server) -> Iterator[str]:
-    name = pg_server.create_database("parallel")
-    url = pg_server.url(name)
-    try:
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute(SETUP_SQL)
-            conn.execute("ANALYZE")
+    with pg_server.database("parallel", SETUP_SQL, "ANALYZE") as url:
         yield url
-    finally:
-        pg_server.drop_database(name)
 
 
 def _plan(url: str, table: str) -> TablePlan:
