@@ -2,9 +2,10 @@
 
 dagster-postgres opens a new connection for every statement outside the webserver; a
 1,000-table nightly run opened one per event (305 s, 214 PostgreSQL CPU-s in
-`benchmarks/many_tables.py`). `deploy/dagster.yaml` configures `PooledPostgresStorage`, and
-a step holds whatever storage its instance has (`pg_to_bq.storage_connections`). Connections
-are counted as SQLAlchemy opens them on the storages' engines.
+`benchmarks/many_tables.py`). `deploy/dagster.yaml` configures `PooledPostgresStorage`
+(`pg_to_bq.pooled_storage`), and a step holds whatever storage its instance has
+(`pg_to_bq.storage_connections`). Connections are counted as SQLAlchemy opens them on the
+storages' engines.
 """
 
 from __future__ import annotations
