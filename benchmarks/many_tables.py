@@ -645,30 +645,17 @@ def main(argv: list[str] | None = None) -> int:
         shapes_wanted = parse_shapes(args.shapes)
     except ValueError:
         parser.error(f"--shapes {args.shapes!r}: expected e.g. 100x1000,1000x1000")
-    paths = [p.strip() for p in args.paths.split(",") if p.strip()]
-    unknown = set(paths) - set(ALL_PATHS)
-    if unknown:
-        parser.error(f"unknown path(s) {sorted(unknown)}; choose from {ALL_PATHS}")
-    paths = [p for p in ALL_PATHS if p in paths]
+    import run  # benchmarks/run.py: what the benchmarks share
+
+    wanted = run.chosen_paths(parser, args.paths, ALL_PATHS)
+    paths = [p for p in ALL_PATHS if p in wanted]
     command = " ".join([*(f"{k}={shlex.quote(v)}" for k, v in dlt_settings().items()),
                         "python benchmarks/many_tables.py", shlex.join(argv)]).strip()
 
     info = machine_info()
-    print(f"machine: {info['cpu']}, {info['cores']} cores, {info['memory_gb']} GB; "
-          f"load average {info['load_average_at_start']}", flush=True)
-    args.data_dir.mkdir(parents=True, exist_ok=True)
-    server = None
-    if args.pg_url:
-        admin_url = args.pg_url
-    else:
-        sys.path.insert(0, str(HERE))
-        import dataset
-
-        server = dataset.start_server(args.data_dir / "pg")
-        admin_url = server.url()
     shapes: list[dict] = []
     runs: dict[str, list[Measurement]] = {}
-    try:
+    with run.postgres(args, info) as admin_url:
         for tables, rows in shapes_wanted:
             print(f"{tables:,} tables × {rows:,} rows: building (reused with --keep-db) ...",
                   flush=True)
@@ -685,17 +672,7 @@ def main(argv: list[str] | None = None) -> int:
             if not args.keep_db:
                 drop_database(admin_url, shape["database"])
             print("\n".join(render_shape(shape, runs[shape["database"]], paths)), flush=True)
-    finally:
-        if server is not None:
-            if args.keep_db:
-                server.stop()
-            else:
-                server.destroy()
-    markdown = render(command, info, shapes, runs, paths, args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(markdown, encoding="utf-8")
-    print(f"\nwritten to {args.out}\n")
-    print(markdown)
+    run.write_results(args.out, render(command, info, shapes, runs, paths, args))
     failed = [m for ms in runs.values() for m in ms if m.status != "ok"]
     for m in failed:
         print(f"{m.path}: {m.status}" + (f": {'; '.join(m.problems)}" if m.problems else ""),

@@ -24,6 +24,8 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -131,6 +133,43 @@ def machine_info() -> dict:
             "load_average_at_start": os.getloadavg()}
 
 
+def chosen_paths(parser: argparse.ArgumentParser, text: str, known: Sequence[str]) -> list[str]:
+    """The comma-separated `--paths`, each one of `known` (else a usage error)."""
+    paths = [p.strip() for p in text.split(",") if p.strip()]
+    unknown = set(paths) - set(known)
+    if unknown:
+        parser.error(f"unknown path(s) {sorted(unknown)}; choose from {tuple(known)}")
+    return paths
+
+
+@contextmanager
+def postgres(args: argparse.Namespace, info: dict) -> Iterator[str]:
+    """Say what machine this is, then yield the URL of the server to measure against:
+    `--pg-url`, or an embedded one in `DATA_DIR/pg`, stopped afterwards (its data kept with
+    `--keep-db`, else destroyed)."""
+    print(f"machine: {info['cpu']}, {info['cores']} cores, {info['memory_gb']} GB; "
+          f"load average {info['load_average_at_start']}", flush=True)
+    args.data_dir.mkdir(parents=True, exist_ok=True)
+    if args.pg_url:
+        yield args.pg_url
+        return
+    server = dataset.start_server(args.data_dir / "pg")
+    try:
+        yield server.url()
+    finally:
+        if args.keep_db:
+            server.stop()
+        else:
+            server.destroy()
+
+
+def write_results(out: Path, markdown: str) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(markdown, encoding="utf-8")
+    print(f"\nwritten to {out}\n")
+    print(markdown)
+
+
 def summarize(runs: list[Run]) -> dict[str, dict]:
     """Per path: median rows/s, min and max, median peak RSS."""
     table: dict[str, dict] = {}
@@ -175,23 +214,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-incremental", action="store_true")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "latest.md")
     args = parser.parse_args(argv)
-    paths = [p.strip() for p in args.paths.split(",") if p.strip()]
-    unknown = set(paths) - set(ALL_PATHS)
-    if unknown:
-        parser.error(f"unknown path(s) {sorted(unknown)}; choose from {ALL_PATHS}")
+    paths = chosen_paths(parser, args.paths, ALL_PATHS)
     command = "python benchmarks/run.py " + shlex.join(argv if argv is not None else sys.argv[1:])
 
     info = machine_info()
-    print(f"machine: {info['cpu']}, {info['cores']} cores, {info['memory_gb']} GB; "
-          f"load average {info['load_average_at_start']}", flush=True)
-    args.data_dir.mkdir(parents=True, exist_ok=True)
-    server = None
-    if args.pg_url:
-        url = args.pg_url
-    else:
-        server = dataset.start_server(args.data_dir / "pg")
-        url = server.url()
-    try:
+    with postgres(args, info) as url:
         print(f"building {args.rows:,}-row table (reused when it already has them) ...", flush=True)
         data = dataset.build(url, args.rows, args.old_rows, log=lambda m: print(m, flush=True))
         print(f"table {data['table']}: {data['rows']:,} rows, "
@@ -219,17 +246,8 @@ def main(argv: list[str] | None = None) -> int:
             definitions = definitions_scale.measure(url, args.tables,
                                                     args.data_dir / "work" / "definitions")
             print(definitions_scale.describe(definitions), flush=True)
-    finally:
-        if server is not None:
-            if args.keep_db:
-                server.stop()
-            else:
-                server.destroy()
-    markdown = render(command, info, data, summary, runs, incremental, definitions, args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(markdown, encoding="utf-8")
-    print(f"\nwritten to {args.out}\n")
-    print(markdown)
+    write_results(args.out, render(command, info, data, summary, runs, incremental,
+                                   definitions, args))
     return 0
 
 
