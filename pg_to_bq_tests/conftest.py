@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import subprocess
+import sys
 import tempfile
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import duckdb
 import psycopg
 import pytest
 
@@ -79,6 +84,37 @@ def pg_url(pg_server: PgServer) -> Iterator[str]:
 def run_sql(url: str, sql: str) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(sql)
+
+
+def kill_sync_when(ready: Callable[[], bool], *tables: str, what: str) -> None:
+    """Run `pg-to-bq sync TABLE…` in a process group of its own with this environment and
+    SIGKILL the whole group as soon as `ready()` (polled every 10 ms, for up to 120 s);
+    fails saying `what` was awaited when the run ended first."""
+    process = subprocess.Popen([sys.executable, "-m", "pg_to_bq.cli", "sync", *tables],
+                               env=dict(os.environ), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if ready():
+            break
+        time.sleep(0.01)
+    if process.poll() is not None:
+        output = process.stdout.read().decode() if process.stdout else ""
+        pytest.fail(f"the run ended before {what}:\n{output}")
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+
+
+def pg_rows(url: str, sql: str) -> list[tuple]:
+    """The rows of `sql` in the PostgreSQL database at `url`."""
+    with psycopg.connect(url) as conn:
+        return conn.execute(sql).fetchall()
+
+
+def duck_rows(path: Path, sql: str) -> list[tuple]:
+    """The rows of `sql` in the DuckDB file at `path` (opened read-only)."""
+    with duckdb.connect(str(path), read_only=True) as conn:
+        return conn.execute(sql).fetchall()
 
 
 def sample_sql() -> str:

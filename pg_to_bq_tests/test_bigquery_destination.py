@@ -11,11 +11,11 @@ from decimal import Decimal
 
 import boto3
 import dagster as dg
-import psycopg
 import pytest
 
 from pg_to_bq.project import build_definitions
 from pg_to_bq.settings import Settings
+from pg_to_bq_tests.conftest import pg_rows
 
 pytestmark = [pytest.mark.bigquery, pytest.mark.aws]
 
@@ -57,11 +57,6 @@ def configure(monkeypatch, tmp_path, emulator, secrets: dict, dataset: str) -> N
 def materialize(defs: dg.Definitions, **kwargs) -> dg.ExecuteInProcessResult:
     return dg.materialize(list(defs.assets or []), selection=dg.AssetSelection.kind("dlt"),
                           resources=defs.resources, raise_on_error=False, **kwargs)
-
-
-def pg_rows(url: str, sql: str) -> list[tuple]:
-    with psycopg.connect(url) as conn:
-        return conn.execute(sql).fetchall()
 
 
 def bq_rows(emulator, sql: str) -> list[tuple]:

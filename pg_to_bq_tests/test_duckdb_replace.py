@@ -23,7 +23,7 @@ from pg_to_bq.catalog import discover
 from pg_to_bq.duckdb_destination import duckdb_destination
 from pg_to_bq.load import load_table
 from pg_to_bq.plan import TablePlan, build_plans
-from pg_to_bq_tests.conftest import run_sql
+from pg_to_bq_tests.conftest import duck_rows, run_sql
 
 
 def _plan(url: str, table: str) -> TablePlan:
@@ -38,11 +38,6 @@ def _replace(url: str, table: str, path: Path, work_dir: Path, **kwargs):
                       dataset="raw", work_dir=work_dir, full_refresh=True, **kwargs)
 
 
-def _rows(path: Path, sql: str) -> list[tuple]:
-    with duckdb.connect(str(path), read_only=True) as conn:
-        return conn.execute(sql).fetchall()
-
-
 def test_replace_writes_the_new_rows_once_and_leaves_no_staging_copy(pg_url: str,
                                                                      tmp_path: Path) -> None:
     run_sql(pg_url, "CREATE TABLE items (id int PRIMARY KEY, v text);"
@@ -54,10 +49,10 @@ def test_replace_writes_the_new_rows_once_and_leaves_no_staging_copy(pg_url: str
     # Small batches: the table arrives as many Arrow batches, still in one file.
     result = _replace(pg_url, "items", path, tmp_path / "work", batch_bytes=4096)
     assert result.rows == 601 and result.batches > 1
-    assert _rows(path, "SELECT count(*), count(DISTINCT id), count(*) FILTER (WHERE v LIKE 'new%') "
+    assert duck_rows(path, "SELECT count(*), count(DISTINCT id), count(*) FILTER (WHERE v LIKE 'new%') "
                        "FROM raw.items") == [(601, 601, 600)]
     # Nothing was staged: the staging dataset holds no copy of the table.
-    assert _rows(path, "SELECT count(*) FROM information_schema.tables "
+    assert duck_rows(path, "SELECT count(*) FROM information_schema.tables "
                        "WHERE table_schema = 'raw_staging' AND table_name = 'items'") == [(0,)]
 
 
@@ -74,7 +69,7 @@ def test_a_replace_that_fails_in_duckdb_keeps_the_old_rows(pg_url: str, tmp_path
     run_sql(pg_url, "UPDATE amounts SET n = n + 1000; INSERT INTO amounts VALUES (101, NULL);")
     with pytest.raises(Exception, match="(?i)not null"):
         _replace(pg_url, "amounts", path, tmp_path / "work")
-    assert _rows(path, "SELECT count(*), min(n), max(n) FROM raw.amounts") == [(100, 1, 100)]
+    assert duck_rows(path, "SELECT count(*), min(n), max(n) FROM raw.amounts") == [(100, 1, 100)]
 
 
 def test_a_replace_split_over_two_files_is_refused_and_keeps_the_old_rows(tmp_path: Path) -> None:
@@ -95,10 +90,10 @@ def test_a_replace_split_over_two_files_is_refused_and_keeps_the_old_rows(tmp_pa
     pipeline = dlt.pipeline("split", destination=duckdb_destination(str(path)), dataset_name="raw",
                             pipelines_dir=str(tmp_path / "pipelines"))
     pipeline.run(files(range(2000)), loader_file_format="parquet").raise_on_failed_jobs()
-    assert _rows(path, "SELECT count(*) FROM raw.split") == [(2000,)]
+    assert duck_rows(path, "SELECT count(*) FROM raw.split") == [(2000,)]
     with pytest.raises(Exception, match="arrived in 2 files"):
         pipeline.run(files(range(10), range(10, 20)), loader_file_format="parquet")
-    assert _rows(path, "SELECT count(*) FROM raw.split") == [(2000,)]
+    assert duck_rows(path, "SELECT count(*) FROM raw.split") == [(2000,)]
 
 
 def test_the_table_file_is_loaded_as_written(pg_url: str, tmp_path: Path) -> None:

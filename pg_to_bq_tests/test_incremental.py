@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -19,7 +18,7 @@ import pytest
 from pg_to_bq.assets import APPLY_DELETES_TAG, FULL_REFRESH_TAG
 from pg_to_bq.project import build_definitions
 from pg_to_bq.settings import Settings
-from pg_to_bq_tests.conftest import run_sql
+from pg_to_bq_tests.conftest import duck_rows, kill_sync_when, run_sql
 
 ORDERS_SQL = """
     CREATE TABLE orders (id bigint PRIMARY KEY, status text NOT NULL,
@@ -28,11 +27,6 @@ ORDERS_SQL = """
     SELECT g, 'new', g * 1.25, now() - interval '30 days' + g * interval '1 minute'
     FROM generate_series(1, 1000) g;
 """
-
-
-def duck(path: Path, sql: str) -> list[tuple]:
-    with duckdb.connect(str(path), read_only=True) as conn:
-        return conn.execute(sql).fetchall()
 
 
 def materialize(defs: dg.Definitions, tags: dict | None = None, partition_key: str | None = None,
@@ -79,14 +73,14 @@ def test_incremental_merge_picks_changes_and_skips_unchanged_rows(pg_url: str, s
     # The 3 changed rows plus the 11 rows inside the lookback window (10 minutes, bounds
     # included) of the previous cursor: rows 990 to 1000.
     assert metadata_of(changed)["rows_loaded"] == 14
-    assert duck(path, "SELECT count(*), count(DISTINCT id) FROM raw.orders") == [(1001, 1001)]
-    assert duck(path, "SELECT id, status FROM raw.orders WHERE status = 'paid' ORDER BY id") \
+    assert duck_rows(path, "SELECT count(*), count(DISTINCT id) FROM raw.orders") == [(1001, 1001)]
+    assert duck_rows(path, "SELECT id, status FROM raw.orders WHERE status = 'paid' ORDER BY id") \
         == [(3, "paid"), (4, "paid")]
     assert check_results(changed)["row_count_matches_source"] == (True, "ERROR")
 
     again = materialize(defs)  # idempotent: nothing new, nothing duplicated
     assert again.success
-    assert duck(path, "SELECT count(*), count(DISTINCT id) FROM raw.orders") == [(1001, 1001)]
+    assert duck_rows(path, "SELECT count(*), count(DISTINCT id) FROM raw.orders") == [(1001, 1001)]
 
 
 def test_rows_inserted_while_a_merge_reads_are_the_next_runs(pg_url: str, settings_env) -> None:
@@ -131,7 +125,7 @@ def test_rows_inserted_while_a_merge_reads_are_the_next_runs(pg_url: str, settin
 
     after = materialize(defs)
     assert check_results(after)["row_count_matches_source"] == (True, "ERROR")
-    assert duck(path, "SELECT count(*), max(id) FROM raw.events") == [(300001, 300001)]
+    assert duck_rows(path, "SELECT count(*), max(id) FROM raw.events") == [(300001, 300001)]
 
 
 def test_deletes_are_applied_on_demand(pg_url: str, settings_env) -> None:
@@ -142,14 +136,14 @@ def test_deletes_are_applied_on_demand(pg_url: str, settings_env) -> None:
     run_sql(pg_url, "DELETE FROM orders WHERE id IN (10, 20, 30)")
     pending = materialize(defs)
     assert check_results(pending)["row_count_matches_source"] == (False, "WARN")
-    assert duck(path, "SELECT count(*) FROM raw.orders") == [(1000,)]
+    assert duck_rows(path, "SELECT count(*) FROM raw.orders") == [(1000,)]
 
     applied = materialize(defs, tags={APPLY_DELETES_TAG: "true"})
     assert applied.success
     assert metadata_of(applied)["rows_deleted"] == 3
     assert check_results(applied)["row_count_matches_source"] == (True, "ERROR")
-    assert duck(path, "SELECT count(*) FROM raw.orders WHERE id IN (10, 20, 30)") == [(0,)]
-    assert duck(path, "SELECT count(*) FROM raw.orders") == [(997,)]
+    assert duck_rows(path, "SELECT count(*) FROM raw.orders WHERE id IN (10, 20, 30)") == [(0,)]
+    assert duck_rows(path, "SELECT count(*) FROM raw.orders") == [(997,)]
 
 
 def test_full_refresh_replaces_and_resets_the_cursor(pg_url: str, settings_env) -> None:
@@ -160,7 +154,7 @@ def test_full_refresh_replaces_and_resets_the_cursor(pg_url: str, settings_env) 
     run_sql(pg_url, "DELETE FROM orders WHERE id > 500")
     refreshed = materialize(defs, tags={FULL_REFRESH_TAG: "true"})
     assert metadata_of(refreshed)["load_mode"] == "full"
-    assert duck(path, "SELECT count(*) FROM raw.orders") == [(500,)]
+    assert duck_rows(path, "SELECT count(*) FROM raw.orders") == [(500,)]
 
 
 def test_reconciliation_fails_when_destination_lost_rows(pg_url: str, settings_env) -> None:
@@ -193,12 +187,12 @@ def test_one_day_partition_backfill(pg_url: str, settings_env, tmp_path: Path) -
                          selection=dg.AssetSelection.tag("pg_to_bq/partitioned", "day"))
     assert result.success
     assert metadata_of(result)["load_mode"] == "window"
-    assert duck(path, "SELECT count(*), min(id), max(id) FROM raw.visits") == [(24, 24, 47)]
+    assert duck_rows(path, "SELECT count(*), min(id), max(id) FROM raw.visits") == [(24, 24, 47)]
     run_sql(pg_url, "UPDATE visits SET page = '/changed' WHERE id = 30")
     assert materialize(defs, partition_key="2026-11-02",
                        selection=dg.AssetSelection.tag("pg_to_bq/partitioned", "day")).success
-    assert duck(path, "SELECT count(*) FROM raw.visits") == [(24,)]
-    assert duck(path, "SELECT page FROM raw.visits WHERE id = 30") == [("/changed",)]
+    assert duck_rows(path, "SELECT count(*) FROM raw.visits") == [(24,)]
+    assert duck_rows(path, "SELECT page FROM raw.visits WHERE id = 30") == [("/changed",)]
 
 
 def test_excluded_and_hashed_columns_never_reach_the_destination(
@@ -216,11 +210,11 @@ def test_excluded_and_hashed_columns_never_reach_the_destination(
     caplog.set_level("DEBUG")
     result = materialize(build_definitions(Settings.from_env()))
     assert result.success
-    columns = [r[0] for r in duck(path, "SELECT column_name FROM information_schema.columns "
+    columns = [r[0] for r in duck_rows(path, "SELECT column_name FROM information_schema.columns "
                                         "WHERE table_schema = 'raw' AND table_name = 'users'")]
     assert sorted(columns) == ["email", "id"]
     expected = hashlib.sha256(b"pepper" + b"a@example.com").hexdigest()
-    assert duck(path, "SELECT id, email FROM raw.users ORDER BY id") == [(1, expected), (2, None)]
+    assert duck_rows(path, "SELECT id, email FROM raw.users ORDER BY id") == [(1, expected), (2, None)]
     secrets = [b"tok-SECRET", b"4111-VISIBLE-NEVER", b"a@example.com"]
     for file in Path(os.environ["PG_TO_BQ_WORK_DIR"]).rglob("*"):
         if file.is_file():
@@ -243,18 +237,10 @@ def test_killed_load_then_rerun_has_no_duplicates_or_gaps(pg_url: str, settings_
     """)
     path = settings_env(pg_url, BATCH_BYTES=str(4 * 1024 * 1024))
     work = Path(os.environ["PG_TO_BQ_WORK_DIR"])
-    command = [sys.executable, "-m", "pg_to_bq.cli", "sync", "public.big"]
-    process = subprocess.Popen(command, env=dict(os.environ), stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 120
-    # Kill as soon as dlt has written part of the extract, i.e. mid-way through the load.
-    while time.monotonic() < deadline and process.poll() is None:
-        if any(p.suffix == ".parquet" for p in work.rglob("*.parquet")):
-            break
-        time.sleep(0.01)  # the parquet files exist for about a second: poll often
-    assert process.poll() is None, process.stdout.read().decode() if process.stdout else ""
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait(timeout=30)
+    # Kill as soon as dlt has written part of the extract, i.e. mid-way through the load
+    # (the parquet files exist for about a second: the helper polls every 10 ms).
+    kill_sync_when(lambda: any(p.suffix == ".parquet" for p in work.rglob("*.parquet")),
+                   "public.big", what="a parquet file was written")
     # The file the killed extraction was writing stays behind; made an hour old, the next
     # run of the table removes it (a recent file could be another run's, still being written).
     leftovers = [p for p in work.rglob("*.parquet") if p.parent.name == "pg_to_bq_files"]
@@ -262,10 +248,10 @@ def test_killed_load_then_rerun_has_no_duplicates_or_gaps(pg_url: str, settings_
     for leftover in leftovers:
         os.utime(leftover, (time.time() - 7200, time.time() - 7200))
 
-    rerun = subprocess.run(command, env=dict(os.environ), capture_output=True, text=True,
-                           timeout=300)
+    rerun = subprocess.run([sys.executable, "-m", "pg_to_bq.cli", "sync", "public.big"],
+                           env=dict(os.environ), capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
-    assert duck(path, "SELECT count(*), count(DISTINCT id), min(id), max(id) FROM raw.big") \
+    assert duck_rows(path, "SELECT count(*), count(DISTINCT id), min(id), max(id) FROM raw.big") \
         == [(400000, 400000, 1, 400000)]
     assert not any(p.exists() for p in leftovers)
     assert not [p for p in work.rglob("*.parquet") if p.parent.name == "pg_to_bq_files"]
@@ -283,4 +269,4 @@ def test_full_refresh_from_the_launchpad_config(pg_url: str, settings_env) -> No
         run_config={"ops": {step: {"config": {"full_refresh": True}}}},
     )
     assert metadata_of(result)["load_mode"] == "full"
-    assert duck(path, "SELECT count(*) FROM raw.orders") == [(900,)]
+    assert duck_rows(path, "SELECT count(*) FROM raw.orders") == [(900,)]

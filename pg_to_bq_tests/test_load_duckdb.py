@@ -10,13 +10,11 @@ from decimal import Decimal
 from pathlib import Path
 
 import dagster as dg
-import duckdb
-import psycopg
 import pytest
 
 from pg_to_bq.project import NIGHTLY_JOB, build_definitions
 from pg_to_bq.settings import Settings
-from pg_to_bq_tests.conftest import run_sql
+from pg_to_bq_tests.conftest import duck_rows, pg_rows, run_sql
 
 SAMPLE_TABLES = ["audit_log", "customers", "order_items", "orders", "page_views", "products",
                  "顧客メモ"]
@@ -30,16 +28,6 @@ def materialize_all(defs: dg.Definitions, **kwargs) -> dg.ExecuteInProcessResult
         raise_on_error=False,
         **kwargs,
     )
-
-
-def pg_rows(url: str, sql: str) -> list[tuple]:
-    with psycopg.connect(url) as conn:
-        return conn.execute(sql).fetchall()
-
-
-def duck_rows(path: Path, sql: str) -> list[tuple]:
-    with duckdb.connect(str(path), read_only=True) as conn:
-        return conn.execute(sql).fetchall()
 
 
 @pytest.fixture(scope="module")

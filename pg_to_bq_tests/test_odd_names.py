@@ -9,8 +9,6 @@ and every renaming (a collision resolved by a suffix) is said.
 
 from __future__ import annotations
 
-import json
-
 import duckdb
 import psycopg
 import pytest
@@ -103,15 +101,11 @@ def test_odd_names_all_load_into_duckdb(pg_url: str, settings_env, capsys) -> No
 
 
 @pytest.mark.bigquery
-def test_odd_names_all_load_into_bigquery(pg_url: str, settings_env, tmp_path, monkeypatch,
+def test_odd_names_all_load_into_bigquery(pg_url: str, settings_env, tmp_path,
                                           bigquery_emulator, capsys) -> None:
     run_sql(pg_url, ODD_SCHEMA)
-    settings_env(pg_url)
-    key_file = tmp_path / "key.json"
-    key_file.write_text(json.dumps(bigquery_emulator.service_account_info()), encoding="utf-8")
-    for key, value in {"DESTINATION": "bigquery", "BIGQUERY_PROJECT": bigquery_emulator.project_id,
-                       "BIGQUERY_KEY_FILE": str(key_file), "DATASET": "odd_names"}.items():
-        monkeypatch.setenv(f"PG_TO_BQ_{key}", value)
+    settings_env(pg_url, destination="bigquery", bigquery_project=bigquery_emulator.project_id,
+                 bigquery_key_file=str(bigquery_emulator.key_file(tmp_path)), dataset="odd_names")
     assert main(["sync", "--refresh-catalog"]) == 0, capsys.readouterr().out
     source = source_shape(pg_url)
     client = bigquery_emulator.client()

@@ -8,22 +8,17 @@ destination, value for value.
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
-import time
 from decimal import Decimal
 from pathlib import Path
 
 import dagster as dg
 import duckdb
-import psycopg
 import pytest
 
 from pg_to_bq.cli import main
 from pg_to_bq.project import NIGHTLY_JOB, build_definitions
 from pg_to_bq.settings import Settings
-from pg_to_bq_tests.conftest import run_sql
+from pg_to_bq_tests.conftest import duck_rows, kill_sync_when, pg_rows, run_sql
 
 EVENTS = """
     CREATE TABLE events (id int PRIMARY KEY, title text NOT NULL, amount numeric(12,2),
@@ -37,26 +32,16 @@ EVENTS = """
 """
 
 
-def pg(url: str, sql: str) -> list[tuple]:
-    with psycopg.connect(url) as conn:
-        return conn.execute(sql).fetchall()
-
-
-def duck(path: Path, sql: str) -> list[tuple]:
-    with duckdb.connect(str(path), read_only=True) as conn:
-        return conn.execute(sql).fetchall()
-
-
 def columns_of(path: Path, table: str) -> dict[str, str]:
-    return dict(duck(path, "SELECT column_name, data_type FROM information_schema.columns "
+    return dict(duck_rows(path, "SELECT column_name, data_type FROM information_schema.columns "
                            f"WHERE table_schema = 'raw' AND table_name = '{table}'"))
 
 
 def assert_equal(url: str, path: Path, table: str, columns: list[str], key: str) -> None:
     """Every row of the source equals the destination's, in the given columns."""
     listed = ", ".join(columns)
-    source = pg(url, f"SELECT {listed} FROM {table} ORDER BY {key}")
-    loaded = duck(path, f"SELECT {listed} FROM raw.{table} ORDER BY {key}")
+    source = pg_rows(url, f"SELECT {listed} FROM {table} ORDER BY {key}")
+    loaded = duck_rows(path, f"SELECT {listed} FROM raw.{table} ORDER BY {key}")
     assert len(source) == len(loaded)
     differing = [(s, d) for s, d in zip(source, loaded, strict=True) if _norm(s) != _norm(d)]
     assert not differing, differing[:3]
@@ -90,7 +75,7 @@ def test_new_column_on_a_merged_table_is_filled_for_existing_rows(evolving, caps
     assert "public.events: column extra added in PostgreSQL: its values filled for the rows " \
            "loaded before" in out
     assert "public.plain: column c added in PostgreSQL: loaded with every row" in out
-    assert duck(path, "SELECT count(*) FILTER (WHERE extra = 'x'), "
+    assert duck_rows(path, "SELECT count(*) FILTER (WHERE extra = 'x'), "
                       "count(*) FILTER (WHERE extra = 'changed') FROM raw.events") \
         == [(19389, 611)]
     assert_equal(url, path, "events", ["id", "title", "amount", "n", "code", "extra"], "id")
@@ -112,14 +97,14 @@ def test_dropped_column_is_kept_nullable_and_said_once(evolving, capsys) -> None
            "NULL for rows loaded from now on" in out
     # Rows read again (the new one, and those in the lookback window of the cursor) have
     # no title any more; every other row keeps its own.
-    assert duck(path, "SELECT count(title) FILTER (WHERE id <= 19000), "
+    assert duck_rows(path, "SELECT count(title) FILTER (WHERE id <= 19000), "
                       "count(*) FILTER (WHERE title IS NULL AND id = 20001) FROM raw.events") \
         == [(19000, 1)]
     assert_equal(url, path, "events", ["id", "amount", "n", "code"], "id")
     run_sql(url, "UPDATE events SET n = -1, updated_at = now() WHERE id = 7")
     out = sync(capsys)
     assert "title" not in out
-    assert duck(path, "SELECT n, title FROM raw.events WHERE id = 7") == [(-1, None)]
+    assert duck_rows(path, "SELECT n, title FROM raw.events WHERE id = 7") == [(-1, None)]
 
 
 def test_types_widen_in_place_and_other_changes_reload(evolving, capsys) -> None:
@@ -158,7 +143,7 @@ def test_two_changes_in_one_night_then_the_scheduled_job(evolving, capsys) -> No
     assert "column title dropped" in out
     assert_equal(url, path, "events", ["id", "headline", "score", "amount", "n"], "id")
     # the renamed column's old name keeps its values (history), but in rows read again
-    assert duck(path, "SELECT count(title) FILTER (WHERE id <= 19000) FROM raw.events") \
+    assert duck_rows(path, "SELECT count(title) FILTER (WHERE id <= 19000) FROM raw.events") \
         == [(19000,)]
 
     run_sql(url, "ALTER TABLE events ADD COLUMN flag bool DEFAULT true;"
@@ -191,27 +176,18 @@ def test_a_fill_a_killed_run_left_undone_is_done_by_the_next_run(evolving, capsy
     run_sql(url, "ALTER TABLE big ADD COLUMN extra int DEFAULT 42;"
                  "UPDATE big SET payload = 'new', updated_at = now() WHERE id <= 100")
     work = Path(os.environ["PG_TO_BQ_WORK_DIR"])
-    command = [sys.executable, "-m", "pg_to_bq.cli", "sync", "public.big"]
-    process = subprocess.Popen(command, env=dict(os.environ), stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 120
     # The fill reads the key and the new column into a side table: kill while it does.
-    while time.monotonic() < deadline and process.poll() is None:
-        if (work / "pipelines" / "pg_to_bq__side_loads").exists():
-            break
-        time.sleep(0.01)
-    assert process.poll() is None, "the run ended before its fill began"
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait(timeout=30)
+    kill_sync_when(lambda: (work / "pipelines" / "pg_to_bq__side_loads").exists(),
+                   "public.big", what="its fill began")
     # Killed between the load (the column exists, new rows have it) and the fill.
-    [(with_value,)] = duck(path, "SELECT count(extra) FROM raw.big")
+    [(with_value,)] = duck_rows(path, "SELECT count(extra) FROM raw.big")
     assert with_value < 300000
     capsys.readouterr()
     out = sync(capsys, "public.big")
     assert "extra" in out
-    assert duck(path, "SELECT count(*), count(extra), min(extra), max(extra) FROM raw.big") \
+    assert duck_rows(path, "SELECT count(*), count(extra), min(extra), max(extra) FROM raw.big") \
         == [(300000, 300000, 42, 42)]
-    assert duck(path, "SELECT count(*) FROM raw.big WHERE payload = 'new'") == [(100,)]
+    assert duck_rows(path, "SELECT count(*) FROM raw.big WHERE payload = 'new'") == [(100,)]
 
 
 def test_a_partition_backfill_after_a_new_column(pg_url: str, settings_env, tmp_path: Path,
@@ -244,8 +220,8 @@ def test_dropped_and_renamed_tables_are_reported_not_failed(evolving, capsys) ->
     # Under its new name it is a new table, loaded the same night.
     assert "[new] public.plain_v2: ok, 100 rows (full)" in out
     assert "2 loaded, 0 failed, 1 not in PostgreSQL" in out
-    assert duck(path, "SELECT count(*) FROM raw.plain") == [(100,)]
-    assert duck(path, "SELECT count(*) FROM raw.plain_v2") == [(100,)]
+    assert duck_rows(path, "SELECT count(*) FROM raw.plain") == [(100,)]
+    assert duck_rows(path, "SELECT count(*) FROM raw.plain_v2") == [(100,)]
     # The catalog was kept: public.plain is gone from the definitions now (its destination
     # table stays); public.plain_v2 is an asset of its own.
     keys = {k.path[-1] for k in build_definitions(Settings.from_env()).resolve_asset_graph()

@@ -9,7 +9,6 @@ type change reloading the table are tested here, row for row.
 
 from __future__ import annotations
 
-import json
 from decimal import Decimal
 
 import psycopg
@@ -26,8 +25,7 @@ def bq(emulator, sql: str) -> list[tuple]:
 
 
 def test_schema_changes_load_themselves_into_bigquery(pg_url: str, settings_env, tmp_path,
-                                                      bigquery_emulator, monkeypatch,
-                                                      capsys) -> None:
+                                                      bigquery_emulator, capsys) -> None:
     run_sql(pg_url, """
         CREATE TABLE events (id int PRIMARY KEY, title text, amount numeric(12,2),
                              updated_at timestamptz NOT NULL);
@@ -35,12 +33,8 @@ def test_schema_changes_load_themselves_into_bigquery(pg_url: str, settings_env,
                                   now() - interval '30 days' + g * interval '1 minute'
         FROM generate_series(1, 2000) g;
     """)
-    settings_env(pg_url)
-    key_file = tmp_path / "key.json"
-    key_file.write_text(json.dumps(bigquery_emulator.service_account_info()), encoding="utf-8")
-    for key, value in {"DESTINATION": "bigquery", "BIGQUERY_PROJECT": bigquery_emulator.project_id,
-                       "BIGQUERY_KEY_FILE": str(key_file), "DATASET": "evolving"}.items():
-        monkeypatch.setenv(f"PG_TO_BQ_{key}", value)
+    settings_env(pg_url, destination="bigquery", bigquery_project=bigquery_emulator.project_id,
+                 bigquery_key_file=str(bigquery_emulator.key_file(tmp_path)), dataset="evolving")
     table = f"`{bigquery_emulator.project_id}.evolving.events`"
     assert main(["sync", "--refresh-catalog"]) == 0
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import duckdb
 import psycopg
 import pytest
 
@@ -20,7 +19,7 @@ from pg_to_bq.load import LoadResult, load_table
 from pg_to_bq.overrides import load_overrides
 from pg_to_bq.plan import build_plans
 from pg_to_bq.tuple_versions import _dollar_quoted
-from pg_to_bq_tests.conftest import run_sql
+from pg_to_bq_tests.conftest import duck_rows, run_sql
 
 
 def _load(url: str, table: str, tmp_path: Path, **kwargs) -> LoadResult:
@@ -29,11 +28,6 @@ def _load(url: str, table: str, tmp_path: Path, **kwargs) -> LoadResult:
     (plan,) = build_plans(catalog, "duckdb")
     return load_table(plan, source_url=url, destination=duckdb_destination(
         str(tmp_path / "dest.duckdb")), dataset="raw", work_dir=tmp_path / "work", **kwargs)
-
-
-def _rows(tmp_path: Path, sql: str) -> list[tuple]:
-    with duckdb.connect(str(tmp_path / "dest.duckdb"), read_only=True) as conn:
-        return conn.execute(sql).fetchall()
 
 
 def _assert_skipped(result: LoadResult) -> None:
@@ -77,7 +71,7 @@ def test_a_replaced_table_is_skipped_only_while_nothing_changed(
     run_sql(pg_url, change)
     again = _load(pg_url, "notes", tmp_path)
     assert again.status == "loaded" and again.rows == expected[0][0]
-    assert _rows(tmp_path, "SELECT count(*), count(*) FILTER (WHERE body = 'edited'), "
+    assert duck_rows(tmp_path / "dest.duckdb", "SELECT count(*), count(*) FILTER (WHERE body = 'edited'), "
                            "count(*) FILTER (WHERE n = 7 AND feeling = 'happy') "
                            "FROM raw.notes") == expected
     # And once loaded, it is skipped again.
@@ -90,7 +84,7 @@ def test_a_new_column_with_a_default_is_loaded_though_no_row_was_rewritten(
     _load(pg_url, "notes", tmp_path)
     run_sql(pg_url, "ALTER TABLE notes ADD COLUMN extra text DEFAULT 'x'")
     assert _load(pg_url, "notes", tmp_path).status == "loaded"
-    assert _rows(tmp_path, "SELECT count(*) FROM raw.notes WHERE extra = 'x'") == [(50,)]
+    assert duck_rows(tmp_path / "dest.duckdb", "SELECT count(*) FROM raw.notes WHERE extra = 'x'") == [(50,)]
 
 
 def test_a_full_refresh_and_a_new_salt_read_the_table_again(pg_url: str, tmp_path: Path) -> None:
@@ -109,11 +103,11 @@ def test_a_full_refresh_and_a_new_salt_read_the_table_again(pg_url: str, tmp_pat
             hash_salt=salt, **kwargs)
 
     assert load(b"one").status == "loaded"
-    first = _rows(tmp_path, "SELECT email FROM raw.people ORDER BY n")
+    first = duck_rows(tmp_path / "dest.duckdb", "SELECT email FROM raw.people ORDER BY n")
     _assert_skipped(load(b"one"))
     assert load(b"one", full_refresh=True).status == "loaded"
     assert load(b"two").status == "loaded"
-    assert _rows(tmp_path, "SELECT email FROM raw.people ORDER BY n") != first
+    assert duck_rows(tmp_path / "dest.duckdb", "SELECT email FROM raw.people ORDER BY n") != first
 
 
 def test_a_small_merged_table_skips_its_window_but_not_a_late_commit(
@@ -130,7 +124,7 @@ def test_a_small_merged_table_skips_its_window_but_not_a_late_commit(
                     "FROM orders")
     late = _load(pg_url, "orders", tmp_path)
     assert (late.status, late.mode) == ("loaded", "incremental") and late.rows < 101
-    assert _rows(tmp_path, "SELECT count(*), count(*) FILTER (WHERE status = 'late') "
+    assert duck_rows(tmp_path / "dest.duckdb", "SELECT count(*), count(*) FILTER (WHERE status = 'late') "
                            "FROM raw.orders") == [(101, 1)]
     _assert_skipped(_load(pg_url, "orders", tmp_path))
 

@@ -9,8 +9,6 @@ case of issue 16, and catch a change inside the key ranges it samples on a large
 
 from __future__ import annotations
 
-import json
-
 import duckdb
 import pytest
 
@@ -168,12 +166,10 @@ def test_every_type_passes_through_the_bigquery_emulator(pg_url: str, tmp_path,
     with connect(pg_url) as conn:
         [found] = discover(conn, table="kinds").tables
     plan = plan_table(found, "bigquery")
-    key_file = tmp_path / "key.json"
-    key_file.write_text(json.dumps(bigquery_emulator.service_account_info()), encoding="utf-8")
     destination = Destination(kind="bigquery", dataset="fingerprints",
                               work_dir=str(tmp_path / "work"),
                               bigquery_project=bigquery_emulator.project_id,
-                              bigquery_key_file=str(key_file))
+                              bigquery_key_file=str(bigquery_emulator.key_file(tmp_path)))
     [result] = load_group([TableLoad(plan, full_refresh=True)], pipeline_name="bq_fingerprints",
                           source_url=pg_url, destination=destination.dlt_destination(),
                           dataset="fingerprints", work_dir=tmp_path / "work",

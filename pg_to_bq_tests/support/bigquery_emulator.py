@@ -144,6 +144,13 @@ class BigQueryEmulator:
         """The emulator's OAuth2 token endpoint (for service-account keys)."""
         return f"{self.base_url}/oauth2/token"
 
+    def key_file(self, directory: Path) -> Path:
+        """A fresh service-account key (:meth:`service_account_info`) as a key file in
+        `directory`, what `PG_TO_BQ_BIGQUERY_KEY_FILE` names."""
+        path = Path(directory) / "key.json"
+        path.write_text(json.dumps(self.service_account_info()), encoding="utf-8")
+        return path
+
     def service_account_info(self, client_email: str | None = None) -> dict[str, str]:
         """A fresh service-account key (the JSON a key file holds) usable offline.
 
