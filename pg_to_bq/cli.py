@@ -152,7 +152,7 @@ def cmd_sync(
     from pg_to_bq.settings import Settings
 
     settings = Settings.from_env()
-    loaded = load_catalog(settings, refresh=refresh)
+    loaded = load_catalog(settings, refresh=refresh, empty_when_unreachable=False)
     if loaded.warning:
         print(f"warning: {loaded.warning}", file=sys.stderr)
     plans = plans_for(settings, loaded.catalog)

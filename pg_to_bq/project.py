@@ -66,11 +66,14 @@ def refresh_catalog(settings: Settings) -> Catalog:
     return catalog
 
 
-def load_catalog(settings: Settings, refresh: bool = False) -> CatalogLoad:
+def load_catalog(settings: Settings, refresh: bool = False,
+                 empty_when_unreachable: bool = True) -> CatalogLoad:
     """The snapshot when there is one; otherwise (or when asked) a live discovery.
 
     When PostgreSQL cannot be reached the last snapshot is used with a warning, so the
-    code location keeps loading; without any snapshot the catalog is empty.
+    code location keeps loading; without any snapshot the catalog is empty, or (with
+    `empty_when_unreachable=False`, for a command that came to load tables) the error
+    is raised.
     """
     snapshot = None if refresh else read_snapshot(settings.snapshot_path)
     if snapshot is not None:
@@ -83,7 +86,7 @@ def load_catalog(settings: Settings, refresh: bool = False) -> CatalogLoad:
             warning = (f"PostgreSQL unreachable ({exc}); using the catalog snapshot of "
                        f"{stale.discovered_at} from {settings.snapshot_path}")
             return CatalogLoad(stale, "stale snapshot", warning)
-        if refresh:
+        if refresh or not empty_when_unreachable:
             raise
         warning = (f"PostgreSQL unreachable ({exc}) and no catalog snapshot at "
                    f"{settings.snapshot_path}: no table assets until discovery succeeds "

@@ -118,6 +118,20 @@ def test_unreachable_postgres_names_host_and_port_not_password(settings_env, cap
     assert "hunter2" not in err
 
 
+def test_sync_with_postgres_unreachable_and_no_snapshot_is_an_error(settings_env,
+                                                                    capsys) -> None:
+    """Not "nothing to load" and exit 0: a nightly `pg-to-bq sync` must fail visibly."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    settings_env(f"postgresql://app:hunter2@127.0.0.1:{port}/shop")
+    assert main(["sync"]) == 2
+    captured = capsys.readouterr()
+    assert f"cannot connect to PostgreSQL at 127.0.0.1:{port}/shop" in captured.err
+    assert "nothing to load" not in captured.out
+    assert "hunter2" not in captured.out + captured.err
+
+
 def test_bad_setting_fails_before_anything_loads(settings_env, capsys) -> None:
     settings_env("postgresql://app@127.0.0.1:1/shop", DESTINATION="duckdb:/nope")
     assert main(["sync"]) == 2
