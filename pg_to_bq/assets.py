@@ -277,10 +277,13 @@ def destination_metadata(plan: TablePlan, ctx: AssetContext) -> dict[str, Any]:
 
 def check_specs(plan: TablePlan, key: dg.AssetKey, fingerprint: bool = True
                 ) -> list[dg.AssetCheckSpec]:
-    specs = [dg.AssetCheckSpec(checks.ROW_COUNT, asset=key, description=_ROW_COUNT_DESCRIPTION)]
+    # Blocking: rows or values lost (a failure of severity ERROR) fail the step, so the run
+    # fails and nothing downstream runs on the table.
+    specs = [dg.AssetCheckSpec(checks.ROW_COUNT, asset=key, description=_ROW_COUNT_DESCRIPTION,
+                               blocking=True)]
     if fingerprint:
         specs.append(dg.AssetCheckSpec(checks.FINGERPRINT, asset=key,
-                                       description=_FINGERPRINT_DESCRIPTION))
+                                       description=_FINGERPRINT_DESCRIPTION, blocking=True))
     if plan.cursor:
         specs.append(dg.AssetCheckSpec(checks.FRESHNESS, asset=key,
                                        description=f"Newest {plan.cursor} is recent"))

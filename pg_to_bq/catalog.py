@@ -200,7 +200,8 @@ class Table:
             name=data["name"],
             kind=data.get("kind", "r"),
             comment=data.get("comment"),
-            oid=data.get("oid"),
+            # (json_build_object writes an oid as a string)
+            oid=int(data["oid"]) if data.get("oid") is not None else None,
             estimated_rows=data.get("estimated_rows"),
             size_bytes=data.get("size_bytes"),
             columns=tuple(_column(c, columns) for c in data.get("columns") or ()),

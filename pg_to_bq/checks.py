@@ -47,6 +47,38 @@ def reconcile_row_counts(source_rows: int, destination_rows: int, disposition: s
         "than the source snapshot", metadata)
 
 
+def row_count_outcome(*, mode: str, disposition: str, destination_rows: int | None,
+                      snapshot_rows: int | None, table_rows: int | None,
+                      source_rows_after_deletes: int | None = None) -> CheckOutcome | None:
+    """The row count check of one load (None when the destination was not counted).
+
+    A whole read is compared with the rows it read (`snapshot_rows`); any other read with
+    the whole table in the snapshot the rows were read in (`table_rows`: rows inserted in
+    PostgreSQL since are the next run's, not missing ones). After a delete pass, with the
+    source's rows in the pass's own snapshot, taken after the load's: fewer rows in the
+    destination than there may be rows inserted in between, which the next run loads and
+    checks exactly, so that is a warning.
+    """
+    if destination_rows is None or mode == "window":
+        # (A run of one partition loads part of the table: whole tables are compared.)
+        return None
+    if source_rows_after_deletes is not None:
+        outcome = reconcile_row_counts(source_rows_after_deletes, destination_rows, disposition)
+        if outcome.passed or destination_rows > source_rows_after_deletes:
+            return outcome
+        return CheckOutcome(
+            ROW_COUNT, False, "WARN",
+            f"after the delete pass the destination has {source_rows_after_deletes - destination_rows} "
+            "fewer row(s) than the source's snapshot of keys, taken after the load's: rows "
+            "inserted in between, which the next run loads (and checks exactly)",
+            outcome.metadata)
+    if mode == "full" and snapshot_rows is not None:
+        return reconcile_row_counts(snapshot_rows, destination_rows, "replace")
+    if table_rows is not None:
+        return reconcile_row_counts(table_rows, destination_rows, disposition)
+    return None
+
+
 def cursor_freshness(latest: Any, max_age: timedelta, now: datetime | None = None) -> CheckOutcome:
     """Is the newest cursor value in the source recent enough?"""
     now = now or datetime.now(UTC)

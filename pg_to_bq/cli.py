@@ -237,7 +237,8 @@ class _Report:
         state = "unchanged" if outcome.status == "unchanged" else "ok"
         checks = f"; checks failed: {', '.join(outcome.failed_checks)}" \
             if outcome.failed_checks else ""
-        print(f"{prefix}: {state}, {outcome.rows:,} rows ({outcome.mode}){deleted} in "
+        mode = f"{outcome.mode}: {outcome.reason}" if outcome.reason else outcome.mode
+        print(f"{prefix}: {state}, {outcome.rows:,} rows ({mode}){deleted} in "
               f"{outcome.seconds:.1f}s{checks}", flush=True)
 
     def unreported(self, plans: Sequence[TablePlan], message: str | None) -> None:

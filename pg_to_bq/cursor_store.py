@@ -10,6 +10,13 @@ A row is written after the table's load succeeded, never before: a table that fa
 its previous cursor, and a run killed between the load and this write leaves cursors
 behind, which only re-reads rows. Reading and writing are one statement each for a whole
 group of tables.
+
+A state is only as good as the rows it covers: each row also records how many rows the
+destination table held when it was written (`ROWS_KEY`), and a run trusts it only while
+the table still holds that many and the destination still knows its load (`doubt`). A
+table dropped, truncated or trimmed by hand, a state restored from another time, or a
+reload that did not finish (its state is replaced by `invalidated(...)` before its rows
+are removed) make the next run read the table whole, saying why.
 """
 
 from __future__ import annotations
@@ -27,6 +34,50 @@ _COLUMN_TYPES = {
     "duckdb": ("VARCHAR", "TIMESTAMP WITH TIME ZONE"),
     "bigquery": ("STRING", "TIMESTAMP"),
 }
+
+
+# The destination table's rows when the state was written.
+ROWS_KEY = "destination_rows"
+LOAD_ID_KEY = "load_id"
+# The PostgreSQL table's object id: a table dropped and created again under the same name
+# is another table, whose rows the state does not cover.
+SOURCE_OID_KEY = "source_oid"
+# Set instead of a state when the rows it covered are being (or were) removed.
+INVALIDATED_KEY = "invalidated"
+
+
+def invalidated(reason: str) -> dict[str, Any]:
+    """The state of a table whose rows are about to be removed or are known to be wrong:
+    nothing to trust, and why."""
+    return {INVALIDATED_KEY: reason}
+
+
+def doubt(state: Mapping[str, Any], *, exists: bool, rows: int | None,
+          load_known: bool, source_oid: int | None = None) -> str | None:
+    """Why `state` cannot be trusted for the destination table as it is now (`exists`,
+    holding `rows`; `load_known`: the destination has a record of the state's load) and the
+    PostgreSQL table now (`source_oid`), or None when it can. A table without a state has
+    nothing to trust."""
+    if not state:
+        return None
+    if INVALIDATED_KEY in state:
+        return str(state[INVALIDATED_KEY])
+    stored_oid = state.get(SOURCE_OID_KEY)
+    if stored_oid is not None and source_oid is not None and stored_oid != source_oid:
+        return ("the PostgreSQL table was dropped and created again under its name since its "
+                "last load")
+    if not exists:
+        return "the destination table is missing"
+    recorded = state.get(ROWS_KEY)
+    if recorded is None:
+        return "its stored state has no row count (written by an earlier pg_to_bq)"
+    if rows != recorded:
+        shown = "?" if rows is None else f"{rows:,}"
+        return f"the destination table holds {shown} row(s) where its last load left {recorded:,}"
+    if not load_known:
+        return (f"its state names load {state.get(LOAD_ID_KEY)}, which the destination has no "
+                "record of (a state or dataset restored from another time)")
+    return None
 
 
 def read_states(pipeline: Any, tables: Sequence[str]) -> dict[str, dict[str, Any]]:

@@ -53,17 +53,20 @@ def apply_deletes(
     work_dir: Path,
     batch_bytes: int = 16 * 1024 * 1024,
     statement_timeout_s: int = 3600,
-) -> int:
+) -> tuple[int, int]:
     """Delete destination rows of `plan`'s table whose primary key is gone from the source.
 
-    Returns the number of rows deleted.
+    Returns the number of rows deleted and the source's rows (its keys, in one snapshot).
     """
-    from pg_to_bq.load import load_table, make_pipeline  # dlt: only when a pass runs
+    from pg_to_bq.backfill import SIDE_PIPELINE
+    from pg_to_bq.load import group_pipeline, load_table  # dlt: only when a pass runs
 
     keys = keys_plan(plan)
-    load_table(keys, source_url=source_url, destination=destination, dataset=dataset,
-               work_dir=work_dir, batch_bytes=batch_bytes, statement_timeout_s=statement_timeout_s)
-    pipeline = make_pipeline(plan, destination, dataset, work_dir)
+    read = load_table(keys, source_url=source_url, destination=destination, dataset=dataset,
+                      work_dir=work_dir, batch_bytes=batch_bytes,
+                      statement_timeout_s=statement_timeout_s, pipeline_name=SIDE_PIPELINE,
+                      record_state=False)
+    pipeline = group_pipeline(SIDE_PIPELINE, destination, dataset, work_dir)
     with pipeline.sql_client() as client:
         target = client.make_qualified_table_name(plan.destination_table)
         keys_table = client.make_qualified_table_name(keys.destination_table)
@@ -73,4 +76,4 @@ def apply_deletes(
             doomed = int(cursor.fetchone()[0])
         if doomed:
             client.execute_sql(f"DELETE FROM {orphans}")
-    return doomed
+    return doomed, read.rows

@@ -50,6 +50,23 @@ def stored_columns(pipeline: Any, tables: Sequence[str]) -> dict[str, dict[str, 
     return found
 
 
+def forget_stored_schema(pipeline: Any) -> None:
+    """Delete the pipeline's schema versions stored in the destination, so that its next
+    load compares every table of its package with the destination and creates those that
+    are missing. dlt skips that comparison when it finds the package's schema stored: a
+    table dropped by hand after it was loaded would never be created again."""
+    from dlt.common.schema.typing import VERSION_TABLE_NAME
+
+    with pipeline.sql_client() as client:
+        if not client.has_dataset():
+            return
+        table = client.make_qualified_table_name(VERSION_TABLE_NAME)
+        literal = client.capabilities.escape_literal
+        with contextlib.suppress(Exception):  # no version table yet: nothing stored
+            client.execute_sql(f"DELETE FROM {table} WHERE schema_name = "
+                               f"{literal(pipeline.pipeline_name)}")
+
+
 def type_mapper(pipeline: Any) -> Any:
     """dlt's type mapper for the pipeline's destination (resolving it resolves the
     destination's configuration: get it once for many tables)."""

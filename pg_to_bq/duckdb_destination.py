@@ -86,6 +86,19 @@ class AtomicReplaceDuckDbClient(DuckDbClient):
             return False
         return super().should_load_data_to_staging_dataset(table_name)
 
+    def _delete_schema_in_storage(self, schema: Any) -> None:
+        """dlt's, except that a dataset without a version table has nothing to delete (dlt
+        says it "fails silently if versions table does not exist", but DuckDB raises). The
+        staging dataset of a table that was only ever replaced in place has none: dropping
+        that table for a reload under a new type failed there, after its rows were gone."""
+        name = self.schema.version_table_name
+        dataset = self.sql_client.dataset_name
+        rows = self.sql_client.execute_sql(
+            "SELECT 1 FROM information_schema.tables WHERE table_catalog = current_database() "
+            "AND table_schema = %s AND table_name = %s", dataset, name)
+        if rows:
+            super()._delete_schema_in_storage(schema)
+
     def _create_replace_followup_jobs(self, table_chain: Any) -> list:
         if replaces_in_place(table_chain[0]):
             return []

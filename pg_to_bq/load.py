@@ -31,7 +31,7 @@ import re
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,11 +39,21 @@ from typing import Any
 import dlt
 import pyarrow as pa
 from dlt.common.schema import Schema
+from dlt.common.schema.typing import LOADS_TABLE_NAME
 
 from pg_to_bq import tuple_versions
 from pg_to_bq.adbc_session import AdbcSession
-from pg_to_bq.checks import FINGERPRINT, CheckOutcome
-from pg_to_bq.cursor_store import read_states, write_states
+from pg_to_bq.checks import FINGERPRINT, CheckOutcome, row_count_outcome
+from pg_to_bq.cursor_store import (
+    INVALIDATED_KEY,
+    LOAD_ID_KEY,
+    ROWS_KEY,
+    SOURCE_OID_KEY,
+    doubt,
+    invalidated,
+    read_states,
+    write_states,
+)
 from pg_to_bq.cursor_window import (
     WindowTracker,
     lookback_of,
@@ -54,6 +64,7 @@ from pg_to_bq.cursor_window import (
 from pg_to_bq.destination_schema import (
     alter_statements,
     apply,
+    forget_stored_schema,
     planned_types,
     stored_columns,
     type_mapper,
@@ -97,7 +108,8 @@ logging.getLogger("dlt").addFilter(_QuietHintOverride())
 CURSOR_STATE_KEY = "pg_to_bq_cursor"
 WINDOW_STATE_KEY = "pg_to_bq_window"
 VERSIONS_STATE_KEY = "pg_to_bq_versions"
-LOAD_ID_STATE_KEY = "load_id"
+# A merged table's partitions and enum labels (`pg_to_bq.tuple_versions.definitions`).
+DEFINITION_STATE_KEY = "definition"
 # DuckDB's buffer pool defaults to 80% of RAM and holds the loaded table's blocks, so the
 # process grew with the table (1.3 GB at 5M rows); bounded, DuckDB spills to disk instead.
 # 88 MB holds the row groups two threads build for a ~300-byte row (64 MB spilled ~100 MB and
@@ -134,6 +146,8 @@ class TableLoad:
     window: Window | None = None
     # COPY connections reading the table (`pg_to_bq.settings.streams_for` its size).
     streams: int = 1
+    # After a merge, delete the destination rows whose key left the source (`pg_to_bq.deletes`).
+    apply_deletes: bool = False
 
 
 @dataclass
@@ -166,10 +180,28 @@ class LoadResult:
     changes: tuple[str, ...] = ()
     # The values check (`pg_to_bq.fingerprint`), when it ran.
     fingerprint: CheckOutcome | None = None
+    # The row count check, when the destination's rows were counted.
+    row_count: CheckOutcome | None = None
+    # Why a table whose state would have allowed less was read whole (its state could not
+    # be trusted, `pg_to_bq.cursor_store.doubt`).
+    reason: str | None = None
+    # Rows the delete pass removed, when it ran, and the source's rows in its snapshot.
+    deleted: int | None = None
+    source_rows_after_deletes: int | None = None
 
     @property
     def ok(self) -> bool:
         return self.status != "failed"
+
+    @property
+    def checks(self) -> list[CheckOutcome]:
+        """The checks of the load: row count, then values."""
+        return [c for c in (self.row_count, self.fingerprint) if c is not None]
+
+    @property
+    def lost(self) -> list[CheckOutcome]:
+        """Failed checks saying rows or values are missing or wrong (severity ERROR)."""
+        return [c for c in self.checks if not c.passed and c.severity == "ERROR"]
 
 
 def pipelines_dir(work_dir: Path) -> Path:
@@ -335,6 +367,10 @@ class _Read:
     fingerprint: tuple[Scope, Fingerprint] | str | None = None
     # The row versions read (`pg_to_bq.tuple_versions`), stored once the load succeeded.
     versions: str | None = None
+    # Why the table is read whole although its state would have allowed less.
+    reason: str | None = None
+    # Its partitions and enum labels as read (merged tables), stored with its state.
+    definition: str | None = None
 
     @property
     def refresh(self) -> bool:
@@ -349,7 +385,7 @@ class _Read:
             duration_s=time.monotonic() - self.started, mode=self.mode,
             cursor_from=self.cursor_from, cursor_to=self.tracker.max if self.tracker else None,
             batches=stats.batches, table_rows=stats.table_rows, streams=stats.streams,
-            status=status, changes=tuple(self.changes))
+            status=status, changes=tuple(self.changes), reason=self.reason)
 
     def failed(self, error: str) -> LoadResult:
         result = self.result(None, status="failed")
@@ -390,25 +426,28 @@ class _GroupRun:
     def execute(self) -> list[LoadResult]:
         pipeline = self.pipeline
         plans = [load.plan for load in self.loads if load.plan.loadable]
+        counting = self.count_rows or self.record_state
         with self.destination_lock(), _one_connection(pipeline):
             _sync_once(pipeline)
-            states = _states(pipeline, plans) if self.record_state else {}
             evolutions = _evolutions(pipeline, plans)
+            states, doubts = _trusted_states(pipeline, plans, evolutions) \
+                if self.record_state else ({}, {})
         unchanged: list[tuple[int, LoadResult]] = []
 
         def settle_read(index: int, result: LoadResult) -> None:
             # An unchanged table is settled with the loaded ones, once its rows are counted.
-            if result.status == "unchanged" and self.count_rows:
+            if result.status == "unchanged" and counting:
                 unchanged.append((index, result))
             else:
                 self.settle(index, result)
 
-        read = self.read_all(states, evolutions, settle_read)
+        read = self.read_all(states, evolutions, doubts, settle_read)
         failures: dict[str, str] = {}
         loaded: list[tuple[int, _Read]] = []
         load_id = None
         counts: dict[str, int] = {}
         checked: dict[str, CheckOutcome] = {}
+        results: list[tuple[int, LoadResult]] = []
         if read or unchanged:
             with self.destination_lock(), _one_connection(pipeline):
                 if read:
@@ -421,23 +460,55 @@ class _GroupRun:
                               if r.plan.destination_table not in failures]
                     failures.update(self.fill([r for _, r in loaded]))
                     loaded = [(i, r) for i, r in loaded if r.plan.destination_table not in failures]
-                    if self.record_state:
-                        _commit_states(pipeline, [r for _, r in loaded], states, load_id)
-                if self.count_rows:
-                    counts = _count_rows(pipeline, [r.plan for _, r in loaded] + [
-                        self.loads[i].plan for i, _ in unchanged])
+                results = [(i, item.result(load_id)) for i, item in loaded] + unchanged
+                self.delete_pass(results)
+                if counting:
+                    counts, _ = _count_rows(pipeline, [r.destination_table for _, r in results])
                 checked = _compare_fingerprints(pipeline, [r for _, r in loaded])
+                for index, result in results:
+                    result.destination_rows = counts.get(result.destination_table)
+                    result.fingerprint = checked.get(result.destination_table)
+                    result.row_count = row_count_outcome(
+                        mode=result.mode, disposition=self.loads[index].plan.disposition,
+                        destination_rows=result.destination_rows,
+                        snapshot_rows=result.snapshot_rows, table_rows=result.table_rows,
+                        source_rows_after_deletes=result.source_rows_after_deletes)
+                if self.record_state:
+                    _commit_states(pipeline, [r for _, r in loaded], states, load_id, counts,
+                                   [r for _, r in results])
         for index, item in read:
             if item.plan.destination_table in failures:
                 self.settle(index, item.failed(failures[item.plan.destination_table]))
-        for index, result in [(i, item.result(load_id)) for i, item in loaded] + unchanged:
-            result.destination_rows = counts.get(result.destination_table)
-            result.fingerprint = checked.get(result.destination_table)
+        for index, result in results:
             self.settle(index, result)
         return [self.results[i] for i in sorted(self.results)]
 
+    def delete_pass(self, results: list[tuple[int, LoadResult]]) -> None:
+        """The delete pass of the merged tables that asked for one (`pg_to_bq.deletes`), after
+        their load and fill, loaded or unchanged. A table whose pass fails fails, its rows
+        loaded (its state is kept: it covers them)."""
+        from pg_to_bq.deletes import apply_deletes
+
+        for index, result in results:
+            plan = self.loads[index].plan
+            if not self.loads[index].apply_deletes or plan.disposition != "merge" \
+                    or result.mode == "full":
+                continue
+            try:
+                result.deleted, result.source_rows_after_deletes = apply_deletes(
+                    plan, source_url=self.source_url, destination=self.pipeline.destination,
+                    dataset=self.dataset, work_dir=self.work_dir, batch_bytes=self.batch_bytes,
+                    statement_timeout_s=self.statement_timeout_s)
+            except Exception as exc:  # noqa: BLE001 - this table's own failure
+                result.status = "failed"
+                result.error = (f"table {plan.name}: the delete pass failed ({describe(exc)}); "
+                                "its rows are loaded, and rows deleted in PostgreSQL stay until "
+                                "a pass succeeds")
+                result.trace = "".join(traceback.format_exception(exc))
+
     def read_all(self, states: dict[str, dict[str, Any]], evolutions: dict[str, Evolution],
-                 settle: Callable[[int, LoadResult], None]) -> list[tuple[int, _Read]]:
+                 doubts: dict[str, str], settle: Callable[[int, LoadResult], None]
+                 ) -> list[tuple[int, _Read]]:
         """Read each table into a parquet file over one connection (each table in its own
         snapshot); tables that fail are settled at once, the others returned to be loaded."""
         files = Path(self.pipeline.working_dir) / "pg_to_bq_files"
@@ -445,12 +516,22 @@ class _GroupRun:
             log.info("removed %s, left by an extraction that did not finish", stale)
         read: list[tuple[int, _Read]] = []
         with _Sessions(self.source_url, self.statement_timeout_s) as sessions:
+            definitions = self.definitions(sessions)
             for index, load in enumerate(self.loads):
                 started = time.monotonic()
                 table = load.plan.destination_table
+                state, doubt = states.get(table, {}), doubts.get(table)
+                definition = definitions.get(load.plan.table.oid)  # type: ignore[arg-type]
+                stored = state.get(DEFINITION_STATE_KEY)
+                if load.plan.disposition == "merge" and stored is not None \
+                        and stored != definition:
+                    state, doubt = {}, ("a partition was attached or detached, or a label of "
+                                        "an enum it uses changed, since its last load")
                 try:
                     item = self.read_with_retries(
-                        load, states.get(table, {}), evolutions.get(table), sessions, files)
+                        load, state, evolutions.get(table), sessions, files, doubt)
+                    if isinstance(item, _Read):
+                        item.definition = definition
                 except Exception as exc:  # noqa: BLE001 - one table's failure is its own
                     settle(index, _failure(load.plan, exc, started, self.raise_errors))
                     continue
@@ -461,12 +542,27 @@ class _GroupRun:
         _release_memory()
         return read
 
+    def definitions(self, sessions: _Sessions) -> dict[int, str]:
+        """The partitions and enum labels of the merged tables (`tuple_versions.definitions`),
+        one query; none when it cannot be asked (each table's read then says why)."""
+        oids = [load.plan.table.oid for load in self.loads if load.plan.loadable
+                and load.plan.disposition == "merge" and load.plan.table.oid is not None]
+        if not oids or not self.record_state:
+            return {}
+        try:
+            return tuple_versions.definitions(sessions.get(), oids)  # type: ignore[arg-type]
+        except Exception as exc:  # noqa: BLE001 - the reads fail on their own, with retries
+            sessions.discard()
+            log.info("the merged tables' partitions and enum labels were not read: %s",
+                     describe(exc))
+            return {}
+
     def read_with_retries(self, load: TableLoad, state: dict[str, Any],
                           evolution: Evolution | None, sessions: _Sessions,
-                          files: Path) -> _Read | LoadResult:
+                          files: Path, doubt: str | None = None) -> _Read | LoadResult:
         for attempt in range(1, READ_ATTEMPTS + 1):
             try:
-                return self.read_table(load, state, evolution, sessions, files)
+                return self.read_table(load, state, evolution, sessions, files, doubt)
             except Exception as exc:
                 sessions.discard()
                 if attempt == READ_ATTEMPTS or not is_transient(exc):
@@ -478,8 +574,10 @@ class _GroupRun:
         raise AssertionError("unreachable")
 
     def read_table(self, load: TableLoad, state: dict[str, Any], evolution: Evolution | None,
-                   sessions: _Sessions, files: Path) -> _Read | LoadResult:
-        """Read one table into a parquet file (or find it unchanged since the last load)."""
+                   sessions: _Sessions, files: Path, doubt: str | None = None
+                   ) -> _Read | LoadResult:
+        """Read one table into a parquet file (or find it unchanged since the last load).
+        `doubt` says why the table's stored state was not trusted (then `state` is empty)."""
         plan = load.plan
         if plan.error is not None:
             raise PlanFailed(plan.error)
@@ -506,8 +604,8 @@ class _GroupRun:
         tracker = WindowTracker(plan, mode) if plan.cursor is not None and mode != "window" \
             else None
         report = _batch_reporter(self.on_batch, plan)
-        changes = _describe_changes(plan, evolution, state, mode, fill,
-                                    had_state=bool(state.get(LOAD_ID_STATE_KEY)))
+        changes = _describe_changes(plan, evolution, state, mode, fill)
+        reason = doubt if doubt and mode == "full" and not load.full_refresh else None
         with reader:
             versions = None
             if mode in ("full", "incremental") and tuple_versions.applies(plan):
@@ -545,7 +643,7 @@ class _GroupRun:
                 source_fingerprint = _source_fingerprint(plan, reader, mode,
                                                          self.fingerprint_rows)
         return _Read(plan, mode, cursor_from, tracker, reader, path, started, evolution, fill,
-                     changes, source_fingerprint, versions)
+                     changes, source_fingerprint, versions, reason)
 
     def fill(self, loaded: list[_Read]) -> dict[str, str]:
         """Fill the columns added to merged tables for their existing rows; a table whose
@@ -650,16 +748,32 @@ class PlanFailed(ValueError):
     """The table's plan has an error (an override that does not fit it)."""
 
 
-def _states(pipeline: dlt.Pipeline, plans: Sequence[TablePlan]) -> dict[str, dict[str, Any]]:
-    """Each table's stored state (`pg_to_bq.cursor_store`), else, for a table loaded before
-    pg_to_bq kept it there, its cursor in the dlt state of its own pipeline."""
+def _trusted_states(pipeline: dlt.Pipeline, plans: Sequence[TablePlan],
+                    evolutions: Mapping[str, Evolution]
+                    ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """Each table's stored state (`pg_to_bq.cursor_store`) when the destination table still
+    holds the rows it covers, and why not for the others (whose state is then empty, so
+    they are read whole). One query for the group's row counts and loads."""
     stored = read_states(pipeline, [p.destination_table for p in plans])
-    for plan in plans:
-        if plan.destination_table not in stored:
-            legacy = _resource_state(pipeline, plan)
-            if legacy:
-                stored[plan.destination_table] = dict(legacy)
-    return stored
+    if not stored:
+        return {}, {}
+    oids = {p.destination_table: p.table.oid for p in plans}
+    present = [t for t in stored if evolutions.get(t, Evolution(exists=False)).exists]
+    load_ids = sorted({str(s[LOAD_ID_KEY]) for t, s in stored.items()
+                       if t in present and s.get(LOAD_ID_KEY)})
+    counts, known = _count_rows(pipeline, present, load_ids)
+    trusted: dict[str, dict[str, Any]] = {}
+    doubts: dict[str, str] = {}
+    for table, state in stored.items():
+        reason = doubt(state, exists=table in present, rows=counts.get(table),
+                       load_known=str(state.get(LOAD_ID_KEY)) in known,
+                       source_oid=oids.get(table))
+        if reason is None:
+            trusted[table] = state
+        else:
+            doubts[table] = reason
+            log.info("table %s is read whole: %s", table, reason)
+    return trusted, doubts
 
 
 def _evolutions(pipeline: dlt.Pipeline, plans: Sequence[TablePlan]) -> dict[str, Evolution]:
@@ -675,10 +789,10 @@ def _evolutions(pipeline: dlt.Pipeline, plans: Sequence[TablePlan]) -> dict[str,
 
 
 def _describe_changes(plan: TablePlan, evolution: Evolution, state: dict[str, Any], mode: str,
-                      fill: tuple[str, ...], had_state: bool) -> list[str]:
+                      fill: tuple[str, ...]) -> list[str]:
     """The schema changes this load handles, in words (for the CLI and the metadata)."""
     if not evolution.exists:
-        return ["the destination table was missing: loaded whole"] if had_state else []
+        return []
     source_names = {c.name: c.source for c in plan.columns}
     before = state.get(COLUMNS_STATE_KEY, {})
     changes = []
@@ -711,11 +825,16 @@ def _describe_changes(plan: TablePlan, evolution: Evolution, state: dict[str, An
 def _prepare(pipeline: dlt.Pipeline, read: list[_Read], states: dict[str, dict[str, Any]],
              record_state: bool) -> dict[str, str]:
     """Before the load: mark the fills this run owes (so a run killed before they are done
-    leaves them to the next one) and change column types in place. Returns the tables that
-    cannot load (an ALTER the destination refused)."""
+    leaves them to the next one), invalidate the state of the tables about to be dropped and
+    loaded again (so a reload that does not finish leaves no cursor without its rows), and
+    change column types in place. Returns the tables that cannot load (an ALTER the
+    destination refused)."""
     pending = {}
     for item in read:
-        if item.fill and record_state:
+        if item.refresh and record_state:
+            pending[item.plan.destination_table] = invalidated(
+                "its reload under a new column type did not finish")
+        elif item.fill and record_state:
             state = dict(states.get(item.plan.destination_table, {}))
             state[PENDING_FILL_STATE_KEY] = sorted(set(state.get(PENDING_FILL_STATE_KEY, ()))
                                                    | set(item.fill))
@@ -723,6 +842,8 @@ def _prepare(pipeline: dlt.Pipeline, read: list[_Read], states: dict[str, dict[s
     if pending:
         write_states(pipeline, pending)
         states.update(pending)
+    if any(not item.evolution.exists for item in read):
+        forget_stored_schema(pipeline)
     failures = {}
     for item in read:
         evolution = item.evolution
@@ -899,12 +1020,31 @@ def _resource(pipeline: dlt.Pipeline, item: _Read) -> Any:
 
 
 def _commit_states(pipeline: dlt.Pipeline, loaded: list[_Read],
-                   previous: dict[str, dict[str, Any]], load_id: str | None) -> None:
-    """Store the state of the tables that loaded (see the module's docstring); a failure
-    here leaves cursors behind, which only re-reads rows."""
-    states = {}
+                   previous: dict[str, dict[str, Any]], load_id: str | None,
+                   counts: Mapping[str, int], results: Sequence[LoadResult]) -> None:
+    """Store the state of the tables that loaded (see the module's docstring), with the
+    destination's rows after the load (`counts`), which the next run checks before trusting
+    it; an unchanged table whose delete pass removed rows has its count updated. A table
+    whose checks say rows or values are missing gets an invalidated state instead: the next
+    run reads it whole. A failure here leaves the previous states, which no longer match the
+    tables' rows: the next run reads those tables whole."""
+    states: dict[str, dict[str, Any]] = {}
+    for result in results:
+        table = result.destination_table
+        if result.lost:
+            states[table] = invalidated(
+                "the last load's checks found rows or values missing: "
+                + "; ".join(c.description for c in result.lost)[:500])
+        elif result.status == "unchanged" and result.deleted and table in counts \
+                and table in previous:
+            states[table] = {**previous[table], ROWS_KEY: counts[table]}
     for item in loaded:
-        state = dict(previous.get(item.plan.destination_table, {}))
+        table = item.plan.destination_table
+        if table in states or table not in counts:
+            continue
+        # A whole read replaces everything the state said; an incremental one moves it on.
+        state = {} if item.mode == "full" else dict(previous.get(table, {}))
+        state.pop(INVALIDATED_KEY, None)
         tracker = item.tracker
         if tracker is not None and tracker.max is not None:
             state[CURSOR_STATE_KEY] = state_value(tracker.max)
@@ -919,42 +1059,53 @@ def _commit_states(pipeline: dlt.Pipeline, loaded: list[_Read],
             state.pop(VERSIONS_STATE_KEY, None)
         else:
             state[VERSIONS_STATE_KEY] = item.versions
-        state[LOAD_ID_STATE_KEY] = load_id
+        state[LOAD_ID_KEY] = load_id
+        state[ROWS_KEY] = counts[table]
+        if item.plan.table.oid is not None:
+            state[SOURCE_OID_KEY] = item.plan.table.oid
+        if item.definition is None:
+            state.pop(DEFINITION_STATE_KEY, None)
+        else:
+            state[DEFINITION_STATE_KEY] = item.definition
         state[COLUMNS_STATE_KEY] = {c.source.name: c.source.type for c in item.plan.columns}
         state[LOADED_COLUMNS_STATE_KEY] = [c.name for c in item.plan.columns]
         state.pop(PENDING_FILL_STATE_KEY, None)  # done: the load and its fill succeeded
-        states[item.plan.destination_table] = state
+        states[table] = state
     try:
         write_states(pipeline, states)
     except Exception as exc:  # noqa: BLE001 - the data is loaded; the next run re-reads
-        log.warning("the loaded tables' cursors were not stored (%s): the next run reads "
-                    "their rows since the previous cursor again", describe(exc))
+        log.warning("the loaded tables' states were not stored (%s): the next run reads "
+                    "them whole", describe(exc))
 
 
-def _count_rows(pipeline: dlt.Pipeline, plans: Sequence[TablePlan]) -> dict[str, int]:
-    """Rows in each loaded table, asked of the destination (one query per 200 tables)."""
+def _count_rows(pipeline: dlt.Pipeline, tables: Sequence[str], load_ids: Sequence[str] = ()
+                ) -> tuple[dict[str, int], set[str]]:
+    """Rows in each of `tables` (destination names), and which of `load_ids` the
+    destination has a record of (`_dlt_loads`), asked in one query per 200 tables."""
     counts: dict[str, int] = {}
-    if not plans:
-        return counts
+    known: set[str] = set()
+    items: list[tuple[str, str]] = [("table", t) for t in tables] + \
+        [("load", i) for i in load_ids]
+    if not items:
+        return counts, known
     with pipeline.sql_client() as client:
-        for start in range(0, len(plans), COUNT_QUERY_TABLES):
-            chunk = plans[start:start + COUNT_QUERY_TABLES]
+        literal = client.capabilities.escape_literal
+        loads = client.make_qualified_table_name(LOADS_TABLE_NAME)
+        for start in range(0, len(items), COUNT_QUERY_TABLES):
+            chunk = items[start:start + COUNT_QUERY_TABLES]
             sql = " UNION ALL ".join(
-                f"SELECT {i} AS i, count(*) AS n FROM "
-                f"{client.make_qualified_table_name(p.destination_table)}"
-                for i, p in enumerate(chunk))
+                f"SELECT {i} AS i, count(*) AS n FROM {client.make_qualified_table_name(name)}"
+                if kind == "table" else
+                f"SELECT {i} AS i, count(*) AS n FROM {loads} WHERE load_id = {literal(name)}"
+                for i, (kind, name) in enumerate(chunk))
             with client.execute_query(sql) as cursor:
                 for i, n in cursor.fetchall():
-                    counts[chunk[int(i)].destination_table] = int(n)
-    return counts
-
-
-def count_destination_rows(pipeline: Any, table: str) -> int:
-    """Rows in one loaded table, asked of the destination itself."""
-    with pipeline.sql_client() as client:
-        qualified = client.make_qualified_table_name(table)
-        with client.execute_query(f"SELECT count(*) FROM {qualified}") as cursor:
-            return int(cursor.fetchone()[0])
+                    kind, name = chunk[int(i)]
+                    if kind == "table":
+                        counts[name] = int(n)
+                    elif int(n):
+                        known.add(name)
+    return counts, known
 
 
 def _release_memory() -> None:
@@ -1068,8 +1219,4 @@ def _choose_mode(
     return "incremental", f"{quote_ident(plan.cursor)} >= {bound}", previous
 
 
-def _resource_state(pipeline: dlt.Pipeline, plan: TablePlan) -> dict[str, Any]:
-    """This table's resource state: local, or restored from the destination by the sync."""
-    sources = pipeline.state.get("sources", {})
-    return sources.get(pipeline.pipeline_name, {}).get("resources", {}).get(
-        plan.destination_table, {})
+

@@ -32,7 +32,6 @@ from pg_to_bq.assets import (
     destination_metadata,
 )
 from pg_to_bq.catalog import Catalog, discover
-from pg_to_bq.deletes import apply_deletes
 from pg_to_bq.errors import describe, is_transient
 from pg_to_bq.groups import LoadGroup
 from pg_to_bq.load import LoadResult, TableLoad, Window, load_group
@@ -85,7 +84,8 @@ def run_step(
                 continue
             live_plan = replan(plan, table, ctx.destination_kind, ctx.overrides)
             loads.append(TableLoad(live_plan, full_refresh=full_refresh, window=window,
-                                   streams=source.streams_for(table.size_bytes)))
+                                   streams=source.streams_for(table.size_bytes),
+                                   apply_deletes=deletes))
 
         context.log.info(f"loading {len(loads)} table(s) into {ctx.qualified_prefix}"
                          + (" (full refresh)" if full_refresh else ""))
@@ -116,8 +116,7 @@ def run_step(
                 load.plan.name, "failed", mode=result.mode, seconds=result.duration_s,
                 error=result.error, trace=result.trace))
             continue
-        yield from _materialized(context, load.plan, snapshots[load.plan.name], result, ctx,
-                                 source, destination, url, window, deletes)
+        yield from _materialized(context, load.plan, snapshots[load.plan.name], result, ctx)
     if failed:
         names = ", ".join(r.table for r in failed)
         raise dg.Failure(
@@ -184,35 +183,26 @@ def _materialized(
     snapshot_plan: TablePlan,
     result: LoadResult,
     ctx: AssetContext,
-    source: SourceDatabase,
-    destination: Destination,
-    url: str,
-    window: Window | None,
-    deletes: bool,
 ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
+    """The table's materialization and check results. A failed ERROR check (rows or values
+    lost) is blocking: the step fails once every table is reported (Dagster raises after
+    the step's last event), downstream assets do not run on the table, and the CLI reports
+    the table as failed."""
     key = destination_key(plan, ctx)
-    deleted = None
-    if deletes and plan.disposition == "merge":
-        deleted = apply_deletes(
-            plan, source_url=url, destination=destination.dlt_destination(),
-            dataset=destination.dataset, work_dir=destination.work_path,
-            batch_bytes=source.batch_bytes, statement_timeout_s=source.statement_timeout_s)
-    destination_rows = result.destination_rows
-    if deleted is not None:
-        destination_rows = _count(destination, plan)
-    metadata = materialization_metadata(plan, snapshot_plan, result, ctx, destination_rows,
-                                        deleted)
+    metadata = materialization_metadata(plan, snapshot_plan, result, ctx,
+                                        result.destination_rows, result.deleted)
     notes = [*result.changes, *_notes(plan)]
     yield dg.MaterializeResult(asset_key=key, metadata=metadata)
 
-    outcomes = _check_outcomes(plan, result, ctx, source, url, destination_rows, window, deleted)
+    outcomes = [*result.checks, *_freshness(plan, result, ctx)]
     wanted = context.selected_asset_check_keys
-    failed_checks = []
+    failed_checks, lost = [], []
     for outcome in outcomes:
         if dg.AssetCheckKey(key, outcome.name) not in wanted:
             continue
         if not outcome.passed:
-            failed_checks.append(f"{outcome.name} ({outcome.description})")
+            failed = f"{outcome.name} ({outcome.description})"
+            (lost if outcome.severity == "ERROR" else failed_checks).append(failed)
         yield dg.AssetCheckResult(
             asset_key=key,
             check_name=outcome.name,
@@ -221,10 +211,18 @@ def _materialized(
             description=outcome.description,
             metadata=outcome.metadata,
         )
+    if lost:
+        message = (f"table {plan.name}: loaded, but the destination differs from the source: "
+                   + "; ".join(lost) + " (the next run reads the table whole)")
+        context.log.error(message)
+        progress.publish(progress.TableOutcome(
+            plan.name, "failed", rows=result.rows, mode=result.mode, seconds=result.duration_s,
+            error=message, notes=tuple(notes), failed_checks=tuple(failed_checks)))
+        return
     progress.publish(progress.TableOutcome(
         plan.name, "unchanged" if result.status == "unchanged" else "loaded", rows=result.rows,
         mode=result.mode, seconds=result.duration_s, notes=tuple(notes),
-        failed_checks=tuple(failed_checks), deleted=deleted))
+        failed_checks=tuple(failed_checks), deleted=result.deleted, reason=result.reason))
 
 
 def materialization_metadata(plan: TablePlan, snapshot_plan: TablePlan | None,
@@ -252,6 +250,8 @@ def materialization_metadata(plan: TablePlan, snapshot_plan: TablePlan | None,
                 "cursor_from": result.cursor_from, "cursor_to": result.cursor_to}
     metadata.update({k: v if isinstance(v, int) else str(v)
                      for k, v in optional.items() if v is not None})
+    if result.reason:
+        metadata["pg_to_bq/read_whole_because"] = result.reason
     if result.changes:
         metadata["pg_to_bq/schema_changes"] = dg.MetadataValue.md(
             "\n".join(f"- {change}" for change in result.changes))
@@ -277,51 +277,12 @@ def _notes(plan: TablePlan) -> list[str]:
     return notes
 
 
-def _check_outcomes(
-    plan: TablePlan,
-    result: LoadResult,
-    ctx: AssetContext,
-    source: SourceDatabase,
-    url: str,
-    destination_rows: int | None,
-    window: Window | None,
-    deleted: int | None,
-) -> list[checks.CheckOutcome]:
-    outcomes = []
-    if destination_rows is not None:
-        if result.snapshot_rows is not None and window is None and result.mode == "full":
-            outcomes.append(checks.reconcile_row_counts(result.snapshot_rows, destination_rows,
-                                                        "replace"))
-        elif result.table_rows is not None and deleted is None:
-            # The whole table as the rows were read: rows inserted in PostgreSQL since then are
-            # the next run's, not missing ones.
-            outcomes.append(checks.reconcile_row_counts(result.table_rows, destination_rows,
-                                                        plan.disposition))
-        else:
-            outcomes.append(checks.reconcile_row_counts(
-                _source_rows(plan, url, source), destination_rows, plan.disposition))
-    if result.fingerprint is not None:
-        outcomes.append(result.fingerprint)
-    if plan.cursor:
-        latest = result.cursor_to if result.cursor_to is not None else result.cursor_from
-        outcomes.append(checks.cursor_freshness(_parse_cursor(latest), ctx.freshness))
-    return outcomes
-
-
-def _source_rows(plan: TablePlan, url: str, source: SourceDatabase) -> int:
-    """After a delete pass (its own snapshot, later than the load's), the table as it is now."""
-    from pg_to_bq.extract import qualified_name
-
-    with connect(url, statement_timeout_s=source.statement_timeout_s) as conn:
-        return int(conn.execute(f"SELECT count(*) FROM {qualified_name(plan)}").fetchone()[0])
-
-
-def _count(destination: Destination, plan: TablePlan) -> int:
-    from pg_to_bq.load import count_destination_rows, make_pipeline
-
-    pipeline = make_pipeline(plan, destination.dlt_destination(), destination.dataset,
-                             destination.work_path)
-    return count_destination_rows(pipeline, plan.destination_table)
+def _freshness(plan: TablePlan, result: LoadResult, ctx: AssetContext
+               ) -> list[checks.CheckOutcome]:
+    if not plan.cursor:
+        return []
+    latest = result.cursor_to if result.cursor_to is not None else result.cursor_from
+    return [checks.cursor_freshness(_parse_cursor(latest), ctx.freshness)]
 
 
 def _parse_cursor(value: Any) -> Any:

@@ -31,6 +31,8 @@ class TableOutcome:
         failed_checks: Checks that did not pass, with their reason.
         deleted: Rows deleted by a delete pass.
         new: A table new in PostgreSQL, found and loaded by the catalog step.
+        reason: Why a table was read whole although its state would have allowed less
+            (the destination no longer held the rows its state covered).
     """
 
     table: str
@@ -44,6 +46,7 @@ class TableOutcome:
     failed_checks: tuple[str, ...] = ()
     deleted: int | None = None
     new: bool = False
+    reason: str | None = None
 
 
 _listeners: list[Callable[[TableOutcome], None]] = []

@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from pg_to_bq.extract import qualified_name
 
 if TYPE_CHECKING:
+    from pg_to_bq.adbc_session import AdbcSession
     from pg_to_bq.extract import TableReader
     from pg_to_bq.plan import TablePlan
 
@@ -90,3 +92,40 @@ def _dollar_quoted(text: str) -> str:
         n += 1
         tag = f"$q{n}$"
     return f"{tag}{text}{tag}"
+
+
+# What a merged table's values depend on beyond its rows, which an incremental read (the
+# rows whose cursor moved) would not pick up: the partitions it holds (an attached partition
+# brings rows with any cursor value) and the labels of the enum types its columns use (a
+# renamed label changes every row holding it). One query for many tables, by object id.
+_DEFINITIONS = """
+SELECT t.oid,
+       (SELECT string_agg(p.relid::oid::text, ',' ORDER BY p.relid::oid)
+        FROM pg_catalog.pg_partition_tree(t.oid) AS p),
+       (SELECT string_agg(e.oid::text || ':' || e.enumlabel, ',' ORDER BY e.oid)
+        FROM pg_catalog.pg_enum e
+        WHERE e.enumtypid IN (
+            SELECT coalesce(nullif(ty.typelem, 0), nullif(ty.typbasetype, 0), ty.oid)
+            FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type ty ON ty.oid = a.atttypid
+            WHERE a.attrelid = t.oid AND a.attnum > 0 AND NOT a.attisdropped))
+FROM (SELECT c.oid FROM pg_catalog.pg_class c WHERE c.oid IN ({oids})) AS t
+"""
+
+
+def definitions(session: AdbcSession, oids: Sequence[int]) -> dict[int, str]:
+    """Each table's partitions and enum labels (see `_DEFINITIONS`) as one string, by object
+    id; a table that no longer exists is left out. Read in a transaction of its own."""
+    if not oids:
+        return {}
+    found: dict[int, str] = {}
+    try:
+        with session.stream(_DEFINITIONS.format(oids=", ".join(str(int(o)) for o in oids))
+                            ) as reader:
+            for batch in reader:
+                for oid, partitions, labels in zip(*(c.to_pylist() for c in batch.columns),
+                                                   strict=True):
+                    found[int(oid)] = hashlib.sha256(
+                        json.dumps([partitions, labels]).encode()).hexdigest()
+    finally:
+        session.rollback()
+    return found

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from decimal import Decimal
 from pathlib import Path
 
 import dagster as dg
@@ -157,7 +158,10 @@ def test_full_refresh_replaces_and_resets_the_cursor(pg_url: str, settings_env) 
     assert duck_rows(path, "SELECT count(*) FROM raw.orders") == [(500,)]
 
 
-def test_reconciliation_fails_when_destination_lost_rows(pg_url: str, settings_env) -> None:
+def test_rows_removed_by_hand_are_noticed_and_the_table_reloaded(pg_url: str,
+                                                                  settings_env) -> None:
+    """Issue 21: the state's cursor covered rows the destination no longer holds; the next
+    run does not trust it, reads the table whole and says why."""
     run_sql(pg_url, ORDERS_SQL)
     path = settings_env(pg_url)
     defs = build_definitions(Settings.from_env())
@@ -165,10 +169,40 @@ def test_reconciliation_fails_when_destination_lost_rows(pg_url: str, settings_e
     with duckdb.connect(str(path)) as conn:
         conn.execute("DELETE FROM raw.orders WHERE id <= 5")  # tampering
     result = materialize(defs)
-    assert check_results(result)["row_count_matches_source"] == (False, "ERROR")
-    [evaluation] = [e for e in result.get_asset_check_evaluations()
-                    if e.check_name == "row_count_matches_source"]
-    assert evaluation.metadata["difference"].value == -5
+    assert result.success
+    metadata = metadata_of(result)
+    assert metadata["load_mode"] == "full"
+    assert metadata["pg_to_bq/read_whole_because"] == \
+        "the destination table holds 995 row(s) where its last load left 1,000"
+    assert check_results(result)["row_count_matches_source"] == (True, "ERROR")
+    assert duck_rows(path, "SELECT count(*) FROM raw.orders") == [(1000,)]
+
+
+def test_values_lost_fail_the_step_and_the_next_run_reads_the_table_whole(
+        pg_url: str, settings_env) -> None:
+    """A failed ERROR check is a failed table: the run fails (the check is blocking), and the
+    table's state is invalidated so the next run reads it whole."""
+    run_sql(pg_url, ORDERS_SQL)
+    path = settings_env(pg_url)
+    defs = build_definitions(Settings.from_env())
+    assert materialize(defs).success
+    with duckdb.connect(str(path)) as conn:  # a value changed behind pg_to_bq's back
+        conn.execute("UPDATE raw.orders SET amount = -1 WHERE id = 3")
+    run_sql(pg_url, "UPDATE orders SET status = 'paid', updated_at = now() WHERE id = 900")
+    failed = materialize(defs)
+    assert not failed.success
+    assert check_results(failed)["values_match_source"] == (False, "ERROR")
+    assert metadata_of(failed)["load_mode"] == "incremental"
+    [failure] = failed.get_step_failure_events()
+    assert "blocking asset check" in failure.step_failure_data.error.message
+    again = materialize(defs)
+    assert again.success
+    assert metadata_of(again)["load_mode"] == "full"
+    assert "the last load's checks found rows or values missing" in \
+        metadata_of(again)["pg_to_bq/read_whole_because"]
+    assert check_results(again)["values_match_source"] == (True, "ERROR")
+    assert duck_rows(path, "SELECT amount FROM raw.orders WHERE id = 3") == \
+        [(Decimal("3.75"),)]
 
 
 def test_one_day_partition_backfill(pg_url: str, settings_env, tmp_path: Path) -> None:
