@@ -18,7 +18,7 @@ import socket
 import stat
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -88,6 +88,8 @@ class EmbeddedPostgres:
     data_dir: Path
     port: int = 0
     user: str = "postgres"
+    # Further server settings (`-c name=value`), e.g. {"wal_level": "logical"}.
+    settings: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).resolve()
@@ -160,6 +162,7 @@ class EmbeddedPostgres:
             f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' "
             "-c fsync=off -c full_page_writes=off -c synchronous_commit=off "
             "-c max_connections=200 -c shared_buffers=128MB"
+            + "".join(f" -c {name}={value}" for name, value in self.settings.items())
         )
         started = self._run(
             ["pg_ctl", "-D", str(self.pgdata), "-l", str(self.log_file), "-o", options, "-w",
