@@ -92,6 +92,6 @@ def _row_count(conn: psycopg.Connection, table: str) -> int | None:
 
 
 def start_server(data_dir: Path):
-    from pg_to_bq.embedded_pg import EmbeddedPostgres
+    from pg_to_bq.postgres.embedded import EmbeddedPostgres
 
     return EmbeddedPostgres(data_dir).start()

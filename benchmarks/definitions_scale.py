@@ -39,7 +39,7 @@ import psycopg
 SCHEMAS = 10
 DATABASE = "defs_scale"
 
-# What `pg_to_bq.catalog.discover` returns for these column types (checked against PG 18).
+# What `pg_to_bq.planning.catalog.discover` returns for these column types (checked against PG 18).
 _COLUMN_TYPES = [
     ("id", "bigint", "int8", "N", -1, False),
     ("quantity", "integer", "int4", "N", -1, False),
@@ -79,7 +79,7 @@ def table_specs(count: int) -> list[dict]:
 
 
 def write_synthetic_snapshot(specs: list[dict], path: Path) -> None:
-    from pg_to_bq.catalog import Catalog, Column, ForeignKey, Table, write_snapshot
+    from pg_to_bq.planning.catalog import Catalog, Column, ForeignKey, Table, write_snapshot
 
     tables = []
     for spec in specs:
@@ -223,7 +223,7 @@ import json, sys, time
 t0 = time.perf_counter()
 import dagster  # what `dagster api grpc` / `dagster dev` have imported before loading the module
 t_dagster = time.perf_counter()
-import pg_to_bq.project  # the libraries the code location imports, and pg_to_bq's modules
+import pg_to_bq.orchestration.code_location  # the libraries the code location imports, and pg_to_bq's modules
 t1 = time.perf_counter()
 import pg_to_bq.definitions as d
 t2 = time.perf_counter()

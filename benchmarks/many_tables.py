@@ -415,7 +415,7 @@ def measure_shape(shape: dict, paths: list[str], args: argparse.Namespace,
             storage_url = database_url(url, storage_db).replace("postgresql://",
                                                                 "postgresql+psycopg2://", 1)
             (home / "dagster.yaml").write_text(
-                "storage:\n  custom:\n    module: pg_to_bq.pooled_storage\n"
+                "storage:\n  custom:\n    module: pg_to_bq.orchestration.pooled_storage\n"
                 "    class: PooledPostgresStorage\n"
                 f"    config:\n      postgres_url: {json.dumps(storage_url)}\n")
         env = pg_to_bq_env(url, work, home)

@@ -40,7 +40,7 @@ def _preimport_dlt_duckdb(sqlalchemy: bool = True) -> None:
     credentials parser, among others): imports, not work, so outside the timed part.
 
     pg_to_bq's DuckDB destination never has dlt parse or show its credentials with SQLAlchemy
-    (`pg_to_bq.duckdb_destination.FileCredentials`), so its path preloads none."""
+    (`pg_to_bq.destinations.duckdb_file.FileCredentials`), so its path preloads none."""
     import dlt
     import dlt.common.configuration.plugins  # noqa: F401 - dlt's plugins, on the first pipeline
     import dlt.common.libs.pyarrow  # noqa: F401
@@ -60,17 +60,17 @@ def pg_to_bq(url: str, table: str, work_dir: str, full_refresh: bool = False,
              duckdb_settings: dict[str, str] | None = None, **_: object) -> dict:
     """pg_to_bq's own path: one-table catalog query, plan, `load_table` (ADBC COPY → Arrow →
     dlt parquet → DuckDB), over as many COPY streams as pg_to_bq's defaults give the table
-    (`pg_to_bq.settings.streams_for`) unless `streams` says otherwise."""
-    import psycopg  # noqa: F401 - pg_to_bq.source imports it on first use
+    (`pg_to_bq.planning.settings.streams_for`) unless `streams` says otherwise."""
+    import psycopg  # noqa: F401 - pg_to_bq.postgres.connect imports it on first use
 
-    import pg_to_bq.adbc_session  # noqa: F401
-    import pg_to_bq.duckdb_destination  # noqa: F401
-    import pg_to_bq.parquet_files  # noqa: F401
-    from pg_to_bq.catalog import discover
-    from pg_to_bq.load import load_table
-    from pg_to_bq.plan import plan_table
-    from pg_to_bq.settings import streams_for
-    from pg_to_bq.source import connect
+    import pg_to_bq.destinations.duckdb_file  # noqa: F401
+    import pg_to_bq.load.parquet_files  # noqa: F401
+    import pg_to_bq.postgres.session  # noqa: F401
+    from pg_to_bq.load.group import load_table
+    from pg_to_bq.planning.catalog import discover
+    from pg_to_bq.planning.settings import streams_for
+    from pg_to_bq.planning.tables import plan_table
+    from pg_to_bq.postgres.connect import connect
 
     _preimport_dlt_duckdb(sqlalchemy=False)
     assert "sqlalchemy" not in sys.modules, "the pg_to_bq path must not import SQLAlchemy early"
@@ -97,13 +97,13 @@ def pg_to_bq(url: str, table: str, work_dir: str, full_refresh: bool = False,
 
 def pg_to_bq_destination(duckdb_path: str, replace_strategy: str = "insert-from-staging",
                          duckdb_settings: dict[str, str] | None = None):
-    """What `pg_to_bq.resources.Destination.dlt_destination()` returns for DuckDB; built here
+    """What `pg_to_bq.orchestration.resources.Destination.dlt_destination()` returns for DuckDB; built here
     so the measured process does not import Dagster (~100 MB and seconds of imports that
     a Dagster step process has already paid for). `replace_strategy` other than the
     resource's is only for measuring what that choice costs."""
     import dlt
 
-    from pg_to_bq.duckdb_destination import REPLACE_STRATEGY, duckdb_destination
+    from pg_to_bq.destinations.duckdb_file import REPLACE_STRATEGY, duckdb_destination
 
     if replace_strategy == REPLACE_STRATEGY:
         return duckdb_destination(duckdb_path, duckdb_settings)

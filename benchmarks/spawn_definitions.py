@@ -5,7 +5,7 @@ Spawned steps import this module again, so they run with the same executor."""
 
 import dagster as dg
 
-import pg_to_bq.project as project
+import pg_to_bq.orchestration.code_location as project
 
 _executor_for = project.executor_for
 project.executor_for = lambda name: (dg.multiprocess_executor if name == "multiprocess"

@@ -22,7 +22,7 @@ import duckdb
 import psycopg
 import pytest
 
-from pg_to_bq.embedded_pg import EmbeddedPostgres
+from pg_to_bq.postgres.embedded import EmbeddedPostgres
 
 
 class PgServer:
@@ -118,7 +118,8 @@ def duck_rows(path: Path, sql: str) -> list[tuple]:
 
 
 def sample_sql() -> str:
-    return (Path(__file__).parents[1] / "pg_to_bq" / "sample_data.sql").read_text(encoding="utf-8")
+    path = Path(__file__).parents[1] / "pg_to_bq" / "postgres" / "sample_data.sql"
+    return path.read_text(encoding="utf-8")
 
 
 @pytest.fixture(scope="session")
@@ -166,7 +167,7 @@ def moto_server():
     """moto in server mode on a free loopback port; yields its endpoint URL."""
     from moto.server import ThreadedMotoServer
 
-    from pg_to_bq.embedded_pg import free_port
+    from pg_to_bq.postgres.embedded import free_port
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request
     port = free_port()

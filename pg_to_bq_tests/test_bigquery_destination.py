@@ -13,8 +13,8 @@ import boto3
 import dagster as dg
 import pytest
 
-from pg_to_bq.project import build_definitions
-from pg_to_bq.settings import Settings
+from pg_to_bq.orchestration.code_location import build_definitions
+from pg_to_bq.planning.settings import Settings
 from pg_to_bq_tests.conftest import pg_rows
 
 pytestmark = [pytest.mark.bigquery, pytest.mark.aws]

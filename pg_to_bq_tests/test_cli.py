@@ -14,7 +14,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from pg_to_bq.cli import main
+from pg_to_bq.cli.main import main
 from pg_to_bq_tests.conftest import run_sql
 
 

@@ -24,7 +24,7 @@ from pg_to_bq_tests.conftest import run_sql, sample_sql
 pytestmark = pytest.mark.timeout(900)
 
 BIN = Path(sys.executable).parent
-COMPONENT = "pg_to_bq.component.PostgresMirror"
+COMPONENT = "pg_to_bq.PostgresMirror"  # the name the README documents
 SAMPLE_TABLES = {"audit_log", "customers", "order_items", "orders", "page_views", "products",
                  "顧客メモ"}
 

@@ -5,7 +5,7 @@ DuckDB lets one process write a database file; another process opening it fails 
 Concurrent runs from the UI, `pg-to-bq sync` next to a running job, and the multiprocess
 executor (`PG_TO_BQ_EXECUTOR=multiprocess`, the default before DuckDB got `in_process`) all
 load from parallel processes; a nightly run of 60 tables into one DuckDB file failed 3 of
-them with "Could not set lock on file" before `pg_to_bq.file_lock`.
+them with "Could not set lock on file" before `pg_to_bq.destinations.writer_lock`.
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ from pathlib import Path
 
 import duckdb
 
-from pg_to_bq.file_lock import exclusive, lock_path
-from pg_to_bq.resources import Destination
+from pg_to_bq.destinations.writer_lock import exclusive, lock_path
+from pg_to_bq.orchestration.resources import Destination
 from pg_to_bq_tests.conftest import run_sql
 
 MATERIALIZE = (
     "import dagster as dg\n"
-    "from pg_to_bq.project import build_definitions\n"
+    "from pg_to_bq.orchestration.code_location import build_definitions\n"
     "defs = build_definitions()\n"
     "result = dg.materialize(list(defs.assets), selection=dg.AssetSelection.kind('dlt'),\n"
     "                        resources=defs.resources, raise_on_error=False)\n"
@@ -78,7 +78,7 @@ def test_the_lock_is_released_when_its_holder_dies(tmp_path: Path) -> None:
     database = tmp_path / "d.duckdb"
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from pathlib import Path; "
-         "from pg_to_bq.file_lock import exclusive\n"
+         "from pg_to_bq.destinations.writer_lock import exclusive\n"
          f"with exclusive(Path({str(database)!r})):\n"
          "    print('held', flush=True); time.sleep(600)"],
         stdout=subprocess.PIPE, text=True)

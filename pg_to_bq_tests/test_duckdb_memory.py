@@ -4,7 +4,7 @@ PostgreSQL, real DuckDB file.
 DuckDB builds row groups of ~123k rows per thread, so what an insert holds grows with the
 width of the rows: 2,000 rows of 58 KB failed with "Out of Memory Error" at the 64 MB
 pg_to_bq used to give DuckDB (and at 88 MB). A job that runs out of memory runs again with
-twice the limit (`pg_to_bq.duckdb_destination`); a limit the user chose is kept, and the
+twice the limit (`pg_to_bq.destinations.duckdb_file`); a limit the user chose is kept, and the
 error names the table and the setting to raise.
 """
 
@@ -17,10 +17,10 @@ import duckdb
 import psycopg
 import pytest
 
-from pg_to_bq.catalog import discover
-from pg_to_bq.duckdb_destination import duckdb_destination, is_out_of_memory, memory_cap
-from pg_to_bq.load import DUCKDB_GLOBAL_CONFIG, load_table
-from pg_to_bq.plan import TablePlan, build_plans
+from pg_to_bq.destinations.duckdb_file import duckdb_destination, is_out_of_memory, memory_cap
+from pg_to_bq.load.group import DUCKDB_GLOBAL_CONFIG, load_table
+from pg_to_bq.planning.catalog import discover
+from pg_to_bq.planning.tables import TablePlan, build_plans
 from pg_to_bq_tests.conftest import run_sql
 
 ROWS = 2000
@@ -72,7 +72,7 @@ def test_wide_rows_load_with_more_memory_replaced_then_merged(
     kwargs = {"source_url": pg_url, "destination": destination, "dataset": "raw",
               "work_dir": tmp_path / "work"}
 
-    with caplog.at_level(logging.WARNING, logger="pg_to_bq.duckdb_destination"):
+    with caplog.at_level(logging.WARNING, logger="pg_to_bq.destinations.duckdb_file"):
         first = load_table(plan, **kwargs)
     assert (first.mode, first.rows) == ("full", ROWS)
     assert _loaded(path) == _digests(pg_url)
@@ -83,7 +83,7 @@ def test_wide_rows_load_with_more_memory_replaced_then_merged(
     # Every row changes: the incremental run copies them all into the staging table and
     # merges them (dlt's jobs, not the replace), and runs out of memory there too.
     run_sql(pg_url, "UPDATE documents SET a = reverse(a), updated_at = now() + interval '1 hour'")
-    with caplog.at_level(logging.WARNING, logger="pg_to_bq.duckdb_destination"):
+    with caplog.at_level(logging.WARNING, logger="pg_to_bq.destinations.duckdb_file"):
         second = load_table(plan, **kwargs)
     assert (second.mode, second.rows) == ("incremental", ROWS)
     assert _loaded(path) == _digests(pg_url)

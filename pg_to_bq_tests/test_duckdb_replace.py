@@ -1,6 +1,6 @@
 """Tier 2: a full replace into DuckDB is one transaction — real PostgreSQL, real DuckDB file.
 
-`pg_to_bq.duckdb_destination` loads a replaced table's file straight into the destination
+`pg_to_bq.destinations.duckdb_file` loads a replaced table's file straight into the destination
 table inside the transaction that empties it (no staging copy). These tests hold it to
 what dlt's `insert-from-staging` promised: the new rows exactly, and the old rows intact
 whenever the load fails.
@@ -19,10 +19,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pg_to_bq.catalog import discover
-from pg_to_bq.duckdb_destination import duckdb_destination
-from pg_to_bq.load import load_table
-from pg_to_bq.plan import TablePlan, build_plans
+from pg_to_bq.destinations.duckdb_file import duckdb_destination
+from pg_to_bq.load.group import load_table
+from pg_to_bq.planning.catalog import discover
+from pg_to_bq.planning.tables import TablePlan, build_plans
 from pg_to_bq_tests.conftest import duck_rows, run_sql
 
 
@@ -102,8 +102,8 @@ def test_the_table_file_is_loaded_as_written(pg_url: str, tmp_path: Path) -> Non
     table once more. Asks dlt's own test (`should_normalize_arrow_schema`) after a load."""
     from dlt.common.libs.pyarrow import should_normalize_arrow_schema
 
-    from pg_to_bq.extract import arrow_schema
-    from pg_to_bq.load import make_pipeline
+    from pg_to_bq.load.group import make_pipeline
+    from pg_to_bq.postgres.reader import arrow_schema
 
     run_sql(pg_url, """
         CREATE TABLE shaped (id bigint PRIMARY KEY, name text NOT NULL, note text,
@@ -139,11 +139,11 @@ def test_a_loading_process_never_imports_pandas_or_sqlalchemy(pg_url: str, tmp_p
     code = f"""
 import sys
 from pathlib import Path
-from pg_to_bq.catalog import discover
-from pg_to_bq.duckdb_destination import duckdb_destination
-from pg_to_bq.load import load_table
-from pg_to_bq.plan import build_plans
-from pg_to_bq.source import connect
+from pg_to_bq.planning.catalog import discover
+from pg_to_bq.destinations.duckdb_file import duckdb_destination
+from pg_to_bq.load.group import load_table
+from pg_to_bq.planning.tables import build_plans
+from pg_to_bq.postgres.connect import connect
 with connect({pg_url!r}) as conn:
     (plan,) = build_plans(discover(conn, schemas=["public"], table="events"), "duckdb")
 modes = []

@@ -1,4 +1,4 @@
-"""The values check (`pg_to_bq.fingerprint`), in tiers.
+"""The values check (`pg_to_bq.checks.fingerprint`), in tiers.
 
 1. Pure: the SQL builders quote odd identifiers, the scope is chosen as documented, and
    `compare` names exactly the differing columns.
@@ -25,15 +25,15 @@ import duckdb
 import psycopg
 import pytest
 
-from pg_to_bq import fingerprint as fp
-from pg_to_bq.catalog import Column, Table, discover
-from pg_to_bq.checks import FINGERPRINT
-from pg_to_bq.duckdb_destination import duckdb_destination
-from pg_to_bq.extract import SESSION  # the extraction's session settings, exactly
-from pg_to_bq.load import load_table
-from pg_to_bq.overrides import Overrides, parse_overrides
-from pg_to_bq.plan import TablePlan, build_plans, plan_table
-from pg_to_bq.typemap import quote_ident
+from pg_to_bq.checks import fingerprint as fp
+from pg_to_bq.checks.outcomes import FINGERPRINT
+from pg_to_bq.destinations.duckdb_file import duckdb_destination
+from pg_to_bq.load.group import load_table
+from pg_to_bq.planning.catalog import Column, Table, discover
+from pg_to_bq.planning.overrides import Overrides, parse_overrides
+from pg_to_bq.planning.tables import TablePlan, build_plans, plan_table
+from pg_to_bq.planning.types import quote_ident
+from pg_to_bq.postgres.reader import SESSION  # the extraction's session settings, exactly
 
 SALT = b"fingerprint-test-salt"
 

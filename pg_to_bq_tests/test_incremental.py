@@ -16,9 +16,9 @@ import duckdb
 import psycopg
 import pytest
 
-from pg_to_bq.assets import APPLY_DELETES_TAG, FULL_REFRESH_TAG
-from pg_to_bq.project import build_definitions
-from pg_to_bq.settings import Settings
+from pg_to_bq.orchestration.assets import APPLY_DELETES_TAG, FULL_REFRESH_TAG
+from pg_to_bq.orchestration.code_location import build_definitions
+from pg_to_bq.planning.settings import Settings
 from pg_to_bq_tests.conftest import duck_rows, kill_sync_when, run_sql
 
 ORDERS_SQL = """
@@ -61,7 +61,7 @@ def test_incremental_merge_picks_changes_and_skips_unchanged_rows(pg_url: str, s
 
     unchanged = materialize(defs)
     assert metadata_of(unchanged)["load_mode"] == "incremental"
-    # Not one row version changed: nothing is read (pg_to_bq.tuple_versions).
+    # Not one row version changed: nothing is read (pg_to_bq.postgres.row_versions).
     assert metadata_of(unchanged)["rows_loaded"] == 0
     assert metadata_of(unchanged)["unchanged"] == \
         "the table's row versions are those of the last load"

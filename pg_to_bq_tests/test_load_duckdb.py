@@ -12,8 +12,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from pg_to_bq.project import NIGHTLY_JOB, build_definitions
-from pg_to_bq.settings import Settings
+from pg_to_bq.orchestration.code_location import NIGHTLY_JOB, build_definitions
+from pg_to_bq.planning.settings import Settings
 from pg_to_bq_tests.conftest import duck_rows, pg_rows, run_sql
 
 SAMPLE_TABLES = ["audit_log", "customers", "order_items", "orders", "page_views", "products",

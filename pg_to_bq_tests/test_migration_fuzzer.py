@@ -54,7 +54,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from pg_to_bq.cli import main
+from pg_to_bq.cli.main import main
 from pg_to_bq_tests.support.mirror_compare import (
     canonical,
     differences,

@@ -48,9 +48,11 @@ def test_nightly_steps_fork_from_one_loaded_code_location(pg_url: str, settings_
             assert conn.execute(f"SELECT count(*) FROM raw.t{i}").fetchone() == (100 * (i + 1),)
 
     imports = [line for line in out.stderr.splitlines() if line.startswith("import time:")]
-    # `pg_to_bq.project` builds the definitions (Dagster's loader imports the code location's
-    # module without an import-time line of its own, so its first import is counted).
-    definitions = [line for line in imports if re.search(r"\|\s+pg_to_bq\.project$", line)]
+    # `pg_to_bq.orchestration.code_location` builds the definitions (Dagster's loader imports
+    # the code location's module without an import-time line of its own, so its first import
+    # is counted).
+    definitions = [line for line in imports
+                   if re.search(r"\|\s+pg_to_bq\.orchestration\.code_location$", line)]
     dlt = [line for line in imports if re.search(r"\|\s+dlt$", line)]
     # The run's own process and the fork server, not once more per table.
     assert len(definitions) == 2, definitions

@@ -13,7 +13,7 @@ import duckdb
 import psycopg
 import pytest
 
-from pg_to_bq.cli import main
+from pg_to_bq.cli.main import main
 from pg_to_bq_tests.conftest import run_sql
 
 LONG = "a" * 63

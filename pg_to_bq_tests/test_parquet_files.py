@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pg_to_bq.parquet_files import (
+from pg_to_bq.load.parquet_files import (
     DUCKDB_ROW_GROUP_BYTES,
     MIN_ROW_GROUP_ROWS,
     STALE_AFTER_S,

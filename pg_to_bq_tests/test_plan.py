@@ -4,11 +4,11 @@ from datetime import timedelta
 
 import pytest
 
-from pg_to_bq.catalog import Catalog, Column, Table
-from pg_to_bq.naming import dagster_name, destination_name, unique_names
-from pg_to_bq.overrides import OverridesError, parse_overrides
-from pg_to_bq.plan import PlanError, build_plans, detect_cursor, plan_table
-from pg_to_bq.typemap import numeric_typmod
+from pg_to_bq.planning.catalog import Catalog, Column, Table
+from pg_to_bq.planning.naming import dagster_name, destination_name, unique_names
+from pg_to_bq.planning.overrides import OverridesError, parse_overrides
+from pg_to_bq.planning.tables import PlanError, build_plans, detect_cursor, plan_table
+from pg_to_bq.planning.types import numeric_typmod
 
 
 def col(name: str, type_name: str = "int4", type_: str | None = None, **kw) -> Column:

@@ -15,9 +15,9 @@ import dagster as dg
 import duckdb
 import pytest
 
-from pg_to_bq.cli import main
-from pg_to_bq.project import NIGHTLY_JOB, build_definitions
-from pg_to_bq.settings import Settings
+from pg_to_bq.cli.main import main
+from pg_to_bq.orchestration.code_location import NIGHTLY_JOB, build_definitions
+from pg_to_bq.planning.settings import Settings
 from pg_to_bq_tests.conftest import duck_rows, kill_sync_when, pg_rows, run_sql
 
 EVENTS = """

@@ -7,8 +7,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from pg_to_bq import checks
-from pg_to_bq.secrets import SecretError, service_account_info, source_url_from_secret
+from pg_to_bq.checks import outcomes as checks
+from pg_to_bq.planning.secrets import SecretError, service_account_info, source_url_from_secret
 
 
 @pytest.fixture(scope="module")

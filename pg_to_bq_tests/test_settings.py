@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from pg_to_bq.settings import Settings, SettingsError, parse_destination, redact_url
+from pg_to_bq.planning.settings import Settings, SettingsError, parse_destination, redact_url
 
 BASE = {"PG_TO_BQ_SOURCE_URL": "postgresql://app:s3cret@db.internal:5432/shop"}
 

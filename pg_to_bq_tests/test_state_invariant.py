@@ -19,7 +19,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from pg_to_bq.cli import main
+from pg_to_bq.cli.main import main
 from pg_to_bq_tests.conftest import duck_rows, run_sql
 from pg_to_bq_tests.support.mirror_compare import assert_mirrored_in_duckdb
 

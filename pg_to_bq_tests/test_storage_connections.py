@@ -3,8 +3,8 @@
 dagster-postgres opens a new connection for every statement outside the webserver; a
 1,000-table nightly run opened one per event (305 s, 214 PostgreSQL CPU-s in
 `benchmarks/many_tables.py`). `deploy/dagster.yaml` configures `PooledPostgresStorage`
-(`pg_to_bq.pooled_storage`), and a step holds whatever storage its instance has
-(`pg_to_bq.storage_connections`). Connections are counted as SQLAlchemy opens them on the
+(`pg_to_bq.orchestration.pooled_storage`), and a step holds whatever storage its instance has
+(`pg_to_bq.orchestration.storage_connections`). Connections are counted as SQLAlchemy opens them on the
 storages' engines.
 """
 
@@ -16,8 +16,8 @@ import dagster as dg
 import sqlalchemy as sa
 import yaml
 
-from pg_to_bq.project import build_definitions
-from pg_to_bq.settings import Settings
+from pg_to_bq.orchestration.code_location import build_definitions
+from pg_to_bq.planning.settings import Settings
 from pg_to_bq_tests.conftest import run_sql
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy" / "dagster.yaml"

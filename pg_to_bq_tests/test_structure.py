@@ -14,8 +14,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from pg_to_bq.catalog import Catalog, Column, ForeignKey, Table, write_snapshot
-from pg_to_bq.project import (
+from pg_to_bq.orchestration.code_location import (
     NIGHTLY_JOB,
     NIGHTLY_SCHEDULE,
     REFRESH_JOB,
@@ -24,8 +23,9 @@ from pg_to_bq.project import (
     load_catalog,
     plans_for,
 )
-from pg_to_bq.resources import SecretsManager
-from pg_to_bq.settings import Settings
+from pg_to_bq.orchestration.resources import SecretsManager
+from pg_to_bq.planning.catalog import Catalog, Column, ForeignKey, Table, write_snapshot
+from pg_to_bq.planning.settings import Settings
 
 CUSTOMERS = Table(
     schema="public", name="customers", comment="People who signed up", estimated_rows=5000,
@@ -147,7 +147,7 @@ def test_small_tables_share_a_step_and_every_table_has_its_checks(snapshot_env) 
 
 def test_large_and_partitioned_tables_have_a_step_of_their_own(snapshot_env, tmp_path,
                                                                 monkeypatch) -> None:
-    from pg_to_bq.groups import DEFAULT_OWN_STEP_BYTES
+    from pg_to_bq.planning.groups import DEFAULT_OWN_STEP_BYTES
 
     big = Table(schema="public", name="events_big", size_bytes=DEFAULT_OWN_STEP_BYTES,
                 columns=(Column("id", "bigint", "int8", nullable=False),), primary_key=("id",))
@@ -168,8 +168,8 @@ def test_large_and_partitioned_tables_have_a_step_of_their_own(snapshot_env, tmp
 
 def test_many_small_tables_spread_over_stable_steps() -> None:
     """1,000 small tables: 32 steps of ~31; adding a table moves no other table."""
-    from pg_to_bq.groups import group_plans
-    from pg_to_bq.plan import plan_table
+    from pg_to_bq.planning.groups import group_plans
+    from pg_to_bq.planning.tables import plan_table
 
     plans = [plan_table(Table(schema="public", name=f"t{i:04d}", columns=(
         Column("id", "bigint", "int8"),)), "duckdb") for i in range(1000)]
@@ -230,7 +230,7 @@ def test_unreachable_postgres_without_snapshot_still_loads(tmp_path: Path, setti
 
 
 def test_include_pattern_matching_nothing_is_an_error(snapshot_env, monkeypatch) -> None:
-    from pg_to_bq.settings import SettingsError
+    from pg_to_bq.planning.settings import SettingsError
 
     monkeypatch.setenv("PG_TO_BQ_INCLUDE", "public.custmers")
     with pytest.raises(SettingsError, match=r"PG_TO_BQ_INCLUDE.*'public.custmers'.*match no table"):
@@ -238,13 +238,13 @@ def test_include_pattern_matching_nothing_is_an_error(snapshot_env, monkeypatch)
 
 
 def _memo_key() -> str:
-    from pg_to_bq.assets import key_part
+    from pg_to_bq.orchestration.assets import key_part
 
     return key_part("顧客メモ")
 
 
 def _memo_op() -> str:
-    from pg_to_bq.naming import dagster_name
+    from pg_to_bq.planning.naming import dagster_name
 
     return dagster_name("load", "public", "顧客メモ")
 
@@ -261,7 +261,7 @@ def test_multiprocess_steps_fork_from_a_server_with_the_code_location_loaded(sna
                                                                             monkeypatch) -> None:
     """Dagster's default `spawn` starts every table's step in an empty interpreter (imports,
     then the whole code location again: ~5 CPU-s a table); the fork server loads them once."""
-    from pg_to_bq.project import FORKSERVER_PRELOAD
+    from pg_to_bq.orchestration.code_location import FORKSERVER_PRELOAD
 
     monkeypatch.setenv("PG_TO_BQ_EXECUTOR", "multiprocess")
     defs = build_definitions(Settings.from_env())
@@ -277,7 +277,7 @@ def test_the_fork_servers_modules_start_no_thread_when_imported(
     """Forking is safe only from a process without threads: importing what the fork server
     preloads (the code location included, from its snapshot) must start none, and connect
     to nothing (the source points at a listener that counts connections)."""
-    from pg_to_bq.project import FORKSERVER_PRELOAD
+    from pg_to_bq.orchestration.code_location import FORKSERVER_PRELOAD
 
     code = ("import threading, importlib\n"
             f"for name in {list(FORKSERVER_PRELOAD)!r}:\n"
@@ -334,7 +334,7 @@ def test_code_location_imports_neither_dlt_nor_dagster_aws(snapshot_env, monkeyp
     result = subprocess.run(
         [sys.executable, "-c", "import sys; import pg_to_bq.definitions as d; "
          "d.defs.get_repository_def(); print('secrets' in d.defs.resources, sorted(m for m in "
-         "('dlt', 'dagster_aws', 'boto3', 'pg_to_bq.load', 'pyarrow', 'psycopg') "
+         "('dlt', 'dagster_aws', 'boto3', 'pg_to_bq.load.group', 'pyarrow', 'psycopg') "
          "if m in sys.modules))"],
         capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -364,7 +364,7 @@ def test_secrets_resource_only_with_a_secret_id(snapshot_env, monkeypatch) -> No
 def test_every_step_op_keeps_its_own_compute_function(snapshot_env, monkeypatch) -> None:
     """Step ops are built directly (not by `@multi_asset`): each has its own compute
     function, and they share one config schema object."""
-    from pg_to_bq.assets import LOAD_CONFIG_SCHEMA
+    from pg_to_bq.orchestration.assets import LOAD_CONFIG_SCHEMA
 
     monkeypatch.setenv("PG_TO_BQ_STEP_TABLES", "1")
     graph = build_definitions(Settings.from_env()).resolve_asset_graph()
@@ -385,12 +385,12 @@ def test_group_asset_is_what_multi_asset_would_build(snapshot_env, tmp_path, mon
     types, keys, checks, spec attributes, partitions, tags, retry policy, pool and resource
     keys. (The Japanese table is left out: the decorator cannot name its input and output,
     which `build_group_asset` names with an ASCII form.)"""
-    from pg_to_bq.assets import (
+    from pg_to_bq.orchestration.assets import (
         LOAD_CONFIG_SCHEMA,
         build_group_asset,
         check_specs,
     )
-    from pg_to_bq.groups import group_plans
+    from pg_to_bq.planning.groups import group_plans
 
     write_snapshot(Catalog(tables=(CUSTOMERS, ORDERS, EVENTS), database="shop"), snapshot_env)
     tables = tmp_path / "tables.yaml"
@@ -443,8 +443,8 @@ def test_names_dagster_refuses_get_an_ascii_form_and_keep_their_key(snapshot_env
     """A Japanese table keeps its name in its asset keys; its op input and output names (which
     Dagster restricts to ASCII) get an ASCII form with a hash. A name with a space or quote
     gets an ASCII key part, and its real name leads the description."""
-    from pg_to_bq.assets import build_group_asset
-    from pg_to_bq.groups import LoadGroup
+    from pg_to_bq.orchestration.assets import build_group_asset
+    from pg_to_bq.planning.groups import LoadGroup
 
     odd = Table(schema="public", name='my "odd" table', columns=(Column("id", "bigint", "int8"),))
     write_snapshot(Catalog(tables=(MEMO, odd), database="shop"), snapshot_env)

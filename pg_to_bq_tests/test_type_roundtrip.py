@@ -29,14 +29,13 @@ from psycopg.types.composite import CompositeInfo, register_composite
 from psycopg.types.hstore import register_hstore
 from psycopg.types.string import TextLoader
 
-from pg_to_bq.catalog import Column, discover
-from pg_to_bq.duckdb_destination import duckdb_destination
-from pg_to_bq.errors import root_cause
-from pg_to_bq.extract import LossyValueError
-from pg_to_bq.load import load_table
-from pg_to_bq.overrides import Overrides, parse_overrides
-from pg_to_bq.plan import TablePlan, build_plans
-from pg_to_bq.typemap import (
+from pg_to_bq.destinations.duckdb_file import duckdb_destination
+from pg_to_bq.load.group import load_table
+from pg_to_bq.planning.catalog import Column, discover
+from pg_to_bq.planning.errors import root_cause
+from pg_to_bq.planning.overrides import Overrides, parse_overrides
+from pg_to_bq.planning.tables import TablePlan, build_plans
+from pg_to_bq.planning.types import (
     _BIGQUERY_TYPES,
     _DLT_TYPES,
     _DUCKDB_TYPES,
@@ -47,6 +46,7 @@ from pg_to_bq.typemap import (
     map_column,
     render_type_rules,
 )
+from pg_to_bq.postgres.reader import LossyValueError
 
 SALT = b"pepper"
 DOC = Path(__file__).resolve().parents[1] / "docs" / "type-map.md"
@@ -587,7 +587,7 @@ def test_docs_table_is_type_rules() -> None:
     text = DOC.read_text(encoding="utf-8")
     generated = text.split(TYPE_TABLE_BEGIN, 1)[1].split(TYPE_TABLE_END, 1)[0].strip()
     assert generated == render_type_rules(), (
-        "docs/type-map.md is out of date: run python -c \"from pg_to_bq.typemap import "
+        "docs/type-map.md is out of date: run python -c \"from pg_to_bq.planning.types import "
         "write_type_map_doc; write_type_map_doc()\""
     )
 

@@ -1,6 +1,6 @@
 """Tier 2: a table whose row versions did not change is not read again — and every change is.
 
-Real PostgreSQL, real DuckDB file. `pg_to_bq.tuple_versions` lets a re-sync skip a table
+Real PostgreSQL, real DuckDB file. `pg_to_bq.postgres.row_versions` lets a re-sync skip a table
 whose rows are exactly those of its last load; a skip that missed a change would leave a
 stale value behind, the worst kind of loss, so each way a value can change is made here and
 must be loaded.
@@ -13,12 +13,12 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from pg_to_bq.catalog import discover
-from pg_to_bq.duckdb_destination import duckdb_destination
-from pg_to_bq.load import LoadResult, load_table
-from pg_to_bq.overrides import load_overrides
-from pg_to_bq.plan import build_plans
-from pg_to_bq.tuple_versions import _dollar_quoted
+from pg_to_bq.destinations.duckdb_file import duckdb_destination
+from pg_to_bq.load.group import LoadResult, load_table
+from pg_to_bq.planning.catalog import discover
+from pg_to_bq.planning.overrides import load_overrides
+from pg_to_bq.planning.tables import build_plans
+from pg_to_bq.postgres.row_versions import _dollar_quoted
 from pg_to_bq_tests.conftest import duck_rows, run_sql
 
 

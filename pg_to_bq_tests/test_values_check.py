@@ -12,9 +12,7 @@ from __future__ import annotations
 import duckdb
 import pytest
 
-from pg_to_bq.catalog import discover
-from pg_to_bq.cli import main
-from pg_to_bq.fingerprint import (
+from pg_to_bq.checks.fingerprint import (
     compare,
     destination_sql,
     not_compared,
@@ -22,10 +20,12 @@ from pg_to_bq.fingerprint import (
     scope_for,
     source_sql,
 )
-from pg_to_bq.load import TableLoad, load_group
-from pg_to_bq.plan import plan_table
-from pg_to_bq.resources import Destination
-from pg_to_bq.source import connect
+from pg_to_bq.cli.main import main
+from pg_to_bq.load.group import TableLoad, load_group
+from pg_to_bq.orchestration.resources import Destination
+from pg_to_bq.planning.catalog import discover
+from pg_to_bq.planning.tables import plan_table
+from pg_to_bq.postgres.connect import connect
 from pg_to_bq_tests.conftest import duck_rows, run_sql
 
 MANY_TYPES = """

@@ -1,6 +1,6 @@
 """Tier 1 (pure logic): the cursor comparisons of the incremental window tracker.
 
-`pg_to_bq.load` compares timestamps, dates and integers as integer ticks and reads zoned
+`pg_to_bq.load.group` compares timestamps, dates and integers as integer ticks and reads zoned
 maxima through their naive form, because pyarrow imports pandas (~40 MB per loading
 process) for `pa.scalar` and for a zoned scalar's `as_py`. These must give exactly what
 pyarrow's own comparison gives, including at the bound and before 1970.
@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from pg_to_bq.cursor_window import _comparable, _py_max
+from pg_to_bq.load.cursor_window import _comparable, _py_max
 
 CASES = [
     (pa.timestamp("us", tz="UTC"),
@@ -64,7 +64,7 @@ def test_all_null_maximum_is_none() -> None:
 def test_tracking_a_zoned_cursor_does_not_import_pandas() -> None:
     code = (
         "import sys, datetime as d, pyarrow as pa\n"
-        "from pg_to_bq.cursor_window import _comparable, _py_max\n"
+        "from pg_to_bq.load.cursor_window import _comparable, _py_max\n"
         "a = pa.Array.from_buffers(pa.timestamp('us', tz='UTC'), 2, "
         "[None, pa.py_buffer((1).to_bytes(8, 'little') * 2)])\n"
         "m = _py_max(a)\n"

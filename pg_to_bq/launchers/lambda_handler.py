@@ -69,7 +69,7 @@ from pg_to_bq.launchers.lambda_launcher import (
     REQUEST_ID_TAG,
 )
 from pg_to_bq.launchers.routing import COMPUTE_TAG, ECS
-from pg_to_bq.settings import DEFAULT_WORK_DIR
+from pg_to_bq.planning.settings import DEFAULT_WORK_DIR
 
 # Imported here, during Lambda's init phase, instead of within the first invocation's
 # time budget: the instance storage a deployment shares between the daemon and Lambda.

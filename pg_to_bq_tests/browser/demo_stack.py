@@ -27,7 +27,7 @@ from typing import Any
 
 import requests
 
-from pg_to_bq.embedded_pg import free_port
+from pg_to_bq.postgres.embedded import free_port
 
 VENV_BIN = Path(sys.executable).parent
 HOST = "127.0.0.1"

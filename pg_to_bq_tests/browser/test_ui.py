@@ -26,8 +26,8 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Locator, Page, expect
 
-from pg_to_bq.assets import key_part
-from pg_to_bq.naming import destination_name
+from pg_to_bq.orchestration.assets import key_part
+from pg_to_bq.planning.naming import destination_name
 from pg_to_bq_tests.browser.demo_stack import (
     ASSET_NODES_QUERY,
     LATEST_MATERIALIZATION_QUERY,
@@ -40,7 +40,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.timeout(420)]
 REPO_ROOT = Path(__file__).resolve().parents[2]
 UPDATE_SCREENSHOTS = os.environ.get("PG_TO_BQ_UPDATE_SCREENSHOTS") == "1"
 
-# The tables of pg_to_bq/sample_data.sql; page_views' monthly partitions are not tables of
+# The tables of pg_to_bq/postgres/sample_data.sql; page_views' monthly partitions are not tables of
 # their own for the loader, and must not show up as assets.
 SAMPLE_TABLES = ("audit_log", "customers", "order_items", "orders", "page_views", "products",
                  "顧客メモ")

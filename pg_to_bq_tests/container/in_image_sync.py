@@ -20,7 +20,7 @@ def tail(text: str, limit: int = 4000) -> str:
 def main() -> int:
     import duckdb
 
-    from pg_to_bq.demo import DemoLayout, demo_environment, start_database
+    from pg_to_bq.cli.demo import DemoLayout, demo_environment, start_database
 
     layout = DemoLayout(Path(os.environ["PG_TO_BQ_WORK_DIR"]) / "demo")
     server = start_database(layout)

@@ -32,9 +32,9 @@ import yaml
 from dagster._core.launcher import WorkerStatus
 from dagster_aws.ecs import EcsRunLauncher
 
-from pg_to_bq.embedded_pg import EmbeddedPostgres, free_port
 from pg_to_bq.launchers.router import RoutingRunLauncher
 from pg_to_bq.launchers.routing import COMPUTE_REASON_TAG, COMPUTE_TAG
+from pg_to_bq.postgres.embedded import EmbeddedPostgres, free_port
 from pg_to_bq_tests.launchers import ecs_toy_definitions
 
 pytestmark = pytest.mark.aws

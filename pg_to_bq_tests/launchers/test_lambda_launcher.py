@@ -39,7 +39,6 @@ from dagster import (
     DagsterRunStatus,
 )
 
-from pg_to_bq.embedded_pg import EmbeddedPostgres, free_port
 from pg_to_bq.launchers.lambda_handler import in_process_run_config, parse_event
 from pg_to_bq.launchers.lambda_launcher import (
     DEADLINE_TAG,
@@ -49,6 +48,7 @@ from pg_to_bq.launchers.lambda_launcher import (
     REQUEST_ID_TAG,
     LambdaRunLauncher,
 )
+from pg_to_bq.postgres.embedded import EmbeddedPostgres, free_port
 from pg_to_bq_tests.launchers import toy_definitions
 from pg_to_bq_tests.launchers.lambda_runtime_api import LocalLambda
 

@@ -1,0 +1,291 @@
+"""The `pg-to-bq` command: demo, discover, sync."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pg_to_bq.planning.catalog import Catalog
+from pg_to_bq.planning.overrides import OverridesError
+from pg_to_bq.planning.secrets import SecretError
+from pg_to_bq.planning.settings import SettingsError
+from pg_to_bq.planning.tables import PlanError, TablePlan
+from pg_to_bq.postgres.connect import SourceUnreachable
+
+USER_ERRORS = (SettingsError, SourceUnreachable, SecretError, OverridesError, PlanError,
+               KeyError)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="pg-to-bq",
+        description="Mirror every table of a PostgreSQL database into BigQuery (or DuckDB) "
+        "as Dagster assets loaded by dlt. Settings come from PG_TO_BQ_* environment variables.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="embedded PostgreSQL with sample data + Dagster UI")
+    demo.add_argument("--dir", default=".pg_to_bq", type=Path,
+                      help="where the demo keeps its data (default: .pg_to_bq)")
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", default=3000, type=int)
+    demo.add_argument("--no-ui", action="store_true",
+                      help="prepare the database and catalog, then exit")
+
+    discover = commands.add_parser(
+        "discover", help="query the catalog (one query), save the snapshot, print the plan")
+    discover.add_argument("--offline", action="store_true",
+                          help="print the plan from the saved snapshot without querying PostgreSQL")
+
+    sync = commands.add_parser("sync", help="load tables in-process, without the UI")
+    sync.add_argument("tables", nargs="*", help="schema.table (or table) names; default: all")
+    sync.add_argument("--full-refresh", action="store_true",
+                      help="replace the tables (and reset incremental cursors)")
+    sync.add_argument("--partition", help="partition key for partitioned tables (e.g. 2026-11-01)")
+    sync.add_argument("--apply-deletes", action="store_true",
+                      help="after merging, delete rows whose primary key left the source")
+    sync.add_argument("--refresh-catalog", action="store_true",
+                      help="rediscover tables before loading")
+    sync.add_argument("--verbose", "-v", action="store_true",
+                      help="also print Dagster's log and failed tables' stack traces")
+
+    args = parser.parse_args(argv)
+    _quiet_library_warnings()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "demo":
+            from pg_to_bq.cli.demo import run_demo
+
+            return run_demo(args.dir, args.host, args.port, open_ui=not args.no_ui)
+        if args.command == "discover":
+            return cmd_discover(offline=args.offline)
+        return cmd_sync(args.tables, args.full_refresh, args.partition, args.refresh_catalog,
+                        args.apply_deletes, args.verbose)
+    except USER_ERRORS as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+
+
+def _quiet_library_warnings() -> None:
+    """Dagster's beta/preview notices mean nothing to someone running the CLI."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r".*is currently in (beta|preview).*")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+def cmd_discover(offline: bool = False) -> int:
+    from pg_to_bq.orchestration.code_location import load_catalog, plans_for, refresh_catalog
+    from pg_to_bq.planning.settings import Settings
+
+    settings = Settings.from_env()
+    if offline:
+        loaded = load_catalog(settings)
+        catalog = loaded.catalog
+        origin = f"snapshot {settings.snapshot_path} ({catalog.discovered_at})"
+    else:
+        catalog = refresh_catalog(settings)
+        origin = f"PostgreSQL {settings.redacted_source()} (snapshot saved to {settings.snapshot_path})"
+    plans = plans_for(settings, catalog)
+    print(f"{len(plans)} table(s) from {origin} → {settings.destination.describe()} "
+          f"dataset {settings.dataset}")
+    print(format_plans(plans, catalog))
+    return 0
+
+
+def format_plans(plans: Sequence[TablePlan], catalog: Catalog) -> str:
+    header = ("table", "destination", "disposition", "cursor", "primary key", "est. rows", "notes")
+    rows = [header]
+    for plan in plans:
+        notes = list(plan.notes)
+        if plan.error:
+            notes.append(f"NOT LOADABLE: {plan.error}")
+        notes.extend(f"{c.action}: {c.column} ({c.reason}; {c.setting})" for c in plan.left_out)
+        notes.extend(f"column {r.describe()}" for r in plan.renamings)
+        if plan.table_renaming is not None:
+            notes.append(f"table {plan.table_renaming.describe()}")
+        if plan.partition:
+            notes.append(f"{plan.partition.granularity} partitions on {plan.partition.column}")
+        if plan.table.kind == "p":
+            notes.append("partitioned table: loaded through the parent")
+        rows.append((
+            plan.name,
+            plan.destination_table,
+            plan.disposition + (" (incremental)" if plan.incremental else ""),
+            plan.cursor or "-",
+            ", ".join(plan.primary_key) or "-",
+            f"{plan.table.estimated_rows:,}" if plan.table.estimated_rows is not None else "?",
+            "; ".join(notes) or "-",
+        ))
+    widths = [max(_width(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(cell + " " * (widths[i] - _width(cell)) for i, cell in enumerate(row))
+             for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _width(text: str) -> int:
+    import unicodedata
+
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+def cmd_sync(
+    names: Sequence[str], full_refresh: bool, partition: str | None, refresh: bool,
+    apply_deletes: bool = False, verbose: bool = False,
+) -> int:
+    """Materialize the selected tables' assets in one Dagster run, in this process."""
+    import dagster as dg
+
+    from pg_to_bq.orchestration import progress
+    from pg_to_bq.orchestration.assets import APPLY_DELETES_TAG, FULL_REFRESH_TAG, destination_key
+    from pg_to_bq.orchestration.catalog_asset import catalog_key
+    from pg_to_bq.orchestration.code_location import asset_context, build_definitions, load_catalog, plans_for
+    from pg_to_bq.planning.settings import Settings
+    from pg_to_bq.planning.tables import select_plans
+
+    settings = Settings.from_env()
+    loaded = load_catalog(settings, refresh=refresh, empty_when_unreachable=False)
+    if loaded.warning:
+        print(f"warning: {loaded.warning}", file=sys.stderr)
+    plans = plans_for(settings, loaded.catalog)
+    chosen = select_plans(plans, names) if names else plans
+    skipped = [p for p in chosen if not p.columns and p.error is None]
+    chosen = [p for p in chosen if p.columns or p.error]
+    for plan in skipped:
+        print(f"skip  {plan.name}: {'; '.join(plan.notes) or 'no loadable columns'}")
+    if not chosen:
+        print("nothing to load")
+        return 1 if skipped or names else 0
+    for plan in chosen:
+        if plan.partition is not None and partition is None:
+            raise SettingsError(f"table {plan.name} is partitioned by {plan.partition.granularity}:"
+                                " pass --partition KEY (e.g. --partition 2026-11-01)")
+    defs = build_definitions(settings)
+    ctx = asset_context(settings)
+    if os.environ.get("DAGSTER_HOME"):
+        # Runs are recorded where the UI reads them; a new home is created, not an error.
+        Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
+        instance = dg.DagsterInstance.get()
+    else:
+        from pg_to_bq.cli.sync_instance import ephemeral_instance
+
+        instance = ephemeral_instance()
+    assets = list(defs.assets or [])
+    report = _Report(len(chosen), verbose)
+    print(f"loading {len(chosen)} table(s) into {settings.destination.describe()} "
+          f"dataset {settings.dataset}", flush=True)
+    tags = {**({FULL_REFRESH_TAG: "true"} if full_refresh else {}),
+            **({APPLY_DELETES_TAG: "true"} if apply_deletes else {})}
+    # One run for the unpartitioned tables, one per kind of partitions (a run has one key).
+    runs: dict[str | None, list[TablePlan]] = {}
+    for plan in chosen:
+        runs.setdefault(plan.partition.granularity if plan.partition else None, []).append(plan)
+    with progress.listening(report.table):
+        for granularity, run_plans in runs.items():
+            keys = [destination_key(p, ctx) for p in run_plans]
+            if not names and granularity is None:
+                # Everything: the catalog step too, which keeps the snapshot up to date and
+                # loads tables new in PostgreSQL.
+                keys.append(catalog_key(ctx))
+            result = dg.materialize(
+                assets,
+                selection=dg.AssetSelection.assets(*keys),
+                resources=defs.resources,
+                instance=instance,
+                partition_key=partition if granularity else None,
+                tags=tags,
+                run_config={"loggers": {"console": {"config": {
+                    "log_level": "INFO" if verbose else "CRITICAL"}}}},
+                raise_on_error=False,
+            )
+            if not result.success:
+                report.unreported(run_plans, _failure_message(result))
+    return report.summary()
+
+
+class _Report:
+    """Prints a line per table as its outcome arrives, then the summary."""
+
+    def __init__(self, total: int, verbose: bool) -> None:
+        self.total, self.verbose = total, verbose
+        self.outcomes: dict[str, Any] = {}
+        self.done = 0
+        self.started = time.monotonic()
+
+    def table(self, outcome: Any) -> None:
+        self.outcomes[outcome.table] = outcome
+        self.done += not outcome.new
+        position = "new" if outcome.new else f"{self.done}/{self.total}"
+        prefix = f"[{position}] {outcome.table}"
+        if outcome.status == "failed":
+            print(f"{prefix}: FAILED: {outcome.error}", flush=True)
+            if self.verbose and outcome.trace:
+                print(outcome.trace.rstrip(), flush=True)
+            return
+        if outcome.status == "gone":
+            print(f"{prefix}: not loaded: {outcome.error}", flush=True)
+            return
+        deleted = f", {outcome.deleted:,} deleted" if outcome.deleted is not None else ""
+        state = "unchanged" if outcome.status == "unchanged" else "ok"
+        checks = f"; checks failed: {', '.join(outcome.failed_checks)}" \
+            if outcome.failed_checks else ""
+        mode = f"{outcome.mode}: {outcome.reason}" if outcome.reason else outcome.mode
+        print(f"{prefix}: {state}, {outcome.rows:,} rows ({mode}){deleted} in "
+              f"{outcome.seconds:.1f}s{checks}", flush=True)
+
+    def unreported(self, plans: Sequence[TablePlan], message: str | None) -> None:
+        """Tables of a failed run that no step reported (the step failed as a whole)."""
+        from pg_to_bq.orchestration.progress import TableOutcome
+
+        for plan in plans:
+            if plan.name not in self.outcomes:
+                self.table(TableOutcome(plan.name, "failed",
+                                        error=message or "failed (see the Dagster logs)"))
+
+    def summary(self) -> int:
+        outcomes = list(self.outcomes.values())
+        failed = [o for o in outcomes if o.status == "failed"]
+        gone = [o for o in outcomes if o.status == "gone"]
+        loaded = [o for o in outcomes if o.status in ("loaded", "unchanged")]
+        rows = sum(o.rows for o in loaded)
+        print(f"\n{len(loaded)} loaded, {len(failed)} failed"
+              + (f", {len(gone)} not in PostgreSQL" if gone else "")
+              + f", {rows:,} rows in {time.monotonic() - self.started:.1f}s")
+        for outcome in failed:
+            print(f"  FAILED {outcome.table}: {outcome.error}")
+        for outcome in gone:
+            print(f"  NOT LOADED {outcome.table}: {outcome.error}")
+        noted = [o for o in loaded if o.notes]
+        if noted:
+            print("notes:")
+            for outcome in noted:
+                for note in outcome.notes:
+                    print(f"  {outcome.table}: {note}")
+        if failed and not self.verbose:
+            print("(stack traces are in the Dagster event log; --verbose prints them here)")
+        return 1 if failed else 0
+
+
+def _failure_message(result: Any) -> str | None:
+    """The first line of the first step failure of a Dagster run."""
+    for event in result.get_step_failure_events():
+        failure = event.step_failure_data
+        if failure is None:
+            continue
+        if failure.user_failure_data is not None and failure.user_failure_data.description:
+            return failure.user_failure_data.description.splitlines()[0]
+        if failure.error is not None:
+            return failure.error.message.strip().splitlines()[0]
+    return None
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

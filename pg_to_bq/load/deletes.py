@@ -1,0 +1,79 @@
+"""The delete pass for merged tables: remove destination rows whose key left the source.
+
+Merging by primary key never removes anything, so rows deleted in PostgreSQL would live on
+in the destination. The pass reads the source's primary keys (through the same COPY path,
+in one snapshot), loads them into a keys table beside the destination table, and deletes
+the rows without a matching key — in the destination, with one SQL statement.
+
+It must run after the table's own load, never before: a row inserted in the source between
+a keys snapshot and a later load would otherwise be loaded and then deleted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from pg_to_bq.planning.tables import TablePlan
+
+KEYS_PREFIX = "_pg_to_bq_keys__"
+
+
+def keys_plan(plan: TablePlan) -> TablePlan:
+    """A plan that reads only the primary key columns into the keys table, replacing it."""
+    if not plan.primary_key:
+        raise ValueError(f"table {plan.name} has no primary key: nothing to compare")
+    columns = tuple(plan.column_for(name) for name in plan.primary_key)
+    return dataclasses.replace(
+        plan,
+        destination_table=KEYS_PREFIX + plan.destination_table,
+        columns=columns,
+        disposition="replace",
+        cursor=None,
+        partition=None,
+        left_out=(),
+        bigquery_partition=None,
+        bigquery_cluster=(),
+    )
+
+
+def orphans_sql(table: str, keys_table: str, key_columns: tuple[str, ...], quote) -> str:
+    """`<table> AS t WHERE NOT EXISTS (a matching key)`, for SELECT count(*) FROM … / DELETE FROM …."""
+    condition = " AND ".join(f"k.{quote(c)} = t.{quote(c)}" for c in key_columns)
+    return f"{table} AS t WHERE NOT EXISTS (SELECT 1 FROM {keys_table} AS k WHERE {condition})"
+
+
+def apply_deletes(
+    plan: TablePlan,
+    *,
+    source_url: str,
+    destination: Any,
+    dataset: str,
+    work_dir: Path,
+    batch_bytes: int = 16 * 1024 * 1024,
+    statement_timeout_s: int = 3600,
+) -> tuple[int, int]:
+    """Delete destination rows of `plan`'s table whose primary key is gone from the source.
+
+    Returns the number of rows deleted and the source's rows (its keys, in one snapshot).
+    """
+    from pg_to_bq.load.fill import SIDE_PIPELINE
+    from pg_to_bq.load.group import group_pipeline, load_table  # dlt: only when a pass runs
+
+    keys = keys_plan(plan)
+    read = load_table(keys, source_url=source_url, destination=destination, dataset=dataset,
+                      work_dir=work_dir, batch_bytes=batch_bytes,
+                      statement_timeout_s=statement_timeout_s, pipeline_name=SIDE_PIPELINE,
+                      record_state=False)
+    pipeline = group_pipeline(SIDE_PIPELINE, destination, dataset, work_dir)
+    with pipeline.sql_client() as client:
+        target = client.make_qualified_table_name(plan.destination_table)
+        keys_table = client.make_qualified_table_name(keys.destination_table)
+        orphans = orphans_sql(target, keys_table, plan.destination_primary_key,
+                              client.escape_column_name)
+        with client.execute_query(f"SELECT count(*) FROM {orphans}") as cursor:
+            doomed = int(cursor.fetchone()[0])
+        if doomed:
+            client.execute_sql(f"DELETE FROM {orphans}")
+    return doomed, read.rows

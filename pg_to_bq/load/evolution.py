@@ -1,0 +1,159 @@
+"""Schema changes between PostgreSQL and the loaded table, and what a load does about them.
+
+Each load compares the table's live columns (what the run reads) with the columns the
+destination table has (asked of the destination, `pg_to_bq.destinations.schema`), so the
+decision never depends on a snapshot or on anything a killed run may have left half done:
+
+- **new column**: loaded from this run on. A replaced table is read whole anyway; on a
+  merged table (whose existing rows would keep NULL), the key and the new columns of every
+  row are read and the existing rows updated (`pg_to_bq.load.fill`), in the same run: the copy
+  equals the source. Until that succeeds, a marker in the table's state makes every later
+  run do it again.
+- **dropped column**: no longer read; kept in the destination (its history) and made
+  nullable, so rows loaded from now on hold NULL there.
+- **type change** the destination can hold without touching a value (`widens`): the column
+  is widened in place (`ALTER ... SET DATA TYPE`).
+- **any other type change**: the table is dropped and loaded whole under the new type. A
+  run killed midway leaves no table, which the next run loads whole.
+
+Types are compared as the destination names them (`normalize_type`): a change PostgreSQL
+makes without changing the destination type (`varchar(20)` → `text`) needs nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+# Integer types by width, as DuckDB names them; BigQuery has only INT64.
+_DUCKDB_INTEGERS = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT")
+_INTEGER_DIGITS = {"TINYINT": 3, "SMALLINT": 5, "INTEGER": 10, "BIGINT": 19, "INT64": 19,
+                   "HUGEINT": 39}
+_DECIMAL = re.compile(r"^(DECIMAL|NUMERIC|BIGNUMERIC)\((\d+),(\d+)\)$")
+
+
+@dataclass(frozen=True)
+class StoredColumn:
+    """A column of the destination table, as the destination describes it."""
+
+    name: str
+    type: str
+    nullable: bool
+
+
+@dataclass(frozen=True)
+class Change:
+    """One difference between PostgreSQL and the loaded table, and what is done about it."""
+
+    kind: str  # "added", "dropped", "widened", "retyped", "created"
+    column: str
+    old_type: str | None = None
+    new_type: str | None = None
+
+    def describe(self, action: str) -> str:
+        if self.kind == "added":
+            return f"column {self.column} added in PostgreSQL: {action}"
+        if self.kind == "dropped":
+            return (f"column {self.column} dropped in PostgreSQL: kept in the destination, "
+                    "NULL for rows loaded from now on")
+        if self.kind == "widened":
+            return (f"column {self.column} changed type: widened in place "
+                    f"({self.old_type} → {self.new_type})")
+        return (f"column {self.column} changed type ({self.old_type} → {self.new_type}): "
+                "table reloaded under the new type")
+
+
+@dataclass(frozen=True)
+class Evolution:
+    """What a load must do about the differences between the plan and the destination."""
+
+    exists: bool
+    added: tuple[str, ...] = ()
+    dropped: tuple[str, ...] = ()
+    widened: tuple[Change, ...] = ()
+    retyped: tuple[Change, ...] = ()
+    # Columns the destination declares NOT NULL that rows loaded from now on may leave NULL.
+    relax: tuple[str, ...] = ()
+
+    @property
+    def reload(self) -> bool:
+        """The table must be dropped and loaded whole (a type it cannot widen to)."""
+        return bool(self.retyped)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.added or self.dropped or self.widened or self.retyped)
+
+
+def normalize_type(type_: str) -> str:
+    """A type as the destination names it, spelled one way (`NUMERIC(12, 2)` →
+    `NUMERIC(12,2)`, `timestamp with time zone` → `TIMESTAMP WITH TIME ZONE`)."""
+    text = re.sub(r"\s*([(),])\s*", r"\1", type_.strip().upper())
+    return re.sub(r"\s+", " ", text)
+
+
+def diff(planned: Mapping[str, str], stored: Mapping[str, StoredColumn] | None,
+         kind: str, keys: frozenset[str] = frozenset()) -> Evolution:
+    """Compare the planned columns (destination name → destination type) with the stored
+    table (None: it does not exist). `keys` are the primary key's destination columns."""
+    if not stored:
+        return Evolution(exists=False)
+    by_folded = {name.casefold(): column for name, column in stored.items()}
+    added, widened, retyped = [], [], []
+    for name, type_ in planned.items():
+        column = by_folded.get(name.casefold())
+        if column is None:
+            added.append(name)
+            continue
+        old, new = normalize_type(column.type), normalize_type(type_)
+        if old == new or _unparameterized(old) == new.split("(")[0]:
+            # A destination that reports a type without its parameters (the BigQuery
+            # emulator's INFORMATION_SCHEMA says NUMERIC for NUMERIC(12,2)) cannot show a
+            # change of them; BigQuery itself reports them.
+            continue
+        if widens(old, new, kind):
+            widened.append(Change("widened", name, old, new))
+        else:
+            retyped.append(Change("retyped", name, old, new))
+    planned_folded = {name.casefold() for name in planned}
+    dropped = [c.name for c in stored.values() if c.name.casefold() not in planned_folded
+               and not c.name.startswith("_dlt_")]
+    relax = [name for name in dropped if not by_folded[name.casefold()].nullable]
+    return Evolution(exists=True, added=tuple(added), dropped=tuple(dropped),
+                     widened=tuple(widened), retyped=tuple(retyped),
+                     relax=tuple(n for n in relax if n.casefold() not in
+                                 {k.casefold() for k in keys}))
+
+
+def _unparameterized(type_: str) -> str | None:
+    return type_ if "(" not in type_ else None
+
+
+def widens(old: str, new: str, kind: str) -> bool:
+    """Whether a column of type `old` can become `new` in place without changing a value.
+
+    Integers to wider integers (DuckDB), and decimals (or integers) to decimals with at
+    least as many digits before and after the point (both destinations). A timestamp
+    without time zone never becomes one with a time zone in place: what instant a
+    wall-clock value meant depends on a time zone the destination does not know, so the
+    table is reloaded with PostgreSQL's conversion instead.
+    """
+    if old in _DUCKDB_INTEGERS and new in _DUCKDB_INTEGERS:
+        return _DUCKDB_INTEGERS.index(new) > _DUCKDB_INTEGERS.index(old)
+    if old == "FLOAT" and new == "DOUBLE":
+        return True
+    new_decimal = _DECIMAL.match(new)
+    if new_decimal is None:
+        return False
+    new_kind, precision, scale = new_decimal.group(1), int(new_decimal.group(2)), \
+        int(new_decimal.group(3))
+    old_decimal = _DECIMAL.match(old)
+    if old_decimal is not None:
+        old_kind, old_precision, old_scale = old_decimal.group(1), int(old_decimal.group(2)), \
+            int(old_decimal.group(3))
+        if kind == "bigquery" and old_kind == "BIGNUMERIC" and new_kind == "NUMERIC":
+            return False
+        return scale >= old_scale and precision - scale >= old_precision - old_scale
+    digits = _INTEGER_DIGITS.get(old)
+    return digits is not None and precision - scale >= digits

@@ -1,0 +1,75 @@
+"""Fill columns added in PostgreSQL for the rows a merged table already holds.
+
+A merge loads only rows whose cursor moved; a new column would stay NULL in every other
+row. So the key and the new columns of every row are read (through the same COPY path, in
+one snapshot) into a table beside the destination table, and the existing rows are
+updated from it by key, in the destination, with one statement. Reading two or three
+columns of a table costs far less than reading all of them again, and columns dropped in
+PostgreSQL keep their history (a reload would empty them).
+
+It runs after the table's own load in the same run: rows the load read later than the
+fill's snapshot are read again by the next incremental run, whose cursor covers them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pg_to_bq.planning.tables import TablePlan
+
+FILL_PREFIX = "_pg_to_bq_fill__"
+# Side loads (fills and delete passes) use one pipeline of their own, never a table's.
+SIDE_PIPELINE = "pg_to_bq__side_loads"
+
+
+def fill_plan(plan: TablePlan, columns: Sequence[str]) -> TablePlan:
+    """A plan reading the key and `columns` (destination names) into the fill table."""
+    wanted = set(columns)
+    keep = [c for c in plan.columns if c.source.name in plan.primary_key or c.name in wanted]
+    return dataclasses.replace(
+        plan, destination_table=FILL_PREFIX + plan.destination_table, columns=tuple(keep),
+        disposition="replace", cursor=None, partition=None, bigquery_partition=None,
+        bigquery_cluster=())
+
+
+def fill_columns(
+    plan: TablePlan,
+    columns: Sequence[str],
+    *,
+    source_url: str,
+    destination: Any,
+    dataset: str,
+    work_dir: Path,
+    batch_bytes: int,
+    statement_timeout_s: int,
+    hash_salt: bytes | None = None,
+) -> int:
+    """Set `columns` (destination names) of every existing row of `plan`'s table to the
+    source's values, by primary key. Returns the rows updated."""
+    from pg_to_bq.load.group import group_pipeline, load_table  # dlt: only when a fill runs
+
+    side = fill_plan(plan, columns)
+    load_table(side, source_url=source_url, destination=destination, dataset=dataset,
+               work_dir=work_dir, batch_bytes=batch_bytes, hash_salt=hash_salt,
+               statement_timeout_s=statement_timeout_s, pipeline_name=SIDE_PIPELINE,
+               record_state=False)
+    pipeline = group_pipeline(SIDE_PIPELINE, destination, dataset, work_dir)
+    with pipeline.sql_client() as client:
+        quote = client.escape_column_name
+        target = client.make_qualified_table_name(plan.destination_table)
+        fill = client.make_qualified_table_name(side.destination_table)
+        keys = plan.destination_primary_key
+        assignments = ", ".join(f"{quote(c)} = f.{quote(c)}" for c in columns)
+        matches = " AND ".join(f"t.{quote(k)} = f.{quote(k)}" for k in keys)
+        with client.execute_query(f"SELECT count(*) FROM {target} AS t WHERE EXISTS "
+                                  f"(SELECT 1 FROM {fill} AS f WHERE {matches})") as cursor:
+            rows = int(cursor.fetchone()[0])
+        client.execute_sql(f"UPDATE {target} AS t SET {assignments} FROM {fill} AS f "
+                           f"WHERE {matches}")
+        # Emptied, not dropped: the side pipeline's schema still lists the table, so dlt
+        # would not create it again.
+        client.execute_sql(f"DELETE FROM {fill} WHERE 1 = 1")
+    return rows

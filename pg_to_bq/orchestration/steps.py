@@ -1,0 +1,311 @@
+"""What a table step does when it runs: load its selected tables, report each one.
+
+A step (`pg_to_bq.orchestration.assets.build_group_asset`) loads the tables selected in the run:
+
+1. The live catalog, one query per run (cached in the process by run id): each table is
+   planned again from the columns PostgreSQL has now, whatever the snapshot said; a table
+   no longer in PostgreSQL (dropped or renamed) is reported, not failed, and its
+   destination table stays as it was.
+2. `pg_to_bq.load.group.load_group` loads them (one dlt pipeline for the step).
+3. Each table gets its own materialization, metadata and checks, and its outcome is
+   published (`pg_to_bq.orchestration.progress`) for the CLI. A failed table is logged with its stack
+   trace in the event log; the others still materialize; the step fails at the end,
+   naming every failed table.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from datetime import date, datetime
+from typing import Any
+
+import dagster as dg
+
+from pg_to_bq.checks import outcomes as checks
+from pg_to_bq.load.group import LoadResult, TableLoad, Window, load_group
+from pg_to_bq.orchestration import progress
+from pg_to_bq.orchestration.assets import (
+    APPLY_DELETES_TAG,
+    FULL_REFRESH_TAG,
+    AssetContext,
+    LoadConfig,
+    destination_key,
+    destination_metadata,
+)
+from pg_to_bq.orchestration.resources import Destination, SourceDatabase
+from pg_to_bq.orchestration.storage_connections import hold_storage_connections
+from pg_to_bq.planning.catalog import Catalog, discover
+from pg_to_bq.planning.errors import describe, is_transient
+from pg_to_bq.planning.groups import LoadGroup
+from pg_to_bq.planning.tables import TablePlan, replan
+from pg_to_bq.postgres.connect import connect
+
+PROGRESS_EVERY_S = 10.0
+
+# The live catalog of the run being executed in this process (one query per run).
+_live_catalogs: dict[str, Catalog] = {}
+
+
+def live_catalog(run_id: str, url: str, ctx: AssetContext, statement_timeout_s: int) -> Catalog:
+    """PostgreSQL's catalog now, queried once per run in this process."""
+    catalog = _live_catalogs.get(run_id)
+    if catalog is None:
+        with connect(url, statement_timeout_s=statement_timeout_s) as conn:
+            catalog = discover(conn, ctx.schemas, include_views=True)
+        _live_catalogs.clear()  # one run at a time is kept: the catalog is per run
+        _live_catalogs[run_id] = catalog
+    return catalog
+
+
+def run_step(
+    context: dg.AssetExecutionContext,
+    group: LoadGroup,
+    ctx: AssetContext,
+    config: LoadConfig,
+    source: SourceDatabase,
+    destination: Destination,
+) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
+    hold_storage_connections(context.instance)
+    selected = context.selected_asset_keys
+    plans = [p for p in group.plans if destination_key(p, ctx) in selected]
+    tags = context.run.tags
+    full_refresh = config.full_refresh or tags.get(FULL_REFRESH_TAG) == "true"
+    deletes = (config.apply_deletes or tags.get(APPLY_DELETES_TAG) == "true") and not full_refresh
+    window = _window(context, plans)
+    step_started = time.monotonic()
+    try:
+        url = source.resolved_url()
+        live = live_catalog(context.run.run_id, url, ctx, source.statement_timeout_s)
+        loads: list[TableLoad] = []
+        for plan in plans:
+            table = live.get(plan.table.schema, plan.table.name)
+            if table is None:
+                _report_gone(context, plan, ctx, live)
+                continue
+            live_plan = replan(plan, table, ctx.destination_kind, ctx.overrides)
+            loads.append(TableLoad(live_plan, full_refresh=full_refresh, window=window,
+                                   streams=source.streams_for(table.size_bytes),
+                                   apply_deletes=deletes))
+
+        context.log.info(f"loading {len(loads)} table(s) into {ctx.qualified_prefix}"
+                         + (" (full refresh)" if full_refresh else ""))
+        results = load_with(context, loads, group.pipeline_name, source, destination, url,
+                            ctx.fingerprint_rows if ctx.fingerprint else None)
+    except Exception as exc:
+        # What every table of the step needs failed (the source, a secret, the destination):
+        # each selected table fails with that cause.
+        message = describe(exc)
+        for plan in plans:
+            progress.publish(progress.TableOutcome(plan.name, "failed", error=message))
+        raise dg.Failure(description=f"{len(plans)} table(s) not loaded: {message}",
+                         metadata={"tables": ", ".join(p.name for p in plans)[:2000]},
+                         allow_retries=is_transient(exc)) from exc
+
+    snapshots = {plan.name: plan for plan in plans}
+    failed: list[LoadResult] = []
+    for load, result in zip(loads, results, strict=True):
+        if not result.ok:
+            failed.append(result)
+            context.log.error(f"{result.error}\n\n{result.trace or ''}".rstrip())
+            # On the table's own asset: why this run did not load it (Dagster records the
+            # step's failure, which names every failed table, on the run).
+            context.log_event(dg.AssetObservation(
+                asset_key=destination_key(load.plan, ctx),
+                metadata={"pg_to_bq/load_failed": result.error or "failed"}))
+            progress.publish(progress.TableOutcome(
+                load.plan.name, "failed", mode=result.mode, seconds=result.duration_s,
+                error=result.error, trace=result.trace))
+            continue
+        yield from _materialized(context, load.plan, snapshots[load.plan.name], result, ctx)
+    if failed:
+        names = ", ".join(r.table for r in failed)
+        raise dg.Failure(
+            description=f"{len(failed)} of {len(plans)} table(s) failed: {names}. "
+                        + " | ".join(r.error or "" for r in failed[:20]),
+            metadata={r.table: r.error or "" for r in failed[:100]},
+            # Only a step in which nothing loaded is worth retrying as a whole: the tables
+            # were already tried again inside the step.
+            allow_retries=len(failed) == len(plans) and all(r.transient for r in failed),
+        )
+    context.log.info(f"{len(loads)} table(s) in {time.monotonic() - step_started:.1f} s")
+
+
+def load_with(context: dg.OpExecutionContext | dg.AssetExecutionContext,
+              loads: Sequence[TableLoad], pipeline_name: str, source: SourceDatabase,
+              destination: Destination, url: str, fingerprint_rows: int | None = None
+              ) -> list[LoadResult]:
+    """`load_group` with the run's resources: the DuckDB file's writer lock (a waiting load
+    says so in the run's log), the hash salt when a table hashes, progress in the log."""
+
+    def waiting(seconds: float) -> None:
+        context.log.info(f"waiting for the DuckDB file {destination.duckdb_path}, which "
+                         f"another load is writing ({seconds:.0f} s so far)")
+
+    hashing = any(load.plan.hashed for load in loads)
+    return load_group(
+        loads, pipeline_name=pipeline_name, source_url=url,
+        destination=destination.dlt_destination(), dataset=destination.dataset,
+        work_dir=destination.work_path, batch_bytes=source.batch_bytes,
+        hash_salt=source.resolved_hash_salt() if hashing else None,
+        statement_timeout_s=source.statement_timeout_s, on_batch=_Progress(context),
+        destination_lock=lambda: destination.writing(on_wait=waiting),
+        fingerprint_rows=fingerprint_rows)
+
+
+def _window(context: dg.AssetExecutionContext, plans: Sequence[TablePlan]) -> Window | None:
+    partitioned = [p for p in plans if p.partition is not None]
+    if not partitioned or not context.has_partition_key:
+        return None
+    time_window = context.partition_time_window
+    return Window(partitioned[0].partition.column, time_window.start, time_window.end)
+
+
+def _report_gone(context: dg.AssetExecutionContext, plan: TablePlan, ctx: AssetContext,
+                 live: Catalog) -> None:
+    """A table of the definitions that PostgreSQL no longer has: reported, not failed."""
+    renamed = next((t for t in live.tables
+                    if plan.table.oid is not None and t.oid == plan.table.oid), None)
+    what = (f"renamed to {renamed.qualified_name} in PostgreSQL" if renamed
+            else "no longer in PostgreSQL (dropped, or renamed)")
+    message = (f"table {plan.name} is {what}: not loaded; "
+               f"{ctx.qualified_prefix}.{plan.destination_table} stays as it was")
+    context.log.warning(message)
+    context.log_event(dg.AssetObservation(
+        asset_key=destination_key(plan, ctx),
+        metadata={"pg_to_bq/source_status": "renamed" if renamed else "gone",
+                  "pg_to_bq/source_note": message}))
+    progress.publish(progress.TableOutcome(plan.name, "gone", error=message))
+
+
+def _materialized(
+    context: dg.AssetExecutionContext,
+    plan: TablePlan,
+    snapshot_plan: TablePlan,
+    result: LoadResult,
+    ctx: AssetContext,
+) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
+    """The table's materialization and check results. A failed ERROR check (rows or values
+    lost) is blocking: the step fails once every table is reported (Dagster raises after
+    the step's last event), downstream assets do not run on the table, and the CLI reports
+    the table as failed."""
+    key = destination_key(plan, ctx)
+    metadata = materialization_metadata(plan, snapshot_plan, result, ctx,
+                                        result.destination_rows, result.deleted)
+    notes = [*result.changes, *_notes(plan)]
+    yield dg.MaterializeResult(asset_key=key, metadata=metadata)
+
+    outcomes = [*result.checks, *_freshness(plan, result, ctx)]
+    wanted = context.selected_asset_check_keys
+    failed_checks, lost = [], []
+    for outcome in outcomes:
+        if dg.AssetCheckKey(key, outcome.name) not in wanted:
+            continue
+        if not outcome.passed:
+            failed = f"{outcome.name} ({outcome.description})"
+            (lost if outcome.severity == "ERROR" else failed_checks).append(failed)
+        yield dg.AssetCheckResult(
+            asset_key=key,
+            check_name=outcome.name,
+            passed=outcome.passed,
+            severity=dg.AssetCheckSeverity(outcome.severity),
+            description=outcome.description,
+            metadata=outcome.metadata,
+        )
+    if lost:
+        message = (f"table {plan.name}: loaded, but the destination differs from the source: "
+                   + "; ".join(lost) + " (the next run reads the table whole)")
+        context.log.error(message)
+        progress.publish(progress.TableOutcome(
+            plan.name, "failed", rows=result.rows, mode=result.mode, seconds=result.duration_s,
+            error=message, notes=tuple(notes), failed_checks=tuple(failed_checks)))
+        return
+    progress.publish(progress.TableOutcome(
+        plan.name, "unchanged" if result.status == "unchanged" else "loaded", rows=result.rows,
+        mode=result.mode, seconds=result.duration_s, notes=tuple(notes),
+        failed_checks=tuple(failed_checks), deleted=result.deleted, reason=result.reason))
+
+
+def materialization_metadata(plan: TablePlan, snapshot_plan: TablePlan | None,
+                             result: LoadResult, ctx: AssetContext,
+                             destination_rows: int | None, deleted: int | None
+                             ) -> dict[str, Any]:
+    """What a table's materialization records: rows, mode, load id, cursors, the schema
+    changes the load handled, columns left out or renamed, and (while the definitions were
+    built from an older catalog) the columns loaded now."""
+    metadata: dict[str, Any] = {
+        "rows_loaded": result.rows,
+        "load_mode": result.mode,
+        "duration_s": round(result.duration_s, 3),
+        "dlt_load_id": result.load_id or "",
+        "destination_table": f"{ctx.qualified_prefix}.{plan.destination_table}",
+    }
+    if destination_rows is not None:
+        metadata["dagster/row_count"] = destination_rows
+    if result.status == "unchanged":
+        metadata["unchanged"] = (
+            "the table's row versions are those of the last load" if
+            result.extra.get("unchanged") == "versions" else
+            "the rows of the lookback window read back as last loaded")
+    optional = {"source_rows_in_snapshot": result.snapshot_rows, "rows_deleted": deleted,
+                "cursor_from": result.cursor_from, "cursor_to": result.cursor_to}
+    metadata.update({k: v if isinstance(v, int) else str(v)
+                     for k, v in optional.items() if v is not None})
+    if result.reason:
+        metadata["pg_to_bq/read_whole_because"] = result.reason
+    if result.changes:
+        metadata["pg_to_bq/schema_changes"] = dg.MetadataValue.md(
+            "\n".join(f"- {change}" for change in result.changes))
+    if snapshot_plan is None or \
+            [c.source for c in plan.columns] != [c.source for c in snapshot_plan.columns]:
+        # The columns loaded now, until the definitions are built from a newer catalog.
+        metadata["dagster/column_schema"] = destination_metadata(plan, ctx)[
+            "dagster/column_schema"]
+    if plan.left_out:
+        metadata["pg_to_bq/left_out_columns"] = dg.MetadataValue.md(
+            "\n".join(f"- {c.describe()}" for c in plan.left_out))
+    if plan.renamings:
+        metadata["pg_to_bq/renamed_columns"] = dg.MetadataValue.md(
+            "\n".join(f"- {r.describe()}" for r in plan.renamings))
+    return metadata
+
+
+def _notes(plan: TablePlan) -> list[str]:
+    notes = [f"column {c.column} {c.action}: {c.reason} ({c.setting})" for c in plan.left_out]
+    notes += [f"column {r.describe()}" for r in plan.renamings]
+    if plan.table_renaming is not None:
+        notes.append(f"loaded as {plan.table_renaming.describe()}")
+    return notes
+
+
+def _freshness(plan: TablePlan, result: LoadResult, ctx: AssetContext
+               ) -> list[checks.CheckOutcome]:
+    if not plan.cursor:
+        return []
+    latest = result.cursor_to if result.cursor_to is not None else result.cursor_from
+    return [checks.cursor_freshness(_parse_cursor(latest), ctx.freshness)]
+
+
+def _parse_cursor(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value)
+        except ValueError:
+            return date.fromisoformat(value)
+    return value
+
+
+class _Progress:
+    """Logs rows read so far, at most every PROGRESS_EVERY_S seconds."""
+
+    def __init__(self, context: dg.AssetExecutionContext) -> None:
+        self.context = context
+        self.rows: dict[str, int] = {}
+        self.last = time.monotonic()
+
+    def __call__(self, table: str, rows: int) -> None:
+        self.rows[table] = self.rows.get(table, 0) + rows
+        now = time.monotonic()
+        if now - self.last >= PROGRESS_EVERY_S:
+            self.last = now
+            self.context.log.info(f"{table}: {self.rows[table]:,} rows read")

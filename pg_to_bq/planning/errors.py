@@ -1,0 +1,80 @@
+"""Find the real cause of a failed load and decide whether retrying can help."""
+
+from __future__ import annotations
+
+import re
+
+# SQLSTATEs worth a retry: connection failures, serialization failures and deadlocks,
+# server shutdown, and resource exhaustion. Everything else (permission denied, undefined
+# table, a value that cannot be loaded) fails the same way again.
+_TRANSIENT_SQLSTATE = re.compile(r"^(08|40001|40P01|57P0[123]|53)")
+_TRANSIENT_NAMES = ("ConnectionResetError", "BrokenPipeError", "ServerError", "ServiceUnavailable",
+                    "InternalServerError", "BadGateway", "GatewayTimeout", "TooManyRequests",
+                    "ConnectionError", "Timeout")
+_TRANSIENT_TEXT = re.compile(
+    r"(server closed the connection unexpectedly|connection reset|could not serialize access|"
+    r"terminating connection|deadlock detected|SQLSTATE: (08\w{3}|40001|40P01|57P0[123]))",
+    re.IGNORECASE,
+)
+
+
+def root_cause(exc: BaseException) -> BaseException:
+    """The innermost exception of a chain (dlt wraps ours in several layers)."""
+    seen = set()
+    current = exc
+    while id(current) not in seen:
+        seen.add(id(current))
+        nxt = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
+        if nxt is None:
+            break
+        current = nxt
+    return current
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True when the same load could succeed if tried again shortly."""
+    from pg_to_bq.planning.secrets import SecretError
+    from pg_to_bq.planning.tables import PlanError
+    from pg_to_bq.postgres.reader import LossyValueError
+
+    cause = root_cause(exc)
+    if isinstance(cause, LossyValueError | PlanError | SecretError):
+        return False
+    sqlstate = getattr(cause, "sqlstate", None) or getattr(cause, "sqlstate_", None)
+    if isinstance(sqlstate, str):
+        return bool(_TRANSIENT_SQLSTATE.match(sqlstate))
+    if any(type(c).__name__ in _TRANSIENT_NAMES for c in (cause, exc)):
+        return True
+    return bool(_TRANSIENT_TEXT.search(str(cause)))
+
+
+# PostgreSQL's own message inside a driver's (ADBC: "INVALID_ARGUMENT: [libpq] Failed to
+# execute query: could not begin COPY: ERROR:  permission denied for table t. SQLSTATE: 42501").
+_PG_MESSAGE = re.compile(r"ERROR:\s+(.+?)(?:\. SQLSTATE|\nQuery was|\n|$)")
+_SQLSTATE = re.compile(r"SQLSTATE: ([0-9A-Z]{5})")
+# What to do about a source error that fails the same way every time.
+_FIXES = {
+    "42501": "grant the role pg_to_bq connects as SELECT on it, or leave the table out "
+             "(PG_TO_BQ_EXCLUDE)",
+    "57014": "the statement timeout cut the read off: raise PG_TO_BQ_STATEMENT_TIMEOUT_S",
+    "42P01": "the table is gone: it is reported, not loaded, once the catalog is refreshed "
+             "(pg-to-bq sync --refresh-catalog)",
+}
+
+
+def describe(exc: BaseException) -> str:
+    """One line: the real cause of `exc`, PostgreSQL's own words for a source error, and
+    the fix when one is known."""
+    cause = root_cause(exc)
+    text = str(cause).strip() or type(cause).__name__
+    if isinstance(cause, ValueError | ConnectionError):
+        return text
+    sqlstate = getattr(cause, "sqlstate", None) or getattr(cause, "sqlstate_", None)
+    if not isinstance(sqlstate, str):
+        match = _SQLSTATE.search(text)
+        sqlstate = match.group(1) if match else None
+    message = _PG_MESSAGE.search(text)
+    line = f"PostgreSQL: {message.group(1)} (SQLSTATE {sqlstate})" if message and sqlstate \
+        else f"{type(cause).__name__}: {text}"
+    fix = _FIXES.get(sqlstate) if sqlstate else None
+    return f"{line}; to fix: {fix}" if fix else line

@@ -1,0 +1,311 @@
+"""Per-table load plans: pure functions from catalog tables, settings and overrides.
+
+A plan says everything about loading one table — destination names, the column type
+map, write disposition, primary key, cursor, partitions, excluded and hashed columns —
+so the assets, the CLI and the docs all show the same decisions.
+
+Nothing about one table stops another: an override that does not fit a table (a column
+it no longer has, merge without a key) gives that table a plan with an `error`, which
+the table's load reports; every other table plans and loads as usual.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+
+from pg_to_bq.planning.catalog import Catalog, Table
+from pg_to_bq.planning.naming import (
+    MAX_COLUMN_NAME,
+    MAX_TABLE_NAME,
+    Renaming,
+    dagster_name,
+    unique_names,
+)
+from pg_to_bq.planning.overrides import Overrides, PartitionSpec, TableOverride
+from pg_to_bq.planning.sensitive import sensitive_reason
+from pg_to_bq.planning.types import ColumnMapping, map_column
+
+CURSOR_NAMES = ("updated_at", "modified_at", "last_modified", "last_updated", "updated_on",
+                "modified_on", "update_time", "updated", "modified")
+CURSOR_TYPES = ("timestamptz", "timestamp", "date", "int8", "int4")
+
+
+# `map_column` is pure and its result immutable; equal columns recur across tables (`id bigint`,
+# `created_at timestamptz`, ...), so a large catalog maps each distinct column once.
+_map_column = functools.lru_cache(maxsize=16384)(map_column)
+
+
+class PlanError(ValueError):
+    """An override does not fit the table (unknown column, no key for merge, ...)."""
+
+
+@dataclass(frozen=True)
+class LeftOut:
+    """A source column that is not loaded as it is: excluded, or replaced by a hash."""
+
+    column: str
+    action: str  # "excluded" or "hashed"
+    reason: str
+    setting: str  # the setting that decides it, and how to change it
+
+    def describe(self) -> str:
+        return f"{self.column}: {self.action}, {self.reason} ({self.setting})"
+
+
+@dataclass(frozen=True)
+class TablePlan:
+    """How one table is loaded."""
+
+    table: Table
+    destination_table: str
+    columns: tuple[ColumnMapping, ...]
+    disposition: str
+    primary_key: tuple[str, ...]
+    cursor: str | None
+    lookback: timedelta
+    partition: PartitionSpec | None
+    scheduled: bool
+    left_out: tuple[LeftOut, ...] = ()
+    notes: tuple[str, ...] = ()
+    bigquery_partition: str | None = None
+    bigquery_cluster: tuple[str, ...] = ()
+    # Columns and the table whose destination name is not their PostgreSQL name.
+    renamings: tuple[Renaming, ...] = ()
+    table_renaming: Renaming | None = None
+    # Why this table cannot be loaded as configured; its load fails with this message.
+    error: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.table.qualified_name
+
+    @property
+    def op_name(self) -> str:
+        return dagster_name("load", self.table.schema, self.table.name)
+
+    @property
+    def pipeline_name(self) -> str:
+        return dagster_name("pg_to_bq", self.table.schema, self.table.name)
+
+    @property
+    def group_name(self) -> str:
+        return dagster_name(self.table.schema)
+
+    @property
+    def incremental(self) -> bool:
+        return self.disposition == "merge" and self.cursor is not None
+
+    @property
+    def excluded(self) -> tuple[str, ...]:
+        return tuple(c.column for c in self.left_out if c.action == "excluded")
+
+    @property
+    def hashed(self) -> tuple[str, ...]:
+        return tuple(c.column for c in self.left_out if c.action == "hashed")
+
+    @property
+    def loadable(self) -> bool:
+        return self.error is None and bool(self.columns)
+
+    def column_for(self, source_name: str) -> ColumnMapping:
+        for column in self.columns:
+            if column.source.name == source_name:
+                return column
+        raise KeyError(source_name)
+
+    @property
+    def destination_primary_key(self) -> tuple[str, ...]:
+        return tuple(self.column_for(c).name for c in self.primary_key)
+
+
+def destination_table_base(table: Table) -> str:
+    """`public` tables keep their name; other schemas prefix theirs (`sales__orders`)."""
+    return table.name if table.schema == "public" else f"{table.schema}__{table.name}"
+
+
+def build_plans(
+    catalog: Catalog,
+    destination: str,
+    overrides: Overrides | None = None,
+) -> list[TablePlan]:
+    """Plan every table of `catalog` for `destination` (`duckdb` or `bigquery`).
+
+    Destination table names are made distinct over the whole catalog (`naming`'s rule), so
+    plan the full selection even to load a part of it. A table whose overrides do not fit
+    gets a plan with `error` set.
+
+    Raises:
+        PlanError: the tables file names a table that is not in the catalog.
+    """
+    overrides = overrides or Overrides()
+    by_name = {t.qualified_name: t for t in catalog.tables}
+    names, renamings = unique_names(by_name, MAX_TABLE_NAME,
+                                    natural=lambda name: destination_table_base(by_name[name]))
+    renamed = {r.source: r for r in renamings}
+    plans = []
+    for table in catalog.tables:
+        name = table.qualified_name
+        plans.append(plan_table(
+            table, destination, overrides.for_table(name), overrides,
+            destination_table=names[name], table_renaming=renamed.get(name)))
+    unknown = set(overrides.tables) - {t.qualified_name for t in catalog.tables}
+    if unknown:
+        raise PlanError(
+            f"{overrides.source}: table(s) {sorted(unknown)} are not in the catalog "
+            "(check the name, or the include/exclude settings)"
+        )
+    return plans
+
+
+def plan_table(
+    table: Table,
+    destination: str,
+    override: TableOverride | None = None,
+    overrides: Overrides | None = None,
+    *,
+    destination_table: str | None = None,
+    table_renaming: Renaming | None = None,
+) -> TablePlan:
+    """The plan of one table; an override that does not fit gives a plan with `error`."""
+    if destination_table is None:
+        names, renamings = unique_names([table.qualified_name], MAX_TABLE_NAME,
+                                        natural=lambda _: destination_table_base(table))
+        destination_table = names[table.qualified_name]
+        table_renaming = renamings[0] if renamings else None
+    try:
+        return _plan_table(table, destination, override or TableOverride(),
+                           overrides or Overrides(), destination_table, table_renaming)
+    except PlanError as exc:
+        return TablePlan(
+            table=table, destination_table=destination_table, columns=(), disposition="replace",
+            primary_key=(), cursor=None, lookback=timedelta(0), partition=None,
+            scheduled=(override or TableOverride()).schedule, table_renaming=table_renaming,
+            error=str(exc))
+
+
+def _plan_table(
+    table: Table,
+    destination: str,
+    override: TableOverride,
+    overrides: Overrides,
+    destination_table: str,
+    table_renaming: Renaming | None,
+) -> TablePlan:
+    where = f"{overrides.source}: table {table.qualified_name}"
+    column_names = {c.name for c in table.columns}
+    for name in override.columns:
+        if name not in column_names:
+            raise PlanError(f"{where}: column {name!r} does not exist (remove it from the file)")
+
+    notes: list[str] = []
+    left_out: list[LeftOut] = []
+    kept = []
+    primary_key = override.primary_key if override.primary_key is not None else table.primary_key
+    for column in table.columns:
+        column_override = override.columns.get(column.name)
+        if column_override is None and overrides.sensitive_columns \
+                and column.name not in primary_key:
+            reason = sensitive_reason(column)
+            if reason is not None:
+                left_out.append(LeftOut(
+                    column.name, "excluded", reason,
+                    f"the sensitive-column rule; to load it, set columns: {{{column.name}: "
+                    f"{{exclude: false}}}} for {table.qualified_name} in PG_TO_BQ_TABLES_FILE, "
+                    "or defaults: {sensitive_columns: false}"))
+                continue
+        if column_override and column_override.exclude:
+            left_out.append(LeftOut(column.name, "excluded", "excluded in the tables file",
+                                    f"{overrides.source}: columns.{column.name}.exclude"))
+            continue
+        if column_override and column_override.hash:
+            left_out.append(LeftOut(column.name, "hashed", "loaded as a salted SHA-256",
+                                    f"{overrides.source}: columns.{column.name}.hash"))
+        kept.append((column, column_override))
+    names, renamings = unique_names((c.name for c, _ in kept), MAX_COLUMN_NAME)
+    mappings = [_map_column(column, names[column.name], destination, column_override)
+                for column, column_override in kept]
+
+    excluded = {c.column for c in left_out if c.action == "excluded"}
+    hashed = {c.column for c in left_out if c.action == "hashed"}
+    for name in primary_key:
+        if name not in column_names:
+            raise PlanError(f"{where}: primary_key column {name!r} does not exist")
+        if name in excluded or name in hashed:
+            raise PlanError(f"{where}: primary_key column {name!r} cannot be excluded or hashed")
+
+    cursor = override.cursor if override.cursor is not None else detect_cursor(table)
+    if cursor is not None:
+        if cursor not in column_names:
+            raise PlanError(f"{where}: cursor column {cursor!r} does not exist "
+                            "(set another cursor, or remove the cursor setting)")
+        if cursor in excluded:
+            raise PlanError(f"{where}: cursor column {cursor!r} cannot be excluded")
+
+    disposition = override.disposition or ("merge" if primary_key and cursor else "replace")
+    if disposition == "merge" and not primary_key:
+        raise PlanError(f"{where}: disposition merge needs a primary key (set primary_key)")
+    if disposition == "replace":
+        cursor = None if override.cursor is None else cursor
+    if override.partition is not None:
+        if override.partition.column not in column_names:
+            raise PlanError(f"{where}: partition column {override.partition.column!r} does not exist")
+        if not primary_key:
+            raise PlanError(f"{where}: partitions merge by primary key; this table has none")
+        disposition = "merge"
+    for name in (override.bigquery_partition, *override.bigquery_cluster):
+        if name is not None and (name not in column_names or name in excluded):
+            raise PlanError(f"{where}: bigquery partition/cluster column {name!r} is not loaded")
+    if not table.columns:
+        notes.append("the table has no columns: it is reported and skipped")
+    elif not mappings:
+        notes.append("every column is excluded: the table is reported and skipped")
+    return TablePlan(
+        table=table,
+        destination_table=destination_table,
+        columns=tuple(mappings),
+        disposition=disposition,
+        primary_key=tuple(primary_key),
+        cursor=cursor,
+        lookback=override.lookback or overrides.lookback,
+        partition=override.partition,
+        scheduled=override.schedule,
+        left_out=tuple(left_out),
+        notes=tuple(notes),
+        bigquery_partition=override.bigquery_partition,
+        bigquery_cluster=override.bigquery_cluster,
+        renamings=tuple(renamings),
+        table_renaming=table_renaming,
+    )
+
+
+def replan(plan: TablePlan, live: Table, destination: str, overrides: Overrides) -> TablePlan:
+    """`plan` again for the table's live columns (a run loads what PostgreSQL has now, not
+    what the snapshot said), keeping its destination table name."""
+    if live == plan.table:
+        return plan
+    return plan_table(live, destination, overrides.for_table(live.qualified_name), overrides,
+                      destination_table=plan.destination_table,
+                      table_renaming=plan.table_renaming)
+
+
+def detect_cursor(table: Table) -> str | None:
+    """A column named like an update timestamp (updated_at, modified_at, ...), if any."""
+    by_name = {c.name.lower(): c for c in table.columns}
+    for candidate in CURSOR_NAMES:
+        column = by_name.get(candidate)
+        if column is not None and (column.base_type_name or column.type_name) in CURSOR_TYPES:
+            return column.name
+    return None
+
+
+def select_plans(plans: Sequence[TablePlan], names: Sequence[str]) -> list[TablePlan]:
+    """The plans for `names` (schema.table or an unambiguous bare name), in that order."""
+    catalog = Catalog(tables=tuple(p.table for p in plans))
+    chosen = []
+    for name in names:
+        table = catalog.find(name)
+        chosen.extend(p for p in plans if p.table is table)
+    return chosen
