@@ -17,8 +17,13 @@ import duckdb
 import psycopg
 import pytest
 
-from pg_to_bq.destinations.duckdb_file import duckdb_destination, is_out_of_memory, memory_cap
-from pg_to_bq.load.group import DUCKDB_GLOBAL_CONFIG, load_table
+from pg_to_bq.destinations.duckdb_file import (
+    DUCKDB_GLOBAL_CONFIG,
+    duckdb_destination,
+    is_out_of_memory,
+    memory_cap,
+)
+from pg_to_bq.load.group import load_table
 from pg_to_bq.planning.catalog import discover
 from pg_to_bq.planning.tables import TablePlan, build_plans
 from pg_to_bq_tests.conftest import run_sql

@@ -102,7 +102,7 @@ def test_the_table_file_is_loaded_as_written(pg_url: str, tmp_path: Path) -> Non
     table once more. Asks dlt's own test (`should_normalize_arrow_schema`) after a load."""
     from dlt.common.libs.pyarrow import should_normalize_arrow_schema
 
-    from pg_to_bq.load.group import make_pipeline
+    from pg_to_bq.load.packages import make_pipeline
     from pg_to_bq.postgres.reader import arrow_schema
 
     run_sql(pg_url, """

@@ -14,7 +14,8 @@ import psycopg
 import pytest
 
 from pg_to_bq.destinations.duckdb_file import duckdb_destination
-from pg_to_bq.load.group import LoadResult, load_table
+from pg_to_bq.load.group import load_table
+from pg_to_bq.load.results import LoadResult
 from pg_to_bq.planning.catalog import discover
 from pg_to_bq.planning.overrides import load_overrides
 from pg_to_bq.planning.tables import build_plans

@@ -21,7 +21,8 @@ from pg_to_bq.checks.fingerprint import (
     source_sql,
 )
 from pg_to_bq.cli.main import main
-from pg_to_bq.load.group import TableLoad, load_group
+from pg_to_bq.load.group import load_group
+from pg_to_bq.load.results import TableLoad
 from pg_to_bq.orchestration.resources import Destination
 from pg_to_bq.planning.catalog import discover
 from pg_to_bq.planning.tables import plan_table

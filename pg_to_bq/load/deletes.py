@@ -12,9 +12,8 @@ a keys snapshot and a later load would otherwise be loaded and then deleted.
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
-from typing import Any
 
+from pg_to_bq.load.fill import SideLoad
 from pg_to_bq.planning.tables import TablePlan
 
 KEYS_PREFIX = "_pg_to_bq_keys__"
@@ -44,29 +43,14 @@ def orphans_sql(table: str, keys_table: str, key_columns: tuple[str, ...], quote
     return f"{table} AS t WHERE NOT EXISTS (SELECT 1 FROM {keys_table} AS k WHERE {condition})"
 
 
-def apply_deletes(
-    plan: TablePlan,
-    *,
-    source_url: str,
-    destination: Any,
-    dataset: str,
-    work_dir: Path,
-    batch_bytes: int = 16 * 1024 * 1024,
-    statement_timeout_s: int = 3600,
-) -> tuple[int, int]:
-    """Delete destination rows of `plan`'s table whose primary key is gone from the source.
+def apply_deletes(plan: TablePlan, side_load: SideLoad) -> tuple[int, int]:
+    """Delete destination rows of `plan`'s table whose primary key is gone from the source,
+    comparing with the source's keys, loaded into a side table by `side_load`.
 
     Returns the number of rows deleted and the source's rows (its keys, in one snapshot).
     """
-    from pg_to_bq.load.fill import SIDE_PIPELINE
-    from pg_to_bq.load.group import group_pipeline, load_table  # dlt: only when a pass runs
-
     keys = keys_plan(plan)
-    read = load_table(keys, source_url=source_url, destination=destination, dataset=dataset,
-                      work_dir=work_dir, batch_bytes=batch_bytes,
-                      statement_timeout_s=statement_timeout_s, pipeline_name=SIDE_PIPELINE,
-                      record_state=False)
-    pipeline = group_pipeline(SIDE_PIPELINE, destination, dataset, work_dir)
+    read, pipeline = side_load(keys)
     with pipeline.sql_client() as client:
         target = client.make_qualified_table_name(plan.destination_table)
         keys_table = client.make_qualified_table_name(keys.destination_table)

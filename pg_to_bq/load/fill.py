@@ -14,15 +14,15 @@ fill's snapshot are read again by the next incremental run, whose cursor covers 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pg_to_bq.planning.tables import TablePlan
 
 FILL_PREFIX = "_pg_to_bq_fill__"
-# Side loads (fills and delete passes) use one pipeline of their own, never a table's.
-SIDE_PIPELINE = "pg_to_bq__side_loads"
+# Loads a side table (a plan of its own) beside the destination table, keeping no state;
+# returns the load's result and the pipeline to query the destination with.
+SideLoad = Callable[[TablePlan], tuple[Any, Any]]
 
 
 def fill_plan(plan: TablePlan, columns: Sequence[str]) -> TablePlan:
@@ -35,28 +35,12 @@ def fill_plan(plan: TablePlan, columns: Sequence[str]) -> TablePlan:
         bigquery_cluster=())
 
 
-def fill_columns(
-    plan: TablePlan,
-    columns: Sequence[str],
-    *,
-    source_url: str,
-    destination: Any,
-    dataset: str,
-    work_dir: Path,
-    batch_bytes: int,
-    statement_timeout_s: int,
-    hash_salt: bytes | None = None,
-) -> int:
+def fill_columns(plan: TablePlan, columns: Sequence[str], side_load: SideLoad) -> int:
     """Set `columns` (destination names) of every existing row of `plan`'s table to the
-    source's values, by primary key. Returns the rows updated."""
-    from pg_to_bq.load.group import group_pipeline, load_table  # dlt: only when a fill runs
-
+    source's values, by primary key, from a side table `side_load` loads. Returns the rows
+    updated."""
     side = fill_plan(plan, columns)
-    load_table(side, source_url=source_url, destination=destination, dataset=dataset,
-               work_dir=work_dir, batch_bytes=batch_bytes, hash_salt=hash_salt,
-               statement_timeout_s=statement_timeout_s, pipeline_name=SIDE_PIPELINE,
-               record_state=False)
-    pipeline = group_pipeline(SIDE_PIPELINE, destination, dataset, work_dir)
+    _, pipeline = side_load(side)
     with pipeline.sql_client() as client:
         quote = client.escape_column_name
         target = client.make_qualified_table_name(plan.destination_table)

@@ -94,7 +94,7 @@ def build_catalog_asset(settings: "Settings", built: Catalog, ctx: AssetContext,
 
 def _refresh(context: dg.AssetExecutionContext, settings: "Settings", built: Catalog,
              ctx: AssetContext, keeper: CatalogKeeper) -> dg.MaterializeResult:
-    from pg_to_bq.load.group import TableLoad
+    from pg_to_bq.load.results import TableLoad
     from pg_to_bq.orchestration import progress
     from pg_to_bq.orchestration.mirror import plans_for
     from pg_to_bq.orchestration.steps import live_catalog, load_with, materialization_metadata

@@ -23,7 +23,8 @@ from typing import Any
 import dagster as dg
 
 from pg_to_bq.checks import outcomes as checks
-from pg_to_bq.load.group import LoadResult, TableLoad, Window, load_group
+from pg_to_bq.load.group import load_group
+from pg_to_bq.load.results import LoadResult, TableLoad, Window
 from pg_to_bq.orchestration import progress
 from pg_to_bq.orchestration.assets import (
     APPLY_DELETES_TAG,

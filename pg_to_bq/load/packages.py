@@ -1,0 +1,262 @@
+"""dlt's side of a load: pipelines, the settings they load with, one load package for many
+tables' parquet files, and the destination's row counts.
+
+A package holds the parquet files of every table a step read; dlt loads their jobs in
+parallel threads. A table whose job fails is recorded and the others complete
+(`load.raise_on_failed_jobs` off); when dlt fails the package as a whole, each table is
+loaded again on its own, so only the culprit fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import dlt
+from dlt.common.schema import Schema
+from dlt.common.schema.typing import LOADS_TABLE_NAME
+
+from pg_to_bq.destinations.bigquery import bigquery_hints
+from pg_to_bq.destinations.duckdb_file import DUCKDB_GLOBAL_CONFIG
+from pg_to_bq.load.results import TableRead
+from pg_to_bq.planning.errors import describe
+from pg_to_bq.planning.tables import TablePlan
+
+log = logging.getLogger(__name__)
+# Side loads (fills and delete passes) use one pipeline of their own, never a table's.
+SIDE_PIPELINE = "pg_to_bq__side_loads"
+
+
+class _QuietHintOverride(logging.Filter):
+    """JSON columns travel as Arrow strings with a dlt `json` hint, on purpose; dlt warns about
+    every such column on every load ("several column hints were different")."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "several column hints were different" not in record.getMessage()
+
+
+logging.getLogger("dlt").addFilter(_QuietHintOverride())
+
+
+
+
+# Row counts of this many tables are asked of the destination in one query.
+COUNT_QUERY_TABLES = 200
+
+
+def pipelines_dir(work_dir: Path) -> Path:
+    return work_dir / "pipelines"
+
+
+def make_pipeline(plan: TablePlan, destination: Any, dataset: str, work_dir: Path) -> dlt.Pipeline:
+    """The pipeline of `plan`'s table loaded alone; its working files live under `work_dir`."""
+    return group_pipeline(plan.pipeline_name, destination, dataset, work_dir)
+
+
+def group_pipeline(name: str, destination: Any, dataset: str, work_dir: Path) -> dlt.Pipeline:
+    """The dlt pipeline `name` (a group's, or a table's); its files live under `work_dir`."""
+    return dlt.pipeline(
+        pipeline_name=name,
+        destination=destination,
+        dataset_name=dataset,
+        pipelines_dir=str(pipelines_dir(work_dir)),
+        # A trace file per step, rewritten after each of them: nothing here reads it.
+        enable_runtime_trace=False,
+    )
+
+
+def dlt_settings(destination: Any) -> dict[str, Any]:
+    """dlt settings for our loads, applied while a group loads. They are defaults in dlt's
+    `config.toml` layer, so environment variables (e.g. `LOAD__TRUNCATE_STAGING_DATASET`)
+    still override them."""
+    values: dict[str, Any] = {
+        # Loaded parquet files are not kept in the working directory (a container's /tmp):
+        # they would otherwise pile up, one copy of every table per run.
+        "load.delete_completed_jobs": True,
+        # Replace and merge go through staging tables; empty them after the load instead of
+        # keeping a second copy of every table in the destination.
+        "load.truncate_staging_dataset": True,
+        # A table whose load job fails is recorded in the package and the other tables'
+        # jobs complete; `load_files` reads the failures from the load info.
+        "load.raise_on_failed_jobs": False,
+    }
+    if destination.destination_name == "duckdb":
+        # A local file read once by DuckDB: compressing it only costs CPU on both sides.
+        values["data_writer.compression"] = "none"
+        values["destination.duckdb.credentials.global_config"] = {
+            **DUCKDB_GLOBAL_CONFIG, **getattr(destination, "duckdb_settings", {})}
+    return values
+
+
+def load_files(pipeline: dlt.Pipeline, read: list[TableRead]) -> tuple[dict[str, str], str | None]:
+    """Load the files of `read` (tables to drop and create again in a package of their own);
+    returns the failed tables' errors (by destination table) and the load id.
+
+    When dlt fails a package as a whole (not one table's job), the package is dropped and
+    each of its tables is loaded again on its own, so that only the culprit fails.
+    """
+    failures: dict[str, str] = {}
+    load_id = None
+    try:
+        for refresh in (True, False):
+            part = [item for item in read if item.refresh is refresh]
+            if not part:
+                continue
+            try:
+                failed, load_id = _load_package(pipeline, part, refresh)
+                failures.update(failed)
+                continue
+            except Exception as exc:  # noqa: BLE001 - isolated below
+                pipeline.drop_pending_packages()
+                if len(part) == 1:
+                    failures[part[0].plan.destination_table] = describe(exc)
+                    continue
+                log.warning("loading %d tables together failed (%s); loading each alone",
+                            len(part), describe(exc))
+            for item in part:
+                try:
+                    failed, load_id = _load_package(pipeline, [item], refresh)
+                    failures.update(failed)
+                except Exception as exc:  # noqa: BLE001 - this table's own failure
+                    pipeline.drop_pending_packages()
+                    failures[item.plan.destination_table] = describe(exc)
+        return failures, load_id
+    finally:
+        for item in read:
+            item.path.unlink(missing_ok=True)
+
+
+def _load_package(pipeline: dlt.Pipeline, read: list[TableRead], refresh: bool = False
+                  ) -> tuple[dict[str, str], str | None]:
+    resources = [_resource(pipeline, item) for item in read]
+    schema = Schema(pipeline.pipeline_name, normalizers={"names": "direct"})
+    # extract, normalize and load rather than `run`: `run` would query the destination's
+    # state a second time, and with a package left over from an interrupted run it loads
+    # only that package and returns without reading the tables. `drop_resources` drops the
+    # tables (and their staging copies) in the load step, before loading them again.
+    pipeline.extract(resources, schema=schema, loader_file_format="parquet",
+                     refresh="drop_resources" if refresh else None)
+    pipeline.normalize()
+    info = pipeline.load()
+    failures: dict[str, str] = {}
+    for package in info.load_packages:
+        for job in package.jobs.get("failed_jobs", []):
+            failures.setdefault(job.job_file_info.table_name, job_error(job.failed_message))
+    return failures, info.loads_ids[-1] if info.loads_ids else None
+
+
+_EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?\w*(?:Error|Exception): (.+)$")
+
+
+def job_error(failed_message: str | None) -> str:
+    """The cause of a failed dlt load job in one line: dlt records the whole stack trace,
+    whose last exception line says what the destination refused."""
+    lines = (failed_message or "").strip().splitlines()
+    for line in reversed(lines):
+        match = _EXCEPTION_LINE.match(line)
+        if match:
+            return match.group(1).strip()[:2000]
+    return lines[-1].strip()[:2000] if lines else "the load job failed"
+
+
+def _resource(pipeline: dlt.Pipeline, item: TableRead) -> Any:
+    plan = item.plan
+    path = item.path
+
+    def table_file() -> Iterator[Any]:
+        # An empty file still has the columns: dlt creates (or, on replace, empties) the table.
+        yield dlt.mark.with_file_import(str(path), "parquet",
+                                        items_count=item.reader.stats.rows)
+
+    resource = dlt.resource(
+        table_file,
+        name=plan.destination_table,
+        write_disposition="replace" if item.mode == "full" else "merge",
+        primary_key=list(plan.destination_primary_key) or None,
+        columns=[c.dlt_hint() for c in plan.columns],
+        file_format="parquet",
+    )
+    if pipeline.destination.destination_name == "bigquery":
+        resource = bigquery_hints(resource, plan)
+    return resource
+
+
+def destination_counts(pipeline: dlt.Pipeline, tables: Sequence[str], load_ids: Sequence[str] = ()
+                ) -> tuple[dict[str, int], set[str]]:
+    """Rows in each of `tables` (destination names), and which of `load_ids` the
+    destination has a record of (`_dlt_loads`), asked in one query per 200 tables."""
+    counts: dict[str, int] = {}
+    known: set[str] = set()
+    items: list[tuple[str, str]] = [("table", t) for t in tables] + \
+        [("load", i) for i in load_ids]
+    if not items:
+        return counts, known
+    with pipeline.sql_client() as client:
+        literal = client.capabilities.escape_literal
+        loads = client.make_qualified_table_name(LOADS_TABLE_NAME)
+        for start in range(0, len(items), COUNT_QUERY_TABLES):
+            chunk = items[start:start + COUNT_QUERY_TABLES]
+            sql = " UNION ALL ".join(
+                f"SELECT {i} AS i, count(*) AS n FROM {client.make_qualified_table_name(name)}"
+                if kind == "table" else
+                f"SELECT {i} AS i, count(*) AS n FROM {loads} WHERE load_id = {literal(name)}"
+                for i, (kind, name) in enumerate(chunk))
+            with client.execute_query(sql) as cursor:
+                for i, n in cursor.fetchall():
+                    kind, name = chunk[int(i)]
+                    if kind == "table":
+                        counts[name] = int(n)
+                    elif int(n):
+                        known.add(name)
+    return counts, known
+
+
+
+
+
+
+
+
+@contextlib.contextmanager
+def one_connection(pipeline: dlt.Pipeline) -> Iterator[None]:
+    """Within a write section, every DuckDB client of the pipeline borrows a clone of one
+    open connection: dlt opens the file for each client it makes (a dozen per group: load
+    jobs, state, schema queries), and opening a file holding 1,000 tables takes ~40 ms with
+    a checkpoint on each close, a fifth of loading 1,000 small tables. The connection closes
+    at the end of the section, so another process can take the file."""
+    if pipeline.destination.destination_name != "duckdb":
+        yield
+        return
+    with pipeline.sql_client():
+        yield
+
+
+def sync_once(pipeline: dlt.Pipeline) -> None:
+    """Restore state and schema from the destination (a fresh container has neither), then
+    finish any package an interrupted run left behind, as `pipeline.run` would: its tables
+    were loaded, or not, as a whole; cursors are stored only after a load (see the module's
+    docstring), so finishing it never skips rows."""
+    try:
+        pipeline.sync_destination()
+    except Exception as exc:  # noqa: BLE001 - `run` used to try again; so does this
+        log.debug("restoring state for %s failed once, trying again: %s",
+                  pipeline.pipeline_name, exc)
+        pipeline.sync_destination()
+    if pipeline.list_extracted_load_packages():
+        pipeline.normalize()
+    if pipeline.list_normalized_load_packages():
+        log.info("loading the package an interrupted run of %s left behind",
+                 pipeline.pipeline_name)
+        try:
+            pipeline.load()
+        except Exception as exc:  # noqa: BLE001 - stale: this run reads the tables again
+            log.warning("the package an interrupted run of %s left behind did not load (%s); "
+                        "it is dropped and its tables are read again", pipeline.pipeline_name,
+                        describe(exc))
+            pipeline.drop_pending_packages()
+
+

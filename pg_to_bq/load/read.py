@@ -1,0 +1,327 @@
+"""Reading a step's tables: each in its own snapshot, over one connection, into a parquet
+file — or found unchanged since its last load, and not read at all.
+
+An incremental run re-reads the rows inside the lookback window of the last cursor. When
+it reads back exactly the rows the last load recorded for that window (and nothing
+newer), a merge would change nothing: the table is not loaded. A table whose row versions
+are those of its last load (`pg_to_bq.postgres.row_versions`) is not read.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from pg_to_bq.load.cursor_window import (
+    WindowTracker,
+    lookback_of,
+    max_of,
+    window_digest,
+)
+from pg_to_bq.load.evolution import Change, Evolution
+from pg_to_bq.load.memory import release_memory
+from pg_to_bq.load.parquet_files import remove_stale_files, write_table_file
+from pg_to_bq.load.results import (
+    EmptyTableError,
+    LoadResult,
+    PlanFailed,
+    TableLoad,
+    TableRead,
+    Window,
+    failure_result,
+    no_columns,
+)
+from pg_to_bq.load.state import (
+    COLUMNS_STATE_KEY,
+    CURSOR_STATE_KEY,
+    DEFINITION_STATE_KEY,
+    LOADED_COLUMNS_STATE_KEY,
+    PENDING_FILL_STATE_KEY,
+    VERSIONS_STATE_KEY,
+    WINDOW_STATE_KEY,
+)
+from pg_to_bq.load.values_check import source_side_fingerprint
+from pg_to_bq.planning.errors import describe, is_transient
+from pg_to_bq.planning.tables import TablePlan
+from pg_to_bq.planning.types import quote_ident
+from pg_to_bq.postgres import row_versions as tuple_versions
+from pg_to_bq.postgres.connect import SourceUnreachable, with_options
+from pg_to_bq.postgres.connect import describe as describe_source
+from pg_to_bq.postgres.reader import TableReader, literal
+from pg_to_bq.postgres.session import AdbcSession
+
+log = logging.getLogger(__name__)
+
+
+# A table's read is tried this many times when it fails in a way that can pass (a dropped
+# connection, a serialization failure), waiting RETRY_DELAY_S, then twice that, between.
+READ_ATTEMPTS = 3
+
+
+RETRY_DELAY_S = 2.0
+
+
+
+
+
+
+def describe_changes(plan: TablePlan, evolution: Evolution, state: dict[str, Any], mode: str,
+                      fill: tuple[str, ...]) -> list[str]:
+    """The schema changes this load handles, in words (for the CLI and the metadata)."""
+    if not evolution.exists:
+        return []
+    source_names = {c.name: c.source for c in plan.columns}
+    before = state.get(COLUMNS_STATE_KEY, {})
+    changes = []
+    for name in evolution.added:
+        action = ("its values filled for the rows loaded before" if name in fill
+                  else "loaded with every row")
+        changes.append(Change("added", name).describe(action))
+    previously = state.get(LOADED_COLUMNS_STATE_KEY)
+    for name in evolution.dropped:
+        if evolution.reload:
+            changes.append(f"column {name} dropped in PostgreSQL: not in the reloaded table")
+        elif previously is None or name in previously:  # said once, at the first load after
+            changes.append(Change("dropped", name).describe(""))
+    for change in (*evolution.widened, *evolution.retyped):
+        source = source_names.get(change.column)
+        text = change.describe("")
+        if source is not None and before.get(source.name) not in (None, source.type):
+            text += f"; PostgreSQL {before[source.name]} → {source.type}"
+        changes.append(text)
+    extra = set(fill) - set(evolution.added)
+    if extra:
+        changes.append(f"column(s) {', '.join(sorted(extra))}: values for the rows loaded "
+                       "before filled now (an earlier run could not)")
+    if mode == "full" and evolution.changed and plan.disposition == "merge" \
+            and not evolution.reload:
+        changes.append("read whole this run")
+    return changes
+
+
+def batch_reporter(on_batch: Callable[..., None] | None, plan: TablePlan) -> Callable[[int], None]:
+    if on_batch is None:
+        return lambda rows: None
+    try:  # `on_batch(rows)` (one table) or `on_batch(table, rows)` (a group)
+        import inspect
+
+        two = len(inspect.signature(on_batch).parameters) >= 2
+    except (TypeError, ValueError):
+        two = False
+    return (lambda rows: on_batch(plan.name, rows)) if two else on_batch  # type: ignore[misc,return-value]
+
+
+class SourceSessions:
+    """One source connection shared by the group's reads (each in its own transaction),
+    opened when first needed and opened again after a failure."""
+
+    def __init__(self, url: str, statement_timeout_s: int) -> None:
+        self.url = url
+        self.statement_timeout_s = statement_timeout_s
+        self._session: AdbcSession | None = None
+
+    def get(self) -> AdbcSession:
+        if self._session is None:
+            uri = with_options(self.url, "pg_to_bq", self.statement_timeout_s)
+            try:
+                self._session = AdbcSession(uri)
+            except Exception as exc:  # the driver raises its own error classes
+                raise SourceUnreachable(
+                    f"cannot connect to PostgreSQL at {describe_source(self.url)}: "
+                    f"{str(exc).splitlines()[0]}") from None
+        return self._session
+
+    def discard(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
+    def __enter__(self) -> SourceSessions:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.discard()
+
+
+def choose_mode(
+    plan: TablePlan, state: dict[str, Any], full_refresh: bool, window: Window | None
+) -> tuple[str, str | None, Any]:
+    if full_refresh or plan.disposition == "replace":
+        return "full", None, None
+    if window is not None:
+        column = quote_ident(window.column)
+        pg_type = plan.table.column(window.column).type
+        where = (f"{column} >= {literal(window.start, pg_type)} AND "
+                 f"{column} < {literal(window.end, pg_type)}")
+        return "window", where, window.start
+    previous = state.get(CURSOR_STATE_KEY)
+    if previous is None or plan.cursor is None:
+        return "full", None, None
+    pg_type = plan.table.column(plan.cursor).type
+    bound = literal(previous, pg_type)
+    if lookback_of(plan):
+        bound = f"{bound} - {literal(f'{int(plan.lookback.total_seconds())} seconds', 'interval')}"
+    return "incremental", f"{quote_ident(plan.cursor)} >= {bound}", previous
+
+
+@dataclass
+class TableReads:
+    """How a step reads its tables: the source, batch sizes, the values check's limit; and
+    the results of tables settled while reading (failed, or unchanged)."""
+
+    loads: Sequence[TableLoad]
+    source_url: str
+    batch_bytes: int
+    hash_salt: bytes | None
+    statement_timeout_s: int
+    on_batch: Callable[..., None] | None
+    record_state: bool
+    raise_errors: bool
+    fingerprint_rows: int | None
+    destination_name: str
+    files: Path
+
+    def read_all(self, states: dict[str, dict[str, Any]], evolutions: dict[str, Evolution],
+                 doubts: dict[str, str], settle: Callable[[int, LoadResult], None]
+                 ) -> list[tuple[int, TableRead]]:
+        """Read each table into a parquet file over one connection (each table in its own
+        snapshot); tables that fail are settled at once, the others returned to be loaded."""
+        files = self.files
+        for stale in remove_stale_files(files):
+            log.info("removed %s, left by an extraction that did not finish", stale)
+        read: list[tuple[int, TableRead]] = []
+        with SourceSessions(self.source_url, self.statement_timeout_s) as sessions:
+            definitions = self.definitions(sessions)
+            for index, load in enumerate(self.loads):
+                started = time.monotonic()
+                table = load.plan.destination_table
+                state, doubt = states.get(table, {}), doubts.get(table)
+                definition = definitions.get(load.plan.table.oid)  # type: ignore[arg-type]
+                stored = state.get(DEFINITION_STATE_KEY)
+                if load.plan.disposition == "merge" and stored is not None \
+                        and stored != definition:
+                    state, doubt = {}, ("a partition was attached or detached, or a label of "
+                                        "an enum it uses changed, since its last load")
+                try:
+                    item = self.read_with_retries(
+                        load, state, evolutions.get(table), sessions, files, doubt)
+                    if isinstance(item, TableRead):
+                        item.definition = definition
+                except Exception as exc:  # noqa: BLE001 - one table's failure is its own
+                    settle(index, failure_result(load.plan, exc, started, self.raise_errors))
+                    continue
+                if isinstance(item, LoadResult):
+                    settle(index, item)
+                else:
+                    read.append((index, item))
+        release_memory()
+        return read
+
+    def definitions(self, sessions: SourceSessions) -> dict[int, str]:
+        """The partitions and enum labels of the merged tables (`tuple_versions.definitions`),
+        one query; none when it cannot be asked (each table's read then says why)."""
+        oids = [load.plan.table.oid for load in self.loads if load.plan.loadable
+                and load.plan.disposition == "merge" and load.plan.table.oid is not None]
+        if not oids or not self.record_state:
+            return {}
+        try:
+            return tuple_versions.definitions(sessions.get(), oids)  # type: ignore[arg-type]
+        except Exception as exc:  # noqa: BLE001 - the reads fail on their own, with retries
+            sessions.discard()
+            log.info("the merged tables' partitions and enum labels were not read: %s",
+                     describe(exc))
+            return {}
+
+    def read_with_retries(self, load: TableLoad, state: dict[str, Any],
+                          evolution: Evolution | None, sessions: SourceSessions,
+                          files: Path, doubt: str | None = None) -> TableRead | LoadResult:
+        for attempt in range(1, READ_ATTEMPTS + 1):
+            try:
+                return self.read_table(load, state, evolution, sessions, files, doubt)
+            except Exception as exc:
+                sessions.discard()
+                if attempt == READ_ATTEMPTS or not is_transient(exc):
+                    raise
+                delay = RETRY_DELAY_S * 2 ** (attempt - 1)
+                log.warning("reading %s failed (%s); trying again in %.0f s", load.plan.name,
+                            describe(exc), delay)
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def read_table(self, load: TableLoad, state: dict[str, Any], evolution: Evolution | None,
+                   sessions: SourceSessions, files: Path, doubt: str | None = None
+                   ) -> TableRead | LoadResult:
+        """Read one table into a parquet file (or find it unchanged since the last load).
+        `doubt` says why the table's stored state was not trusted (then `state` is empty)."""
+        plan = load.plan
+        if plan.error is not None:
+            raise PlanFailed(plan.error)
+        if not plan.columns:
+            raise EmptyTableError(no_columns(plan))
+        evolution = evolution or Evolution(exists=False)
+        started = time.monotonic()
+        # A table the destination does not have is read whole, whatever the cursor says (a
+        # cursor without its rows would skip them), unless one partition is asked for; a
+        # table that must be dropped for a new type is read whole, every partition of it.
+        whole = (not evolution.exists and load.window is None) or evolution.reload
+        mode, where, cursor_from = choose_mode(plan, state, load.full_refresh or whole,
+                                                None if whole else load.window)
+        pending = tuple(state.get(PENDING_FILL_STATE_KEY, ()))
+        fill = () if mode == "full" or plan.disposition != "merge" else tuple(
+            dict.fromkeys([*evolution.added, *(c for c in pending
+                                               if c in {m.name for m in plan.columns})]))
+        stored_window = state.get(WINDOW_STATE_KEY) if mode == "incremental" else None
+        reader = TableReader(
+            sessions.url, plan, where=where, batch_bytes=self.batch_bytes,
+            hash_salt=self.hash_salt, statement_timeout_s=self.statement_timeout_s,
+            streams=load.streams, count_table=True, session=sessions.get(),
+        )
+        tracker = WindowTracker(plan, mode) if plan.cursor is not None and mode != "window" \
+            else None
+        report = batch_reporter(self.on_batch, plan)
+        changes = describe_changes(plan, evolution, state, mode, fill)
+        reason = doubt if doubt and mode == "full" and not load.full_refresh else None
+        with reader:
+            versions = None
+            if mode in ("full", "incremental") and tuple_versions.applies(plan):
+                versions = tuple_versions.token(reader, plan, self.hash_salt)
+                if versions == state.get(VERSIONS_STATE_KEY) and not load.full_refresh \
+                        and evolution.exists and not evolution.changed and not fill:
+                    # Not one row version changed since the last load: nothing to read.
+                    unchanged = TableRead(plan, mode, cursor_from, None, reader, Path(), started)
+                    result = unchanged.result(None, status="unchanged")
+                    result.extra["unchanged"] = "versions"
+                    return result
+            ahead: list[pa.RecordBatch] | None = None
+            if stored_window and not evolution.changed and not fill \
+                    and reader.stats.snapshot_rows == stored_window.get("rows"):
+                ahead = list(reader.batches())
+                if window_digest(ahead, reader.schema) == stored_window.get("digest"):
+                    report(reader.stats.rows)
+                    unchanged = TableRead(plan, mode, cursor_from, None, reader, Path(), started)
+                    result = unchanged.result(None, status="unchanged")
+                    result.cursor_to = max_of(ahead, plan)
+                    result.extra["unchanged"] = True
+                    return result
+
+            def batches() -> Iterator[pa.RecordBatch]:
+                for batch in reader.batches() if ahead is None else ahead:
+                    if tracker is not None and batch.num_rows:
+                        tracker.add(batch)
+                    report(batch.num_rows)
+                    yield batch
+
+            path, _ = write_table_file(batches(), reader.schema, files,
+                                       self.destination_name)
+            source_fingerprint = None
+            if self.fingerprint_rows is not None:
+                source_fingerprint = source_side_fingerprint(plan, reader, mode,
+                                                         self.fingerprint_rows)
+        return TableRead(plan, mode, cursor_from, tracker, reader, path, started, evolution, fill,
+                     changes, source_fingerprint, versions, reason)

@@ -1,0 +1,77 @@
+"""What a step's load does about schema changes before its tables load: the changes found
+(`pg_to_bq.load.evolution`), the fills owed, the reloads announced (their state invalidated
+first), the columns changed in place."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import dlt
+
+from pg_to_bq.destinations.schema import (
+    alter_statements,
+    apply,
+    forget_stored_schema,
+    planned_types,
+    stored_columns,
+    type_mapper,
+)
+from pg_to_bq.destinations.state_table import (
+    invalidated,
+    write_states,
+)
+from pg_to_bq.load.evolution import Evolution, diff
+from pg_to_bq.load.results import TableRead
+from pg_to_bq.load.state import PENDING_FILL_STATE_KEY
+from pg_to_bq.planning.errors import describe
+from pg_to_bq.planning.tables import TablePlan
+
+
+def evolutions_of(pipeline: dlt.Pipeline, plans: Sequence[TablePlan]) -> dict[str, Evolution]:
+    """What each table's load must do about schema changes (`pg_to_bq.load.evolution`)."""
+    if not plans:
+        return {}
+    stored = stored_columns(pipeline, [p.destination_table for p in plans])
+    kind = pipeline.destination.destination_name
+    mapper = type_mapper(pipeline)
+    return {p.destination_table: diff(planned_types(mapper, p), stored.get(p.destination_table),
+                                      kind, frozenset(p.destination_primary_key))
+            for p in plans}
+
+
+def prepare(pipeline: dlt.Pipeline, read: list[TableRead], states: dict[str, dict[str, Any]],
+             record_state: bool) -> dict[str, str]:
+    """Before the load: mark the fills this run owes (so a run killed before they are done
+    leaves them to the next one), invalidate the state of the tables about to be dropped and
+    loaded again (so a reload that does not finish leaves no cursor without its rows), and
+    change column types in place. Returns the tables that cannot load (an ALTER the
+    destination refused)."""
+    pending = {}
+    for item in read:
+        if item.refresh and record_state:
+            pending[item.plan.destination_table] = invalidated(
+                "its reload under a new column type did not finish")
+        elif item.fill and record_state:
+            state = dict(states.get(item.plan.destination_table, {}))
+            state[PENDING_FILL_STATE_KEY] = sorted(set(state.get(PENDING_FILL_STATE_KEY, ()))
+                                                   | set(item.fill))
+            pending[item.plan.destination_table] = state
+    if pending:
+        write_states(pipeline, pending)
+        states.update(pending)
+    if any(not item.evolution.exists for item in read):
+        forget_stored_schema(pipeline)
+    failures = {}
+    for item in read:
+        evolution = item.evolution
+        if item.refresh or not (evolution.widened or evolution.relax):
+            continue
+        try:
+            apply(pipeline, alter_statements(pipeline, item.plan, evolution,
+                                             planned_types(type_mapper(pipeline), item.plan)))
+        except Exception as exc:  # noqa: BLE001 - this table's own failure
+            failures[item.plan.destination_table] = (
+                f"table {item.plan.name}: the destination refused to change its columns in "
+                f"place ({describe(exc)}); a full refresh (--full-refresh) loads it again")
+    return failures

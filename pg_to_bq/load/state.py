@@ -1,0 +1,149 @@
+"""A table's load state as a load uses it (kept by `pg_to_bq.destinations.state_table`):
+trusted only while the destination holds the rows it covers, written after them.
+
+State: a table's cursor and lookback-window digest, its row versions, its columns, its fill
+markers, the destination's row count and load after its last load. Keyed by table, so a
+fresh container resumes where the last load stopped, whichever step loads the table. A
+table that failed keeps its previous state; a run killed before the write leaves states
+that no longer match the tables' rows, which the next run notices (`trusted_states`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import dlt
+
+from pg_to_bq.destinations.state_table import (
+    INVALIDATED_KEY,
+    LOAD_ID_KEY,
+    ROWS_KEY,
+    SOURCE_OID_KEY,
+    doubt,
+    invalidated,
+    read_states,
+    write_states,
+)
+from pg_to_bq.load.cursor_window import (
+    state_value,
+)
+from pg_to_bq.load.evolution import Evolution
+from pg_to_bq.load.packages import destination_counts
+from pg_to_bq.load.results import LoadResult, TableRead
+from pg_to_bq.planning.errors import describe
+from pg_to_bq.planning.tables import TablePlan
+
+log = logging.getLogger(__name__)
+
+
+CURSOR_STATE_KEY = "pg_to_bq_cursor"
+
+
+WINDOW_STATE_KEY = "pg_to_bq_window"
+
+
+VERSIONS_STATE_KEY = "pg_to_bq_versions"
+
+
+# A merged table's partitions and enum labels (`pg_to_bq.postgres.row_versions.definitions`).
+DEFINITION_STATE_KEY = "definition"
+
+
+PENDING_FILL_STATE_KEY = "pending_fill"
+
+
+# The PostgreSQL type of each column last loaded (by PostgreSQL name), and the destination
+# columns that load wrote.
+COLUMNS_STATE_KEY = "columns"
+
+
+LOADED_COLUMNS_STATE_KEY = "loaded_columns"
+
+
+def trusted_states(pipeline: dlt.Pipeline, plans: Sequence[TablePlan],
+                    evolutions: Mapping[str, Evolution]
+                    ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """Each table's stored state (`pg_to_bq.destinations.state_table`) when the destination table still
+    holds the rows it covers, and why not for the others (whose state is then empty, so
+    they are read whole). One query for the group's row counts and loads."""
+    stored = read_states(pipeline, [p.destination_table for p in plans])
+    if not stored:
+        return {}, {}
+    oids = {p.destination_table: p.table.oid for p in plans}
+    present = [t for t in stored if evolutions.get(t, Evolution(exists=False)).exists]
+    load_ids = sorted({str(s[LOAD_ID_KEY]) for t, s in stored.items()
+                       if t in present and s.get(LOAD_ID_KEY)})
+    counts, known = destination_counts(pipeline, present, load_ids)
+    trusted: dict[str, dict[str, Any]] = {}
+    doubts: dict[str, str] = {}
+    for table, state in stored.items():
+        reason = doubt(state, exists=table in present, rows=counts.get(table),
+                       load_known=str(state.get(LOAD_ID_KEY)) in known,
+                       source_oid=oids.get(table))
+        if reason is None:
+            trusted[table] = state
+        else:
+            doubts[table] = reason
+            log.info("table %s is read whole: %s", table, reason)
+    return trusted, doubts
+
+
+def commit_states(pipeline: dlt.Pipeline, loaded: list[TableRead],
+                   previous: dict[str, dict[str, Any]], load_id: str | None,
+                   counts: Mapping[str, int], results: Sequence[LoadResult]) -> None:
+    """Store the state of the tables that loaded (see the module's docstring), with the
+    destination's rows after the load (`counts`), which the next run checks before trusting
+    it; an unchanged table whose delete pass removed rows has its count updated. A table
+    whose checks say rows or values are missing gets an invalidated state instead: the next
+    run reads it whole. A failure here leaves the previous states, which no longer match the
+    tables' rows: the next run reads those tables whole."""
+    states: dict[str, dict[str, Any]] = {}
+    for result in results:
+        table = result.destination_table
+        if result.lost:
+            states[table] = invalidated(
+                "the last load's checks found rows or values missing: "
+                + "; ".join(c.description for c in result.lost)[:500])
+        elif result.status == "unchanged" and result.deleted and table in counts \
+                and table in previous:
+            states[table] = {**previous[table], ROWS_KEY: counts[table]}
+    for item in loaded:
+        table = item.plan.destination_table
+        if table in states or table not in counts:
+            continue
+        # A whole read replaces everything the state said; an incremental one moves it on.
+        state = {} if item.mode == "full" else dict(previous.get(table, {}))
+        state.pop(INVALIDATED_KEY, None)
+        tracker = item.tracker
+        if tracker is not None and tracker.max is not None:
+            state[CURSOR_STATE_KEY] = state_value(tracker.max)
+        elif item.mode == "full":
+            state.pop(CURSOR_STATE_KEY, None)
+        window = tracker.digest(item.reader.schema) if tracker is not None else None
+        if window is None:
+            state.pop(WINDOW_STATE_KEY, None)
+        else:
+            state[WINDOW_STATE_KEY] = window
+        if item.versions is None:
+            state.pop(VERSIONS_STATE_KEY, None)
+        else:
+            state[VERSIONS_STATE_KEY] = item.versions
+        state[LOAD_ID_KEY] = load_id
+        state[ROWS_KEY] = counts[table]
+        if item.plan.table.oid is not None:
+            state[SOURCE_OID_KEY] = item.plan.table.oid
+        if item.definition is None:
+            state.pop(DEFINITION_STATE_KEY, None)
+        else:
+            state[DEFINITION_STATE_KEY] = item.definition
+        state[COLUMNS_STATE_KEY] = {c.source.name: c.source.type for c in item.plan.columns}
+        state[LOADED_COLUMNS_STATE_KEY] = [c.name for c in item.plan.columns]
+        state.pop(PENDING_FILL_STATE_KEY, None)  # done: the load and its fill succeeded
+        states[table] = state
+    try:
+        write_states(pipeline, states)
+    except Exception as exc:  # noqa: BLE001 - the data is loaded; the next run re-reads
+        log.warning("the loaded tables' states were not stored (%s): the next run reads "
+                    "them whole", describe(exc))

@@ -1,0 +1,97 @@
+"""The values check of a load (`pg_to_bq.checks.fingerprint`): its PostgreSQL side computed
+in the snapshot the table was read in, its destination side after the load, one query for
+many tables."""
+
+from __future__ import annotations
+
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from pg_to_bq.checks.fingerprint import (
+    DEFAULT_RANGE_ROWS,
+    Fingerprint,
+    Scope,
+    bounds_sql,
+    compare,
+    destination_sql_many,
+    not_compared,
+    parse,
+    scope_for,
+    source_sql,
+    split_many,
+)
+from pg_to_bq.checks.outcomes import FINGERPRINT, CheckOutcome
+from pg_to_bq.planning.errors import describe
+from pg_to_bq.planning.tables import TablePlan
+
+if TYPE_CHECKING:
+    from pg_to_bq.load.results import TableRead
+    from pg_to_bq.postgres.reader import TableReader
+
+# A key range holds at least this many rows, however few the load read.
+MIN_RANGE_ROWS = 200
+
+
+def source_side_fingerprint(plan: TablePlan, reader: TableReader, mode: str, full_rows: int
+                        ) -> tuple[Scope, Fingerprint] | str:
+    """The source side of the values check, in the snapshot the table was read in. A table
+    of at most `full_rows` rows is compared whole; a larger one in key ranges sized by what
+    the load read, so the check costs a small share of the load (digesting a row costs
+    about as much as loading it: a whole 1M-row table would double the load)."""
+    if mode == "window":
+        return "not computed for a run of one partition: the check compares whole tables"
+    try:
+        stats = reader.stats
+        table_rows = stats.table_rows if stats.table_rows is not None else stats.rows
+        bounds = None
+        bounds_query = bounds_sql(plan)
+        if bounds_query is not None and table_rows > full_rows:
+            row = reader.query_one(bounds_query)
+            if row and row[0] is not None:
+                bounds = (int(row[0]), int(row[1]))
+        range_rows = max(MIN_RANGE_ROWS, min(DEFAULT_RANGE_ROWS, stats.rows // 4))
+        scope = scope_for(plan, table_rows, uuid.uuid4().hex, full_rows=full_rows,
+                          range_rows=range_rows, bounds=bounds)
+        row = reader.query_one(source_sql(plan, scope, server_encoding=reader.server_encoding()))
+        assert row is not None
+        return scope, parse(plan, row, scope)
+    except Exception as exc:  # noqa: BLE001 - the load stands; the check says why it did not run
+        return f"not computed: the PostgreSQL side failed ({describe(exc)})"
+
+
+# Tables whose destination side one query computes.
+FINGERPRINT_QUERY_TABLES = 50
+
+
+def compare_fingerprints(pipeline: Any, loaded: list[TableRead]) -> dict[str, CheckOutcome]:
+    """The values check of each loaded table (see `load_group`)."""
+    outcomes: dict[str, CheckOutcome] = {}
+    ready = []
+    for item in loaded:
+        if isinstance(item.fingerprint, str):
+            outcomes[item.plan.destination_table] = CheckOutcome(
+                FINGERPRINT, False, "WARN", item.fingerprint)
+        elif item.fingerprint is not None:
+            ready.append(item)
+    if not ready:
+        return outcomes
+    kind = pipeline.destination.destination_name
+    try:
+        with pipeline.sql_client() as client:
+            for start in range(0, len(ready), FINGERPRINT_QUERY_TABLES):
+                chunk = ready[start:start + FINGERPRINT_QUERY_TABLES]
+                items = [(r.plan, client.make_qualified_table_name(r.plan.destination_table),
+                          r.fingerprint[0]) for r in chunk]  # type: ignore[index]
+                rows = split_many(client.execute_sql(destination_sql_many(items, kind)) or [])
+                for index, item in enumerate(chunk):
+                    scope, source = item.fingerprint  # type: ignore[misc]
+                    destination = parse(item.plan, rows[index], scope)
+                    outcomes[item.plan.destination_table] = compare(
+                        source, destination, skipped=not_compared(item.plan),
+                        disposition=item.plan.disposition)
+    except Exception as exc:  # noqa: BLE001 - the loads stand; the check says why it did not run
+        for item in ready:
+            outcomes.setdefault(item.plan.destination_table, CheckOutcome(
+                FINGERPRINT, False, "WARN",
+                f"not computed: the destination side failed ({describe(exc)})"))
+    return outcomes
