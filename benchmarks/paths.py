@@ -67,10 +67,10 @@ def pg_to_bq(url: str, table: str, work_dir: str, full_refresh: bool = False,
     import pg_to_bq.load.parquet_files  # noqa: F401
     import pg_to_bq.postgres.session  # noqa: F401
     from pg_to_bq.load.group import load_table
-    from pg_to_bq.planning.catalog import discover
     from pg_to_bq.planning.settings import streams_for
     from pg_to_bq.planning.tables import plan_table
     from pg_to_bq.postgres.connect import connect
+    from pg_to_bq.postgres.discovery import discover
 
     _preimport_dlt_duckdb(sqlalchemy=False)
     assert "sqlalchemy" not in sys.modules, "the pg_to_bq path must not import SQLAlchemy early"

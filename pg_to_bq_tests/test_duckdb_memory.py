@@ -24,8 +24,8 @@ from pg_to_bq.destinations.duckdb_file import (
     memory_cap,
 )
 from pg_to_bq.load.group import load_table
-from pg_to_bq.planning.catalog import discover
 from pg_to_bq.planning.tables import TablePlan, build_plans
+from pg_to_bq.postgres.discovery import discover
 from pg_to_bq_tests.conftest import run_sql
 
 ROWS = 2000

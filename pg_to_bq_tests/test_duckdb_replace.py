@@ -21,8 +21,8 @@ import pytest
 
 from pg_to_bq.destinations.duckdb_file import duckdb_destination
 from pg_to_bq.load.group import load_table
-from pg_to_bq.planning.catalog import discover
 from pg_to_bq.planning.tables import TablePlan, build_plans
+from pg_to_bq.postgres.discovery import discover
 from pg_to_bq_tests.conftest import duck_rows, run_sql
 
 
@@ -103,7 +103,7 @@ def test_the_table_file_is_loaded_as_written(pg_url: str, tmp_path: Path) -> Non
     from dlt.common.libs.pyarrow import should_normalize_arrow_schema
 
     from pg_to_bq.load.packages import make_pipeline
-    from pg_to_bq.postgres.reader import arrow_schema
+    from pg_to_bq.postgres.values import arrow_schema
 
     run_sql(pg_url, """
         CREATE TABLE shaped (id bigint PRIMARY KEY, name text NOT NULL, note text,
@@ -139,7 +139,7 @@ def test_a_loading_process_never_imports_pandas_or_sqlalchemy(pg_url: str, tmp_p
     code = f"""
 import sys
 from pathlib import Path
-from pg_to_bq.planning.catalog import discover
+from pg_to_bq.postgres.discovery import discover
 from pg_to_bq.destinations.duckdb_file import duckdb_destination
 from pg_to_bq.load.group import load_table
 from pg_to_bq.planning.tables import build_plans

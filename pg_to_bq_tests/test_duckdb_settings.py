@@ -16,9 +16,9 @@ import pytest
 from pg_to_bq.load.group import load_table
 from pg_to_bq.orchestration.code_location import build_resources
 from pg_to_bq.orchestration.resources import Destination
-from pg_to_bq.planning.catalog import discover
 from pg_to_bq.planning.settings import Settings
 from pg_to_bq.planning.tables import build_plans
+from pg_to_bq.postgres.discovery import discover
 from pg_to_bq_tests.conftest import run_sql
 
 

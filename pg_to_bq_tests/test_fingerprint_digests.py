@@ -29,11 +29,12 @@ from pg_to_bq.checks import fingerprint as fp
 from pg_to_bq.checks.outcomes import FINGERPRINT
 from pg_to_bq.destinations.duckdb_file import duckdb_destination
 from pg_to_bq.load.group import load_table
-from pg_to_bq.planning.catalog import Column, Table, discover
+from pg_to_bq.planning.catalog import Column, Table
 from pg_to_bq.planning.overrides import Overrides, parse_overrides
 from pg_to_bq.planning.tables import TablePlan, build_plans, plan_table
 from pg_to_bq.planning.types import quote_ident
-from pg_to_bq.postgres.reader import SESSION  # the extraction's session settings, exactly
+from pg_to_bq.postgres.discovery import discover
+from pg_to_bq.postgres.sql import SESSION  # the extraction's session settings, exactly
 
 SALT = b"fingerprint-test-salt"
 

@@ -16,8 +16,8 @@ import duckdb
 import psycopg
 import pytest
 
-from pg_to_bq.orchestration.assets import APPLY_DELETES_TAG, FULL_REFRESH_TAG
 from pg_to_bq.orchestration.code_location import build_definitions
+from pg_to_bq.orchestration.names import APPLY_DELETES_TAG, FULL_REFRESH_TAG
 from pg_to_bq.planning.settings import Settings
 from pg_to_bq_tests.conftest import duck_rows, kill_sync_when, run_sql
 

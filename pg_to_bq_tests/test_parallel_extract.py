@@ -14,9 +14,10 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from pg_to_bq.planning.catalog import discover
+from pg_to_bq.planning.errors import LossyValueError
 from pg_to_bq.planning.tables import TablePlan, build_plans
-from pg_to_bq.postgres.reader import LossyValueError, TableReader
+from pg_to_bq.postgres.discovery import discover
+from pg_to_bq.postgres.reader import TableReader
 
 SETUP_SQL = """
 CREATE TABLE with_pk (id bigint PRIMARY KEY, label text, amount numeric(12,2), at timestamptz);

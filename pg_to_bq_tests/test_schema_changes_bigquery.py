@@ -2,7 +2,7 @@
 
 As far as the emulator goes: its INFORMATION_SCHEMA reports NUMERIC without the precision
 and scale BigQuery reports (`NUMERIC(12, 2)`), so an in-place widening of a decimal cannot
-be seen there (it is tested against DuckDB, and `pg_to_bq.load.evolution.widens` knows
+be seen there (it is tested against DuckDB, and `pg_to_bq.planning.evolution.widens` knows
 BigQuery's rules); a new column filled by key (UPDATE … FROM), a dropped column kept, and a
 type change reloading the table are tested here, row for row.
 """

@@ -238,7 +238,7 @@ def test_include_pattern_matching_nothing_is_an_error(snapshot_env, monkeypatch)
 
 
 def _memo_key() -> str:
-    from pg_to_bq.orchestration.assets import key_part
+    from pg_to_bq.orchestration.names import key_part
 
     return key_part("顧客メモ")
 
@@ -364,7 +364,7 @@ def test_secrets_resource_only_with_a_secret_id(snapshot_env, monkeypatch) -> No
 def test_every_step_op_keeps_its_own_compute_function(snapshot_env, monkeypatch) -> None:
     """Step ops are built directly (not by `@multi_asset`): each has its own compute
     function, and they share one config schema object."""
-    from pg_to_bq.orchestration.assets import LOAD_CONFIG_SCHEMA
+    from pg_to_bq.orchestration.names import LOAD_CONFIG_SCHEMA
 
     monkeypatch.setenv("PG_TO_BQ_STEP_TABLES", "1")
     graph = build_definitions(Settings.from_env()).resolve_asset_graph()
@@ -385,11 +385,9 @@ def test_group_asset_is_what_multi_asset_would_build(snapshot_env, tmp_path, mon
     types, keys, checks, spec attributes, partitions, tags, retry policy, pool and resource
     keys. (The Japanese table is left out: the decorator cannot name its input and output,
     which `build_group_asset` names with an ASCII form.)"""
-    from pg_to_bq.orchestration.assets import (
-        LOAD_CONFIG_SCHEMA,
-        build_group_asset,
-        check_specs,
-    )
+    from pg_to_bq.orchestration.names import LOAD_CONFIG_SCHEMA
+    from pg_to_bq.orchestration.specs import check_specs
+    from pg_to_bq.orchestration.step_assets import build_group_asset
     from pg_to_bq.planning.groups import group_plans
 
     write_snapshot(Catalog(tables=(CUSTOMERS, ORDERS, EVENTS), database="shop"), snapshot_env)
@@ -443,7 +441,7 @@ def test_names_dagster_refuses_get_an_ascii_form_and_keep_their_key(snapshot_env
     """A Japanese table keeps its name in its asset keys; its op input and output names (which
     Dagster restricts to ASCII) get an ASCII form with a hash. A name with a space or quote
     gets an ASCII key part, and its real name leads the description."""
-    from pg_to_bq.orchestration.assets import build_group_asset
+    from pg_to_bq.orchestration.step_assets import build_group_asset
     from pg_to_bq.planning.groups import LoadGroup
 
     odd = Table(schema="public", name='my "odd" table', columns=(Column("id", "bigint", "int8"),))

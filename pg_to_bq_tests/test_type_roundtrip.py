@@ -31,22 +31,19 @@ from psycopg.types.string import TextLoader
 
 from pg_to_bq.destinations.duckdb_file import duckdb_destination
 from pg_to_bq.load.group import load_table
-from pg_to_bq.planning.catalog import Column, discover
-from pg_to_bq.planning.errors import root_cause
+from pg_to_bq.planning.catalog import Column
+from pg_to_bq.planning.errors import LossyValueError, root_cause
 from pg_to_bq.planning.overrides import Overrides, parse_overrides
 from pg_to_bq.planning.tables import TablePlan, build_plans
+from pg_to_bq.planning.type_rules import RULES, TYPE_TABLE_BEGIN, TYPE_TABLE_END, render_type_rules
 from pg_to_bq.planning.types import (
     _BIGQUERY_TYPES,
     _DLT_TYPES,
     _DUCKDB_TYPES,
-    RULES,
-    TYPE_TABLE_BEGIN,
-    TYPE_TABLE_END,
     ColumnOverride,
     map_column,
-    render_type_rules,
 )
-from pg_to_bq.postgres.reader import LossyValueError
+from pg_to_bq.postgres.discovery import discover
 
 SALT = b"pepper"
 DOC = Path(__file__).resolve().parents[1] / "docs" / "type-map.md"

@@ -20,11 +20,10 @@ import psycopg
 import pytest
 
 from pg_to_bq.load.group import load_table
-from pg_to_bq.planning.catalog import discover
-from pg_to_bq.planning.errors import root_cause
+from pg_to_bq.planning.errors import LossyValueError, root_cause
 from pg_to_bq.planning.tables import TablePlan, build_plans
 from pg_to_bq.planning.types import RULES
-from pg_to_bq.postgres.reader import LossyValueError
+from pg_to_bq.postgres.discovery import discover
 from pg_to_bq_tests.test_type_roundtrip import (
     CASES,
     FAILING,

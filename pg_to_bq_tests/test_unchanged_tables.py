@@ -16,9 +16,9 @@ import pytest
 from pg_to_bq.destinations.duckdb_file import duckdb_destination
 from pg_to_bq.load.group import load_table
 from pg_to_bq.load.results import LoadResult
-from pg_to_bq.planning.catalog import discover
 from pg_to_bq.planning.overrides import load_overrides
 from pg_to_bq.planning.tables import build_plans
+from pg_to_bq.postgres.discovery import discover
 from pg_to_bq.postgres.row_versions import _dollar_quoted
 from pg_to_bq_tests.conftest import duck_rows, run_sql
 

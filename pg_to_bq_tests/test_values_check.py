@@ -24,9 +24,9 @@ from pg_to_bq.cli.main import main
 from pg_to_bq.load.group import load_group
 from pg_to_bq.load.results import TableLoad
 from pg_to_bq.orchestration.resources import Destination
-from pg_to_bq.planning.catalog import discover
 from pg_to_bq.planning.tables import plan_table
 from pg_to_bq.postgres.connect import connect
+from pg_to_bq.postgres.discovery import discover
 from pg_to_bq_tests.conftest import duck_rows, run_sql
 
 MANY_TYPES = """

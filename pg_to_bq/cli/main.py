@@ -145,9 +145,9 @@ def cmd_sync(
     import dagster as dg
 
     from pg_to_bq.orchestration import progress
-    from pg_to_bq.orchestration.assets import APPLY_DELETES_TAG, FULL_REFRESH_TAG, destination_key
     from pg_to_bq.orchestration.catalog_asset import catalog_key
     from pg_to_bq.orchestration.code_location import asset_context, build_definitions, load_catalog, plans_for
+    from pg_to_bq.orchestration.names import APPLY_DELETES_TAG, FULL_REFRESH_TAG, destination_key
     from pg_to_bq.planning.settings import Settings
     from pg_to_bq.planning.tables import select_plans
 

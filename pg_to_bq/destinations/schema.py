@@ -3,7 +3,7 @@
 One query over the dataset's INFORMATION_SCHEMA answers for a whole group of tables (a
 DuckDB file or a BigQuery dataset), with the types as the destination names them; the
 types a plan asks for are named by dlt's own type mapper, so both sides compare as the
-same strings (`pg_to_bq.load.evolution.normalize_type`).
+same strings (`pg_to_bq.planning.evolution.normalize_type`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import contextlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pg_to_bq.load.evolution import Evolution, StoredColumn
+from pg_to_bq.planning.evolution import Evolution, StoredColumn
 from pg_to_bq.planning.tables import TablePlan
 
 

@@ -131,7 +131,7 @@ def load_group(
     table's rows (one query for many tables). `destination_lock` is held while the
     destination is used (restoring state, loading), not while the tables are read. Loads of
     one pipeline on one machine take turns (its working directory holds its packages).
-    Schema changes are handled as `pg_to_bq.load.evolution` says, and listed in each result.
+    Schema changes are handled as `pg_to_bq.planning.evolution` says, and listed in each result.
     With `fingerprint_rows` (the whole-table limit), each loaded table's values are
     compared with PostgreSQL's (`pg_to_bq.checks.fingerprint`): the source side in the
     snapshot the table was read in, the destination side after the load, one query for the

@@ -24,7 +24,6 @@ from pg_to_bq.load.cursor_window import (
     max_of,
     window_digest,
 )
-from pg_to_bq.load.evolution import Change, Evolution
 from pg_to_bq.load.memory import release_memory
 from pg_to_bq.load.parquet_files import remove_stale_files, write_table_file
 from pg_to_bq.load.results import (
@@ -48,13 +47,15 @@ from pg_to_bq.load.state import (
 )
 from pg_to_bq.load.values_check import source_side_fingerprint
 from pg_to_bq.planning.errors import describe, is_transient
+from pg_to_bq.planning.evolution import Change, Evolution
 from pg_to_bq.planning.tables import TablePlan
 from pg_to_bq.planning.types import quote_ident
 from pg_to_bq.postgres import row_versions as tuple_versions
 from pg_to_bq.postgres.connect import SourceUnreachable, with_options
 from pg_to_bq.postgres.connect import describe as describe_source
-from pg_to_bq.postgres.reader import TableReader, literal
+from pg_to_bq.postgres.reader import TableReader
 from pg_to_bq.postgres.session import AdbcSession
+from pg_to_bq.postgres.sql import literal
 
 log = logging.getLogger(__name__)
 

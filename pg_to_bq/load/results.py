@@ -13,8 +13,8 @@ from typing import Any
 from pg_to_bq.checks.fingerprint import Fingerprint, Scope
 from pg_to_bq.checks.outcomes import CheckOutcome
 from pg_to_bq.load.cursor_window import WindowTracker
-from pg_to_bq.load.evolution import Evolution
 from pg_to_bq.planning.errors import describe, is_transient
+from pg_to_bq.planning.evolution import Evolution
 from pg_to_bq.planning.tables import TablePlan
 from pg_to_bq.postgres.reader import TableReader
 

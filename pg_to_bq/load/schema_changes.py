@@ -1,5 +1,5 @@
 """What a step's load does about schema changes before its tables load: the changes found
-(`pg_to_bq.load.evolution`), the fills owed, the reloads announced (their state invalidated
+(`pg_to_bq.planning.evolution`), the fills owed, the reloads announced (their state invalidated
 first), the columns changed in place."""
 
 from __future__ import annotations
@@ -21,15 +21,15 @@ from pg_to_bq.destinations.state_table import (
     invalidated,
     write_states,
 )
-from pg_to_bq.load.evolution import Evolution, diff
 from pg_to_bq.load.results import TableRead
 from pg_to_bq.load.state import PENDING_FILL_STATE_KEY
 from pg_to_bq.planning.errors import describe
+from pg_to_bq.planning.evolution import Evolution, diff
 from pg_to_bq.planning.tables import TablePlan
 
 
 def evolutions_of(pipeline: dlt.Pipeline, plans: Sequence[TablePlan]) -> dict[str, Evolution]:
-    """What each table's load must do about schema changes (`pg_to_bq.load.evolution`)."""
+    """What each table's load must do about schema changes (`pg_to_bq.planning.evolution`)."""
     if not plans:
         return {}
     stored = stored_columns(pipeline, [p.destination_table for p in plans])

@@ -29,10 +29,10 @@ from pg_to_bq.destinations.state_table import (
 from pg_to_bq.load.cursor_window import (
     state_value,
 )
-from pg_to_bq.load.evolution import Evolution
 from pg_to_bq.load.packages import destination_counts
 from pg_to_bq.load.results import LoadResult, TableRead
 from pg_to_bq.planning.errors import describe
+from pg_to_bq.planning.evolution import Evolution
 from pg_to_bq.planning.tables import TablePlan
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import dagster as dg
 
-from pg_to_bq.orchestration.assets import SCHEDULE_TAG, AssetContext, destination_key
+from pg_to_bq.orchestration.names import SCHEDULE_TAG, AssetContext, destination_key
 from pg_to_bq.planning.catalog import Catalog, Table
 
 if TYPE_CHECKING:
@@ -96,10 +96,10 @@ def _refresh(context: dg.AssetExecutionContext, settings: "Settings", built: Cat
              ctx: AssetContext, keeper: CatalogKeeper) -> dg.MaterializeResult:
     from pg_to_bq.load.results import TableLoad
     from pg_to_bq.orchestration import progress
-    from pg_to_bq.orchestration.mirror import plans_for
     from pg_to_bq.orchestration.steps import live_catalog, load_with, materialization_metadata
     from pg_to_bq.orchestration.storage_connections import hold_storage_connections
     from pg_to_bq.planning.groups import group_plans
+    from pg_to_bq.planning.tables import plans_for
 
     hold_storage_connections(context.instance)
     started = time.monotonic()

@@ -24,13 +24,14 @@ from pg_to_bq.orchestration.mirror import (  # noqa: F401 - the standalone code 
     build_mirror,
     build_resources,
     executor_for,
-    plans_for,
 )
 from pg_to_bq.orchestration.resources import read_secret, secrets_manager
-from pg_to_bq.planning.catalog import Catalog, discover, read_snapshot, write_snapshot
+from pg_to_bq.planning.catalog import Catalog, read_snapshot, write_snapshot
 from pg_to_bq.planning.secrets import source_url_from_secret
 from pg_to_bq.planning.settings import Settings
+from pg_to_bq.planning.tables import plans_for  # noqa: F401 - also a public name here
 from pg_to_bq.postgres.connect import SourceUnreachable, connect
+from pg_to_bq.postgres.discovery import discover
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from dagster_shared.serdes.objects.models.defs_state_info import (
     DefsStateManagementType,
 )
 
-from pg_to_bq.orchestration.assets import InstanceNames
+from pg_to_bq.orchestration.names import InstanceNames
 from pg_to_bq.planning.catalog import Catalog
 from pg_to_bq.planning.settings import PREFIX, Settings, SettingsError
 

@@ -20,19 +20,19 @@ from datetime import timedelta
 
 import dagster as dg
 
-from pg_to_bq.orchestration.assets import (
+from pg_to_bq.orchestration.catalog_asset import CatalogKeeper, build_catalog_asset
+from pg_to_bq.orchestration.names import (
     APPLY_DELETES_TAG,
     PARTITIONED_TAG,
     SCHEDULE_TAG,
     AssetContext,
     InstanceNames,
-    build_assets,
 )
-from pg_to_bq.orchestration.catalog_asset import CatalogKeeper, build_catalog_asset
 from pg_to_bq.orchestration.resources import Destination, SourceDatabase, secrets_manager
+from pg_to_bq.orchestration.step_assets import build_assets
 from pg_to_bq.planning.catalog import Catalog
-from pg_to_bq.planning.settings import PREFIX, Settings, SettingsError
-from pg_to_bq.planning.tables import TablePlan, build_plans
+from pg_to_bq.planning.settings import Settings
+from pg_to_bq.planning.tables import plans_for
 
 NIGHTLY_JOB = "mirror_all_tables"
 NIGHTLY_SCHEDULE = "nightly_mirror"
@@ -52,17 +52,6 @@ LOAD_PRELOAD = ("pg_to_bq.load.group", "pg_to_bq.orchestration.steps", "pg_to_bq
 FORKSERVER_PRELOAD = ("pg_to_bq.definitions", *LOAD_PRELOAD)
 
 
-def plans_for(settings: Settings, catalog: Catalog) -> list[TablePlan]:
-    """Select tables by the include/exclude settings and plan them."""
-    if catalog.tables:
-        unmatched = catalog.unmatched_patterns(settings.include)
-        if unmatched:
-            raise SettingsError(
-                f"{PREFIX}INCLUDE pattern(s) {unmatched} match no table; tables look like "
-                f"{', '.join(t.qualified_name for t in catalog.tables[:3])}"
-            )
-    selected = catalog.select(settings.include, settings.exclude)
-    return build_plans(selected, settings.destination.kind, settings.overrides())
 
 
 def asset_context(settings: Settings, names: InstanceNames | None = None) -> AssetContext:

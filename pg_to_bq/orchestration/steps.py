@@ -1,6 +1,6 @@
 """What a table step does when it runs: load its selected tables, report each one.
 
-A step (`pg_to_bq.orchestration.assets.build_group_asset`) loads the tables selected in the run:
+A step (`pg_to_bq.orchestration.step_assets.build_group_asset`) loads the tables selected in the run:
 
 1. The live catalog, one query per run (cached in the process by run id): each table is
    planned again from the columns PostgreSQL has now, whatever the snapshot said; a table
@@ -26,21 +26,22 @@ from pg_to_bq.checks import outcomes as checks
 from pg_to_bq.load.group import load_group
 from pg_to_bq.load.results import LoadResult, TableLoad, Window
 from pg_to_bq.orchestration import progress
-from pg_to_bq.orchestration.assets import (
+from pg_to_bq.orchestration.names import (
     APPLY_DELETES_TAG,
     FULL_REFRESH_TAG,
     AssetContext,
     LoadConfig,
     destination_key,
-    destination_metadata,
 )
 from pg_to_bq.orchestration.resources import Destination, SourceDatabase
+from pg_to_bq.orchestration.specs import destination_metadata
 from pg_to_bq.orchestration.storage_connections import hold_storage_connections
-from pg_to_bq.planning.catalog import Catalog, discover
+from pg_to_bq.planning.catalog import Catalog
 from pg_to_bq.planning.errors import describe, is_transient
 from pg_to_bq.planning.groups import LoadGroup
 from pg_to_bq.planning.tables import TablePlan, replan
 from pg_to_bq.postgres.connect import connect
+from pg_to_bq.postgres.discovery import discover
 
 PROGRESS_EVERY_S = 10.0
 

@@ -3,6 +3,14 @@
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
+
+from pg_to_bq.planning.secrets import SecretError
+from pg_to_bq.planning.tables import PlanError
+
+if TYPE_CHECKING:
+    from pg_to_bq.planning.tables import TablePlan
+    from pg_to_bq.planning.types import ColumnMapping
 
 # SQLSTATEs worth a retry: connection failures, serialization failures and deadlocks,
 # server shutdown, and resource exhaustion. Everything else (permission denied, undefined
@@ -16,6 +24,22 @@ _TRANSIENT_TEXT = re.compile(
     r"terminating connection|deadlock detected|SQLSTATE: (08\w{3}|40001|40P01|57P0[123]))",
     re.IGNORECASE,
 )
+
+
+class LossyValueError(ValueError):
+    """A value cannot be loaded without changing it. Names table, column, type and the fix."""
+
+    def __init__(self, plan: TablePlan, column: ColumnMapping, problem: str):
+        self.table = plan.name
+        self.column = column.source.name
+        self.pg_type = column.source.type
+        super().__init__(
+            f"table {plan.name}, column {column.source.name!r} ({column.source.type}): {problem}. "
+            f"Nothing was loaded for this table. To load it, override the column in the tables "
+            f"file (PG_TO_BQ_TABLES_FILE): tables: {{{plan.name}: {{columns: "
+            f"{{{column.source.name}: {{cast: text}}}}}}}} keeps the value as text, or "
+            f"{{exclude: true}} leaves the column out."
+        )
 
 
 def root_cause(exc: BaseException) -> BaseException:
@@ -33,10 +57,6 @@ def root_cause(exc: BaseException) -> BaseException:
 
 def is_transient(exc: BaseException) -> bool:
     """True when the same load could succeed if tried again shortly."""
-    from pg_to_bq.planning.secrets import SecretError
-    from pg_to_bq.planning.tables import PlanError
-    from pg_to_bq.postgres.reader import LossyValueError
-
     cause = root_cause(exc)
     if isinstance(cause, LossyValueError | PlanError | SecretError):
         return False

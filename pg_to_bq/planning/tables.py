@@ -26,6 +26,7 @@ from pg_to_bq.planning.naming import (
 )
 from pg_to_bq.planning.overrides import Overrides, PartitionSpec, TableOverride
 from pg_to_bq.planning.sensitive import sensitive_reason
+from pg_to_bq.planning.settings import PREFIX, Settings, SettingsError
 from pg_to_bq.planning.types import ColumnMapping, map_column
 
 CURSOR_NAMES = ("updated_at", "modified_at", "last_modified", "last_updated", "updated_on",
@@ -309,3 +310,16 @@ def select_plans(plans: Sequence[TablePlan], names: Sequence[str]) -> list[Table
         table = catalog.find(name)
         chosen.extend(p for p in plans if p.table is table)
     return chosen
+
+
+def plans_for(settings: Settings, catalog: Catalog) -> list[TablePlan]:
+    """Select tables by the include/exclude settings and plan them."""
+    if catalog.tables:
+        unmatched = catalog.unmatched_patterns(settings.include)
+        if unmatched:
+            raise SettingsError(
+                f"{PREFIX}INCLUDE pattern(s) {unmatched} match no table; tables look like "
+                f"{', '.join(t.qualified_name for t in catalog.tables[:3])}"
+            )
+    selected = catalog.select(settings.include, settings.exclude)
+    return build_plans(selected, settings.destination.kind, settings.overrides())

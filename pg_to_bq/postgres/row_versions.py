@@ -24,7 +24,7 @@ import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from pg_to_bq.postgres.reader import qualified_name
+from pg_to_bq.postgres.sql import qualified_name
 
 if TYPE_CHECKING:
     from pg_to_bq.planning.tables import TablePlan

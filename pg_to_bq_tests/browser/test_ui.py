@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Locator, Page, expect
 
-from pg_to_bq.orchestration.assets import key_part
+from pg_to_bq.orchestration.names import key_part
 from pg_to_bq.planning.naming import destination_name
 from pg_to_bq_tests.browser.demo_stack import (
     ASSET_NODES_QUERY,
