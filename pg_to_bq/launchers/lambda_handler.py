@@ -30,15 +30,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Set
-from pathlib import Path
+from collections.abc import Iterable, Iterator, Mapping, Set
 from typing import Any
 
-import yaml
 from dagster import (
     AssetCheckKey,
     AssetKey,
@@ -52,15 +48,14 @@ from dagster._core.definitions.job_base import IJob
 from dagster._core.definitions.reconstruct import ReconstructableJob
 from dagster._core.events import DagsterEvent, EngineEventData, JobFailureData, RunFailureReason
 from dagster._core.execution.api import execute_run_iterator
-from dagster._core.instance import InstanceRef
 from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
 from dagster._grpc.types import ExecuteRunArgs
 from dagster._serdes import deserialize_value
-from dagster._serdes.config_class import ConfigurableClassData
 from dagster._utils.error import serializable_error_info_from_exc_info
 from dagster._utils.hosted_user_process import recon_job_from_origin
 from dagster._utils.interrupts import capture_interrupts
 
+from pg_to_bq.launchers.lambda_environment import lambda_instance_ref, prepare_environment
 from pg_to_bq.launchers.lambda_launcher import (
     DEADLINE_TAG,
     EVENT_ARGS_KEY,
@@ -68,8 +63,7 @@ from pg_to_bq.launchers.lambda_launcher import (
     LOG_STREAM_TAG,
     REQUEST_ID_TAG,
 )
-from pg_to_bq.launchers.routing import COMPUTE_TAG, ECS
-from pg_to_bq.planning.settings import DEFAULT_WORK_DIR
+from pg_to_bq.launchers.lambda_watchdog import RunWatchdog, deadline_margin_s
 
 # Imported here, during Lambda's init phase, instead of within the first invocation's
 # time budget: the instance storage a deployment shares between the daemon and Lambda.
@@ -78,83 +72,23 @@ with contextlib.suppress(ImportError):
 
 log = logging.getLogger(__name__)
 
-WORK_DIR_ENV = "PG_TO_BQ_WORK_DIR"
-DEADLINE_MARGIN_ENV = "PG_TO_BQ_LAMBDA_DEADLINE_MARGIN_S"
-DEFAULT_DEADLINE_MARGIN_S = 30.0
 
-_LOCAL_ARTIFACT_STORAGE = ("dagster._core.storage.root", "LocalArtifactStorage")
-_LOCAL_COMPUTE_LOGS = (
-    "dagster._core.storage.local_compute_log_manager",
-    "LocalComputeLogManager",
-)
-#: Run statuses at which the handler stops executing (as Dagster's cancellation thread does).
-STOP_STATUSES = frozenset({DagsterRunStatus.CANCELING, DagsterRunStatus.CANCELED, DagsterRunStatus.FAILURE})
 # Executor settings that mean the same thing for the in-process executor; the rest
 # (max_concurrent, start_method, tag_concurrency_limits) only apply to subprocesses.
 _IN_PROCESS_EXECUTOR_KEYS = ("retries", "step_dependency_config")
 
 
-def deadline_message(elapsed_s: float, margin_s: float) -> str:
-    """The failure message of a run stopped at the Lambda deadline."""
-    return (
-        f"Lambda deadline reached after {elapsed_s:.0f}s: the run was stopped {margin_s:.0f}s "
-        f"before the function's timeout. Rerun it on ECS with the tag "
-        f"{COMPUTE_TAG}={ECS}."
-    )
 
 
 # --- environment ------------------------------------------------------------------------
 
 
-def _writable(path: Path) -> bool:
-    """Whether `path` can be created or written, judged by its nearest existing ancestor."""
-    for candidate in [path, *path.parents]:
-        if candidate.exists():
-            return candidate.is_dir() and os.access(candidate, os.W_OK)
-    return False
 
 
-def prepare_environment(environ: MutableMapping[str, str] | None = None) -> Path:
-    """Point writable state under the work dir (default /tmp/pg_to_bq) and return it."""
-    env = os.environ if environ is None else environ
-    work_dir = Path(env.get(WORK_DIR_ENV) or DEFAULT_WORK_DIR)
-    env[WORK_DIR_ENV] = str(work_dir)
-    env.setdefault("DAGSTER_HOME", str(work_dir / "dagster_home"))
-    env.setdefault("DLT_DATA_DIR", str(work_dir / "dlt"))
-    for key in ("DAGSTER_HOME", "DLT_DATA_DIR"):
-        Path(env[key]).mkdir(parents=True, exist_ok=True)
-    return work_dir
 
 
-def _relocated(
-    data: ConfigurableClassData | None, kind: tuple[str, str], base_dir: Path
-) -> ConfigurableClassData | None:
-    """`data` with its `base_dir` moved to `base_dir` when it is a local store we cannot write."""
-    if data is None or (data.module_name, data.class_name) != kind:
-        return data
-    config = yaml.safe_load(data.config_yaml) or {}
-    current = config.get("base_dir")
-    if current and _writable(Path(current)):
-        return data
-    config["base_dir"] = str(base_dir)
-    return ConfigurableClassData(data.module_name, data.class_name, yaml.safe_dump(config))
 
 
-def lambda_instance_ref(ref: InstanceRef, work_dir: Path) -> InstanceRef:
-    """The launching instance's ref, made usable on Lambda's read-only file system.
-
-    Run, event and schedule storage stay as they are (they must be shared with the
-    launcher, e.g. PostgreSQL). Local artifact and compute log directories that are not
-    writable here move under `work_dir`; telemetry is turned off.
-    """
-    dagster_dir = work_dir / "dagster_home"
-    return ref._replace(
-        local_artifact_storage_data=_relocated(
-            ref.local_artifact_storage_data, _LOCAL_ARTIFACT_STORAGE, dagster_dir
-        ),
-        compute_logs_data=_relocated(ref.compute_logs_data, _LOCAL_COMPUTE_LOGS, dagster_dir / "storage"),
-        settings={**ref.settings, "telemetry": {"enabled": False}},
-    )
 
 
 # --- in-process execution ---------------------------------------------------------------
@@ -285,100 +219,11 @@ def execute_run_in_process(instance: DagsterInstance, run: DagsterRun) -> Iterat
 # --- deadline and cancellation ----------------------------------------------------------
 
 
-class RunWatchdog(threading.Thread):
-    """Stops the execution on the main thread at the deadline or when the run is canceled.
-
-    Wakes every `poll_interval_s` to read the run's status; at CANCELING, CANCELED or
-    FAILURE it interrupts the main thread once (Dagster then ends the run CANCELED, or keeps
-    the status it already has). When `remaining_s()` drops to `margin_s` and the run is
-    still unfinished, it reports the run FAILURE with `deadline_message` (CANCELED if it
-    was being canceled), then interrupts. `started_at` (monotonic) is when the invocation
-    began, for the message.
-    """
-
-    def __init__(
-        self,
-        instance: DagsterInstance,
-        run_id: str,
-        remaining_s: Callable[[], float],
-        margin_s: float,
-        poll_interval_s: float,
-        started_at: float | None = None,
-        interrupt: Callable[[], None] | None = None,
-    ):
-        super().__init__(name="pg-to-bq-lambda-watchdog", daemon=True)
-        self._instance = instance
-        self._run_id = run_id
-        self._remaining_s = remaining_s
-        self._margin_s = margin_s
-        self._poll_interval_s = poll_interval_s
-        self._interrupt = interrupt or (lambda: os.kill(os.getpid(), signal.SIGINT))
-        self._started_at = time.monotonic() if started_at is None else started_at
-        self._shutdown = threading.Event()
-        self.reason: str | None = None
-
-    def shutdown(self) -> None:
-        self._shutdown.set()
-        self.join()
-
-    def run(self) -> None:
-        try:
-            self._watch()
-        except Exception:
-            log.exception("watchdog of run %s failed; the deadline is no longer watched", self._run_id)
-
-    def _watch(self) -> None:
-        interrupted = False
-        while not self._shutdown.is_set():
-            until_deadline = self._remaining_s() - self._margin_s
-            if until_deadline <= 0:
-                self._stop_at_deadline()
-                return
-            if self._shutdown.wait(min(self._poll_interval_s, until_deadline)):
-                return
-            if interrupted:
-                continue  # still stopping: keep watching the deadline only
-            run = self._instance.get_run_by_id(self._run_id)
-            if run is None or run.status in STOP_STATUSES:
-                self.reason = f"run status {run.status.value if run else 'deleted'}"
-                log.info("Run %s: %s, interrupting execution", self._run_id, self.reason)
-                self._interrupt()
-                interrupted = True
-
-    def _stop_at_deadline(self) -> None:
-        run = self._instance.get_run_by_id(self._run_id)
-        if run is None or run.is_finished:
-            return
-        elapsed = time.monotonic() - self._started_at
-        message = deadline_message(elapsed, self._margin_s)
-        if run.status == DagsterRunStatus.CANCELING:
-            self.reason = "deadline while canceling"
-            self._instance.report_run_canceled(run, f"{message} (the run was being canceled)")
-        else:
-            self.reason = "deadline"
-            self._instance.report_run_failed(
-                run,
-                message,
-                JobFailureData(error=None, failure_reason=RunFailureReason.UNEXPECTED_TERMINATION),
-            )
-        log.warning("Run %s: %s", self._run_id, message)
-        self._interrupt()
 
 
 # --- handler ----------------------------------------------------------------------------
 
 
-def _deadline_margin_s() -> float:
-    raw = os.environ.get(DEADLINE_MARGIN_ENV)
-    if not raw:
-        return DEFAULT_DEADLINE_MARGIN_S
-    try:
-        margin = float(raw)
-    except ValueError as error:
-        raise ValueError(f"{DEADLINE_MARGIN_ENV} must be a number of seconds, got {raw!r}") from error
-    if margin < 0:
-        raise ValueError(f"{DEADLINE_MARGIN_ENV} must not be negative, got {raw!r}")
-    return margin
 
 
 def parse_event(event: Mapping[str, Any]) -> ExecuteRunArgs:
@@ -425,7 +270,7 @@ def handler(event: Mapping[str, Any], context: Any) -> dict[str, Any]:
     """Lambda entry point: execute the run described by `event` in this process."""
     started_at = time.monotonic()
     work_dir = prepare_environment()
-    margin_s = _deadline_margin_s()
+    margin_s = deadline_margin_s()
     args = parse_event(event)
     request_id = getattr(context, "aws_request_id", None) or "local"
     instance_ref = lambda_instance_ref(check.not_none(args.instance_ref), work_dir)

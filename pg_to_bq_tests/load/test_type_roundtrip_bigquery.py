@@ -24,7 +24,7 @@ from pg_to_bq.planning.errors import LossyValueError, root_cause
 from pg_to_bq.planning.tables import TablePlan, build_plans
 from pg_to_bq.planning.types import RULES
 from pg_to_bq.postgres.discovery import discover
-from pg_to_bq_tests.test_type_roundtrip import (
+from pg_to_bq_tests.load.test_type_roundtrip import (
     CASES,
     FAILING,
     SALT,

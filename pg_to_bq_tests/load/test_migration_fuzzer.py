@@ -24,7 +24,7 @@ CI runs a fixed seed and a few short sequences per runner (`PG_TO_BQ_FUZZ_EXAMPL
 `PG_TO_BQ_FUZZ_STEPS`); the long run is a separate command (README, "Test"):
 
     PG_TO_BQ_FUZZ_EXAMPLES=200 PG_TO_BQ_FUZZ_STEPS=30 PG_TO_BQ_FUZZ_SEED=random \\
-        .venv/bin/pytest pg_to_bq_tests/test_migration_fuzzer.py -p no:cacheprovider
+        .venv/bin/pytest pg_to_bq_tests/load/test_migration_fuzzer.py -p no:cacheprovider
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PATHS = ("copy", "pg_to_bq", "pg_to_bq_truncate", "pg_to_bq_1stream", "pg_to_bq_duckdb1gb",
          "dlt_connectorx", "dlt_pyarrow", "dlt_sqlalchemy", "old")
 

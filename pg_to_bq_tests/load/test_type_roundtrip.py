@@ -46,7 +46,7 @@ from pg_to_bq.planning.types import (
 from pg_to_bq.postgres.discovery import discover
 
 SALT = b"pepper"
-DOC = Path(__file__).resolve().parents[1] / "docs" / "type-map.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "type-map.md"
 
 SETUP_SQL = """
 CREATE EXTENSION hstore;

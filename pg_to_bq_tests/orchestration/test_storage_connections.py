@@ -20,7 +20,7 @@ from pg_to_bq.orchestration.code_location import build_definitions
 from pg_to_bq.planning.settings import Settings
 from pg_to_bq_tests.conftest import run_sql
 
-DEPLOY = Path(__file__).resolve().parents[1] / "deploy" / "dagster.yaml"
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "dagster.yaml"
 
 
 def _instance(tmp_path: Path, storage: dict) -> dg.DagsterInstance:

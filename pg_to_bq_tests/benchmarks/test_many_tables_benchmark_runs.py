@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PATHS = ("pg_to_bq_discover", "pg_to_bq_cli", "pg_to_bq_cli_resync", "pg_to_bq_job",
          "pg_to_bq_job_pg", "dlt_connectorx", "dlt_pyarrow")
 

@@ -133,7 +133,7 @@ def test_the_seed_applications_schema_loads_every_table_and_every_non_secret_col
     left-out column is said, with the setting that decides it."""
     from pathlib import Path
 
-    run_sql(pg_url, (Path(__file__).parent / "data" / "seed_app_schema.sql").read_text())
+    run_sql(pg_url, (Path(__file__).parents[1] / "data" / "seed_app_schema.sql").read_text())
     path = settings_env(pg_url)
     assert main(["discover"]) == 0
     discovered = capsys.readouterr().out

@@ -69,8 +69,8 @@ def test_a_sprint_of_migrations_and_a_truncate_by_hand_into_bigquery(
     run, and a table emptied by hand behind pg_to_bq's back is loaded whole the next run."""
     from collections import Counter
 
+    from pg_to_bq_tests.load.test_state_invariant import MIGRATION, SHOP, TABLES
     from pg_to_bq_tests.support.mirror_compare import assert_mirrored, canonical
-    from pg_to_bq_tests.test_state_invariant import MIGRATION, SHOP, TABLES
 
     run_sql(pg_url, SHOP)
     settings_env(pg_url, destination="bigquery", bigquery_project=bigquery_emulator.project_id,
