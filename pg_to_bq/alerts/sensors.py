@@ -1,0 +1,207 @@
+"""The Dagster sensors that send alerts: `build_alert_sensors`.
+
+Three sensors, built only when a channel is configured, running by default (the daemon
+evaluates them; they can be stopped in the UI like any sensor):
+
+- `<prefix>pg_to_bq_failed_run_alert` — Dagster's `run_failure_sensor`: one message per
+  failed run of the monitored jobs, listing its unloaded tables grouped by cause, its
+  failed ERROR checks and errors attached to no table (`run_events.run_report`).
+- `<prefix>pg_to_bq_failures_in_successful_run_alert` — a `run_status_sensor` on SUCCESS:
+  one message per run that succeeded with failed tables or failed ERROR checks in it (none
+  for a clean run).
+- `<prefix>pg_to_bq_stale_tables_alert` — Dagster 1.13 has no sensor type for freshness:
+  its FreshnessDaemon evaluates each asset's `FreshnessPolicy` and records a
+  `FRESHNESS_STATE_CHANGE` event only when the state changes, which nothing else consumes.
+  This sensor polls the latest freshness state of the monitored assets (the record the UI
+  shows), and sends one message for all the tables that entered FAIL since its last tick.
+  Its cursor keeps, for each table in FAIL, the time of that state change, so a table is
+  alerted once per transition into FAIL, and again only after it was fresh in between.
+
+Run status sensors keep Dagster's own cursor (the last run status event handled), so each
+failed run is one message; an alert that cannot be delivered is logged and not retried.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable, Sequence
+
+import dagster as dg
+
+from pg_to_bq.alerts.channels import Channel, channels_for, deliver
+from pg_to_bq.alerts.messages import Message, StaleTable, run_message, stale_message
+from pg_to_bq.alerts.run_events import run_failure_error, run_report
+from pg_to_bq.alerts.settings import AlertSettings
+
+log = logging.getLogger("pg_to_bq.alerts")
+
+FAILED_RUN_SENSOR = "pg_to_bq_failed_run_alert"
+FAILURES_IN_SUCCESSFUL_RUN_SENSOR = "pg_to_bq_failures_in_successful_run_alert"
+STALE_TABLES_SENSOR = "pg_to_bq_stale_tables_alert"
+# SQLite's default limit on a statement's variables is 999 before 3.32.
+_KEYS_PER_QUERY = 500
+_FAIL = "FAIL"
+
+
+def build_alert_sensors(
+    settings: AlertSettings,
+    *,
+    jobs: Sequence[dg.JobDefinition | dg.UnresolvedAssetJobDefinition] | None = None,
+    assets: dg.AssetSelection | None = None,
+    name_prefix: str = "",
+    minimum_interval_seconds: int = 30,
+    secret_values: Callable[[], Iterable[str]] | None = None,
+) -> list[dg.SensorDefinition]:
+    """The alert sensors for one mirrored database; none when no channel is configured.
+
+    Args:
+        settings: Where alerts go and how messages name the database and link to the UI.
+        jobs: The jobs whose runs are watched (the mirror's jobs). None watches every job of
+            the code location, materializations launched from the UI included.
+        assets: The assets watched for staleness; None, every asset of the code location
+            that has a `FreshnessPolicy`.
+        name_prefix: Prepended to the sensors' names (one set of sensors per mirror).
+        minimum_interval_seconds: How often the daemon evaluates each sensor.
+        secret_values: Called when a message is built; values that must never appear in it
+            (e.g. the source's password), besides URL passwords, which are always masked.
+    """
+    if not settings.enabled:
+        return []
+    channels = channels_for(settings)
+    monitored = list(jobs) if jobs else None
+    watched = "the jobs " + ", ".join(j.name for j in monitored) if monitored else "every job"
+
+    def secrets() -> list[str]:
+        values = list(secret_values()) if secret_values else []
+        return [*values, *([settings.webhook_url] if settings.webhook_url else [])]
+
+    def send(message: Message | None, context_log: logging.Logger) -> None:
+        if message is None:
+            return
+        sent = deliver(message, channels)
+        context_log.info(f"alert {message.subject!r} sent to {sent} of {len(channels)} channel(s)")
+
+    @dg.run_failure_sensor(
+        name=name_prefix + FAILED_RUN_SENSOR,
+        monitored_jobs=monitored,
+        minimum_interval_seconds=minimum_interval_seconds,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=f"Alerts ({_names(channels)}) when a run of {watched} fails: its failed "
+                    "tables by cause, failed ERROR checks, and a link to the run.")
+    def failed_run(context: dg.RunFailureSensorContext) -> None:
+        report = run_report(context.instance, context.dagster_run, succeeded=False,
+                            run_error=run_failure_error(context.failure_event))
+        send(run_message(report, database=settings.database, ui_url=settings.ui_url,
+                         secrets=secrets()), context.log)
+
+    @dg.run_status_sensor(
+        run_status=dg.DagsterRunStatus.SUCCESS,
+        name=name_prefix + FAILURES_IN_SUCCESSFUL_RUN_SENSOR,
+        monitored_jobs=monitored,
+        minimum_interval_seconds=minimum_interval_seconds,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=f"Alerts ({_names(channels)}) when a run of {watched} succeeds with failed "
+                    "tables or failed ERROR checks in it.")
+    def failures_in_successful_run(context: dg.RunStatusSensorContext) -> None:
+        report = run_report(context.instance, context.dagster_run, succeeded=True)
+        send(run_message(report, database=settings.database, ui_url=settings.ui_url,
+                         secrets=secrets()), context.log)
+
+    watched_keys = _WatchedKeys(assets)
+
+    @dg.sensor(
+        name=name_prefix + STALE_TABLES_SENSOR,
+        minimum_interval_seconds=minimum_interval_seconds,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=f"Alerts ({_names(channels)}) when tables go stale under their "
+                    "FreshnessPolicy (Dagster's freshness state FAIL), once per table and "
+                    "transition.")
+    def stale_tables(context: dg.SensorEvaluationContext) -> dg.SkipReason:
+        if context.repository_def is None:
+            return dg.SkipReason("no code location to read the watched assets from")
+        keys = watched_keys.get(context.repository_def)
+        states = freshness_states(context.instance, keys)
+        previous = json.loads(context.cursor) if context.cursor else {}
+        newly_stale, cursor = stale_transitions(previous, states)
+        context.update_cursor(json.dumps(cursor, sort_keys=True))
+        if not newly_stale:
+            return dg.SkipReason(f"no table went stale ({len(cursor)} stale, {len(keys)} watched)")
+        stale = _stale_tables(context.instance, [dg.AssetKey(json.loads(k)) for k in newly_stale])
+        send(stale_message(stale, database=settings.database, ui_url=settings.ui_url,
+                           secrets=secrets()), context.log)
+        return dg.SkipReason(f"{len(newly_stale)} table(s) went stale: alert sent")
+
+    return [failed_run, failures_in_successful_run, stale_tables]
+
+
+def stale_transitions(previous: dict[str, float],
+                      states: dict[str, tuple[str, float]]) -> tuple[list[str], dict[str, float]]:
+    """Which tables entered FAIL since the last tick, and the next cursor.
+
+    Args:
+        previous: The cursor: each table in FAIL at the last tick, with the time it entered it.
+        states: Each watched table's latest freshness state and the time it changed.
+
+    Returns:
+        The tables to alert now (sorted), and the tables in FAIL with their times.
+    """
+    stale = {key: changed for key, (state, changed) in states.items() if state == _FAIL}
+    newly = sorted(key for key, changed in stale.items() if previous.get(key) != changed)
+    return newly, stale
+
+
+def freshness_states(instance: dg.DagsterInstance,
+                     keys: Sequence[dg.AssetKey]) -> dict[str, tuple[str, float]]:
+    """Each key's latest freshness state (as the FreshnessDaemon recorded it) and when it
+    changed, by the key's path as JSON; keys without a recorded state are left out."""
+    states: dict[str, tuple[str, float]] = {}
+    for start in range(0, len(keys), _KEYS_PER_QUERY):
+        records = instance.get_freshness_state_records(list(keys[start:start + _KEYS_PER_QUERY]))
+        for key, record in records.items():
+            state = getattr(record.freshness_state, "value", record.freshness_state)
+            states[json.dumps(list(key.path))] = (str(state), record.updated_at.timestamp())
+    return states
+
+
+class _WatchedKeys:
+    """The assets the freshness sensor watches, resolved once per code location load."""
+
+    def __init__(self, selection: dg.AssetSelection | None) -> None:
+        self._selection = selection
+        self._resolved: tuple[int, list[dg.AssetKey]] | None = None
+
+    def get(self, repository: dg.RepositoryDefinition) -> list[dg.AssetKey]:
+        if self._resolved is None or self._resolved[0] != id(repository):
+            assets_defs = list(dict.fromkeys(repository.assets_defs_by_key.values()))
+            with_policy = [key for assets_def in assets_defs
+                           for key, spec in assets_def.specs_by_key.items()
+                           if _has_freshness_policy(spec)]
+            if self._selection is not None:
+                selected = self._selection.resolve(assets_defs, allow_missing=True)
+                with_policy = [key for key in with_policy if key in selected]
+            self._resolved = (id(repository), sorted(with_policy))
+        return self._resolved[1]
+
+
+def _has_freshness_policy(spec: dg.AssetSpec) -> bool:
+    # Since 1.11 the policy is the spec's own attribute; before, it was kept in metadata
+    # (the FreshnessDaemon reads both).
+    return spec.freshness_policy is not None or \
+        "dagster/internal_freshness_policy" in (spec.metadata or {})
+
+
+def _stale_tables(instance: dg.DagsterInstance, keys: list[dg.AssetKey]) -> list[StaleTable]:
+    from datetime import UTC, datetime
+
+    last: dict[dg.AssetKey, datetime] = {}
+    for record in instance.get_asset_records(keys):
+        materialization = record.asset_entry.last_materialization
+        if materialization is not None:
+            last[record.asset_entry.asset_key] = datetime.fromtimestamp(
+                materialization.timestamp, UTC)
+    return [StaleTable(tuple(key.path), last.get(key)) for key in keys]
+
+
+def _names(channels: Sequence[Channel]) -> str:
+    return ", ".join(channel.name.split(" at ")[0] for channel in channels)
