@@ -16,6 +16,10 @@ evaluates them; they can be stopped in the UI like any sensor):
   shows), and sends one message for all the tables that entered FAIL since its last tick.
   Its cursor keeps, for each table in FAIL, the time of that state change, so a table is
   alerted once per transition into FAIL, and again only after it was fresh in between.
+  Tables that go stale together are one message: the daemon writes one state change after
+  another, so the sensor waits until the newest transition is `freshness_settle_seconds`
+  old (the daemon's pass is over) before it sends, unless the oldest has waited ten times
+  that.
 
 Run status sensors keep Dagster's own cursor (the last run status event handled), so each
 failed run is one message; an alert that cannot be delivered is logged and not retried.
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Iterable, Sequence
 
 import dagster as dg
@@ -42,6 +47,8 @@ STALE_TABLES_SENSOR = "pg_to_bq_stale_tables_alert"
 # SQLite's default limit on a statement's variables is 999 before 3.32.
 _KEYS_PER_QUERY = 500
 _FAIL = "FAIL"
+# The FreshnessDaemon evaluates every asset each 30 s and writes each change as it goes.
+DEFAULT_SETTLE_SECONDS = 30.0
 
 
 def build_alert_sensors(
@@ -51,6 +58,7 @@ def build_alert_sensors(
     assets: dg.AssetSelection | None = None,
     name_prefix: str = "",
     minimum_interval_seconds: int = 30,
+    freshness_settle_seconds: float = DEFAULT_SETTLE_SECONDS,
     secret_values: Callable[[], Iterable[str]] | None = None,
 ) -> list[dg.SensorDefinition]:
     """The alert sensors for one mirrored database; none when no channel is configured.
@@ -63,6 +71,8 @@ def build_alert_sensors(
             that has a `FreshnessPolicy`.
         name_prefix: Prepended to the sensors' names (one set of sensors per mirror).
         minimum_interval_seconds: How often the daemon evaluates each sensor.
+        freshness_settle_seconds: How long tables that go stale are waited for, so that
+            the tables the FreshnessDaemon finds stale in one pass are one message.
         secret_values: Called when a message is built; values that must never appear in it
             (e.g. the source's password), besides URL passwords, which are always masked.
     """
@@ -123,10 +133,12 @@ def build_alert_sensors(
         keys = watched_keys.get(context.repository_def)
         states = freshness_states(context.instance, keys)
         previous = json.loads(context.cursor) if context.cursor else {}
-        newly_stale, cursor = stale_transitions(previous, states)
+        newly_stale, cursor = stale_transitions(previous, states, now=time.time(),
+                                                settle_s=freshness_settle_seconds)
         context.update_cursor(json.dumps(cursor, sort_keys=True))
         if not newly_stale:
-            return dg.SkipReason(f"no table went stale ({len(cursor)} stale, {len(keys)} watched)")
+            return dg.SkipReason(f"no table went stale to report ({len(states)} watched with "
+                                 f"a freshness state, {len(cursor)} stale and reported)")
         stale = _stale_tables(context.instance, [dg.AssetKey(json.loads(k)) for k in newly_stale])
         send(stale_message(stale, database=settings.database, ui_url=settings.ui_url,
                            secrets=secrets()), context.log)
@@ -135,20 +147,28 @@ def build_alert_sensors(
     return [failed_run, failures_in_successful_run, stale_tables]
 
 
-def stale_transitions(previous: dict[str, float],
-                      states: dict[str, tuple[str, float]]) -> tuple[list[str], dict[str, float]]:
-    """Which tables entered FAIL since the last tick, and the next cursor.
+def stale_transitions(previous: dict[str, float], states: dict[str, tuple[str, float]], *,
+                      now: float, settle_s: float) -> tuple[list[str], dict[str, float]]:
+    """Which tables to report as newly stale now, and the next cursor.
 
     Args:
-        previous: The cursor: each table in FAIL at the last tick, with the time it entered it.
+        previous: The cursor: each table in FAIL that was reported, with the time it
+            entered FAIL.
         states: Each watched table's latest freshness state and the time it changed.
+        now: The current time (seconds since the epoch).
+        settle_s: Transitions newer than this are waited for (more may follow in the same
+            pass of the FreshnessDaemon), unless the oldest waiting one is ten times older.
 
     Returns:
-        The tables to alert now (sorted), and the tables in FAIL with their times.
+        The tables to report now (sorted), and the cursor: the reported tables still in
+        FAIL with the time they entered it.
     """
     stale = {key: changed for key, (state, changed) in states.items() if state == _FAIL}
-    newly = sorted(key for key, changed in stale.items() if previous.get(key) != changed)
-    return newly, stale
+    pending = {key: changed for key, changed in stale.items() if previous.get(key) != changed}
+    if pending and max(pending.values()) > now - settle_s \
+            and min(pending.values()) > now - 10 * settle_s:
+        return [], {key: changed for key, changed in stale.items() if key not in pending}
+    return sorted(pending), stale
 
 
 def freshness_states(instance: dg.DagsterInstance,
