@@ -185,9 +185,9 @@ def stale_message(tables: Sequence[StaleTable], *, database: str, ui_url: str | 
     now = now or datetime.now(UTC)
     short = _short_names([t.table for t in tables])
     count = _count(len(tables), "table")
-    verb = "is" if len(tables) == 1 else "are"
+    verb, its = ("is", "its") if len(tables) == 1 else ("are", "their")
     lines = [f"pg_to_bq · {database}: {count}{_under(short)} {verb} stale: not loaded as "
-             "often as its freshness policy expects.", ""]
+             f"often as {its} freshness policy expects.", ""]
     link_each = len(tables) <= MAX_LINKED_TABLES
     for stale in sorted(tables, key=lambda t: short.names[t.table]):
         line = f"• {short.names[stale.table]}: {_last_loaded(stale.last_loaded, now)}"

@@ -139,7 +139,9 @@ def _check_http_url(value: str, name: str, *, show_value: bool) -> None:
     parts = urlsplit(value)
     if parts.scheme.lower() in ("http", "https") and parts.hostname:
         return
-    # A webhook URL is a credential: the error shows its scheme, never the URL.
-    shown = f"={value!r}" if show_value else f" (scheme {parts.scheme or 'missing'!r})"
-    raise SettingsError(
-        f"{name}{shown} is not an http(s) URL: expected https://HOST/PATH")
+    if show_value:
+        raise SettingsError(f"{name}={value!r} is not an http(s) URL: expected https://HOST/PATH")
+    # A webhook URL is a credential: the error says what is wrong with it, never the URL.
+    what = "no host" if parts.scheme.lower() in ("http", "https") else \
+        f"scheme {parts.scheme!r}" if parts.scheme else "no scheme"
+    raise SettingsError(f"{name} is not an http(s) URL ({what}): expected https://HOST/PATH")
