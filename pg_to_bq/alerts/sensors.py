@@ -31,6 +31,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 import dagster as dg
 
@@ -133,22 +134,41 @@ def build_alert_sensors(
         keys = watched_keys.get(context.repository_def)
         states = freshness_states(context.instance, keys)
         previous = json.loads(context.cursor) if context.cursor else {}
-        newly_stale, cursor = stale_transitions(previous, states, now=time.time(),
-                                                settle_s=freshness_settle_seconds)
-        context.update_cursor(json.dumps(cursor, sort_keys=True))
-        if not newly_stale:
-            return dg.SkipReason(f"no table went stale to report ({len(states)} watched with "
-                                 f"a freshness state, {len(cursor)} stale and reported)")
-        stale = _stale_tables(context.instance, [dg.AssetKey(json.loads(k)) for k in newly_stale])
+        tick = stale_transitions(previous, states, now=time.time(),
+                                 settle_s=freshness_settle_seconds)
+        context.update_cursor(json.dumps(tick.cursor, sort_keys=True))
+        if tick.waiting:
+            return dg.SkipReason(f"{tick.waiting} table(s) just went stale: waiting for the "
+                                 "freshness daemon's pass to end, to report them together")
+        if not tick.report:
+            return dg.SkipReason(f"no table went stale ({len(states)} watched with a freshness "
+                                 f"state, {len(tick.cursor)} stale and reported)")
+        stale = _stale_tables(context.instance, [dg.AssetKey(json.loads(k)) for k in tick.report])
         send(stale_message(stale, database=settings.database, ui_url=settings.ui_url,
                            secrets=secrets()), context.log)
-        return dg.SkipReason(f"{len(newly_stale)} table(s) went stale: alert sent")
+        return dg.SkipReason(f"{len(tick.report)} table(s) went stale: alert sent")
 
     return [failed_run, failures_in_successful_run, stale_tables]
 
 
+@dataclass(frozen=True)
+class StaleTransitions:
+    """What the stale-tables sensor does at a tick.
+
+    Attributes:
+        report: The tables to report as stale now (sorted).
+        cursor: The next cursor: each reported table still in FAIL, with the time it
+            entered FAIL.
+        waiting: How many tables entered FAIL too recently to be reported yet.
+    """
+
+    report: list[str]
+    cursor: dict[str, float]
+    waiting: int = 0
+
+
 def stale_transitions(previous: dict[str, float], states: dict[str, tuple[str, float]], *,
-                      now: float, settle_s: float) -> tuple[list[str], dict[str, float]]:
+                      now: float, settle_s: float) -> StaleTransitions:
     """Which tables to report as newly stale now, and the next cursor.
 
     Args:
@@ -158,17 +178,14 @@ def stale_transitions(previous: dict[str, float], states: dict[str, tuple[str, f
         now: The current time (seconds since the epoch).
         settle_s: Transitions newer than this are waited for (more may follow in the same
             pass of the FreshnessDaemon), unless the oldest waiting one is ten times older.
-
-    Returns:
-        The tables to report now (sorted), and the cursor: the reported tables still in
-        FAIL with the time they entered it.
     """
     stale = {key: changed for key, (state, changed) in states.items() if state == _FAIL}
     pending = {key: changed for key, changed in stale.items() if previous.get(key) != changed}
     if pending and max(pending.values()) > now - settle_s \
             and min(pending.values()) > now - 10 * settle_s:
-        return [], {key: changed for key, changed in stale.items() if key not in pending}
-    return sorted(pending), stale
+        reported = {key: changed for key, changed in stale.items() if key not in pending}
+        return StaleTransitions([], reported, waiting=len(pending))
+    return StaleTransitions(sorted(pending), stale)
 
 
 def freshness_states(instance: dg.DagsterInstance,

@@ -40,7 +40,8 @@ class ToyLoad(dg.Config):
 
 def build_toy_definitions(settings: AlertSettings, *,
                           freshness: dg.FreshnessPolicy | None = None,
-                          minimum_interval_seconds: int = 30) -> dg.Definitions:
+                          minimum_interval_seconds: int = 30,
+                          freshness_settle_seconds: float = 30.0) -> dg.Definitions:
     """The toy mirror's tables, its job, an unrelated failing job, and the alert sensors
     watching the mirror's job."""
 
@@ -86,5 +87,6 @@ def build_toy_definitions(settings: AlertSettings, *,
         assets=[load_tables, unrelated],
         jobs=[mirror_job, other_job],
         sensors=build_alert_sensors(settings, jobs=[mirror_job],
-                                    minimum_interval_seconds=minimum_interval_seconds),
+                                    minimum_interval_seconds=minimum_interval_seconds,
+                                    freshness_settle_seconds=freshness_settle_seconds),
     )
