@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import boto3
 import pytest
@@ -18,6 +22,8 @@ from pg_to_bq.alerts.settings import AlertSettings
 from pg_to_bq_tests.alerts.conftest import SnsInbox, WebhookServer
 
 pytestmark = pytest.mark.aws
+
+ROOT = Path(__file__).parents[2]
 
 MESSAGE = Message("pg_to_bq shop: mirror_all_tables failed: 1 table",
                   "pg_to_bq · shop: run of mirror_all_tables failed.\n• a <b> & c — 1 table")
@@ -124,3 +130,34 @@ def test_too_long_for_the_channel_is_cut_not_refused(sns_inbox: SnsInbox,
     assert len(published["Message"].encode()) <= 250_000
     assert published["Message"].endswith("the whole list is on the run's page)")
     assert len(webhook.texts()[0]) <= 39_000
+
+
+def run_test_command(env: dict[str, str]) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PG_TO_BQ_")}
+    return subprocess.run([sys.executable, "-m", "pg_to_bq.alerts", "test", "--database", "shop"],
+                          env={**clean, "PYTHONPATH": str(ROOT), **env}, capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_the_test_command_proves_each_channel(sns_inbox: SnsInbox,
+                                              webhook: WebhookServer) -> None:
+    result = run_test_command({"PG_TO_BQ_ALERT_SNS_TOPIC_ARN": sns_inbox.topic_arn,
+                               "PG_TO_BQ_ALERT_WEBHOOK_URL": webhook.url})
+    assert result.returncode == 0, result.stderr
+    assert "test alert sent to 2 of 2 channel(s)" in result.stdout
+    [published] = sns_inbox.messages()
+    assert published["Subject"] == "pg_to_bq shop: test alert"
+    assert webhook.texts()[0].startswith("pg_to_bq · shop: a test alert sent at")
+
+    webhook.status = 500
+    failed = run_test_command({"PG_TO_BQ_ALERT_WEBHOOK_URL": webhook.url})
+    assert failed.returncode == 1
+    assert "alert not sent to the webhook at 127.0.0.1: HTTP 500" in failed.stderr
+    assert "XXXXSECRETXXXX" not in failed.stdout + failed.stderr
+
+    unconfigured = run_test_command({})
+    assert unconfigured.returncode == 2
+    assert "no alert channel is configured" in unconfigured.stderr
+    malformed = run_test_command({"PG_TO_BQ_ALERT_SNS_TOPIC_ARN": "my-topic"})
+    assert malformed.returncode == 2
+    assert "PG_TO_BQ_ALERT_SNS_TOPIC_ARN='my-topic' is not an SNS topic ARN" in malformed.stderr

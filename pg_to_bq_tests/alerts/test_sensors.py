@@ -118,6 +118,20 @@ def test_the_source_password_in_a_tables_cause_never_reaches_a_message(
     assert "could not read orders from postgresql://loader:***@db.internal:5432/shop" in message
 
 
+def test_known_secret_values_never_reach_a_message(
+        sns_inbox: SnsInbox, webhook: WebhookServer) -> None:
+    settings = AlertSettings.from_values(sns_topic_arn=sns_inbox.topic_arn,
+                                         webhook_url=webhook.url, database=DATABASE)
+    defs = build_toy_definitions(settings, secret_values=lambda: [SOURCE_PASSWORD])
+    with dg.instance_for_test() as instance:
+        deployed = Deployment(defs, instance)
+        deployed.tick()
+        deployed.run(fail=["orders"], cause="the server rejected password {password}")
+        deployed.tick()
+        message = one_message(sns_inbox, webhook, deployed)
+    assert "the server rejected password ***" in message
+
+
 def test_failed_table_in_a_successful_run_is_one_message(
         deployment: Deployment, sns_inbox: SnsInbox, webhook: WebhookServer) -> None:
     result = deployment.run(fail=["customers"], fail_step=False)

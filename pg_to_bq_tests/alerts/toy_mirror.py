@@ -7,6 +7,7 @@ table that failed, an observation with `pg_to_bq/load_failed` (its one-line caus
 table raises at once. Run config says what goes wrong.
 """
 
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 
 import dagster as dg
@@ -32,7 +33,7 @@ class ToyLoad(dg.Config):
     """What goes wrong in a run of the toy mirror."""
 
     fail: list[str] = []  # tables whose load fails, with the source URL in the error
-    cause: str = "permission denied for table {table}"  # their cause ({table}, {url})
+    cause: str = "permission denied for table {table}"  # ({table}, {url}, {password})
     bad_check: list[str] = []  # tables whose matches_source check fails (ERROR)
     step_error: bool = False  # the step fails before loading any table
     fail_step: bool = True  # a failed table fails the step (as the mirror's steps do)
@@ -41,7 +42,9 @@ class ToyLoad(dg.Config):
 def build_toy_definitions(settings: AlertSettings, *,
                           freshness: dg.FreshnessPolicy | None = None,
                           minimum_interval_seconds: int = 30,
-                          freshness_settle_seconds: float = 30.0) -> dg.Definitions:
+                          freshness_settle_seconds: float = 30.0,
+                          secret_values: Callable[[], Iterable[str]] | None = None,
+                          ) -> dg.Definitions:
     """The toy mirror's tables, its job, an unrelated failing job, and the alert sensors
     watching the mirror's job."""
 
@@ -63,7 +66,7 @@ def build_toy_definitions(settings: AlertSettings, *,
                 continue
             if table in config.fail:
                 failed.append(table)
-                cause = config.cause.format(table=table, url=SOURCE_URL)
+                cause = config.cause.format(table=table, url=SOURCE_URL, password=SOURCE_PASSWORD)
                 context.log_event(dg.AssetObservation(
                     asset_key=key, metadata={"pg_to_bq/load_failed": cause}))
                 continue
@@ -88,5 +91,6 @@ def build_toy_definitions(settings: AlertSettings, *,
         jobs=[mirror_job, other_job],
         sensors=build_alert_sensors(settings, jobs=[mirror_job],
                                     minimum_interval_seconds=minimum_interval_seconds,
-                                    freshness_settle_seconds=freshness_settle_seconds),
+                                    freshness_settle_seconds=freshness_settle_seconds,
+                                    secret_values=secret_values),
     )
