@@ -40,10 +40,14 @@ _KEYWORD_PASSWORD = re.compile(
 
 @dataclass(frozen=True)
 class TableFailure:
-    """A table not loaded in a run, and why (one line)."""
+    """A table not loaded in a run, and why (one line). `aliases` are the table's other
+    names (its PostgreSQL name, e.g. `public.orders`): a cause that differs from another
+    table's only by the table's own name is the same cause (`permission denied for table
+    <table>`), so the tables are listed under it once."""
 
     table: tuple[str, ...]
     cause: str
+    aliases: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -222,12 +226,32 @@ def _under(short: _ShortNames) -> str:
 
 
 def _by_cause(failures: Sequence[TableFailure], short: _ShortNames) -> list[tuple[str, list[str]]]:
-    """(cause, table names) with the most common cause first."""
-    groups: dict[str, list[str]] = {}
+    """(cause, table names) with the most common cause first. Tables whose causes differ
+    only by their own names share the cause with the name replaced by `<table>`."""
+    groups: dict[str, list[TableFailure]] = {}
     for failure in failures:
-        groups.setdefault(one_line(failure.cause), []).append(short.names[failure.table])
-    return sorted(((cause, sorted(names)) for cause, names in groups.items()),
-                  key=lambda group: (-len(group[1]), group[0]))
+        groups.setdefault(_generic(one_line(failure.cause), failure), []).append(failure)
+    listed = [(generic if len(members) > 1 else one_line(members[0].cause),
+               sorted(short.names[m.table] for m in members))
+              for generic, members in groups.items()]
+    return sorted(listed, key=lambda group: (-len(group[1]), group[0]))
+
+
+def _generic(cause: str, failure: TableFailure) -> str:
+    """`cause` with the failed table's own names replaced by `<table>`: a distinctive name
+    (`public__orders`, `public.orders`, `"public"."orders"`, `"orders"`) anywhere, a plain
+    word (`orders`, `user`) only where PostgreSQL names a table (after `table`, `relation`
+    or `view`), so `for user loader` stays as it is for a table named `user`."""
+    names = {failure.table[-1]}
+    for alias in failure.aliases:
+        schema, dot, name = alias.rpartition(".")
+        names.update({alias, f'"{schema}"."{name}"', name} if dot else {alias})
+    distinctive = {n for n in names if not n.isalpha()} | {f'"{n}"' for n in names}
+    for name in sorted((n for n in distinctive if len(n) >= 3), key=len, reverse=True):
+        cause = re.sub(rf'(?<![\w."]){re.escape(name)}(?![\w"])', "<table>", cause)
+    for name in sorted((n for n in names if n.isalpha()), key=len, reverse=True):
+        cause = re.sub(rf"(\b(?:table|relation|view) ){re.escape(name)}\b", r"\1<table>", cause)
+    return cause
 
 
 def _last_loaded(when: datetime | None, now: datetime) -> str:

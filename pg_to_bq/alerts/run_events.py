@@ -15,17 +15,21 @@ these types, in order, so a later attempt of a retried step overrides an earlier
   the destination). A failed step that planned no table is reported as an error of its own.
 - Tables planned in steps that never finished (the run stopped, or an upstream step
   failed) are reported with the run's failure as their cause.
+
+The asset specs' `pg_to_bq/source_table` metadata (the PostgreSQL name) lets causes that
+differ only by the table's name be grouped (`permission denied for table <table>`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import dagster as dg
 
 from pg_to_bq.alerts.messages import CheckFailure, RunReport, TableFailure, one_line
 
 LOAD_FAILED = "pg_to_bq/load_failed"
+SOURCE_TABLE = "pg_to_bq/source_table"
 _PAGE = 5_000
 _TYPES = {
     dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED,
@@ -38,7 +42,8 @@ _TYPES = {
 
 
 def run_report(instance: dg.DagsterInstance, run: dg.DagsterRun, *, succeeded: bool,
-               run_error: str | None = None) -> RunReport:
+               run_error: str | None = None,
+               aliases: Mapping[tuple[str, ...], tuple[str, ...]] | None = None) -> RunReport:
     """What failed in `run`: its unloaded tables with their causes, its failed ERROR checks,
     and errors attached to no table.
 
@@ -48,7 +53,10 @@ def run_report(instance: dg.DagsterInstance, run: dg.DagsterRun, *, succeeded: b
         succeeded: Whether the run succeeded.
         run_error: The run's own failure, used as the cause of tables whose step never
             finished, and as the error when nothing else explains a failed run.
+        aliases: Other names of tables by asset key path (`source_tables`), so causes that
+            differ only by the table's name are grouped.
     """
+    aliases = aliases or {}
     planned: dict[tuple[str, ...], str | None] = {}  # table → the step that was to load it
     loaded: set[tuple[str, ...]] = set()
     causes: dict[tuple[str, ...], str] = {}
@@ -93,7 +101,7 @@ def run_report(instance: dg.DagsterInstance, run: dg.DagsterRun, *, succeeded: b
         elif kind == dg.DagsterEventType.STEP_FAILURE and step:
             step_errors[step] = _step_error(event)
 
-    tables = [TableFailure(table, cause) for table, cause in causes.items()]
+    tables = [TableFailure(table, cause, aliases.get(table, ())) for table, cause in causes.items()]
     steps_covered: set[str] = set()
     for table, step in planned.items():
         if table in loaded or table in causes:
@@ -101,17 +109,30 @@ def run_report(instance: dg.DagsterInstance, run: dg.DagsterRun, *, succeeded: b
         if step in step_errors:
             steps_covered.add(step)
             if step not in steps_with_causes:
-                tables.append(TableFailure(table, step_errors[step]))
+                tables.append(TableFailure(table, step_errors[step], aliases.get(table, ())))
         elif step not in succeeded_steps and not succeeded:
             # Its step never finished: the run stopped, or a step it needs failed.
-            tables.append(TableFailure(table, f"not loaded: {one_line(run_error)}"
-                                       if run_error else "not loaded: the run failed first"))
+            cause = f"not loaded: {one_line(run_error)}" if run_error \
+                else "not loaded: the run failed first"
+            tables.append(TableFailure(table, cause, aliases.get(table, ())))
     errors = [f"step {step}: {error}" for step, error in step_errors.items()
               if step not in steps_covered and step not in steps_with_causes]
     if not succeeded and not (tables or checks or errors):
         errors.append(one_line(run_error) if run_error else "the run failed")
     return RunReport(run_id=run.run_id, job=run.job_name, succeeded=succeeded,
                      tables=tuple(tables), checks=tuple(checks.values()), errors=tuple(errors))
+
+
+def source_tables(repository: dg.RepositoryDefinition) -> dict[tuple[str, ...], tuple[str, ...]]:
+    """Each table asset's PostgreSQL name (its `pg_to_bq/source_table` metadata, as the
+    mirror's asset specs carry it), by asset key path."""
+    names: dict[tuple[str, ...], tuple[str, ...]] = {}
+    for assets_def in dict.fromkeys(repository.assets_defs_by_key.values()):
+        for key, spec in assets_def.specs_by_key.items():
+            source = (spec.metadata or {}).get(SOURCE_TABLE)
+            if source is not None:
+                names[tuple(key.path)] = (_text(source),)
+    return names
 
 
 def run_failure_error(event: dg.DagsterEvent | None) -> str | None:

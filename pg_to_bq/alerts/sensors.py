@@ -37,7 +37,7 @@ import dagster as dg
 
 from pg_to_bq.alerts.channels import Channel, channels_for, deliver
 from pg_to_bq.alerts.messages import Message, StaleTable, run_message, stale_message
-from pg_to_bq.alerts.run_events import run_failure_error, run_report
+from pg_to_bq.alerts.run_events import run_failure_error, run_report, source_tables
 from pg_to_bq.alerts.settings import AlertSettings
 
 log = logging.getLogger("pg_to_bq.alerts")
@@ -81,6 +81,7 @@ def build_alert_sensors(
         return []
     channels = channels_for(settings)
     monitored = list(jobs) if jobs else None
+    location = _CodeLocation(assets)
     watched = "the jobs " + ", ".join(j.name for j in monitored) if monitored else "every job"
 
     def secrets() -> list[str]:
@@ -91,7 +92,12 @@ def build_alert_sensors(
         if message is None:
             return
         sent = deliver(message, channels)
-        context_log.info(f"alert {message.subject!r} sent to {sent} of {len(channels)} channel(s)")
+        line = f"alert {message.subject!r} sent to {sent} of {len(channels)} channel(s)"
+        if sent < len(channels):
+            context_log.warning(f"{line}; why not to the others: the code server's log "
+                                "(logger pg_to_bq.alerts)")
+        else:
+            context_log.info(line)
 
     @dg.run_failure_sensor(
         name=name_prefix + FAILED_RUN_SENSOR,
@@ -102,7 +108,8 @@ def build_alert_sensors(
                     "tables by cause, failed ERROR checks, and a link to the run.")
     def failed_run(context: dg.RunFailureSensorContext) -> None:
         report = run_report(context.instance, context.dagster_run, succeeded=False,
-                            run_error=run_failure_error(context.failure_event))
+                            run_error=run_failure_error(context.failure_event),
+                            aliases=location.aliases(context.repository_def))
         send(run_message(report, database=settings.database, ui_url=settings.ui_url,
                          secrets=secrets()), context.log)
 
@@ -115,11 +122,10 @@ def build_alert_sensors(
         description=f"Alerts ({_names(channels)}) when a run of {watched} succeeds with failed "
                     "tables or failed ERROR checks in it.")
     def failures_in_successful_run(context: dg.RunStatusSensorContext) -> None:
-        report = run_report(context.instance, context.dagster_run, succeeded=True)
+        report = run_report(context.instance, context.dagster_run, succeeded=True,
+                            aliases=location.aliases(context.repository_def))
         send(run_message(report, database=settings.database, ui_url=settings.ui_url,
                          secrets=secrets()), context.log)
-
-    watched_keys = _WatchedKeys(assets)
 
     @dg.sensor(
         name=name_prefix + STALE_TABLES_SENSOR,
@@ -131,7 +137,7 @@ def build_alert_sensors(
     def stale_tables(context: dg.SensorEvaluationContext) -> dg.SkipReason:
         if context.repository_def is None:
             return dg.SkipReason("no code location to read the watched assets from")
-        keys = watched_keys.get(context.repository_def)
+        keys = location.watched(context.repository_def)
         states = freshness_states(context.instance, keys)
         previous = json.loads(context.cursor) if context.cursor else {}
         tick = stale_transitions(previous, states, now=time.time(),
@@ -201,15 +207,17 @@ def freshness_states(instance: dg.DagsterInstance,
     return states
 
 
-class _WatchedKeys:
-    """The assets the freshness sensor watches, resolved once per code location load."""
+class _CodeLocation:
+    """What the sensors read from the code location's definitions, once per load: the
+    assets watched for staleness, and the tables' PostgreSQL names."""
 
     def __init__(self, selection: dg.AssetSelection | None) -> None:
         self._selection = selection
-        self._resolved: tuple[int, list[dg.AssetKey]] | None = None
+        self._watched: tuple[int, list[dg.AssetKey]] | None = None
+        self._aliases: tuple[int, dict[tuple[str, ...], tuple[str, ...]]] | None = None
 
-    def get(self, repository: dg.RepositoryDefinition) -> list[dg.AssetKey]:
-        if self._resolved is None or self._resolved[0] != id(repository):
+    def watched(self, repository: dg.RepositoryDefinition) -> list[dg.AssetKey]:
+        if self._watched is None or self._watched[0] != id(repository):
             assets_defs = list(dict.fromkeys(repository.assets_defs_by_key.values()))
             with_policy = [key for assets_def in assets_defs
                            for key, spec in assets_def.specs_by_key.items()
@@ -217,8 +225,16 @@ class _WatchedKeys:
             if self._selection is not None:
                 selected = self._selection.resolve(assets_defs, allow_missing=True)
                 with_policy = [key for key in with_policy if key in selected]
-            self._resolved = (id(repository), sorted(with_policy))
-        return self._resolved[1]
+            self._watched = (id(repository), sorted(with_policy))
+        return self._watched[1]
+
+    def aliases(self, repository: dg.RepositoryDefinition | None
+                ) -> dict[tuple[str, ...], tuple[str, ...]]:
+        if repository is None:
+            return {}
+        if self._aliases is None or self._aliases[0] != id(repository):
+            self._aliases = (id(repository), source_tables(repository))
+        return self._aliases[1]
 
 
 def _has_freshness_policy(spec: dg.AssetSpec) -> bool:

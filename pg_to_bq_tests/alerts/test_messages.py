@@ -69,6 +69,34 @@ def test_failed_run_of_300_tables_is_one_message_with_causes_grouped() -> None:
     assert text.endswith("Run: https://dagster.example.com/runs/r-1")
 
 
+def test_causes_naming_their_own_table_are_one_cause() -> None:
+    def denied(name: str) -> str:
+        return f"PostgreSQL: permission denied for table {name} (SQLSTATE 42501); to fix: grant"
+
+    failures = [TableFailure(table(f"public__{n}"), denied(n), (f"public.{n}",))
+                for n in ("orders", "payments", "user")]
+    failures += [
+        TableFailure(table("public__a"), 'PostgreSQL: relation "public.a" does not exist',
+                     ("public.a",)),
+        TableFailure(table("public__b"), 'PostgreSQL: relation "public"."b" does not exist',
+                     ("public.b",)),
+        TableFailure(table("public__c"), "dlt: load job for public__c failed", ("public.c",)),
+        # A table named like a word elsewhere in its cause: only its own name is replaced.
+        TableFailure(table("public__user2"), "password authentication failed for user loader",
+                     ("public.user2",)),
+    ]
+    message = run_message(RunReport("r", "j", succeeded=False, tables=tuple(failures)),
+                          database="shop")
+    assert message is not None
+    assert ("• PostgreSQL: permission denied for table <table> (SQLSTATE 42501); to fix: grant"
+            " — 3 tables:\n    public__orders, public__payments, public__user\n") in message.text
+    assert ('• PostgreSQL: relation <table> does not exist — 2 tables:\n'
+            '    public__a, public__b\n') in message.text
+    # Alone under its cause: the cause as it was.
+    assert "• dlt: load job for public__c failed — 1 table:" in message.text
+    assert "• password authentication failed for user loader — 1 table:" in message.text
+
+
 def test_failed_checks_and_errors() -> None:
     report = RunReport(
         "r-2", "mirror_all_tables", succeeded=False,

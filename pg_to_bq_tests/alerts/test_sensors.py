@@ -84,7 +84,8 @@ def one_message(sns_inbox: SnsInbox, webhook: WebhookServer, deployment: Deploym
 
 def test_failed_run_is_one_message_listing_its_tables_by_cause(
         deployment: Deployment, sns_inbox: SnsInbox, webhook: WebhookServer) -> None:
-    result = deployment.run(fail=["orders", "payments"], cause="permission denied for schema raw")
+    # Each cause names its own table ("permission denied for table orders"): one cause.
+    result = deployment.run(fail=["orders", "payments"])
     assert not result.success
     assert [s.name for s in deployment.tick()] == ["pg_to_bq_failed_run_alert"]
     message = one_message(sns_inbox, webhook, deployment)
@@ -93,7 +94,7 @@ def test_failed_run_is_one_message_listing_its_tables_by_cause(
         f"pg_to_bq · {DATABASE}: run of {JOB} failed: 2 tables failed.\n"
         "\n"
         "Failed tables (2) in duckdb/raw, by cause:\n"
-        "• permission denied for schema raw — 2 tables:\n"
+        "• permission denied for table <table> — 2 tables:\n"
         "    orders, payments\n"
         "\n"
         f"Run: {UI}/runs/{result.run_id}")

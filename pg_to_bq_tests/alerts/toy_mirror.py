@@ -50,7 +50,8 @@ def build_toy_definitions(settings: AlertSettings, *,
 
     @dg.multi_asset(
         name="load_tables",
-        specs=[dg.AssetSpec(table_key(t), skippable=True, freshness_policy=freshness)
+        specs=[dg.AssetSpec(table_key(t), skippable=True, freshness_policy=freshness,
+                            metadata={"pg_to_bq/source_table": f"public.{t}"})
                for t in TABLES],
         check_specs=[dg.AssetCheckSpec(CHECK, asset=table_key(t), blocking=True) for t in TABLES],
         can_subset=True,
