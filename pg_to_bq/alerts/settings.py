@@ -11,7 +11,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from pg_to_bq.settings import SettingsError
 
@@ -145,3 +145,16 @@ def _check_http_url(value: str, name: str, *, show_value: bool) -> None:
     what = "no host" if parts.scheme.lower() in ("http", "https") else \
         f"scheme {parts.scheme!r}" if parts.scheme else "no scheme"
     raise SettingsError(f"{name} is not an http(s) URL ({what}): expected https://HOST/PATH")
+
+
+def database_label(source_url: str | None = None, source_secret: str | None = None) -> str:
+    """How messages can name the mirrored database without a credential: `shop on
+    db.internal` from a PostgreSQL URL (its database and host only), the secret's id when
+    the URL is in a secret (not read here), else `PostgreSQL`."""
+    if source_url:
+        parts = urlsplit(source_url)
+        database = unquote(parts.path.lstrip("/")) or "postgres"
+        return f"{database} on {parts.hostname or 'localhost'}"
+    if source_secret:
+        return f"the database of secret {source_secret}"
+    return "PostgreSQL"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pg_to_bq.alerts.settings import AlertSettings
+from pg_to_bq.alerts.settings import AlertSettings, database_label
 from pg_to_bq.settings import SettingsError
 
 TOPIC = "arn:aws:sns:eu-west-1:123456789012:pg-to-bq-alerts"
@@ -64,3 +64,10 @@ def test_component_attributes_are_named_in_errors() -> None:
              "webhook_secret": "alert_webhook_secret", "ui_url": "ui_url"}
     with pytest.raises(SettingsError, match="^alert_sns_topic_arn='nope' is not an SNS topic"):
         AlertSettings.from_values(sns_topic_arn="nope", names=names)
+
+
+def test_database_label_has_no_credentials() -> None:
+    assert database_label("postgresql://loader:s3cr3t@db.internal:5432/shop") == "shop on db.internal"
+    assert database_label("postgresql+psycopg2://u@10.0.0.5/%E9%A1%A7%E5%AE%A2") == "顧客 on 10.0.0.5"
+    assert database_label(None, "prod/pg_to_bq/source") == "the database of secret prod/pg_to_bq/source"
+    assert database_label() == "PostgreSQL"
