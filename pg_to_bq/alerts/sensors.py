@@ -36,11 +36,9 @@ from dataclasses import dataclass
 import dagster as dg
 
 from pg_to_bq.alerts.channels import Channel, channels_for, deliver
-from pg_to_bq.alerts.messages import Message, StaleTable, run_message, stale_message
+from pg_to_bq.alerts.messages import Message, RunReport, StaleTable, run_message, stale_message
 from pg_to_bq.alerts.run_events import run_failure_error, run_report, source_tables
 from pg_to_bq.alerts.settings import AlertSettings
-
-log = logging.getLogger("pg_to_bq.alerts")
 
 FAILED_RUN_SENSOR = "pg_to_bq_failed_run_alert"
 FAILURES_IN_SUCCESSFUL_RUN_SENSOR = "pg_to_bq_failures_in_successful_run_alert"
@@ -107,9 +105,15 @@ def build_alert_sensors(
         description=f"Alerts ({_names(channels)}) when a run of {watched} fails: its failed "
                     "tables by cause, failed ERROR checks, and a link to the run.")
     def failed_run(context: dg.RunFailureSensorContext) -> None:
-        report = run_report(context.instance, context.dagster_run, succeeded=False,
-                            run_error=run_failure_error(context.failure_event),
-                            aliases=location.aliases(context.repository_def))
+        run, run_error = context.dagster_run, run_failure_error(context.failure_event)
+        try:
+            report = run_report(context.instance, run, succeeded=False, run_error=run_error,
+                                aliases=location.aliases(context.repository_def))
+        except Exception as exc:  # the failure is worth a message even without its details
+            context.log.exception("could not read the failed run's events")
+            report = RunReport(run.run_id, run.job_name, succeeded=False, errors=(
+                *([run_error] if run_error else []),
+                f"(the run's tables could not be read from its events: {type(exc).__name__})"))
         send(run_message(report, database=settings.database, ui_url=settings.ui_url,
                          secrets=secrets()), context.log)
 
