@@ -16,7 +16,7 @@ an operator's channel:
 - `sensors`: `build_alert_sensors`, the Dagster sensors that tie it together.
 - `__main__`: `python -m pg_to_bq.alerts test`, a test message to each configured channel.
 
-What it may import: the standard library; `pg_to_bq.settings` (for `SettingsError` only);
+What it may import: the standard library; `pg_to_bq.planning.settings` (for `SettingsError` only);
 `dagster` in `run_events` and `sensors` only, so settings, messages and channels stay
 usable and testable without Dagster; boto3 inside the functions that call AWS, never at
 import. Nothing else in `pg_to_bq` imports from here except the code that wires the

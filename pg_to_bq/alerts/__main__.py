@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pg_to_bq.alerts.channels import channels_for, deliver
 from pg_to_bq.alerts.messages import Message
 from pg_to_bq.alerts.settings import AlertSettings
-from pg_to_bq.settings import SettingsError
+from pg_to_bq.planning.settings import SettingsError
 
 
 def main(argv: list[str] | None = None) -> int:

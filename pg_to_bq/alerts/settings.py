@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
-from pg_to_bq.settings import SettingsError
+from pg_to_bq.planning.settings import SettingsError
 
 SNS_TOPIC_ARN_ENV = "PG_TO_BQ_ALERT_SNS_TOPIC_ARN"
 WEBHOOK_URL_ENV = "PG_TO_BQ_ALERT_WEBHOOK_URL"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pg_to_bq.alerts.settings import AlertSettings, database_label
-from pg_to_bq.settings import SettingsError
+from pg_to_bq.planning.settings import SettingsError
 
 TOPIC = "arn:aws:sns:eu-west-1:123456789012:pg-to-bq-alerts"
 HOOK = "https://hooks.slack.com/services/T0000/B0000/XXXXSECRETXXXX"
