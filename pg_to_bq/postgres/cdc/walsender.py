@@ -26,7 +26,7 @@ from typing import NamedTuple
 from psycopg import conninfo as _conninfo
 from psycopg import pq
 
-from .errors import CdcError, ReplicationError, SlotBusy, SlotInvalidated, SlotMissing
+from .errors import CdcError, DbaActionRequired, ReplicationError, SlotBusy, SlotInvalidated, SlotMissing
 
 __all__ = ["Keepalive", "ReplicationConnection", "error_for", "parse_keepalive", "raise_for_result"]
 
@@ -90,6 +90,12 @@ class ReplicationConnection:
         if self.pgconn.status != pq.ConnStatus.OK:
             message = self.pgconn.get_error_message()
             self.pgconn.finish()
+            if "REPLICATION attribute" in message or "start WAL sender" in message:
+                role = params.get("user") or "<role>"
+                raise DbaActionRequired(
+                    f"the role may not open a replication connection: {message.strip()}",
+                    f'ALTER ROLE "{role}" WITH REPLICATION;  -- on RDS/Aurora: '
+                    f'GRANT rds_replication TO "{role}";', sqlstate="42501")
             raise ReplicationError(f"cannot open a replication connection: {message}")
         self.server_version = self.pgconn.server_version
         self._selector: selectors.DefaultSelector | None = None
