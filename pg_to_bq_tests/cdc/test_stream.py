@@ -182,7 +182,7 @@ def test_a_second_reader_finds_the_slot_busy(db: str) -> None:
         assert time.monotonic() - started >= 1
         assert busy.value.pid == rows(db, "SELECT active_pid FROM pg_replication_slots")[0][0]
         with psycopg.connect(db, autocommit=True) as conn, pytest.raises(SlotBusy):
-            advance_slot(conn, "s", stream.end_lsn)
+            advance_slot(conn, "s", stream.end_lsn, busy_timeout=0.5)
     # The slot is free again once the reader closed (retried within busy_timeout).
     with ChangeStream(db, "s", ["pub"], busy_timeout=10) as stream:
         assert list(stream.messages()) == []
@@ -257,3 +257,18 @@ def test_reading_while_a_writer_is_busy_stops_at_the_end_point(db: str) -> None:
     seen += [int(c.new[0]) for _, changes, _ in txns for c in changes if isinstance(c, Insert)]
     total = rows(db, "SELECT count(*) FROM t")[0][0]
     assert seen == list(range(total)) and total > 10
+
+
+def test_a_transaction_left_half_read_is_finished_before_the_next(db: str) -> None:
+    setup(db, "t")
+    run(db, "INSERT INTO t SELECT g, 'x' FROM generate_series(1, 50) g",
+        "INSERT INTO t VALUES (100, 'next')")
+    seen = []
+    with ChangeStream(db, "s", ["pub"]) as stream:
+        for txn in stream.transactions():
+            for change in txn:
+                if isinstance(change, Insert):
+                    seen.append(int(change.new[0]))
+                    break  # the consumer stops reading this transaction after one row
+        assert stream.finished and stream.delivered_transactions == 2
+    assert seen == [1, 100]

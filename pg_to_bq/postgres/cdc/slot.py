@@ -43,7 +43,7 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg import pq, sql
 
-from .errors import CdcError, DbaActionRequired, SlotCreationTimeout, SlotMissing
+from .errors import CdcError, DbaActionRequired, SlotBusy, SlotCreationTimeout, SlotMissing
 from .pgoutput import parse_lsn
 from .stream import quote_literal, valid_slot_name
 from .walsender import ReplicationConnection, error_for, raise_for_result
@@ -454,7 +454,24 @@ def _slot_error(error: psycopg.Error) -> CdcError:
     return error_for(error.sqlstate, str(error).strip())
 
 
-def advance_slot(conn: psycopg.Connection, slot: str, lsn: int) -> int:
+def _retry_busy(conn: psycopg.Connection, busy_timeout: float, action):  # type: ignore[no-untyped-def]
+    """Run `action()`, retrying while the slot is busy: the walsender of a reader that just
+    closed its connection (or was killed) holds the slot until it notices, a moment later."""
+    deadline = time.monotonic() + busy_timeout
+    while True:
+        try:
+            return action()
+        except psycopg.Error as error:
+            mapped = _slot_error(error)
+            if not conn.autocommit:
+                conn.rollback()
+            if not isinstance(mapped, SlotBusy) or time.monotonic() >= deadline:
+                raise mapped from error
+            time.sleep(0.05)
+
+
+def advance_slot(conn: psycopg.Connection, slot: str, lsn: int, *,
+                 busy_timeout: float = 10.0) -> int:
     """Confirm everything before `lsn` on slot `slot` (no replication connection needed).
 
     Call it after the destination committed the rows and the position `lsn` with them —
@@ -465,36 +482,31 @@ def advance_slot(conn: psycopg.Connection, slot: str, lsn: int) -> int:
     new restart_lsn, so this costs about as much WAL reading as the changes it confirms.
     Returns the slot's confirmed position afterwards.
 
-    Raises `SlotMissing`, `SlotInvalidated`, or `SlotBusy` (a reader holds the slot: confirm
-    through that reader's `ChangeStream.confirm()`, or after it closed).
+    Raises `SlotMissing`, `SlotInvalidated`, or `SlotBusy` (a reader still holds the slot
+    after `busy_timeout` seconds: confirm through that reader's `ChangeStream.confirm()`).
     """
-    try:
-        row = conn.execute(
-            "SELECT (end_lsn - '0/0'::pg_lsn)::bigint FROM pg_replication_slot_advance(%s, "
-            "greatest(%s::pg_lsn, (SELECT confirmed_flush_lsn FROM pg_replication_slots "
-            "WHERE slot_name = %s)))",
-            (slot, _lsn_text(lsn), slot)).fetchone()
-    except psycopg.Error as error:
-        raise _slot_error(error) from error
+    row = _retry_busy(conn, busy_timeout, lambda: conn.execute(
+        "SELECT (end_lsn - '0/0'::pg_lsn)::bigint FROM pg_replication_slot_advance(%s, "
+        "greatest(%s::pg_lsn, (SELECT confirmed_flush_lsn FROM pg_replication_slots "
+        "WHERE slot_name = %s)))", (slot, _lsn_text(lsn), slot)).fetchone())
     if conn.info.transaction_status == pq.TransactionStatus.INTRANS:
         conn.commit()
     assert row is not None
     return int(row[0])
 
 
-def drop_slot(conn: psycopg.Connection, slot: str, *, missing_ok: bool = True) -> bool:
+def drop_slot(conn: psycopg.Connection, slot: str, *, missing_ok: bool = True,
+              busy_timeout: float = 10.0) -> bool:
     """Drop slot `slot` (its retained WAL is released). False if it did not exist.
 
-    Raises `SlotBusy` while a reader holds it."""
+    Raises `SlotBusy` while a reader holds it (after `busy_timeout` seconds)."""
     try:
-        conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
-    except psycopg.Error as error:
-        mapped = _slot_error(error)
-        if isinstance(mapped, SlotMissing) and missing_ok:
-            if not conn.autocommit:
-                conn.rollback()
+        _retry_busy(conn, busy_timeout,
+                    lambda: conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,)))
+    except SlotMissing:
+        if missing_ok:
             return False
-        raise mapped from error
+        raise
     if not conn.autocommit:
         conn.commit()
     return True

@@ -116,8 +116,9 @@ def end_point(lsn: int, block_size: int, segment_size: int) -> int:
 class Transaction:
     """One committed transaction of a read: `begin`, its changes (iterate once), `commit`.
 
-    The changes come straight off the socket; `commit` is set once they were all read. A
-    transaction left unread is skipped (read and discarded) when the next one is requested.
+    The changes come straight off the socket; `commit` is set once they were all read. What
+    the consumer leaves unread of a transaction is read and discarded when the next one is
+    requested — and the stream's `position` moves past it all the same.
     """
 
     __slots__ = ("_source", "_started", "begin", "commit")
@@ -143,10 +144,16 @@ class Transaction:
             yield message
         raise ReplicationError(f"the stream ended inside transaction {self.begin.xid}")
 
-    def _skip(self) -> None:
-        if not self._started:
-            for _ in self:
-                pass
+    def _finish(self) -> None:
+        """Read (and discard) whatever the consumer left of this transaction."""
+        if self.commit is not None:
+            return
+        self._started = True
+        for message in self._source:
+            if type(message) is Commit:
+                self.commit = message
+                return
+        raise ReplicationError(f"the stream ended inside transaction {self.begin.xid}")
 
     def __repr__(self) -> str:
         return (f"Transaction(xid={self.begin.xid}, commit_lsn={format_lsn(self.begin.final_lsn)}, "
@@ -179,18 +186,22 @@ class ChangeStream:
             reader killed a moment ago leaves a walsender that takes a moment to exit).
         status_interval: seconds between status updates (keep well under the server's
             `wal_sender_timeout`).
+        stall_timeout: raise if the server sends nothing new (no message, no progress of
+            its decoded position) for this many seconds; None waits forever.
     """
 
     def __init__(self, conninfo: str, slot: str, publications: Sequence[str], *,
                  start_lsn: int | None = None, end_lsn: int | None = None,
                  proto_version: int = 1, binary: bool = False, messages: bool = False,
                  busy_timeout: float = 15.0, status_interval: float = 10.0,
+                 stall_timeout: float | None = 300.0,
                  application_name: str = "pg_to_bq_cdc") -> None:
         self.slot = valid_slot_name(slot)
         if not publications:
             raise ValueError("at least one publication is needed")
         self.publications = tuple(publications)
         self.status_interval = status_interval
+        self.stall_timeout = stall_timeout
         self.relations: dict[int, Relation] = {}
         self.confirmed = 0
         self.finished = False
@@ -274,6 +285,7 @@ class ChangeStream:
         silent_since = time.monotonic()
         count = 0
         drained = False  # the last read found libpq's buffer and the socket both empty
+        progress, progress_wal, progress_at = count, wal_end, time.monotonic()
         try:
             while True:
                 size, data = get(1)
@@ -336,6 +348,13 @@ class ChangeStream:
                         now = time.monotonic()
                         if now - conn.last_status >= self.status_interval:
                             self._send_status()
+                        if progress != count or wal_end != progress_wal:
+                            progress, progress_wal, progress_at = count, wal_end, now
+                        elif (self.stall_timeout is not None
+                              and now - progress_at >= self.stall_timeout):
+                            raise ReplicationError(
+                                f"no progress for {self.stall_timeout:.0f} s: decoded up to "
+                                f"{format_lsn(wal_end)}, end point {format_lsn(end)}")
                         if now - silent_since >= 1.0:
                             # Ask for a keepalive: its wal_end tells whether the end was reached.
                             self._send_status(reply=True)
@@ -361,7 +380,7 @@ class ChangeStream:
             if type(message) is Begin:
                 transaction = Transaction(message, source)
                 yield transaction
-                transaction._skip()
+                transaction._finish()
             else:
                 yield message
 
