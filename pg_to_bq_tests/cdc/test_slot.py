@@ -102,6 +102,8 @@ def test_partitioned_table_changes_arrive_as_the_root(db: str) -> None:
         "CREATE TABLE m_2025 PARTITION OF m FOR VALUES FROM ('2025-01-01') TO ('2026-01-01')",
         "CREATE TABLE m_2026 PARTITION OF m FOR VALUES FROM ('2026-01-01') TO ('2027-01-01')")
     with psycopg.connect(db, autocommit=True) as conn:
+        with pytest.raises(ValueError, match="m_2025: a partition"):
+            ensure_publication(conn, "pub", [("public", "m_2025")])
         publication = ensure_publication(conn, "pub", [("public", "m")])
         assert publication.created and publication.via_partition_root
         assert publication.tables == {("public", "m")}

@@ -8,9 +8,12 @@ This subpackage owns everything that talks to PostgreSQL about change capture:
   status, advance, drop);
 - `stream`: reading the committed changes up to a point fixed at the start of a read;
 - `replay`: the pieces for copying a table while the slot keeps streaming;
-- `prerequisites`: what the server, the role and each table need, and the exact fix.
+- `prerequisites`: what the server, the role and each table need, and the exact fix;
+- `errors`: the errors raised, each saying what to do (`DbaActionRequired.sql`).
 
-It may import the standard library, `psycopg` (v3) and `pyarrow`, nothing from Dagster or
-dlt, and nothing else from `pg_to_bq`: applying changes to a destination, settings, the CLI
-and Dagster wiring live elsewhere and call in here, never the other way round.
+It may import the standard library, `psycopg` (v3), `psycopg2` and `pyarrow` (today it uses
+only the first two: see `walsender` for why not psycopg2's replication support), nothing
+from Dagster or dlt, and nothing else from `pg_to_bq`: applying changes to a destination,
+settings, the CLI and Dagster wiring live elsewhere and call in here, never the other way
+round.
 """

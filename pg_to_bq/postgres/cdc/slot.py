@@ -124,7 +124,7 @@ def _read_publication(conn: psycopg.Connection, name: str) -> Publication | None
 
 
 _IDENTITY_SQL = """
-SELECT n.nspname, c.relname, c.relkind, c.relpersistence, c.relreplident,
+SELECT n.nspname, c.relname, c.relkind, c.relpersistence, c.relreplident, c.relispartition,
        EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid
                AND (i.indisprimary OR (c.relreplident = 'i' AND i.indisreplident)))
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -149,8 +149,12 @@ def _check_capturable(conn: psycopg.Connection, tables: Sequence[TableName]) -> 
         if table not in found:
             problems.append(f"{table[0]}.{table[1]}: no such table")
             continue
-        kind, persistence, identity, has_key = found[table]
-        if kind not in ("r", "p"):
+        kind, persistence, identity, is_partition, has_key = found[table]
+        if is_partition:
+            # Published through its root (publish_via_partition_root): listing a partition
+            # too would only make its changes depend on which of the two PostgreSQL picks.
+            problems.append(f"{table[0]}.{table[1]}: a partition (publish its root)")
+        elif kind not in ("r", "p"):
             problems.append(f"{table[0]}.{table[1]}: not a table (relkind {kind!r})")
         elif persistence != "p":
             problems.append(f"{table[0]}.{table[1]}: unlogged or temporary, never in the WAL")
