@@ -10,7 +10,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from pg_to_bq.postgres.cdc.errors import SlotBusy, SlotInvalidated, SlotMissing
+from pg_to_bq.postgres.cdc.errors import ReplicationError, SlotBusy, SlotInvalidated, SlotMissing
 from pg_to_bq.postgres.cdc.pgoutput import Delete, Insert, Relation, Truncate, Update
 from pg_to_bq.postgres.cdc.slot import (
     advance_slot,
@@ -272,3 +272,13 @@ def test_a_transaction_left_half_read_is_finished_before_the_next(db: str) -> No
                     break  # the consumer stops reading this transaction after one row
         assert stream.finished and stream.delivered_transactions == 2
     assert seen == [1, 100]
+
+
+def test_a_read_that_makes_no_progress_gives_up(db: str) -> None:
+    setup(db, "t")
+    with ChangeStream(db, "s", ["pub"], stall_timeout=2) as stream:
+        stream.end_lsn += 1 << 40  # an end point the server will not reach
+        started = time.monotonic()
+        with pytest.raises(ReplicationError, match="no progress for 2 s"):
+            list(stream.messages())
+        assert 2 <= time.monotonic() - started < 6
