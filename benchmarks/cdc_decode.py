@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import struct
 import subprocess
 import sys
@@ -270,6 +271,7 @@ def main() -> None:
     finally:
         if server is not None:
             server.destroy()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def render(options, version: str, first: dict, last: dict, reader: dict, raw: dict,
