@@ -191,10 +191,10 @@ def main() -> None:
 
     import psycopg
 
-    from pg_to_bq.embedded_pg import EmbeddedPostgres, binaries_dir
     from pg_to_bq.postgres.cdc.pgoutput import format_lsn
     from pg_to_bq.postgres.cdc.slot import create_slot, ensure_publication
     from pg_to_bq.postgres.cdc.stream import end_point
+    from pg_to_bq.postgres.embedded import EmbeddedPostgres, binaries_dir
 
     server = None
     work = Path(tempfile.mkdtemp(prefix="pg_to_bq_cdc_bench_"))

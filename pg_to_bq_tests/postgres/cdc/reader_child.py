@@ -1,6 +1,6 @@
 """A reader process for the tests: reads a slot, "applies" each transaction by appending a
 line to a file (its destination), stores the position and confirms every N transactions,
-and reports its peak RSS. Run as `python -m pg_to_bq_tests.cdc.reader_child ARGS_JSON`."""
+and reports its peak RSS. Run as `python -m pg_to_bq_tests.postgres.cdc.reader_child ARGS_JSON`."""
 
 from __future__ import annotations
 

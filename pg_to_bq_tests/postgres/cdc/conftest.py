@@ -13,8 +13,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from pg_to_bq.embedded_pg import EmbeddedPostgres
 from pg_to_bq.postgres.cdc.stream import ChangeStream
+from pg_to_bq.postgres.embedded import EmbeddedPostgres
 
 LOGICAL = {"wal_level": "logical", "max_replication_slots": "20", "max_wal_senders": "20",
            # two-phase decoding needs prepared transactions

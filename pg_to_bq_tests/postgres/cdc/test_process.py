@@ -22,7 +22,7 @@ ROOT = Path(__file__).parents[2]
 
 def child(args: dict, **popen) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-m", "pg_to_bq_tests.cdc.reader_child",
+    return subprocess.Popen([sys.executable, "-m", "pg_to_bq_tests.postgres.cdc.reader_child",
                              json.dumps(args)], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, **popen)
 
