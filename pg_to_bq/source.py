@@ -57,13 +57,51 @@ def connect(
         conn = psycopg.connect(with_options(url, application_name, statement_timeout_s))
     except psycopg.OperationalError as exc:
         raise SourceUnreachable(
-            f"cannot connect to PostgreSQL at {describe(url)}: {_first_line(exc, url)}"
+            f"cannot connect to PostgreSQL at {describe(url)}: {_cause(exc, url)}"
         ) from None
     try:
         conn.read_only = True
         yield conn
     finally:
         conn.close()
+
+
+def check_reachable(url: str, *, application_name: str = APPLICATION_NAME) -> None:
+    """Connect once with each library that connects during a load: psycopg (the catalog)
+    and the ADBC driver (the COPY reads, its own libpq and OpenSSL). Both read sslmode,
+    sslrootcert and the other libpq parameters from the URL's query.
+
+    Raises:
+        SourceUnreachable: one line naming host, port and database and the cause (a TLS,
+            login or network failure), never the password; so a sync stops before any
+            table is tried instead of failing every table with the same error.
+    """
+    with connect(url, application_name=application_name, statement_timeout_s=60) as conn:
+        conn.execute("SELECT 1")
+    from pg_to_bq.adbc_session import AdbcSession
+
+    try:
+        session = AdbcSession(with_options(url, application_name, 60))
+    except Exception as exc:  # the driver raises its own error classes
+        raise SourceUnreachable(
+            f"cannot connect to PostgreSQL at {describe(url)} (ADBC driver): "
+            f"{_cause(exc, url)}") from None
+    session.close()
+
+
+# What to do about a connection failure whose fix is not in its own words.
+_CONNECT_HINTS = (
+    ("no encryption", "the server accepts only TLS connections: add "
+     "sslmode=verify-full&sslrootcert=<the server's CA file> to the URL"),
+    ("certificate verify failed", "the server's certificate is not signed by a CA in "
+     "sslrootcert (for RDS: the region's certificate bundle from AWS)"),
+)
+
+
+def _cause(exc: BaseException, url: str) -> str:
+    text = _first_line(exc, url)
+    hint = next((hint for words, hint in _CONNECT_HINTS if words in text), None)
+    return f"{text}; {hint}" if hint else text
 
 
 def _first_line(exc: BaseException, url: str) -> str:
