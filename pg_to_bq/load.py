@@ -88,7 +88,7 @@ from pg_to_bq.fingerprint import (
 )
 from pg_to_bq.parquet_files import remove_stale_files, write_table_file
 from pg_to_bq.plan import TablePlan
-from pg_to_bq.source import SourceUnreachable, with_options
+from pg_to_bq.source import SourceUnreachable, login_role, with_options
 from pg_to_bq.source import describe as describe_source
 from pg_to_bq.typemap import quote_ident
 
@@ -533,7 +533,8 @@ class _GroupRun:
                     if isinstance(item, _Read):
                         item.definition = definition
                 except Exception as exc:  # noqa: BLE001 - one table's failure is its own
-                    settle(index, _failure(load.plan, exc, started, self.raise_errors))
+                    settle(index, _failure(load.plan, exc, started, self.raise_errors,
+                                           login_role(self.source_url)))
                     continue
                 if isinstance(item, LoadResult):
                     settle(index, item)
@@ -871,13 +872,14 @@ def _batch_reporter(on_batch: Callable[..., None] | None, plan: TablePlan) -> Ca
     return (lambda rows: on_batch(plan.name, rows)) if two else on_batch  # type: ignore[misc,return-value]
 
 
-def _failure(plan: TablePlan, exc: BaseException, started: float, keep: bool = False
-             ) -> LoadResult:
+def _failure(plan: TablePlan, exc: BaseException, started: float, keep: bool = False,
+             role: str | None = None) -> LoadResult:
     """The result of a table that failed with `exc`. The exception is kept only for `keep`
     (to raise it): its frames hold the table's batches, so a run of many failing tables
-    keeps only messages and stack traces."""
-    message = describe(exc)
-    if plan.name not in message:
+    keeps only messages and stack traces. `role` (the login role) completes a missing
+    privilege's GRANT."""
+    message = describe(exc, table=(plan.table.schema, plan.table.name), role=role)
+    if plan.name not in message.partition("; to fix: ")[0]:
         message = f"table {plan.name}: {message}"
     result = LoadResult(
         table=plan.name, destination_table=plan.destination_table, rows=0, snapshot_rows=None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 from pg_to_bq.settings import redact_url
 
@@ -37,6 +37,12 @@ def with_options(url: str, application_name: str, statement_timeout_s: int) -> s
             query["options"] = f"{options} -c statement_timeout={statement_timeout_s * 1000}".strip()
     query.setdefault("connect_timeout", "10")
     return parts._replace(query=urlencode(query, quote_via=quote)).geturl()
+
+
+def login_role(url: str) -> str | None:
+    """The role a URL logs in as (None when libpq would pick it: PGUSER, the OS user)."""
+    user = urlsplit(url).username
+    return unquote(user) if user else None
 
 
 def describe(url: str) -> str:
