@@ -2,9 +2,10 @@
 
 docs/security.md deploys two webservers from one image on one Dagster instance: a
 read-only one for analysts and a full one for operators. Here the full one is the demo's
-(`pg-to-bq demo`, `dg dev`), and the read-only one is started next to it, as the deploy
-files start it: `dagster-webserver --read-only -w workspace.yaml` with the same
-DAGSTER_HOME and settings. The operators' webserver loads `public.orders`; the analysts'
+(`pg-to-bq demo`, `dg dev`), and the read-only one is started next to it as the deploy
+files start it: a code server (`dagster api grpc`) and `dagster-webserver --read-only -w
+deploy/workspace.yaml` reaching it over gRPC, on the demo's Dagster instance, without any
+pg_to_bq setting. The operators' webserver loads `public.orders`; the analysts'
 shows the lineage and that table's page (its columns and row count) without an enabled
 "Materialize" button (Dagster 1.13 greys it out, with the tooltip "You do not have
 permission to materialize assets"), and its GraphQL API refuses every change (the
@@ -75,37 +76,75 @@ CHANGES = ("launch_pipeline_execution", "launch_pipeline_reexecution",
 
 
 @dataclass
-class Webserver:
-    """A `dagster-webserver` this test started, in a process group of its own."""
+class Process:
+    """A process this test started in a process group of its own, with its output in a log."""
 
-    url: str
     process: subprocess.Popen
     log_path: Path
 
     @classmethod
-    def start_read_only(cls, demo_root: Path, timeout: float = 180.0) -> Webserver:
-        """`dagster-webserver --read-only` on the demo's workspace, instance and settings."""
-        layout = DemoLayout(demo_root)
-        database = EmbeddedPostgres(layout.postgres, port=int(layout.port_file.read_text()))
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("PG_TO_BQ_", "DAGSTER_"))}
-        env.update(demo_environment(layout, database))
-        env["PYTHONPATH"] = os.pathsep.join([str(layout.project), str(REPO_ROOT)])
-        port = free_port()
-        log_path = demo_root.with_name("read-only-webserver.log")
-        command = [str(VENV_BIN / "dagster-webserver"), "--read-only", "-h", HOST,
-                   "-p", str(port), "-w", str(layout.project / "workspace.yaml")]
+    def start(cls, command: list[str], env: dict[str, str], cwd: Path, log_path: Path
+              ) -> Process:
         with log_path.open("wb") as log:
             process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log,
-                                       stderr=subprocess.STDOUT, env=env, cwd=layout.project,
+                                       stderr=subprocess.STDOUT, env=env, cwd=cwd,
                                        process_group=0)
-        server = cls(f"http://{HOST}:{port}", process, log_path)
+        return cls(process, log_path)
+
+    def output(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")[-4000:]
+
+    def stop(self) -> None:
+        """SIGINT to its process group, then SIGKILL to whatever of it is left."""
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGINT)
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+
+
+@dataclass
+class ReadOnlyDeployment:
+    """The analysts' side as deploy/ starts it: a code server (the image's default command)
+    and `dagster-webserver --read-only -w deploy/workspace.yaml` reaching it over gRPC, on
+    the demo's Dagster instance. The webserver gets no PG_TO_BQ_* setting but the code
+    server's address: it never connects to PostgreSQL or the destination."""
+
+    url: str
+    code_server: Process
+    webserver: Process
+
+    @classmethod
+    def start(cls, demo_root: Path, timeout: float = 180.0) -> ReadOnlyDeployment:
+        layout = DemoLayout(demo_root)
+        database = EmbeddedPostgres(layout.postgres, port=int(layout.port_file.read_text()))
+        base = {k: v for k, v in os.environ.items()
+                if not k.startswith(("PG_TO_BQ_", "DAGSTER_", "PYTHONPATH"))}
+        grpc_port, web_port = free_port(), free_port()
+        code_env = {**base, **demo_environment(layout, database),
+                    "PYTHONPATH": os.pathsep.join([str(layout.project), str(REPO_ROOT)])}
+        code_server = Process.start(
+            [str(VENV_BIN / "dagster"), "api", "grpc", "-h", HOST, "-p", str(grpc_port),
+             "-f", str(layout.project / "pg_to_bq_demo" / "definitions.py"),
+             "-d", str(layout.project)],
+            code_env, layout.project, demo_root.with_name("code-server.log"))
+        web_env = {**base, "DAGSTER_HOME": str(layout.dagster_home),
+                   "PG_TO_BQ_CODE_SERVER_HOST": HOST, "PG_TO_BQ_CODE_SERVER_PORT": str(grpc_port)}
+        webserver = Process.start(
+            [str(VENV_BIN / "dagster-webserver"), "--read-only", "-h", HOST,
+             "-p", str(web_port), "-w", str(REPO_ROOT / "deploy" / "workspace.yaml")],
+            web_env, demo_root.parent, demo_root.with_name("read-only-webserver.log"))
+        deployment = cls(f"http://{HOST}:{web_port}", code_server, webserver)
         try:
-            server.wait_until_loaded(timeout)
+            deployment.wait_until_loaded(timeout)
         except BaseException:
-            server.stop()
+            deployment.stop()
             raise
-        return server
+        return deployment
 
     def graphql(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
         response = requests.post(f"{self.url}/graphql",
@@ -118,35 +157,25 @@ class Webserver:
 
     def wait_until_loaded(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                break
+        while time.monotonic() < deadline and self.webserver.process.poll() is None:
             try:
                 entries = self.graphql(WORKSPACE_QUERY)["workspaceOrError"]["locationEntries"]
             except (requests.RequestException, AssertionError, KeyError, TypeError):
                 time.sleep(1)
                 continue
-            if entries and all(e["loadStatus"] == "LOADED" for e in entries):
-                errors = [e["locationOrLoadError"] for e in entries
-                          if (e["locationOrLoadError"] or {}).get("__typename") == "PythonError"]
-                assert not errors, errors
+            errors = [e["locationOrLoadError"] for e in entries
+                      if (e["locationOrLoadError"] or {}).get("__typename") == "PythonError"]
+            if entries and all(e["loadStatus"] == "LOADED" for e in entries) and not errors:
+                assert [e["name"] for e in entries] == ["pg_to_bq"]
                 return
             time.sleep(1)
-        raise AssertionError(f"the read-only webserver did not serve a loaded code location "
-                             f"within {timeout:.0f}s:\n{self.log_path.read_text()[-4000:]}")
+        raise AssertionError(
+            f"the read-only webserver did not serve the code location within {timeout:.0f}s."
+            f"\nwebserver:\n{self.webserver.output()}\ncode server:\n{self.code_server.output()}")
 
     def stop(self) -> None:
-        """SIGINT to its process group (it and the code server it started), then SIGKILL."""
-        if self.process.poll() is None:
-            try:
-                os.killpg(self.process.pid, signal.SIGINT)
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
-        # The code server it spawned shares the group; make sure nothing of it is left.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
+        self.webserver.stop()
+        self.code_server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -169,8 +198,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoStack]:
 
 
 @pytest.fixture(scope="module")
-def read_only(stack: DemoStack) -> Iterator[Webserver]:
-    server = Webserver.start_read_only(stack.root)
+def read_only(stack: DemoStack) -> Iterator[ReadOnlyDeployment]:
+    server = ReadOnlyDeployment.start(stack.root)
     try:
         yield server
     finally:
@@ -198,7 +227,7 @@ def shots_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("screenshots")
 
 
-def permissions(server: DemoStack | Webserver) -> dict[str, bool]:
+def permissions(server: DemoStack | ReadOnlyDeployment) -> dict[str, bool]:
     return {p["permission"]: p["value"] for p in server.graphql(PERMISSIONS_QUERY)["permissions"]}
 
 
@@ -231,8 +260,8 @@ def check_buttons(page: Page, read_only: bool) -> None:
         expect(materialize_buttons(page, enabled=True).first).to_be_visible()
 
 
-def test_the_read_only_api_refuses_every_change(stack: DemoStack, read_only: Webserver
-                                                ) -> None:
+def test_the_read_only_api_refuses_every_change(stack: DemoStack,
+                                                read_only: ReadOnlyDeployment) -> None:
     analysts, operators = permissions(read_only), permissions(stack)
     assert {name: analysts[name] for name in CHANGES} == dict.fromkeys(CHANGES, False)
     assert {name: operators[name] for name in CHANGES} == dict.fromkeys(CHANGES, True)
@@ -248,8 +277,8 @@ def test_the_read_only_api_refuses_every_change(stack: DemoStack, read_only: Web
     assert wipe["__typename"] == "UnauthorizedError", wipe
 
 
-def test_lineage_without_materialize(stack: DemoStack, read_only: Webserver, loaded: dict,
-                                     browser: Browser, shots_dir: Path) -> None:
+def test_lineage_without_materialize(stack: DemoStack, read_only: ReadOnlyDeployment,
+                                     loaded: dict, browser: Browser, shots_dir: Path) -> None:
     for name, server in (("read-only", read_only), ("full", stack)):
         with screenshots.new_page(browser, screenshots.GRAPH_VIEWPORT) as page:
             screenshots.show_asset_graph(page, server.url)
@@ -261,8 +290,9 @@ def test_lineage_without_materialize(stack: DemoStack, read_only: Webserver, loa
             check_buttons(page, read_only=server is read_only)
 
 
-def test_table_page_without_materialize(stack: DemoStack, read_only: Webserver, loaded: dict,
-                                        browser: Browser, shots_dir: Path) -> None:
+def test_table_page_without_materialize(stack: DemoStack, read_only: ReadOnlyDeployment,
+                                        loaded: dict, browser: Browser, shots_dir: Path
+                                        ) -> None:
     for name, server in (("read-only", read_only), ("full", stack)):
         with screenshots.new_page(browser, screenshots.ASSET_PAGE_VIEWPORT) as page:
             screenshots.show_asset_page(page, server.url, loaded_key(TABLE))
