@@ -4,11 +4,13 @@ TLS: a PostgreSQL 15 server with `ssl=on` and only `hostssl` rules
 (`pg_to_bq_tests/support/tls_postgres.py`, Debian's `postgresql-15` binaries). A sync with
 `sslmode=verify-full&sslrootcert=<ca.pem>` loads; a plain connection is refused; a wrong CA
 is one error line before any table is tried (also when a catalog snapshot exists and the
-catalog needs no connection); the COPY reads (the ADBC driver) verify the server too.
+catalog needs no connection); the COPY reads (the ADBC driver) verify the server too;
+PGSSLMODE/PGSSLROOTCERT (for secrets in the RDS layout, a URL without a query) work alike.
 
 Least privilege: the role of docs/security.md, created with exactly that SQL on the
 suite's embedded server, loads every table it was granted (also one created after the
-grants) and a table outside its grants fails alone, naming the GRANT to add.
+grants) and a table outside its grants fails alone, naming the GRANT to add; with the
+change-capture grants of the same document it reads a replication slot.
 """
 
 from __future__ import annotations
@@ -51,9 +53,9 @@ INSERT INTO notes VALUES ('a'), ('b');
 SHOP_ROWS = {"customers": 3000, "orders": 20000, "notes": 2}
 
 
-def sync(*args: str) -> subprocess.CompletedProcess:
-    """`python -m pg_to_bq.cli sync ARGS` with this environment (PG_TO_BQ_* set by
-    `settings_env`), running this checkout's code."""
+def cli(*args: str) -> subprocess.CompletedProcess:
+    """`python -m pg_to_bq.cli ARGS` (`pg-to-bq ARGS`) with this environment (PG_TO_BQ_* set
+    by `settings_env`), running this checkout's code."""
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     return subprocess.run([sys.executable, "-m", "pg_to_bq.cli", *args], env=env,
                           capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
@@ -83,7 +85,7 @@ def verified(server: TlsPostgres, ca: Path | None = None) -> dict[str, str]:
 
 def test_verify_full_with_the_right_ca_loads(tls_server: TlsPostgres, settings_env) -> None:
     duckdb_path = settings_env(loader_url(tls_server, **verified(tls_server)))
-    result = sync("sync")
+    result = cli("sync")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "3 loaded, 0 failed, 23,002 rows" in result.stdout, result.stdout
     for table, rows in SHOP_ROWS.items():
@@ -98,7 +100,7 @@ def error_lines(result: subprocess.CompletedProcess) -> list[str]:
 def test_a_plain_connection_is_refused_with_one_clear_line(tls_server: TlsPostgres,
                                                            settings_env) -> None:
     settings_env(loader_url(tls_server, sslmode="disable"))
-    result = sync("sync")
+    result = cli("sync")
     assert result.returncode == 2, result.stdout + result.stderr
     [line] = error_lines(result)
     assert line.startswith(f"error: cannot connect to PostgreSQL at localhost:{tls_server.port}"
@@ -116,11 +118,11 @@ def test_a_wrong_ca_is_one_line_before_any_table(tls_server: TlsPostgres, settin
     failed with the same SSL error (3 progress lines, 3 summary lines, exit 1)."""
     if snapshot:
         settings_env(loader_url(tls_server, **verified(tls_server)))
-        discovered = sync("discover")
+        discovered = cli("discover")
         assert discovered.returncode == 0, discovered.stdout + discovered.stderr
     duckdb_path = settings_env(
         loader_url(tls_server, **verified(tls_server, tls_server.tls.wrong_ca)))
-    result = sync("sync")
+    result = cli("sync")
     assert result.returncode == 2, result.stdout + result.stderr
     [line] = error_lines(result)
     assert line == (
@@ -161,11 +163,11 @@ def test_libpq_environment_variables_configure_tls_too(tls_server: TlsPostgres, 
     duckdb_path = settings_env(loader_url(tls_server))
     monkeypatch.setenv("PGSSLMODE", "verify-full")
     monkeypatch.setenv("PGSSLROOTCERT", str(tls_server.tls.wrong_ca))
-    refused = sync("sync", "public.notes")
+    refused = cli("sync", "public.notes")
     assert refused.returncode == 2 and "certificate verify failed" in refused.stderr, \
         refused.stdout + refused.stderr
     monkeypatch.setenv("PGSSLROOTCERT", str(tls_server.tls.ca))
-    result = sync("sync", "public.notes")
+    result = cli("sync", "public.notes")
     assert result.returncode == 0, result.stdout + result.stderr
     assert duck_rows(duckdb_path, "SELECT count(*) FROM raw.notes") == [(2,)]
 
@@ -236,7 +238,7 @@ def test_the_documented_role_loads_its_tables_and_a_table_outside_fails_alone(
         reader_url = pg_url.replace("postgres@", f"{reader}@", 1)
         duckdb_path = settings_env(reader_url)
 
-        result = sync("sync")
+        result = cli("sync")
         assert result.returncode == 1, result.stdout + result.stderr
         out = result.stdout
         for table, rows in (("public.customers", 500), ("sales.orders", 20_000),
@@ -279,7 +281,7 @@ def test_the_documented_role_loads_its_tables_and_a_table_outside_fails_alone(
         fixes = [re.search(r"to fix: run (.+;) as the owner", line).group(1)
                  for line in (audit, salaries)]
         run_sql(pg_url, " ".join(fixes))
-        fixed = sync("sync", "public.audit_trail", "hr.salaries")
+        fixed = cli("sync", "public.audit_trail", "hr.salaries")
         assert fixed.returncode == 0, fixed.stdout + fixed.stderr
         assert duck_rows(duckdb_path, "SELECT count(*) FROM raw.audit_trail") == [(1,)]
         assert duck_rows(duckdb_path, "SELECT count(*) FROM raw.hr__salaries") == [(1,)]
