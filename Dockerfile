@@ -51,6 +51,8 @@ COPY --from=deps /opt/venv /opt/venv
 COPY --chmod=0755 docker/entrypoint.sh /usr/local/bin/pg-to-bq-entrypoint
 # The production instance config; used when PG_TO_BQ_DAGSTER_YAML points at it.
 COPY deploy/dagster.yaml /opt/pg_to_bq/dagster.yaml
+# The webservers' and the daemon's workspace: the code server over gRPC.
+COPY deploy/workspace.yaml /opt/pg_to_bq/workspace.yaml
 COPY --from=wheel /dist/ /opt/dist/
 RUN PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore \
     /opt/venv/bin/pip install --no-cache-dir --no-deps --no-index /opt/dist/*.whl \

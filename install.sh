@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install pg_to_bq with everything its test suite needs, on Debian/Ubuntu:
 #   - Debian packages for the test tiers (Chromium for the UI test, bubblewrap for the
-#     Lambda sandbox, podman/buildah/debootstrap for the container image build);
+#     Lambda sandbox, podman/buildah/debootstrap for the container image build, PostgreSQL 15
+#     for the TLS tests: a server with ssl=on and only hostssl rules);
 #   - a virtual environment in .venv with the package, its test extras and the
 #     benchmark's comparison backend (connectorx, the `bench` extra).
 # Usage: bash install.sh            (as root, or with sudo available)
@@ -13,6 +14,7 @@ APT_PACKAGES=(
   chromium fonts-noto-cjk
   bubblewrap
   podman buildah runc debootstrap uidmap slirp4netns fuse-overlayfs
+  postgresql-15
 )
 
 if [ "${PG_TO_BQ_SKIP_APT:-0}" != "1" ]; then

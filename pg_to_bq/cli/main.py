@@ -146,12 +146,22 @@ def cmd_sync(
 
     from pg_to_bq.orchestration import progress
     from pg_to_bq.orchestration.catalog_asset import catalog_key
-    from pg_to_bq.orchestration.code_location import asset_context, build_definitions, load_catalog, plans_for
+    from pg_to_bq.orchestration.code_location import (
+        asset_context,
+        build_definitions,
+        load_catalog,
+        plans_for,
+        resolve_source_url,
+    )
     from pg_to_bq.orchestration.names import APPLY_DELETES_TAG, FULL_REFRESH_TAG, destination_key
     from pg_to_bq.planning.settings import Settings
     from pg_to_bq.planning.tables import select_plans
+    from pg_to_bq.postgres.connect import check_reachable
 
     settings = Settings.from_env()
+    # One line (exit 2) for a source no table can reach (TLS, login, network), before any
+    # table is tried: the catalog snapshot alone would not notice.
+    check_reachable(resolve_source_url(settings))
     loaded = load_catalog(settings, refresh=refresh, empty_when_unreachable=False)
     if loaded.warning:
         print(f"warning: {loaded.warning}", file=sys.stderr)

@@ -51,7 +51,7 @@ from pg_to_bq.planning.evolution import Change, Evolution
 from pg_to_bq.planning.tables import TablePlan
 from pg_to_bq.planning.types import quote_ident
 from pg_to_bq.postgres import row_versions as tuple_versions
-from pg_to_bq.postgres.connect import SourceUnreachable, with_options
+from pg_to_bq.postgres.connect import SourceUnreachable, login_role, with_options
 from pg_to_bq.postgres.connect import describe as describe_source
 from pg_to_bq.postgres.reader import TableReader
 from pg_to_bq.postgres.session import AdbcSession
@@ -215,7 +215,8 @@ class TableReads:
                     if isinstance(item, TableRead):
                         item.definition = definition
                 except Exception as exc:  # noqa: BLE001 - one table's failure is its own
-                    settle(index, failure_result(load.plan, exc, started, self.raise_errors))
+                    settle(index, failure_result(load.plan, exc, started, self.raise_errors,
+                                                  login_role(self.source_url)))
                     continue
                 if isinstance(item, LoadResult):
                     settle(index, item)

@@ -107,13 +107,14 @@ class PlanFailed(ValueError):
     """The table's plan has an error (an override that does not fit it)."""
 
 
-def failure_result(plan: TablePlan, exc: BaseException, started: float, keep: bool = False
-             ) -> LoadResult:
+def failure_result(plan: TablePlan, exc: BaseException, started: float, keep: bool = False,
+                   role: str | None = None) -> LoadResult:
     """The result of a table that failed with `exc`. The exception is kept only for `keep`
     (to raise it): its frames hold the table's batches, so a run of many failing tables
-    keeps only messages and stack traces."""
-    message = describe(exc)
-    if plan.name not in message:
+    keeps only messages and stack traces. `role` (the login role) completes a missing
+    privilege's GRANT."""
+    message = describe(exc, table=(plan.table.schema, plan.table.name), role=role)
+    if plan.name not in message.partition("; to fix: ")[0]:
         message = f"table {plan.name}: {message}"
     result = LoadResult(
         table=plan.name, destination_table=plan.destination_table, rows=0, snapshot_rows=None,

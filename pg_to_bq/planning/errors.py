@@ -72,19 +72,20 @@ def is_transient(exc: BaseException) -> bool:
 # execute query: could not begin COPY: ERROR:  permission denied for table t. SQLSTATE: 42501").
 _PG_MESSAGE = re.compile(r"ERROR:\s+(.+?)(?:\. SQLSTATE|\nQuery was|\n|$)")
 _SQLSTATE = re.compile(r"SQLSTATE: ([0-9A-Z]{5})")
-# What to do about a source error that fails the same way every time.
+# What to do about a source error that fails the same way every time (42501, a missing
+# privilege, is `_grant_fix`).
 _FIXES = {
-    "42501": "grant the role pg_to_bq connects as SELECT on it, or leave the table out "
-             "(PG_TO_BQ_EXCLUDE)",
     "57014": "the statement timeout cut the read off: raise PG_TO_BQ_STATEMENT_TIMEOUT_S",
     "42P01": "the table is gone: it is reported, not loaded, once the catalog is refreshed "
              "(pg-to-bq sync --refresh-catalog)",
 }
 
 
-def describe(exc: BaseException) -> str:
+def describe(exc: BaseException, *, table: tuple[str, str] | None = None,
+             role: str | None = None) -> str:
     """One line: the real cause of `exc`, PostgreSQL's own words for a source error, and
-    the fix when one is known."""
+    the fix when one is known. A missing privilege's fix is the GRANT to run, naming
+    `table` (schema, name) and `role` (the role pg_to_bq logs in as) when given."""
     cause = root_cause(exc)
     text = str(cause).strip() or type(cause).__name__
     if isinstance(cause, ValueError | ConnectionError):
@@ -96,5 +97,34 @@ def describe(exc: BaseException) -> str:
     message = _PG_MESSAGE.search(text)
     line = f"PostgreSQL: {message.group(1)} (SQLSTATE {sqlstate})" if message and sqlstate \
         else f"{type(cause).__name__}: {text}"
-    fix = _FIXES.get(sqlstate) if sqlstate else None
+    if sqlstate == "42501":
+        fix: str | None = _grant_fix(message.group(1) if message else text, table, role)
+    else:
+        fix = _FIXES.get(sqlstate) if sqlstate else None
     return f"{line}; to fix: {fix}" if fix else line
+
+
+_DENIED_SCHEMA = re.compile(r"permission denied for schema (.+)$")
+_PLAIN_NAME = re.compile(r"^[a-z_][a-z0-9_$]*$")
+
+
+def _grant_fix(message: str, table: tuple[str, str] | None, role: str | None) -> str:
+    """The GRANT(s) that give the role pg_to_bq logs in as what reading `table` needs."""
+    grantee = _sql_name(role) if role else "<the role pg_to_bq logs in as>"
+    grants = []
+    schema = _DENIED_SCHEMA.search(message)
+    if schema:
+        grants.append(f"GRANT USAGE ON SCHEMA {_sql_name(schema.group(1))} TO {grantee};")
+    if table:
+        grants.append(f"GRANT SELECT ON {_sql_name(table[0])}.{_sql_name(table[1])} "
+                      f"TO {grantee};")
+    if not grants:
+        return ("grant the role pg_to_bq logs in as SELECT on the table and USAGE on its "
+                "schema (docs/security.md), or leave the table out (PG_TO_BQ_EXCLUDE)")
+    return (f"run {' '.join(grants)} as the owner, or leave the table out "
+            "(PG_TO_BQ_EXCLUDE)")
+
+
+def _sql_name(name: str) -> str:
+    """`name` as written in SQL: bare when PostgreSQL would fold it to itself, else quoted."""
+    return name if _PLAIN_NAME.match(name) else '"' + name.replace('"', '""') + '"'

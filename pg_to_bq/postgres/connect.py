@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 from pg_to_bq.planning.settings import redact_url
 
@@ -39,6 +39,12 @@ def with_options(url: str, application_name: str, statement_timeout_s: int) -> s
     return parts._replace(query=urlencode(query, quote_via=quote)).geturl()
 
 
+def login_role(url: str) -> str | None:
+    """The role a URL logs in as (None when libpq would pick it: PGUSER, the OS user)."""
+    user = urlsplit(url).username
+    return unquote(user) if user else None
+
+
 def describe(url: str) -> str:
     parts = urlsplit(url)
     return f"{parts.hostname}:{parts.port or 5432}/{parts.path.lstrip('/')}"
@@ -57,13 +63,51 @@ def connect(
         conn = psycopg.connect(with_options(url, application_name, statement_timeout_s))
     except psycopg.OperationalError as exc:
         raise SourceUnreachable(
-            f"cannot connect to PostgreSQL at {describe(url)}: {_first_line(exc, url)}"
+            f"cannot connect to PostgreSQL at {describe(url)}: {_cause(exc, url)}"
         ) from None
     try:
         conn.read_only = True
         yield conn
     finally:
         conn.close()
+
+
+def check_reachable(url: str, *, application_name: str = APPLICATION_NAME) -> None:
+    """Connect once with each library that connects during a load: psycopg (the catalog)
+    and the ADBC driver (the COPY reads, its own libpq and OpenSSL). Both read sslmode,
+    sslrootcert and the other libpq parameters from the URL's query.
+
+    Raises:
+        SourceUnreachable: one line naming host, port and database and the cause (a TLS,
+            login or network failure), never the password; so a sync stops before any
+            table is tried instead of failing every table with the same error.
+    """
+    with connect(url, application_name=application_name, statement_timeout_s=60) as conn:
+        conn.execute("SELECT 1")
+    from pg_to_bq.adbc_session import AdbcSession
+
+    try:
+        session = AdbcSession(with_options(url, application_name, 60))
+    except Exception as exc:  # the driver raises its own error classes
+        raise SourceUnreachable(
+            f"cannot connect to PostgreSQL at {describe(url)} (ADBC driver): "
+            f"{_cause(exc, url)}") from None
+    session.close()
+
+
+# What to do about a connection failure whose fix is not in its own words.
+_CONNECT_HINTS = (
+    ("no encryption", "the server accepts only TLS connections: add "
+     "sslmode=verify-full&sslrootcert=<the server's CA file> to the URL"),
+    ("certificate verify failed", "the server's certificate is not signed by a CA in "
+     "sslrootcert (for RDS: the region's certificate bundle from AWS)"),
+)
+
+
+def _cause(exc: BaseException, url: str) -> str:
+    text = _first_line(exc, url)
+    hint = next((hint for words, hint in _CONNECT_HINTS if words in text), None)
+    return f"{text}; {hint}" if hint else text
 
 
 def _first_line(exc: BaseException, url: str) -> str:

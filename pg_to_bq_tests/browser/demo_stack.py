@@ -20,7 +20,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,8 +79,12 @@ class DemoStack:
         return f"http://{HOST}:{self.port}"
 
     @classmethod
-    def start(cls, root: Path, port: int | None = None, timeout: float = 300.0) -> DemoStack:
+    def start(cls, root: Path, port: int | None = None, timeout: float = 300.0,
+              cli: Sequence[str] | None = None) -> DemoStack:
         """Run `pg-to-bq demo --dir ROOT --host 127.0.0.1 --port PORT` and wait until it serves.
+
+        `cli` replaces the console script (e.g. `[sys.executable, "-m", "pg_to_bq.cli"]`, to
+        run the checkout on PYTHONPATH rather than the installed package).
 
         Raises:
             DemoStackError: the demo exited or did not serve its code location in time (the
@@ -92,7 +96,7 @@ class DemoStack:
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("PG_TO_BQ_", "DAGSTER_"))}
         env["PYTHONUNBUFFERED"] = "1"
-        command = [str(VENV_BIN / "pg-to-bq"), "demo", "--dir", str(root),
+        command = [*(cli or [str(VENV_BIN / "pg-to-bq")]), "demo", "--dir", str(root),
                    "--host", HOST, "--port", str(port)]
         began = time.monotonic()
         with log_path.open("wb") as log:

@@ -94,8 +94,9 @@ def test_a_table_the_role_cannot_read_is_one_line_with_its_fix(pg_url: str, sett
         [line] = [line for line in out.splitlines() if "closed_table: FAILED" in line]
         assert line.endswith(
             "public.closed_table: FAILED: table public.closed_table: PostgreSQL: permission "
-            "denied for table closed_table (SQLSTATE 42501); to fix: grant the role pg_to_bq "
-            "connects as SELECT on it, or leave the table out (PG_TO_BQ_EXCLUDE)"), line
+            "denied for table closed_table (SQLSTATE 42501); to fix: run GRANT SELECT ON "
+            f"public.closed_table TO {role}; as the owner, or leave the table out "
+            "(PG_TO_BQ_EXCLUDE)"), line
         assert "public.open_table: ok, 1 rows" in out and "1 loaded, 1 failed" in out
     finally:
         run_sql(pg_url, f"DROP OWNED BY {role}; DROP ROLE {role};")
