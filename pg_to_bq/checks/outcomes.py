@@ -1,14 +1,19 @@
-"""Pure checks on a finished load; the asset turns each `CheckOutcome` into a Dagster check result."""
+"""Pure checks on a load. A table has one check, `matches_source`: its rows (counted in the
+snapshot the rows were read in), its values (`pg_to_bq.checks.fingerprint`, where they
+were compared this run) and its drift (`pg_to_bq.checks.drift`: whether the destination
+changed behind pg_to_bq's back since the last load), in one evaluation that names
+everything that differs. The step turns it into Dagster's check result."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
-ROW_COUNT = "row_count_matches_source"
-FINGERPRINT = "values_match_source"
-FRESHNESS = "cursor_is_fresh"
+MATCHES_SOURCE = "matches_source"
+# The parts of `matches_source`, by the names their metadata is filed under.
+ROW_COUNT = "rows"
+FINGERPRINT = "values"
 # Tables up to this many rows have every value compared; larger ones, key ranges. Digesting
 # a row costs about as much as loading it: at 5,000 rows the check adds ~9% to a table's load,
 # at 20,000 ~22%, while 3 ranges of 1,000 rows cost ~5% at any size.
@@ -79,20 +84,33 @@ def row_count_outcome(*, mode: str, disposition: str, destination_rows: int | No
     return None
 
 
-def cursor_freshness(latest: Any, max_age: timedelta, now: datetime | None = None) -> CheckOutcome:
-    """Is the newest cursor value in the source recent enough?"""
-    now = now or datetime.now(UTC)
-    if latest is None:
-        return CheckOutcome(FRESHNESS, False, "WARN", "the table has no cursor values",
-                            {"max_age_hours": max_age.total_seconds() / 3600})
-    if isinstance(latest, datetime):
-        value = latest if latest.tzinfo else latest.replace(tzinfo=UTC)
-    else:  # a date
-        value = datetime(latest.year, latest.month, latest.day, tzinfo=UTC)
-    age = now - value
-    metadata = {"latest_cursor": value.isoformat(), "age_hours": round(age.total_seconds() / 3600, 2),
-                "max_age_hours": max_age.total_seconds() / 3600}
-    if age <= max_age:
-        return CheckOutcome(FRESHNESS, True, "WARN", "the cursor is fresh", metadata)
-    return CheckOutcome(FRESHNESS, False, "WARN",
-                        f"the newest row is {metadata['age_hours']} h old", metadata)
+def not_computed(name: str, why: str) -> CheckOutcome:
+    """A part of the check that was not computed this run (a partition's run compares no
+    whole table, a side failed): said in the check, never a failure of it."""
+    return CheckOutcome(name, True, "WARN", why, {"not_computed": True})
+
+
+def matches_source(parts: Sequence[CheckOutcome], drift: Sequence[str] = ()) -> CheckOutcome:
+    """The table's one check: `parts` (the row count and the values, those that ran) and
+    `drift` (what changed in the destination since the last load) together.
+
+    It fails with ERROR when rows or values are lost or changed, and with WARN when the
+    only difference is rows the delete pass will remove (a merged table keeps rows deleted
+    in PostgreSQL until then). Its description names every difference; its metadata holds
+    each part's figures.
+    """
+    failed = [p for p in parts if not p.passed]
+    if drift:
+        failed.append(CheckOutcome(
+            "drift", False, "ERROR",
+            "the destination changed since the last load (not by pg_to_bq): "
+            + "; ".join(drift)))
+    metadata: dict[str, Any] = {p.name: p.metadata for p in parts if p.metadata}
+    if drift:
+        metadata["drift"] = list(drift)
+    if not failed:
+        said = "; ".join(p.description for p in parts) or "nothing to compare"
+        return CheckOutcome(MATCHES_SOURCE, True, "ERROR", said, metadata)
+    severity = "ERROR" if any(p.severity == "ERROR" for p in failed) else "WARN"
+    return CheckOutcome(MATCHES_SOURCE, False, severity,
+                        "; ".join(p.description for p in failed), metadata)

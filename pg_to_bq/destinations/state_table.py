@@ -44,6 +44,9 @@ LOAD_ID_KEY = "load_id"
 SOURCE_OID_KEY = "source_oid"
 # Set instead of a state when the rows it covered are being (or were) removed.
 INVALIDATED_KEY = "invalidated"
+# Set while a load of the table runs: left behind, the load was killed after (perhaps) it
+# wrote rows and before it recorded them (the cursor is behind them, which only re-reads).
+LOADING_KEY = "loading"
 
 
 def invalidated(reason: str) -> dict[str, Any]:

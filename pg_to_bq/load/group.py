@@ -26,13 +26,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import dlt
 
+from pg_to_bq.checks import drift
 from pg_to_bq.checks.outcomes import CheckOutcome, row_count_outcome
 from pg_to_bq.destinations.writer_lock import exclusive
 from pg_to_bq.load.memory import release_memory
@@ -57,12 +58,14 @@ from pg_to_bq.load.results import (
     no_columns,
 )
 from pg_to_bq.load.schema_changes import evolutions_of, prepare
-from pg_to_bq.load.state import commit_states, trusted_states
-from pg_to_bq.load.values_check import compare_fingerprints
+from pg_to_bq.load.state import commit_states, stored_figures, trusted_states
+from pg_to_bq.load.values_check import compare_fingerprints, destination_figures, engine
 from pg_to_bq.planning.errors import describe
+from pg_to_bq.planning.settings import DEFAULT_DRIFT_MAX_ROWS
 from pg_to_bq.planning.tables import TablePlan
 
 log = logging.getLogger(__name__)
+
 
 
 def load_table(
@@ -121,6 +124,7 @@ def load_group(
     destination_lock: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
     record_state: bool = True,
     fingerprint_rows: int | None = None,
+    drift_max_rows: int | None = DEFAULT_DRIFT_MAX_ROWS,
 ) -> list[LoadResult]:
     """Load `loads` with the dlt pipeline `pipeline_name`; a result per table, in order.
 
@@ -135,14 +139,18 @@ def load_group(
     With `fingerprint_rows` (the whole-table limit), each loaded table's values are
     compared with PostgreSQL's (`pg_to_bq.checks.fingerprint`): the source side in the
     snapshot the table was read in, the destination side after the load, one query for the
-    group.
+    group. With `drift_max_rows`, each table of at most that many rows has its destination's
+    whole-table figures stored after its load and compared before the next
+    (`pg_to_bq.checks.drift`): what changed behind pg_to_bq's back is found even when the
+    table is unchanged in PostgreSQL and not read.
     """
     run = _GroupRun(
         loads=loads, source_url=source_url, dataset=dataset, work_dir=work_dir,
         batch_bytes=batch_bytes, hash_salt=hash_salt, statement_timeout_s=statement_timeout_s,
         on_batch=on_batch, on_result=on_result, count_rows=count_rows,
         raise_errors=raise_errors, destination_lock=destination_lock,
-        record_state=record_state, fingerprint_rows=fingerprint_rows)
+        record_state=record_state, fingerprint_rows=fingerprint_rows,
+        drift_max_rows=drift_max_rows)
     with exclusive(pipelines_dir(work_dir) / pipeline_name, _waiting_for(pipeline_name)):
         run.pipeline = group_pipeline(pipeline_name, destination, dataset, work_dir)
         with dlt.config.values(dlt_settings(run.pipeline.destination)):
@@ -180,6 +188,7 @@ class _GroupRun:
     destination_lock: Callable[[], contextlib.AbstractContextManager]
     record_state: bool
     fingerprint_rows: int | None = None
+    drift_max_rows: int | None = None
     pipeline: Any = None
     results: dict[int, LoadResult] = field(default_factory=dict)
 
@@ -197,9 +206,10 @@ class _GroupRun:
         counting = self.count_rows or self.record_state
         with self.destination_lock(), one_connection(pipeline):
             sync_once(pipeline)
-            evolutions = evolutions_of(pipeline, plans)
+            evolutions, columns_now = evolutions_of(pipeline, plans)
             states, doubts = trusted_states(pipeline, plans, evolutions) \
                 if self.record_state else ({}, {})
+            before = self.figures_before(states, columns_now)
         unchanged: list[tuple[int, LoadResult]] = []
 
         def settle_read(index: int, result: LoadResult) -> None:
@@ -241,6 +251,8 @@ class _GroupRun:
                     counts, _ = destination_counts(pipeline,
                                                    [r.destination_table for _, r in results])
                 checked = compare_fingerprints(pipeline, [r for _, r in loaded])
+                self.compare_figures(results, states, before)
+                after = self.figures_after(results, counts)
                 for index, result in results:
                     result.destination_rows = counts.get(result.destination_table)
                     result.fingerprint = checked.get(result.destination_table)
@@ -251,13 +263,66 @@ class _GroupRun:
                         source_rows_after_deletes=result.source_rows_after_deletes)
                 if self.record_state:
                     commit_states(pipeline, [r for _, r in loaded], states, load_id, counts,
-                                  [r for _, r in results])
+                                  [r for _, r in results], after)
         for index, item in read:
             if item.plan.destination_table in failures:
                 self.settle(index, item.failed(failures[item.plan.destination_table]))
         for index, result in results:
             self.settle(index, result)
         return [self.results[i] for i in sorted(self.results)]
+
+    def drift_columns(self, plan: TablePlan, names: Sequence[str]) -> list[tuple[str, str]]:
+        """`names` (destination columns) with their logical types, as the figures ask them."""
+        logical = {c.name: c.logical for c in plan.columns}
+        return [(name, logical.get(name, "text")) for name in names]
+
+    def figures_before(self, states: Mapping[str, Mapping[str, Any]],
+                       columns_now: Mapping[str, Mapping[str, Any]]) -> dict[str, drift.Figures]:
+        """The destination's figures now of each table whose trusted state holds the figures
+        its last load left (one query per 50 tables): only columns that are still there are
+        asked; a column gone from the destination shows as a difference."""
+        if self.drift_max_rows is None or not states:
+            return {}
+        name = engine(self.pipeline)
+        wanted = {}
+        for load in self.loads:
+            table = load.plan.destination_table
+            stored = stored_figures(states.get(table, {}), name)
+            if stored is None or stored.rows > self.drift_max_rows:
+                continue
+            present = [c for c in stored.columns if c in columns_now.get(table, {})]
+            wanted[table] = self.drift_columns(load.plan, present)
+        return destination_figures(self.pipeline, wanted)
+
+    def compare_figures(self, results: list[tuple[int, LoadResult]],
+                        states: Mapping[str, Mapping[str, Any]],
+                        before: Mapping[str, drift.Figures]) -> None:
+        """Each result's drift: what changed in the destination since the last load, for a
+        table not read whole this run (a whole read replaces what drifted)."""
+        name = engine(self.pipeline)
+        for _, result in results:
+            now = before.get(result.destination_table)
+            stored = stored_figures(states.get(result.destination_table, {}), name)
+            if now is not None and stored is not None \
+                    and (result.status == "unchanged" or result.mode != "full"):
+                result.drift = tuple(drift.changes(stored, now))
+
+    def figures_after(self, results: list[tuple[int, LoadResult]], counts: Mapping[str, int]
+                      ) -> dict[str, drift.Figures]:
+        """The figures of the tables this run wrote (loaded, or trimmed by a delete pass), to
+        store with their state; an unchanged table keeps the figures it has."""
+        if self.drift_max_rows is None or not self.record_state:
+            return {}
+        wanted = {}
+        for index, result in results:
+            if result.status == "unchanged" and not result.deleted:
+                continue
+            if counts.get(result.destination_table, 0) > self.drift_max_rows:
+                continue
+            plan = self.loads[index].plan
+            wanted[result.destination_table] = self.drift_columns(
+                plan, [c.name for c in plan.columns])
+        return destination_figures(self.pipeline, wanted)
 
     def side_load(self, plan: TablePlan) -> tuple[LoadResult, Any]:
         """Load `plan` (a fill's or a delete pass's side table) with the side pipeline,

@@ -18,6 +18,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from pg_to_bq.destinations.state_table import LOAD_ID_KEY
 from pg_to_bq.load.cursor_window import (
     WindowTracker,
     lookback_of,
@@ -297,7 +298,7 @@ class TableReads:
                         and evolution.exists and not evolution.changed and not fill:
                     # Not one row version changed since the last load: nothing to read.
                     unchanged = TableRead(plan, mode, cursor_from, None, reader, Path(), started)
-                    result = unchanged.result(None, status="unchanged")
+                    result = unchanged.result(state.get(LOAD_ID_KEY), status="unchanged")
                     result.extra["unchanged"] = "versions"
                     return result
             ahead: list[pa.RecordBatch] | None = None
@@ -307,7 +308,7 @@ class TableReads:
                 if window_digest(ahead, reader.schema) == stored_window.get("digest"):
                     report(reader.stats.rows)
                     unchanged = TableRead(plan, mode, cursor_from, None, reader, Path(), started)
-                    result = unchanged.result(None, status="unchanged")
+                    result = unchanged.result(state.get(LOAD_ID_KEY), status="unchanged")
                     result.cursor_to = max_of(ahead, plan)
                     result.extra["unchanged"] = True
                     return result

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from pg_to_bq.checks.fingerprint import Fingerprint, Scope
-from pg_to_bq.checks.outcomes import CheckOutcome
+from pg_to_bq.checks.outcomes import CheckOutcome, matches_source
 from pg_to_bq.load.cursor_window import WindowTracker
 from pg_to_bq.planning.errors import describe, is_transient
 from pg_to_bq.planning.evolution import Evolution
@@ -77,6 +77,9 @@ class LoadResult:
     fingerprint: CheckOutcome | None = None
     # The row count check, when the destination's rows were counted.
     row_count: CheckOutcome | None = None
+    # What changed in the destination since the last load, not by pg_to_bq
+    # (`pg_to_bq.checks.drift`), in words.
+    drift: tuple[str, ...] = ()
     # Why a table whose state would have allowed less was read whole (its state could not
     # be trusted, `pg_to_bq.destinations.state_table.doubt`).
     reason: str | None = None
@@ -89,14 +92,20 @@ class LoadResult:
         return self.status != "failed"
 
     @property
-    def checks(self) -> list[CheckOutcome]:
-        """The checks of the load: row count, then values."""
-        return [c for c in (self.row_count, self.fingerprint) if c is not None]
+    def check(self) -> CheckOutcome | None:
+        """The table's one check, `matches_source` (its rows, values and drift), when any
+        part of it ran."""
+        parts = [c for c in (self.row_count, self.fingerprint) if c is not None]
+        if not parts and not self.drift:
+            return None
+        return matches_source(parts, self.drift)
 
     @property
     def lost(self) -> list[CheckOutcome]:
-        """Failed checks saying rows or values are missing or wrong (severity ERROR)."""
-        return [c for c in self.checks if not c.passed and c.severity == "ERROR"]
+        """The check, when it says rows or values are missing or wrong (severity ERROR)."""
+        check = self.check
+        return [check] if check is not None and not check.passed and check.severity == "ERROR" \
+            else []
 
 
 class LoadJobFailed(RuntimeError):

@@ -18,45 +18,55 @@ from pg_to_bq.destinations.schema import (
     type_mapper,
 )
 from pg_to_bq.destinations.state_table import (
+    LOADING_KEY,
     invalidated,
     write_states,
 )
 from pg_to_bq.load.results import TableRead
 from pg_to_bq.load.state import PENDING_FILL_STATE_KEY
 from pg_to_bq.planning.errors import describe
-from pg_to_bq.planning.evolution import Evolution, diff
+from pg_to_bq.planning.evolution import Evolution, StoredColumn, diff
 from pg_to_bq.planning.tables import TablePlan
 
 
-def evolutions_of(pipeline: dlt.Pipeline, plans: Sequence[TablePlan]) -> dict[str, Evolution]:
-    """What each table's load must do about schema changes (`pg_to_bq.planning.evolution`)."""
+def evolutions_of(pipeline: dlt.Pipeline, plans: Sequence[TablePlan]
+                  ) -> tuple[dict[str, Evolution], dict[str, dict[str, StoredColumn]]]:
+    """What each table's load must do about schema changes (`pg_to_bq.planning.evolution`),
+    and the columns each table has in the destination now (one query)."""
     if not plans:
-        return {}
+        return {}, {}
     stored = stored_columns(pipeline, [p.destination_table for p in plans])
     kind = pipeline.destination.destination_name
     mapper = type_mapper(pipeline)
     return {p.destination_table: diff(planned_types(mapper, p), stored.get(p.destination_table),
                                       kind, frozenset(p.destination_primary_key))
-            for p in plans}
+            for p in plans}, stored
 
 
 def prepare(pipeline: dlt.Pipeline, read: list[TableRead], states: dict[str, dict[str, Any]],
              record_state: bool) -> dict[str, str]:
-    """Before the load: mark the fills this run owes (so a run killed before they are done
+    """Before the load: mark the tables being loaded (a run killed before it records their
+    new state leaves that mark, so the next run knows the destination may hold more than
+    the state says), mark the fills this run owes (so a run killed before they are done
     leaves them to the next one), invalidate the state of the tables about to be dropped and
     loaded again (so a reload that does not finish leaves no cursor without its rows), and
     change column types in place. Returns the tables that cannot load (an ALTER the
     destination refused)."""
     pending = {}
     for item in read:
-        if item.refresh and record_state:
-            pending[item.plan.destination_table] = invalidated(
-                "its reload under a new column type did not finish")
-        elif item.fill and record_state:
-            state = dict(states.get(item.plan.destination_table, {}))
+        table = item.plan.destination_table
+        if not record_state:
+            continue
+        if item.refresh:
+            pending[table] = invalidated("its reload under a new column type did not finish")
+            continue
+        if not states.get(table):
+            continue  # nothing to trust yet: a first (or whole) load records everything
+        state = {**states[table], LOADING_KEY: True}
+        if item.fill:
             state[PENDING_FILL_STATE_KEY] = sorted(set(state.get(PENDING_FILL_STATE_KEY, ()))
                                                    | set(item.fill))
-            pending[item.plan.destination_table] = state
+        pending[table] = state
     if pending:
         write_states(pipeline, pending)
         states.update(pending)

@@ -16,9 +16,11 @@ from typing import Any
 
 import dlt
 
+from pg_to_bq.checks.drift import Figures
 from pg_to_bq.destinations.state_table import (
     INVALIDATED_KEY,
     LOAD_ID_KEY,
+    LOADING_KEY,
     ROWS_KEY,
     SOURCE_OID_KEY,
     doubt,
@@ -47,6 +49,8 @@ WINDOW_STATE_KEY = "pg_to_bq_window"
 VERSIONS_STATE_KEY = "pg_to_bq_versions"
 
 
+# The destination's whole-table figures after the last load (`pg_to_bq.checks.drift`).
+FIGURES_STATE_KEY = "figures"
 # A merged table's partitions and enum labels (`pg_to_bq.postgres.row_versions.definitions`).
 DEFINITION_STATE_KEY = "definition"
 
@@ -65,9 +69,13 @@ LOADED_COLUMNS_STATE_KEY = "loaded_columns"
 def trusted_states(pipeline: dlt.Pipeline, plans: Sequence[TablePlan],
                     evolutions: Mapping[str, Evolution]
                     ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
-    """Each table's stored state (`pg_to_bq.destinations.state_table`) when the destination table still
-    holds the rows it covers, and why not for the others (whose state is then empty, so
-    they are read whole). One query for the group's row counts and loads."""
+    """Each table's stored state (`pg_to_bq.destinations.state_table`) when the destination
+    table still holds the rows it covers, and why not for the others (whose state is then
+    empty, so they are read whole). One query for the group's row counts and loads.
+
+    A state still marked as loading belongs to a load killed before it recorded its rows:
+    its cursor is behind them (which only re-reads rows), but its figures describe the
+    table before that load, so they are dropped (not compared) this run."""
     stored = read_states(pipeline, [p.destination_table for p in plans])
     if not stored:
         return {}, {}
@@ -84,6 +92,8 @@ def trusted_states(pipeline: dlt.Pipeline, plans: Sequence[TablePlan],
                        source_oid=oids.get(table))
         if reason is None:
             trusted[table] = state
+            if state.get(LOADING_KEY):
+                trusted[table] = {k: v for k, v in state.items() if k != FIGURES_STATE_KEY}
         else:
             doubts[table] = reason
             log.info("table %s is read whole: %s", table, reason)
@@ -92,23 +102,26 @@ def trusted_states(pipeline: dlt.Pipeline, plans: Sequence[TablePlan],
 
 def commit_states(pipeline: dlt.Pipeline, loaded: list[TableRead],
                    previous: dict[str, dict[str, Any]], load_id: str | None,
-                   counts: Mapping[str, int], results: Sequence[LoadResult]) -> None:
+                   counts: Mapping[str, int], results: Sequence[LoadResult],
+                   figures: Mapping[str, Figures]) -> None:
     """Store the state of the tables that loaded (see the module's docstring), with the
     destination's rows after the load (`counts`), which the next run checks before trusting
-    it; an unchanged table whose delete pass removed rows has its count updated. A table
-    whose checks say rows or values are missing gets an invalidated state instead: the next
-    run reads it whole. A failure here leaves the previous states, which no longer match the
-    tables' rows: the next run reads those tables whole."""
+    it, and its whole-table `figures`, which the next run's check compares; an unchanged
+    table whose delete pass removed rows has its count and figures updated. A table whose
+    check says rows or values are missing or changed gets an invalidated state instead: the
+    next run reads it whole. A failure here leaves the previous states, which no longer match
+    the tables' rows: the next run reads those tables whole."""
     states: dict[str, dict[str, Any]] = {}
     for result in results:
         table = result.destination_table
         if result.lost:
             states[table] = invalidated(
-                "the last load's checks found rows or values missing: "
+                "its last check found the destination differs from the source: "
                 + "; ".join(c.description for c in result.lost)[:500])
         elif result.status == "unchanged" and result.deleted and table in counts \
                 and table in previous:
             states[table] = {**previous[table], ROWS_KEY: counts[table]}
+            _set_figures(states[table], figures.get(table))
     for item in loaded:
         table = item.plan.destination_table
         if table in states or table not in counts:
@@ -116,6 +129,7 @@ def commit_states(pipeline: dlt.Pipeline, loaded: list[TableRead],
         # A whole read replaces everything the state said; an incremental one moves it on.
         state = {} if item.mode == "full" else dict(previous.get(table, {}))
         state.pop(INVALIDATED_KEY, None)
+        state.pop(LOADING_KEY, None)
         tracker = item.tracker
         if tracker is not None and tracker.max is not None:
             state[CURSOR_STATE_KEY] = state_value(tracker.max)
@@ -141,9 +155,26 @@ def commit_states(pipeline: dlt.Pipeline, loaded: list[TableRead],
         state[COLUMNS_STATE_KEY] = {c.source.name: c.source.type for c in item.plan.columns}
         state[LOADED_COLUMNS_STATE_KEY] = [c.name for c in item.plan.columns]
         state.pop(PENDING_FILL_STATE_KEY, None)  # done: the load and its fill succeeded
+        _set_figures(state, figures.get(table))
         states[table] = state
     try:
         write_states(pipeline, states)
     except Exception as exc:  # noqa: BLE001 - the data is loaded; the next run re-reads
         log.warning("the loaded tables' states were not stored (%s): the next run reads "
                     "them whole", describe(exc))
+
+
+def _set_figures(state: dict[str, Any], figures: Figures | None) -> None:
+    if figures is None:
+        state.pop(FIGURES_STATE_KEY, None)
+    else:
+        state[FIGURES_STATE_KEY] = figures.to_state()
+
+
+def stored_figures(state: Mapping[str, Any], engine: str) -> Figures | None:
+    """The figures the last load left (`pg_to_bq.checks.drift`), when they were computed by
+    `engine` (figures of another engine, or version, cannot be compared)."""
+    data = state.get(FIGURES_STATE_KEY)
+    if not data or data.get("engine") != engine:
+        return None
+    return Figures.from_state(data)

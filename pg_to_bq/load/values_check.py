@@ -1,12 +1,16 @@
-"""The values check of a load (`pg_to_bq.checks.fingerprint`): its PostgreSQL side computed
-in the snapshot the table was read in, its destination side after the load, one query for
-many tables."""
+"""The values check of a load: the fingerprint (`pg_to_bq.checks.fingerprint`), its
+PostgreSQL side computed in the snapshot the table was read in and its destination side
+after the load; and the destination's whole-table figures (`pg_to_bq.checks.drift`),
+before and after the load. One query for many tables each time."""
 
 from __future__ import annotations
 
+import logging
 import uuid
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from pg_to_bq.checks import drift
 from pg_to_bq.checks.fingerprint import (
     DEFAULT_RANGE_ROWS,
     Fingerprint,
@@ -20,13 +24,15 @@ from pg_to_bq.checks.fingerprint import (
     source_sql,
     split_many,
 )
-from pg_to_bq.checks.outcomes import FINGERPRINT, CheckOutcome
+from pg_to_bq.checks.outcomes import FINGERPRINT, CheckOutcome, not_computed
 from pg_to_bq.planning.errors import describe
 from pg_to_bq.planning.tables import TablePlan
 
 if TYPE_CHECKING:
     from pg_to_bq.load.results import TableRead
     from pg_to_bq.postgres.reader import TableReader
+
+log = logging.getLogger(__name__)
 
 # A key range holds at least this many rows, however few the load read.
 MIN_RANGE_ROWS = 200
@@ -69,8 +75,8 @@ def compare_fingerprints(pipeline: Any, loaded: list[TableRead]) -> dict[str, Ch
     ready = []
     for item in loaded:
         if isinstance(item.fingerprint, str):
-            outcomes[item.plan.destination_table] = CheckOutcome(
-                FINGERPRINT, False, "WARN", item.fingerprint)
+            outcomes[item.plan.destination_table] = not_computed(
+                FINGERPRINT, f"values {item.fingerprint}")
         elif item.fingerprint is not None:
             ready.append(item)
     if not ready:
@@ -91,7 +97,49 @@ def compare_fingerprints(pipeline: Any, loaded: list[TableRead]) -> dict[str, Ch
                         disposition=item.plan.disposition)
     except Exception as exc:  # noqa: BLE001 - the loads stand; the check says why it did not run
         for item in ready:
-            outcomes.setdefault(item.plan.destination_table, CheckOutcome(
-                FINGERPRINT, False, "WARN",
-                f"not computed: the destination side failed ({describe(exc)})"))
+            outcomes.setdefault(item.plan.destination_table, not_computed(
+                FINGERPRINT, f"values not computed: the destination side failed ({describe(exc)})"))
     return outcomes
+
+
+def engine(pipeline: Any) -> str:
+    """The destination engine whose hash the figures use, with its version."""
+    kind = pipeline.destination.destination_name
+    if kind == "duckdb":
+        import duckdb
+
+        return f"duckdb {duckdb.__version__}"
+    return kind
+
+
+def destination_figures(pipeline: Any, tables: Mapping[str, Sequence[tuple[str, str]]]
+                        ) -> dict[str, drift.Figures]:
+    """The whole-table figures (`pg_to_bq.checks.drift`) of `tables` (destination table ->
+    its (column, logical type) pairs), one query per `drift.QUERY_TABLES` tables. A chunk
+    whose query fails (a column dropped by hand) is asked table by table; a table that still
+    fails has no figures (logged): it is not compared this run."""
+    found: dict[str, drift.Figures] = {}
+    if not tables:
+        return found
+    kind = pipeline.destination.destination_name
+    name = engine(pipeline)
+    items = list(tables.items())
+    with pipeline.sql_client() as client:
+        def ask(chunk: list[tuple[str, Sequence[tuple[str, str]]]]) -> None:
+            sql = drift.figures_sql(kind, [(client.make_qualified_table_name(t), columns)
+                                           for t, columns in chunk])
+            for index, text in client.execute_sql(sql) or []:
+                table, columns = chunk[int(index)]
+                found[table] = drift.parse(name, text, [c for c, _ in columns])
+
+        for start in range(0, len(items), drift.QUERY_TABLES):
+            chunk = items[start:start + drift.QUERY_TABLES]
+            try:
+                ask(chunk)
+            except Exception:  # noqa: BLE001 - narrowed to the table below
+                for item in chunk:
+                    try:
+                        ask([item])
+                    except Exception as exc:  # noqa: BLE001 - this table is not compared
+                        log.info("no figures for %s: %s", item[0], describe(exc))
+    return found

@@ -121,7 +121,7 @@ def _refresh(context: dg.AssetExecutionContext, settings: "Settings", built: Cat
         loads = [TableLoad(p, streams=source.streams_for(p.table.size_bytes))
                  for p in group.plans]
         for load, result in zip(loads, load_with(context, loads, group.pipeline_name, source,
-                                                 destination, url), strict=True):
+                                                 destination, url, ctx), strict=True):
             if not result.ok:
                 failed.append(f"{load.plan.name}: {result.error}")
                 context.log.error(f"{result.error}\n\n{result.trace or ''}".rstrip())

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import dagster as dg
 
+from pg_to_bq.alerts.settings import AlertSettings, database_label
 from pg_to_bq.orchestration.mirror import (  # noqa: F401 - the standalone code location's public names
     DELETE_PASS_SCHEDULE,
     FORKSERVER_PRELOAD,
@@ -112,7 +113,9 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     loaded = load_catalog(settings)
     if loaded.warning:
         log.warning(loaded.warning)
-    defs = build_mirror(settings, loaded.catalog, SnapshotFile(settings))
+    alerts = AlertSettings.from_env(
+        database=database_label(settings.source_url, settings.source_secret))
+    defs = build_mirror(settings, loaded.catalog, SnapshotFile(settings), alerts=alerts)
     for plan in plans_for(settings, loaded.catalog):
         if not plan.columns and plan.error is None:
             log.warning("table %s has no loadable columns and is skipped", plan.name)

@@ -29,6 +29,7 @@ from dagster_shared.serdes.objects.models.defs_state_info import (
     DefsStateManagementType,
 )
 
+from pg_to_bq.alerts.settings import AlertSettings, database_label
 from pg_to_bq.orchestration.names import InstanceNames
 from pg_to_bq.planning.catalog import Catalog
 from pg_to_bq.planning.settings import PREFIX, Settings, SettingsError
@@ -40,9 +41,12 @@ _SETTINGS = ("source_secret", "destination", "dataset", "schemas", "include", "e
              "deletes_cron", "executor", "owners", "tags", "work_dir", "bigquery_project",
              "bigquery_location", "bigquery_credentials_secret", "bigquery_key_file",
              "aws_region", "batch_bytes", "parallel_streams", "parallel_min_bytes",
-             "max_source_connections", "statement_timeout_s", "freshness_hours",
+             "max_source_connections", "statement_timeout_s", "freshness", "drift_max_rows",
              "hash_salt_secret", "step_tables", "own_step_bytes", "fingerprint",
              "fingerprint_rows")
+# Alert attributes, and what an error calls each (`pg_to_bq.alerts.settings`).
+_ALERTS = {"sns_topic_arn": "alert_sns_topic_arn", "webhook_url": "alert_webhook_url",
+           "webhook_secret": "alert_webhook_secret", "ui_url": "ui_url"}
 
 
 class PostgresMirrorScaffolder(dg.Scaffolder):
@@ -91,6 +95,13 @@ attributes:
   work_dir: "{{{{ env.PG_TO_BQ_WORK_DIR }}}}"
   hash_salt_env: PG_TO_BQ_HASH_SALT
   hash_salt_secret: "{{{{ env.PG_TO_BQ_HASH_SALT_SECRET }}}}"
+  # How long a nightly run may take before a table it did not load shows stale, or off
+  freshness: "{{{{ env.PG_TO_BQ_FRESHNESS }}}}"
+  # Alerts (off until a channel is set): an SNS topic and/or a Slack-compatible webhook
+  alert_sns_topic_arn: "{{{{ env.PG_TO_BQ_ALERT_SNS_TOPIC_ARN }}}}"
+  alert_webhook_url: "{{{{ env.PG_TO_BQ_ALERT_WEBHOOK_URL }}}}"
+  alert_webhook_secret: "{{{{ env.PG_TO_BQ_ALERT_WEBHOOK_SECRET }}}}"
+  ui_url: "{{{{ env.PG_TO_BQ_UI_URL }}}}"
 """
 
 
@@ -135,7 +146,16 @@ class PostgresMirror(dg.StateBackedComponent, dg.Resolvable):
     parallel_min_bytes: int | None = None
     max_source_connections: int | None = None
     statement_timeout_s: int | None = None
-    freshness_hours: int | None = None
+    # How long a nightly run may take before a table it did not load shows stale (`3h`), or
+    # `off` (Dagster's freshness policy, derived from schedule_cron).
+    freshness: str | None = None
+    drift_max_rows: int | None = None
+    # Where alerts go (off until one is set): an SNS topic, a Slack-compatible webhook (or
+    # the Secrets Manager secret holding its URL), and the UI's URL for links.
+    alert_sns_topic_arn: str | None = None
+    alert_webhook_url: str | None = None
+    alert_webhook_secret: str | None = None
+    ui_url: str | None = None
     step_tables: int | None = None
     own_step_bytes: int | None = None
     fingerprint: bool | None = None
@@ -194,7 +214,18 @@ class PostgresMirror(dg.StateBackedComponent, dg.Resolvable):
         catalog = Catalog.from_json(state_path.read_text(encoding="utf-8")) \
             if state_path is not None and state_path.is_file() else Catalog(tables=())
         keeper = ComponentState(self, context.project_root)
-        return build_mirror(settings, catalog, keeper, names=self.names, preload=LOAD_PRELOAD)
+        return build_mirror(settings, catalog, keeper, names=self.names, preload=LOAD_PRELOAD,
+                            alerts=self.alerts(settings))
+
+    def alerts(self, settings: Settings) -> AlertSettings:
+        """The alert attributes, checked (errors name the attribute)."""
+        try:
+            return AlertSettings.from_values(
+                **{field: getattr(self, attribute) for field, attribute in _ALERTS.items()},
+                database=database_label(settings.source_url, settings.source_secret),
+                names=_ALERTS)
+        except SettingsError as exc:
+            raise SettingsError(f"PostgresMirror attributes: {exc}") from None
 
 
 @dataclass(frozen=True)

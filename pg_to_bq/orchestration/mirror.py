@@ -16,10 +16,10 @@ import contextlib
 import gc
 import multiprocessing
 from collections.abc import Iterator
-from datetime import timedelta
 
 import dagster as dg
 
+from pg_to_bq.alerts.settings import AlertSettings
 from pg_to_bq.orchestration.catalog_asset import CatalogKeeper, build_catalog_asset
 from pg_to_bq.orchestration.names import (
     APPLY_DELETES_TAG,
@@ -31,7 +31,7 @@ from pg_to_bq.orchestration.names import (
 from pg_to_bq.orchestration.resources import Destination, SourceDatabase, secrets_manager
 from pg_to_bq.orchestration.step_assets import build_assets
 from pg_to_bq.planning.catalog import Catalog
-from pg_to_bq.planning.settings import Settings
+from pg_to_bq.planning.settings import Settings, freshness_window
 from pg_to_bq.planning.tables import plans_for
 
 NIGHTLY_JOB = "mirror_all_tables"
@@ -66,7 +66,10 @@ def asset_context(settings: Settings, names: InstanceNames | None = None) -> Ass
         qualified_prefix=prefix,
         owners=settings.owners,
         tags=tuple(sorted(settings.tags.items())),
-        freshness=timedelta(hours=settings.freshness_hours),
+        freshness_window=freshness_window(settings.schedule_cron, settings.schedule_timezone,
+                                          settings.freshness_budget)
+        if settings.freshness_budget is not None else None,
+        drift_max_rows=settings.drift_max_rows,
         names=names or InstanceNames(),
         overrides=settings.overrides(),
         schemas=settings.schemas,
@@ -163,16 +166,20 @@ def build_mirror(
     *,
     names: InstanceNames | None = None,
     preload: tuple[str, ...] = FORKSERVER_PRELOAD,
+    alerts: AlertSettings | None = None,
 ) -> dg.Definitions:
     """Everything one mirrored database contributes: built from `catalog`, never querying
     PostgreSQL. `keeper` stores the catalog a run discovers (the snapshot file, or the
-    component's defs state)."""
+    component's defs state); `alerts`, where failures are sent (`pg_to_bq.alerts`: sensors
+    only when a channel is configured)."""
     with _gc_paused():
-        return _build_mirror(settings, catalog, keeper, names or InstanceNames(), preload)
+        return _build_mirror(settings, catalog, keeper, names or InstanceNames(), preload,
+                             alerts)
 
 
 def _build_mirror(settings: Settings, catalog: Catalog, keeper: CatalogKeeper,
-                  names: InstanceNames, preload: tuple[str, ...]) -> dg.Definitions:
+                  names: InstanceNames, preload: tuple[str, ...],
+                  alerts: AlertSettings | None) -> dg.Definitions:
     plans = plans_for(settings, catalog)
     ctx = asset_context(settings, names)
     source_specs, table_assets = build_assets(plans, ctx)
@@ -220,9 +227,32 @@ def _build_mirror(settings: Settings, catalog: Catalog, keeper: CatalogKeeper,
             schedules.append(dg.build_schedule_from_partitioned_job(
                 job, name=names.name(f"nightly_{granularity}_partitions"),
                 default_status=dg.DefaultScheduleStatus.RUNNING))
+    sensors = []
+    if alerts is not None and alerts.enabled:
+        from pg_to_bq.alerts.sensors import build_alert_sensors
+
+        # A standalone code location is this mirror alone: every job of it is watched, the
+        # UI's materializations too; a component watches its own jobs and assets.
+        sensors = build_alert_sensors(
+            alerts, jobs=jobs if names.prefix else None,
+            assets=dg.AssetSelection.key_prefixes(list(names.key_prefix)) if names.prefix
+            else None,
+            name_prefix=names.name("") if names.prefix else "",
+            secret_values=lambda: _source_secrets(settings))
     return dg.Definitions(
         assets=[*source_specs, catalog_asset, *table_assets],
         jobs=jobs,
         schedules=schedules,
+        sensors=sensors,
         resources=build_resources(settings, names),
     )
+
+
+def _source_secrets(settings: Settings) -> list[str]:
+    """Values an alert must never show: the source URL's password, when it is known here."""
+    import os
+    from urllib.parse import unquote, urlsplit
+
+    url = os.environ.get(settings.source_url_env) or settings.source_url or ""
+    password = urlsplit(url).password if url else None
+    return [unquote(password)] if password else []

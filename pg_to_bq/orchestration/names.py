@@ -21,6 +21,7 @@ from pg_to_bq.planning.catalog import Table
 from pg_to_bq.planning.groups import DEFAULT_OWN_STEP_BYTES, DEFAULT_STEP_TABLES
 from pg_to_bq.planning.naming import dagster_name
 from pg_to_bq.planning.overrides import Overrides
+from pg_to_bq.planning.settings import DEFAULT_DRIFT_MAX_ROWS
 from pg_to_bq.planning.tables import TablePlan
 
 # An asset-key part keeps the name when it is made of (Unicode) letters, digits, `_`, `-`
@@ -116,7 +117,9 @@ class AssetContext:
     qualified_prefix: str
     owners: tuple[str, ...] = ()
     tags: tuple[tuple[str, str], ...] = ()
-    freshness: timedelta = timedelta(hours=48)
+    # How long a scheduled table may go without a load before Dagster shows it stale (the
+    # schedule's longest gap plus the run budget); None: no freshness policy.
+    freshness_window: timedelta | None = None
     retries: int = 3
     names: InstanceNames = field(default_factory=InstanceNames)
     overrides: Overrides = field(default_factory=Overrides)
@@ -126,6 +129,19 @@ class AssetContext:
     own_step_bytes: int = DEFAULT_OWN_STEP_BYTES
     fingerprint: bool = True
     fingerprint_rows: int = checks.DEFAULT_FINGERPRINT_ROWS
+    # Tables up to this many rows have their destination's figures compared every run (0: no).
+    drift_max_rows: int = DEFAULT_DRIFT_MAX_ROWS
+
+    def freshness_policy(self, plan: TablePlan) -> dg.FreshnessPolicy | None:
+        """The table's freshness policy: its own window from the tables file, none when the
+        file says `freshness: false`, else the schedule's for a table the nightly job loads."""
+        if plan.freshness is False:
+            return None
+        if isinstance(plan.freshness, timedelta):
+            return dg.FreshnessPolicy.time_window(fail_window=plan.freshness)
+        if self.freshness_window is None or not plan.scheduled or plan.partition is not None:
+            return None
+        return dg.FreshnessPolicy.time_window(fail_window=self.freshness_window)
 
     @property
     def key_prefix(self) -> tuple[str, ...]:

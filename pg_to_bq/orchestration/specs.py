@@ -144,25 +144,19 @@ def destination_metadata(plan: TablePlan, ctx: AssetContext) -> dict[str, Any]:
 
 def check_specs(plan: TablePlan, key: dg.AssetKey, fingerprint: bool = True
                 ) -> list[dg.AssetCheckSpec]:
-    # Blocking: rows or values lost (a failure of severity ERROR) fail the step, so the run
-    # fails and nothing downstream runs on the table.
-    specs = [dg.AssetCheckSpec(checks.ROW_COUNT, asset=key, description=_ROW_COUNT_DESCRIPTION,
-                               blocking=True)]
-    if fingerprint:
-        specs.append(dg.AssetCheckSpec(checks.FINGERPRINT, asset=key,
-                                       description=_FINGERPRINT_DESCRIPTION, blocking=True))
-    if plan.cursor:
-        specs.append(dg.AssetCheckSpec(checks.FRESHNESS, asset=key,
-                                       description=f"Newest {plan.cursor} is recent"))
-    return specs
+    """The table's one check. Blocking: rows or values lost or changed (a failure of severity
+    ERROR) fail the step, so the run fails and nothing downstream runs on the table."""
+    return [dg.AssetCheckSpec(checks.MATCHES_SOURCE, asset=key, blocking=True,
+                              description=_VALUES_DESCRIPTION if fingerprint
+                              else _ROWS_DESCRIPTION)]
 
 
-_ROW_COUNT_DESCRIPTION = "Rows in the destination equal rows in the source snapshot"
-
-
-_FINGERPRINT_DESCRIPTION = ("Every column's values equal the source's: non-null counts and "
-                            "order-independent value digests, the whole table when small, "
-                            "primary-key ranges when large")
+_ROWS_DESCRIPTION = ("The destination holds the source's rows (counted in the snapshot they "
+                     "were read in), and nothing changed it since the last load (whole-table "
+                     "figures computed in the destination)")
+_VALUES_DESCRIPTION = (_ROWS_DESCRIPTION[:-1] + "; every loaded column's values equal the "
+                       "source's (non-null counts and order-independent digests: the whole "
+                       "table when small, primary-key ranges when large))")
 
 
 def table_spec(plan: TablePlan, ctx: AssetContext) -> dg.AssetSpec:
@@ -186,4 +180,5 @@ def table_spec(plan: TablePlan, ctx: AssetContext) -> dg.AssetSpec:
         metadata=destination_metadata(plan, ctx),
         partitions_def=partitions_for(plan),
         skippable=True,
+        freshness_policy=ctx.freshness_policy(plan),
     )

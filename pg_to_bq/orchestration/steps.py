@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 import dagster as dg
 
-from pg_to_bq.checks import outcomes as checks
 from pg_to_bq.load.group import load_group
 from pg_to_bq.load.results import LoadResult, TableLoad, Window
 from pg_to_bq.orchestration import progress
@@ -92,8 +91,7 @@ def run_step(
 
         context.log.info(f"loading {len(loads)} table(s) into {ctx.qualified_prefix}"
                          + (" (full refresh)" if full_refresh else ""))
-        results = load_with(context, loads, group.pipeline_name, source, destination, url,
-                            ctx.fingerprint_rows if ctx.fingerprint else None)
+        results = load_with(context, loads, group.pipeline_name, source, destination, url, ctx)
     except Exception as exc:
         # What every table of the step needs failed (the source, a secret, the destination):
         # each selected table fails with that cause.
@@ -135,10 +133,10 @@ def run_step(
 
 def load_with(context: dg.OpExecutionContext | dg.AssetExecutionContext,
               loads: Sequence[TableLoad], pipeline_name: str, source: SourceDatabase,
-              destination: Destination, url: str, fingerprint_rows: int | None = None
-              ) -> list[LoadResult]:
+              destination: Destination, url: str, ctx: AssetContext) -> list[LoadResult]:
     """`load_group` with the run's resources: the DuckDB file's writer lock (a waiting load
-    says so in the run's log), the hash salt when a table hashes, progress in the log."""
+    says so in the run's log), the hash salt when a table hashes, progress in the log, the
+    values check and drift as the settings say."""
 
     def waiting(seconds: float) -> None:
         context.log.info(f"waiting for the DuckDB file {destination.duckdb_path}, which "
@@ -152,7 +150,8 @@ def load_with(context: dg.OpExecutionContext | dg.AssetExecutionContext,
         hash_salt=source.resolved_hash_salt() if hashing else None,
         statement_timeout_s=source.statement_timeout_s, on_batch=_Progress(context),
         destination_lock=lambda: destination.writing(on_wait=waiting),
-        fingerprint_rows=fingerprint_rows)
+        fingerprint_rows=ctx.fingerprint_rows if ctx.fingerprint else None,
+        drift_max_rows=ctx.drift_max_rows or None)
 
 
 def _window(context: dg.AssetExecutionContext, plans: Sequence[TablePlan]) -> Window | None:
@@ -187,17 +186,21 @@ def _materialized(
     result: LoadResult,
     ctx: AssetContext,
 ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
-    """The table's materialization and check results. A failed ERROR check (rows or values
-    lost) is blocking: the step fails once every table is reported (Dagster raises after
-    the step's last event), downstream assets do not run on the table, and the CLI reports
-    the table as failed."""
+    """The table's materialization and its check. The data version is the dlt load that
+    wrote the table's rows: an unchanged table keeps its last load's, so Dagster (and
+    automation downstream) sees no new data, while its freshness is renewed. A failed ERROR
+    check (rows or values lost or changed) is blocking: the step fails once every table is
+    reported (Dagster raises after the step's last event), downstream assets do not run on
+    the table, and the CLI reports the table as failed."""
     key = destination_key(plan, ctx)
     metadata = materialization_metadata(plan, snapshot_plan, result, ctx,
                                         result.destination_rows, result.deleted)
     notes = [*result.changes, *_notes(plan)]
-    yield dg.MaterializeResult(asset_key=key, metadata=metadata)
+    yield dg.MaterializeResult(
+        asset_key=key, metadata=metadata,
+        data_version=dg.DataVersion(result.load_id) if result.load_id else None)
 
-    outcomes = [*result.checks, *_freshness(plan, result, ctx)]
+    outcomes = [result.check] if result.check is not None else []
     wanted = context.selected_asset_check_keys
     failed_checks, lost = [], []
     for outcome in outcomes:
@@ -215,7 +218,8 @@ def _materialized(
             metadata=outcome.metadata,
         )
     if lost:
-        message = (f"table {plan.name}: loaded, but the destination differs from the source: "
+        done = "unchanged in PostgreSQL" if result.status == "unchanged" else "loaded"
+        message = (f"table {plan.name}: {done}, but the destination differs from the source: "
                    + "; ".join(lost) + " (the next run reads the table whole)")
         context.log.error(message)
         progress.publish(progress.TableOutcome(
@@ -253,6 +257,13 @@ def materialization_metadata(plan: TablePlan, snapshot_plan: TablePlan | None,
                 "cursor_from": result.cursor_from, "cursor_to": result.cursor_to}
     metadata.update({k: v if isinstance(v, int) else str(v)
                      for k, v in optional.items() if v is not None})
+    newest = _parse_cursor(result.cursor_to if result.cursor_to is not None
+                           else result.cursor_from)
+    if plan.cursor and newest is not None:
+        # How recent the source's newest row is: information, not a check (an old table
+        # that loads every night is healthy; whether it loaded is its freshness policy's).
+        metadata["newest_cursor"] = str(newest)
+        metadata["newest_cursor_age_hours"] = _age_hours(newest)
     if result.reason:
         metadata["pg_to_bq/read_whole_because"] = result.reason
     if result.changes:
@@ -280,20 +291,24 @@ def _notes(plan: TablePlan) -> list[str]:
     return notes
 
 
-def _freshness(plan: TablePlan, result: LoadResult, ctx: AssetContext
-               ) -> list[checks.CheckOutcome]:
-    if not plan.cursor:
-        return []
-    latest = result.cursor_to if result.cursor_to is not None else result.cursor_from
-    return [checks.cursor_freshness(_parse_cursor(latest), ctx.freshness)]
+def _age_hours(value: Any) -> float | None:
+    if isinstance(value, datetime):
+        moment = value if value.tzinfo else value.replace(tzinfo=UTC)
+    elif isinstance(value, date):
+        moment = datetime(value.year, value.month, value.day, tzinfo=UTC)
+    else:
+        return None
+    return round((datetime.now(UTC) - moment).total_seconds() / 3600, 2)
 
 
 def _parse_cursor(value: Any) -> Any:
+    """A timestamp or date cursor as stored (ISO text) back to its value; others as they are."""
     if isinstance(value, str):
-        try:
-            return datetime.fromisoformat(value)
-        except ValueError:
-            return date.fromisoformat(value)
+        for parse in (datetime.fromisoformat, date.fromisoformat):
+            try:
+                return parse(value)
+            except ValueError:
+                continue
     return value
 
 

@@ -60,6 +60,9 @@ class TableOverride:
     columns: Mapping[str, ColumnOverride] = field(default_factory=dict)
     bigquery_partition: str | None = None
     bigquery_cluster: tuple[str, ...] = ()
+    # How long the table may go without a load before it shows stale (Dagster's freshness
+    # policy); False: never stale; None: derived from the schedule.
+    freshness: timedelta | bool | None = None
 
 
 @dataclass(frozen=True)
@@ -126,7 +129,7 @@ def _parse_table(spec: Any, where: str) -> TableOverride:
     if not isinstance(spec, dict):
         raise OverridesError(f"{where}: must be a mapping of fields")
     allowed = {"disposition", "primary_key", "cursor", "lookback", "partition", "schedule", "columns",
-               "bigquery"}
+               "bigquery", "freshness"}
     unknown = set(spec) - allowed
     if unknown:
         raise OverridesError(f"{where}: unknown field(s) {sorted(unknown)}; known: {sorted(allowed)}")
@@ -162,7 +165,22 @@ def _parse_table(spec: Any, where: str) -> TableOverride:
         columns=_parse_columns(spec.get("columns") or {}, where),
         bigquery_partition=bigquery.get("partition"),
         bigquery_cluster=tuple(cluster),
+        freshness=_parse_freshness(spec.get("freshness"), f"{where}: freshness"),
     )
+
+
+def _parse_freshness(value: Any, where: str) -> timedelta | bool | None:
+    """`false` (never stale), a duration (stale after that long without a load), or unset."""
+    if value is None:
+        return None
+    if value is False or (isinstance(value, str) and value.strip().lower() in ("false", "off")):
+        return False
+    if value is True:
+        return None
+    duration = parse_duration(value, where)
+    if duration < timedelta(minutes=1):
+        raise OverridesError(f"{where}: {value!r} is shorter than a minute (Dagster's shortest)")
+    return duration
 
 
 def _parse_partition(spec: Any, where: str) -> PartitionSpec | None:

@@ -11,6 +11,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
@@ -32,6 +33,10 @@ DEFAULT_WORK_DIR = "/tmp/pg_to_bq"
 # connection.
 DEFAULT_PARALLEL_STREAMS = 2
 DEFAULT_PARALLEL_MIN_BYTES = 256 * 1024**2
+# What a nightly run may take after its tick (`PG_TO_BQ_FRESHNESS`).
+DEFAULT_FRESHNESS_BUDGET = timedelta(hours=3)
+# Tables up to this many rows have their destination's figures compared every run.
+DEFAULT_DRIFT_MAX_ROWS = 10_000_000
 _DATASET_RE = re.compile(r"^[A-Za-z0-9_]{1,1024}$")
 
 
@@ -84,7 +89,12 @@ class Settings:
     statement_timeout_s: int = 3600
     owners: tuple[str, ...] = ()
     tags: Mapping[str, str] = field(default_factory=dict)
-    freshness_hours: int = 48
+    # What a nightly run may take after its tick before a table not loaded by then shows
+    # stale (Dagster's freshness policy); None: no freshness policy.
+    freshness_budget: timedelta | None = DEFAULT_FRESHNESS_BUDGET
+    # The destination's whole-table figures are compared every run for tables up to this
+    # many rows (`pg_to_bq.checks.drift`); 0: never.
+    drift_max_rows: int = DEFAULT_DRIFT_MAX_ROWS
     deletes_cron: str = DEFAULT_DELETES_CRON
     executor: str = "multiprocess"
     hash_salt_set: bool = False
@@ -213,7 +223,9 @@ class Settings:
             ),
             owners=_split(get("OWNERS", "")),
             tags=_tags(get("TAGS", "")),
-            freshness_hours=_positive_int(get("FRESHNESS_HOURS", "48"), "FRESHNESS_HOURS"),
+            freshness_budget=_freshness(get("FRESHNESS", "3h"), env),
+            drift_max_rows=_non_negative_int(get("DRIFT_MAX_ROWS", str(DEFAULT_DRIFT_MAX_ROWS)),
+                                             "DRIFT_MAX_ROWS"),
             deletes_cron=deletes_cron,
             executor=_choice(get("EXECUTOR", default_executor(destination)), "EXECUTOR",
                              ("multiprocess", "in_process", "ecs")),
@@ -302,6 +314,43 @@ def _check_postgres_url(url: str) -> None:
             f"{PREFIX}SOURCE_URL={redact_url(url)!r} must name a host and a database "
             "(postgresql://user:password@host:5432/dbname)"
         )
+
+
+def _freshness(value: str, env: Mapping[str, str]) -> timedelta | None:
+    """`PG_TO_BQ_FRESHNESS`: the run budget (`3h`), or `off`."""
+    if env.get(PREFIX + "FRESHNESS_HOURS"):
+        raise SettingsError(
+            f"{PREFIX}FRESHNESS_HOURS is gone: a table's freshness is Dagster's freshness policy, "
+            f"derived from the schedule. Set {PREFIX}FRESHNESS to how long a nightly run may "
+            "take (e.g. 3h), or to off")
+    if value.strip().lower() in ("off", "false", "no", "0"):
+        return None
+    from pg_to_bq.planning.overrides import OverridesError, parse_duration
+
+    try:
+        return parse_duration(value, f"{PREFIX}FRESHNESS")
+    except OverridesError as exc:
+        raise SettingsError(f"{exc}, or off") from None
+
+
+def freshness_window(cron: str, timezone: str, budget: timedelta) -> timedelta:
+    """How long a table of a schedule may go without a load before it is stale: the longest
+    gap between two consecutive ticks of the schedule over the next year (at most 400
+    ticks), plus the run's `budget`. Nightly at 16:00 with a 3 h budget: 27 h."""
+    from datetime import datetime
+
+    from croniter import croniter
+
+    ticks = croniter(cron, datetime.now(ZoneInfo(timezone)))
+    first = previous = ticks.get_next(datetime)
+    longest = timedelta(0)
+    for _ in range(400):
+        current = ticks.get_next(datetime)
+        longest = max(longest, current - previous)
+        previous = current
+        if current - first > timedelta(days=366):
+            break
+    return longest + budget
 
 
 def _check_cron(cron: str, name: str) -> None:

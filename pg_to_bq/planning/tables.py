@@ -78,6 +78,8 @@ class TablePlan:
     table_renaming: Renaming | None = None
     # Why this table cannot be loaded as configured; its load fails with this message.
     error: str | None = None
+    # The tables file's freshness: a window, False (never stale), None (from the schedule).
+    freshness: timedelta | bool | None = None
 
     @property
     def name(self) -> str:
@@ -279,6 +281,7 @@ def _plan_table(
         bigquery_cluster=override.bigquery_cluster,
         renamings=tuple(renamings),
         table_renaming=table_renaming,
+        freshness=override.freshness,
     )
 
 

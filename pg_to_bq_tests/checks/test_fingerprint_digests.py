@@ -186,7 +186,7 @@ def test_compare_passes_when_equal_and_lists_what_it_did_not_compare() -> None:
     outcome = fp.compare(fp.Fingerprint(10, columns, SCOPE),
                          fp.Fingerprint(10, dict(columns), SCOPE),
                          skipped={"card": "hashed", "api_token": "excluded"})
-    assert outcome.passed and outcome.name == FINGERPRINT == "values_match_source"
+    assert outcome.passed and outcome.name == FINGERPRINT == "values"
     assert outcome.description == f"values of 2 column(s) match the source over {SCOPE}; " \
         "not compared: card, api_token"
     assert outcome.metadata["not_compared"] == {"card": "hashed", "api_token": "excluded"}

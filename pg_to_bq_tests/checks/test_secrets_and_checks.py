@@ -1,7 +1,7 @@
 """Tier 1: secret parsing/repair and the check functions."""
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -84,8 +84,39 @@ def test_row_count_reconciliation() -> None:
     assert extra.metadata == {"source_rows": 10, "destination_rows": 12, "difference": 2}
 
 
-def test_cursor_freshness() -> None:
-    now = datetime(2026, 11, 27, tzinfo=UTC)
-    assert checks.cursor_freshness(now - timedelta(hours=1), timedelta(hours=48), now).passed
-    stale = checks.cursor_freshness(now - timedelta(days=5), timedelta(hours=48), now)
-    assert not stale.passed and stale.metadata["age_hours"] == 120.0
+def test_one_check_names_every_difference_with_the_right_severity() -> None:
+    rows = checks.reconcile_row_counts(10, 10, "merge")
+    values = checks.CheckOutcome(checks.FINGERPRINT, True, "ERROR", "values of 3 column(s) match")
+    passed = checks.matches_source([rows, values])
+    assert passed.passed and passed.name == "matches_source"
+    assert passed.description == "row counts match; values of 3 column(s) match"
+    # Rows only the delete pass will remove: a warning, never a failed table.
+    pending = checks.matches_source([checks.reconcile_row_counts(10, 12, "merge")])
+    assert not pending.passed and pending.severity == "WARN"
+    # Values changed behind pg_to_bq's back: an error, naming the columns.
+    drifted = checks.matches_source([rows], drift=["amount: values changed (9 non-null either "
+                                                   "way)", "rows: 10 after the last load, 9 now"])
+    assert not drifted.passed and drifted.severity == "ERROR"
+    assert "the destination changed since the last load (not by pg_to_bq): amount: values " \
+           "changed" in drifted.description and drifted.metadata["drift"][1].startswith("rows")
+    # Both: the error wins, and both are said.
+    both = checks.matches_source([checks.reconcile_row_counts(10, 12, "merge"),
+                                  checks.CheckOutcome(checks.FINGERPRINT, False, "ERROR",
+                                                      "1 of 3 column(s) differ: a")])
+    assert both.severity == "ERROR" and "12" not in both.description.split(";")[1] \
+        and "1 of 3 column(s) differ: a" in both.description
+    # A part not computed this run is said, never a failure.
+    skipped = checks.matches_source([rows, checks.not_computed(checks.FINGERPRINT,
+                                                               "values not computed: a partition")])
+    assert skipped.passed and "values not computed: a partition" in skipped.description
+
+
+def test_freshness_window_is_the_schedules_longest_gap_plus_the_budget() -> None:
+    from pg_to_bq.planning.settings import freshness_window
+
+    assert freshness_window("0 16 * * *", "UTC", timedelta(hours=3)) == timedelta(hours=27)
+    assert freshness_window("*/15 * * * *", "UTC", timedelta(minutes=10)) == \
+        timedelta(minutes=25)
+    # Weekdays only: Friday to Monday is the longest gap.
+    assert freshness_window("0 9 * * 1-5", "Asia/Tokyo", timedelta(hours=1)) == \
+        timedelta(days=3, hours=1)

@@ -124,22 +124,26 @@ def test_the_19389_nulls_of_issue_16_fail_the_check(pg_url: str, settings_env, c
     # Every row compared (the default, 5,000, samples key ranges of a 20,000-row table).
     path = settings_env(pg_url, fingerprint_rows="20000")
     assert main(["sync"]) == 0
-    assert "values_match_source" not in capsys.readouterr().out
+    assert "matches_source" not in capsys.readouterr().out
     with duckdb.connect(str(path)) as conn:
         conn.execute("UPDATE raw.events SET extra = NULL WHERE id <= 19389")
     run_sql(pg_url, "UPDATE events SET v = 'again', updated_at = now() WHERE id = 20000")
     # Values lost: the table failed (issue 21), and the process says so.
     assert main(["sync"]) == 1
     out = capsys.readouterr().out
+    # Both parts of the check say it: the values compared with the source, and the
+    # destination's figures compared with those its last load left.
     assert "public.events: FAILED: table public.events: loaded, but the destination differs " \
-           "from the source: values_match_source (1 of 4 column(s) differ: extra (non-null " \
+           "from the source: matches_source (1 of 4 column(s) differ: extra (non-null " \
            "count: source 20,000, destination 611; values differ too) (scope: whole table " \
-           "(20,000 rows))) (the next run reads the table whole)" in out, out
+           "(20,000 rows)); the destination changed since the last load (not by pg_to_bq): " \
+           "extra: 20,000 non-null value(s) after the last load, 611 now) (the next run reads " \
+           "the table whole)" in out, out
     # The next run does not trust the state and reads the table whole: exact again.
     assert main(["sync"]) == 0
     out = capsys.readouterr().out
-    assert "public.events: ok, 20,000 rows (full: the last load's checks found rows or values " \
-           "missing: 1 of 4 column(s) differ: extra" in out, out
+    assert "public.events: ok, 20,000 rows (full: its last check found the destination differs " \
+           "from the source: 1 of 4 column(s) differ: extra" in out, out
     assert duck_rows(path, "SELECT count(extra) FROM raw.events") == [(20000,)]
 
 

@@ -77,7 +77,7 @@ def test_incremental_merge_picks_changes_and_skips_unchanged_rows(pg_url: str, s
     assert duck_rows(path, "SELECT count(*), count(DISTINCT id) FROM raw.orders") == [(1001, 1001)]
     assert duck_rows(path, "SELECT id, status FROM raw.orders WHERE status = 'paid' ORDER BY id") \
         == [(3, "paid"), (4, "paid")]
-    assert check_results(changed)["row_count_matches_source"] == (True, "ERROR")
+    assert check_results(changed)["matches_source"] == (True, "ERROR")
 
     again = materialize(defs)  # idempotent: nothing new, nothing duplicated
     assert again.success
@@ -122,10 +122,10 @@ def test_rows_inserted_while_a_merge_reads_are_the_next_runs(pg_url: str, settin
     assert inserted_during_copy.is_set()
     assert metadata_of(during)["load_mode"] == "incremental"
     assert metadata_of(during)["rows_loaded"] == 300000
-    assert check_results(during)["row_count_matches_source"] == (True, "ERROR")
+    assert check_results(during)["matches_source"] == (True, "ERROR")
 
     after = materialize(defs)
-    assert check_results(after)["row_count_matches_source"] == (True, "ERROR")
+    assert check_results(after)["matches_source"] == (True, "ERROR")
     assert duck_rows(path, "SELECT count(*), max(id) FROM raw.events") == [(300001, 300001)]
 
 
@@ -136,13 +136,13 @@ def test_deletes_are_applied_on_demand(pg_url: str, settings_env) -> None:
     assert materialize(defs).success
     run_sql(pg_url, "DELETE FROM orders WHERE id IN (10, 20, 30)")
     pending = materialize(defs)
-    assert check_results(pending)["row_count_matches_source"] == (False, "WARN")
+    assert check_results(pending)["matches_source"] == (False, "WARN")
     assert duck_rows(path, "SELECT count(*) FROM raw.orders") == [(1000,)]
 
     applied = materialize(defs, tags={APPLY_DELETES_TAG: "true"})
     assert applied.success
     assert metadata_of(applied)["rows_deleted"] == 3
-    assert check_results(applied)["row_count_matches_source"] == (True, "ERROR")
+    assert check_results(applied)["matches_source"] == (True, "ERROR")
     assert duck_rows(path, "SELECT count(*) FROM raw.orders WHERE id IN (10, 20, 30)") == [(0,)]
     assert duck_rows(path, "SELECT count(*) FROM raw.orders") == [(997,)]
 
@@ -174,7 +174,7 @@ def test_rows_removed_by_hand_are_noticed_and_the_table_reloaded(pg_url: str,
     assert metadata["load_mode"] == "full"
     assert metadata["pg_to_bq/read_whole_because"] == \
         "the destination table holds 995 row(s) where its last load left 1,000"
-    assert check_results(result)["row_count_matches_source"] == (True, "ERROR")
+    assert check_results(result)["matches_source"] == (True, "ERROR")
     assert duck_rows(path, "SELECT count(*) FROM raw.orders") == [(1000,)]
 
 
@@ -191,16 +191,16 @@ def test_values_lost_fail_the_step_and_the_next_run_reads_the_table_whole(
     run_sql(pg_url, "UPDATE orders SET status = 'paid', updated_at = now() WHERE id = 900")
     failed = materialize(defs)
     assert not failed.success
-    assert check_results(failed)["values_match_source"] == (False, "ERROR")
+    assert check_results(failed)["matches_source"] == (False, "ERROR")
     assert metadata_of(failed)["load_mode"] == "incremental"
     [failure] = failed.get_step_failure_events()
     assert "blocking asset check" in failure.step_failure_data.error.message
     again = materialize(defs)
     assert again.success
     assert metadata_of(again)["load_mode"] == "full"
-    assert "the last load's checks found rows or values missing" in \
+    assert "its last check found the destination differs from the source" in \
         metadata_of(again)["pg_to_bq/read_whole_because"]
-    assert check_results(again)["values_match_source"] == (True, "ERROR")
+    assert check_results(again)["matches_source"] == (True, "ERROR")
     assert duck_rows(path, "SELECT amount FROM raw.orders WHERE id = 3") == \
         [(Decimal("3.75"),)]
 

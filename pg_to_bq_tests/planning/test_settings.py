@@ -63,6 +63,9 @@ def test_malformed_source_url(value: str, message: str) -> None:
         ("INCLUDE_VIEWS", "maybe", "PG_TO_BQ_INCLUDE_VIEWS.*true or false"),
         ("TAGS", "team", "PG_TO_BQ_TAGS.*key=value"),
         ("TABLES_FILE", "/nonexistent/tables.yaml", "PG_TO_BQ_TABLES_FILE.*no such file"),
+        ("FRESHNESS", "soon", "PG_TO_BQ_FRESHNESS.*not a duration like 10m, 1h or 2d.*or off"),
+        ("FRESHNESS_HOURS", "48", "PG_TO_BQ_FRESHNESS_HOURS is gone.*PG_TO_BQ_FRESHNESS"),
+        ("DRIFT_MAX_ROWS", "-1", "PG_TO_BQ_DRIFT_MAX_ROWS"),
     ],
 )
 def test_bad_setting_is_named(name: str, value: str, message: str) -> None:

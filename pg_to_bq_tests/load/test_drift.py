@@ -1,0 +1,153 @@
+"""Tier 2: unchanged tables stay truthful (issue 23), PostgreSQL → DuckDB.
+
+An unchanged table is not read from PostgreSQL, yet its one check, `matches_source`, still
+runs: the destination's whole-table figures now against those its last load left. A value
+changed or set to NULL in the destination behind pg_to_bq's back is reported the next run,
+naming the column; the run after that reads the table whole and the copy is exact again.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+import duckdb
+import pytest
+
+from pg_to_bq.cli.main import main
+from pg_to_bq.orchestration.code_location import build_definitions
+from pg_to_bq.planning.settings import Settings
+from pg_to_bq_tests.conftest import duck_rows, run_sql
+from pg_to_bq_tests.support.mirror_compare import assert_mirrored_in_duckdb
+
+TABLES = """
+    CREATE TABLE accounts (id int PRIMARY KEY, name text, balance numeric(12,2),
+                           updated_at timestamptz NOT NULL DEFAULT now() - interval '3 days');
+    INSERT INTO accounts SELECT g, 'a' || g, g * 1.5 FROM generate_series(1, 100000) g;
+    CREATE TABLE tags (label text, weight int);
+    INSERT INTO tags SELECT 't' || g, g FROM generate_series(1, 2000) g;
+"""
+
+
+@pytest.fixture
+def loaded(pg_url: str, settings_env, capsys):
+    run_sql(pg_url, TABLES)
+    path = settings_env(pg_url)
+    assert main(["sync", "--refresh-catalog"]) == 0
+    out = capsys.readouterr().out
+    assert "public.accounts: ok, 100,000 rows (full)" in out, out
+    return pg_url, path
+
+
+def test_a_destination_changed_by_hand_is_found_the_next_run(loaded, capsys) -> None:
+    """The issue's case: a value changed and 500 values set to NULL in the destination; the
+    table is unchanged in PostgreSQL, so it is not read, and the check says what changed."""
+    url, path = loaded
+    with duckdb.connect(str(path)) as conn:
+        conn.execute("UPDATE raw.accounts SET balance = balance + 1 WHERE id = 77777")
+        conn.execute("UPDATE raw.accounts SET name = NULL WHERE id BETWEEN 1001 AND 1500")
+    assert main(["sync"]) == 1
+    out = capsys.readouterr().out
+    assert "public.tags: unchanged" in out, out
+    assert "public.accounts: FAILED: table public.accounts: unchanged in PostgreSQL, but the " \
+           "destination differs from the source: matches_source (the destination changed " \
+           "since the last load (not by pg_to_bq): balance: values changed (100,000 non-null " \
+           "either way); name: 100,000 non-null value(s) after the last load, 99,500 now) " \
+           "(the next run reads the table whole)" in out, out
+    # The next run does not trust the table's state any more: it reads it whole, exactly.
+    assert main(["sync"]) == 0
+    out = capsys.readouterr().out
+    assert "public.accounts: ok, 100,000 rows (full: its last check found the destination " \
+           "differs from the source" in out, out
+    assert_mirrored_in_duckdb(url, path, "accounts")
+    # ... and then it is unchanged again, its check passing.
+    assert main(["sync"]) == 0
+    assert "public.accounts: unchanged" in capsys.readouterr().out
+
+
+def test_rows_added_by_hand_to_an_unchanged_table_are_found(loaded, capsys) -> None:
+    url, path = loaded
+    with duckdb.connect(str(path)) as conn:
+        # Same count as before (one row replaced by another): only the figures can tell.
+        conn.execute("DELETE FROM raw.tags WHERE label = 't5'")
+        conn.execute("INSERT INTO raw.tags VALUES ('forged', 5)")
+    assert main(["sync"]) == 1
+    out = capsys.readouterr().out
+    assert "public.tags: FAILED" in out and "label: values changed" in out, out
+    assert main(["sync"]) == 0
+    assert_mirrored_in_duckdb(url, path, "tags")
+
+
+def test_an_unchanged_table_keeps_its_data_version_and_passes_its_check(loaded) -> None:
+    """Unchanged: a materialization that says so, with the data version of the load that
+    wrote its rows (downstream automation sees no new data), and its check evaluated."""
+    defs = build_definitions(Settings.from_env())
+    instance = dg.DagsterInstance.ephemeral()
+
+    def run() -> dg.ExecuteInProcessResult:
+        result = dg.materialize(list(defs.assets or []), selection=dg.AssetSelection.kind("dlt"),
+                                resources=defs.resources, instance=instance)
+        assert result.success
+        return result
+
+    first, second = run(), run()
+    versions = []
+    for result in (first, second):
+        [event] = [e for e in result.get_asset_materialization_events()
+                   if e.asset_key == dg.AssetKey(["duckdb", "raw", "accounts"])]
+        materialization = event.event_specific_data.materialization
+        versions.append(materialization.tags["dagster/data_version"])
+        assert materialization.metadata["unchanged"].value.startswith("the table's row versions")
+        [check] = [e for e in result.get_asset_check_evaluations()
+                   if e.asset_key == dg.AssetKey(["duckdb", "raw", "accounts"])]
+        assert check.check_name == "matches_source" and check.passed
+    assert versions[0] == versions[1]
+
+
+def test_a_killed_load_is_not_taken_for_a_change_by_hand(loaded, capsys) -> None:
+    """A load killed after it wrote rows and before it recorded them leaves its state marked
+    as loading: the next run does not compare figures that predate that load (no false
+    alarm), and the copy is exact."""
+    url, path = loaded
+    import json
+
+    from pg_to_bq.destinations.state_table import LOADING_KEY
+
+    run_sql(url, "UPDATE accounts SET name = 'moved', updated_at = now() WHERE id <= 10")
+    # As a killed run leaves it: the rows merged, the state still the old one, marked.
+    with duckdb.connect(str(path)) as conn:
+        [(text,)] = conn.execute("SELECT state FROM raw._pg_to_bq_state "
+                                 "WHERE table_name = 'accounts'").fetchall()
+        state = json.loads(text)
+        conn.execute("UPDATE raw._pg_to_bq_state SET state = ? WHERE table_name = 'accounts'",
+                     [json.dumps({**state, LOADING_KEY: True})])
+        conn.execute("UPDATE raw.accounts SET name = 'moved' WHERE id <= 10")
+    assert main(["sync"]) == 0, capsys.readouterr().out
+    assert_mirrored_in_duckdb(url, path, "accounts")
+    assert duck_rows(path, "SELECT count(*) FROM raw.accounts WHERE name = 'moved'") == [(10,)]
+
+
+@pytest.mark.bigquery
+def test_a_bigquery_table_changed_by_hand_is_found_the_next_run(pg_url: str, settings_env,
+                                                               tmp_path, bigquery_emulator,
+                                                               capsys) -> None:
+    """The same through dlt's BigQuery destination (the emulator): the figures use BigQuery's
+    FARM_FINGERPRINT."""
+    run_sql(pg_url, """
+        CREATE TABLE accounts (id int PRIMARY KEY, name text, balance numeric(12,2),
+                               opened timestamptz, photo bytea, active bool, score float8,
+                               updated_at timestamptz NOT NULL DEFAULT now() - interval '3 days');
+        INSERT INTO accounts SELECT g, 'a' || g, g * 1.5, now() - g * interval '1 hour',
+                                    decode(md5(g::text), 'hex'), g % 2 = 0, g / 3.0
+        FROM generate_series(1, 500) g;
+    """)
+    settings_env(pg_url, destination="bigquery", bigquery_project=bigquery_emulator.project_id,
+                 bigquery_key_file=str(bigquery_emulator.key_file(tmp_path)), dataset="drift")
+    assert main(["sync", "--refresh-catalog"]) == 0, capsys.readouterr().out
+    capsys.readouterr()
+    assert main(["sync"]) == 0
+    assert "public.accounts: unchanged" in capsys.readouterr().out
+    bigquery_emulator.client().query_and_wait(
+        f"UPDATE `{bigquery_emulator.project_id}.drift.accounts` SET score = 0 WHERE id = 7")
+    assert main(["sync"]) == 1
+    out = capsys.readouterr().out
+    assert "public.accounts: FAILED" in out and "score: values changed" in out, out
+    assert "name:" not in out and "balance:" not in out, out
