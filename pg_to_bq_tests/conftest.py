@@ -15,7 +15,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import duckdb
@@ -23,6 +23,9 @@ import psycopg
 import pytest
 
 from pg_to_bq.postgres.embedded import EmbeddedPostgres
+
+LOGICAL_SETTINGS = {"wal_level": "logical", "max_replication_slots": "40",
+                    "max_wal_senders": "40"}
 
 
 class PgServer:
@@ -43,6 +46,15 @@ class PgServer:
 
     def drop_database(self, name: str) -> None:
         with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            # A database with a replication slot (change capture's) cannot be dropped, and a
+            # reader a test left behind must not hold its slot either.
+            for slot, pid in conn.execute(
+                    "SELECT slot_name, active_pid FROM pg_replication_slots WHERE database = %s",
+                    (name,)).fetchall():
+                if pid:
+                    conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+                with suppress(psycopg.Error):
+                    conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
     @contextmanager
@@ -66,7 +78,9 @@ def pg_server() -> Iterator[PgServer]:
         return
     # Not under pytest's tmp dir: pytest keeps that root private (0700), and the server
     # runs as another user when the tests run as root.
-    server = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="pg_to_bq_test_pg_")))
+    # wal_level=logical: change capture's tests read replication slots.
+    server = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="pg_to_bq_test_pg_")),
+                              settings=LOGICAL_SETTINGS)
     server.start()
     try:
         yield PgServer(server.url("postgres"))

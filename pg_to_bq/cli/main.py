@@ -55,6 +55,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     sync.add_argument("--verbose", "-v", action="store_true",
                       help="also print Dagster's log and failed tables' stack traces")
 
+    cdc = commands.add_parser("cdc", help="change capture: the slot's state, or drop it")
+    cdc.add_argument("action", choices=("status", "drop"),
+                     help="status: the slot's lag and retained WAL and the publication; "
+                          "drop: remove the slot and the publication")
+
     args = parser.parse_args(argv)
     _quiet_library_warnings()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -65,6 +70,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_demo(args.dir, args.host, args.port, open_ui=not args.no_ui)
         if args.command == "discover":
             return cmd_discover(offline=args.offline)
+        if args.command == "cdc":
+            from pg_to_bq.cli.cdc import cmd_cdc
+
+            return cmd_cdc(args.action)
         return cmd_sync(args.tables, args.full_refresh, args.partition, args.refresh_catalog,
                         args.apply_deletes, args.verbose)
     except USER_ERRORS as exc:
@@ -97,6 +106,13 @@ def cmd_discover(offline: bool = False) -> int:
     print(f"{len(plans)} table(s) from {origin} → {settings.destination.describe()} "
           f"dataset {settings.dataset}")
     print(format_plans(plans, catalog))
+    if settings.cdc and not offline:
+        from pg_to_bq.cli.cdc import format_prerequisites
+        from pg_to_bq.orchestration.code_location import resolve_source_url
+
+        print()
+        print(format_prerequisites(settings, resolve_source_url(settings),
+                                   [p for p in plans if p.loadable]))
     return 0
 
 
@@ -145,7 +161,6 @@ def cmd_sync(
     import dagster as dg
 
     from pg_to_bq.orchestration import progress
-    from pg_to_bq.orchestration.catalog_asset import catalog_key
     from pg_to_bq.orchestration.code_location import (
         asset_context,
         build_definitions,
@@ -153,7 +168,7 @@ def cmd_sync(
         plans_for,
         resolve_source_url,
     )
-    from pg_to_bq.orchestration.names import APPLY_DELETES_TAG, FULL_REFRESH_TAG, destination_key
+    from pg_to_bq.orchestration.names import APPLY_DELETES_TAG, FULL_REFRESH_TAG, catalog_key, destination_key
     from pg_to_bq.planning.settings import Settings
     from pg_to_bq.planning.tables import select_plans
     from pg_to_bq.postgres.connect import check_reachable
@@ -198,12 +213,13 @@ def cmd_sync(
     runs: dict[str | None, list[TablePlan]] = {}
     for plan in chosen:
         runs.setdefault(plan.partition.granularity if plan.partition else None, []).append(plan)
-    with progress.listening(report.table):
+    with progress.listening(report.table, lambda line: print(line, flush=True)):
         for granularity, run_plans in runs.items():
             keys = [destination_key(p, ctx) for p in run_plans]
-            if not names and granularity is None:
+            if granularity is None and (not names or settings.cdc):
                 # Everything: the catalog step too, which keeps the snapshot up to date and
-                # loads tables new in PostgreSQL.
+                # loads tables new in PostgreSQL; with change capture, always: it reads the
+                # changes the tables' steps apply.
                 keys.append(catalog_key(ctx))
             result = dg.materialize(
                 assets,

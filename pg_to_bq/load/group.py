@@ -36,6 +36,7 @@ import dlt
 from pg_to_bq.checks import drift
 from pg_to_bq.checks.outcomes import CheckOutcome, row_count_outcome
 from pg_to_bq.destinations.writer_lock import exclusive
+from pg_to_bq.load.changes import CaptureState, capture_state, delete_keys
 from pg_to_bq.load.memory import release_memory
 from pg_to_bq.load.packages import (
     SIDE_PIPELINE,
@@ -58,7 +59,7 @@ from pg_to_bq.load.results import (
     no_columns,
 )
 from pg_to_bq.load.schema_changes import evolutions_of, prepare
-from pg_to_bq.load.state import commit_states, stored_figures, trusted_states
+from pg_to_bq.load.state import CDC_STATE_KEY, ROWS_KEY, commit_states, stored_figures, trusted_states
 from pg_to_bq.load.values_check import compare_fingerprints, destination_figures, engine
 from pg_to_bq.planning.errors import describe
 from pg_to_bq.planning.settings import DEFAULT_DRIFT_MAX_ROWS
@@ -125,6 +126,7 @@ def load_group(
     record_state: bool = True,
     fingerprint_rows: int | None = None,
     drift_max_rows: int | None = DEFAULT_DRIFT_MAX_ROWS,
+    cdc_publication: str | None = None,
 ) -> list[LoadResult]:
     """Load `loads` with the dlt pipeline `pipeline_name`; a result per table, in order.
 
@@ -142,7 +144,9 @@ def load_group(
     group. With `drift_max_rows`, each table of at most that many rows has its destination's
     whole-table figures stored after its load and compared before the next
     (`pg_to_bq.checks.drift`): what changed behind pg_to_bq's back is found even when the
-    table is unchanged in PostgreSQL and not read.
+    table is unchanged in PostgreSQL and not read. With `cdc_publication` (change capture on),
+    the tables it publishes are loaded from the keys the capture spooled (`pg_to_bq.load.
+    changes`): only their changed rows are read; a table with no change is not read at all.
     """
     run = _GroupRun(
         loads=loads, source_url=source_url, dataset=dataset, work_dir=work_dir,
@@ -150,7 +154,7 @@ def load_group(
         on_batch=on_batch, on_result=on_result, count_rows=count_rows,
         raise_errors=raise_errors, destination_lock=destination_lock,
         record_state=record_state, fingerprint_rows=fingerprint_rows,
-        drift_max_rows=drift_max_rows)
+        drift_max_rows=drift_max_rows, cdc_publication=cdc_publication)
     with exclusive(pipelines_dir(work_dir) / pipeline_name, _waiting_for(pipeline_name)):
         run.pipeline = group_pipeline(pipeline_name, destination, dataset, work_dir)
         with dlt.config.values(dlt_settings(run.pipeline.destination)):
@@ -189,6 +193,7 @@ class _GroupRun:
     record_state: bool
     fingerprint_rows: int | None = None
     drift_max_rows: int | None = None
+    cdc_publication: str | None = None
     pipeline: Any = None
     results: dict[int, LoadResult] = field(default_factory=dict)
 
@@ -210,6 +215,7 @@ class _GroupRun:
             states, doubts = trusted_states(pipeline, plans, evolutions) \
                 if self.record_state else ({}, {})
             before = self.figures_before(states, columns_now)
+            capture = self.capture_state(states)
         unchanged: list[tuple[int, LoadResult]] = []
 
         def settle_read(index: int, result: LoadResult) -> None:
@@ -225,7 +231,7 @@ class _GroupRun:
             on_batch=self.on_batch, record_state=self.record_state,
             raise_errors=self.raise_errors, fingerprint_rows=self.fingerprint_rows,
             destination_name=pipeline.destination.destination_name,
-            files=Path(pipeline.working_dir) / "pg_to_bq_files")
+            files=Path(pipeline.working_dir) / "pg_to_bq_files", capture=capture)
         read = reads.read_all(states, evolutions, doubts, settle_read)
         failures: dict[str, str] = {}
         loaded: list[tuple[int, TableRead]] = []
@@ -245,7 +251,12 @@ class _GroupRun:
                               if r.plan.destination_table not in failures]
                     failures.update(self.fill([r for _, r in loaded]))
                     loaded = [(i, r) for i, r in loaded if r.plan.destination_table not in failures]
+                    failures.update(self.delete_absent([r for _, r in loaded]))
+                    loaded = [(i, r) for i, r in loaded if r.plan.destination_table not in failures]
                 results = [(i, item.result(load_id)) for i, item in loaded] + unchanged
+                for (_, item), (_, result) in zip(loaded, results, strict=False):
+                    if item.absent:
+                        result.deleted = len(item.absent)
                 self.delete_pass(results)
                 if counting:
                     counts, _ = destination_counts(pipeline,
@@ -270,6 +281,36 @@ class _GroupRun:
         for index, result in results:
             self.settle(index, result)
         return [self.results[i] for i in sorted(self.results)]
+
+    def capture_state(self, states: Mapping[str, Mapping[str, Any]]) -> CaptureState | None:
+        """What change capture left for this step's tables (`pg_to_bq.load.changes`)."""
+        if self.cdc_publication is None:
+            return None
+        applied = {load.plan.name: int(state[CDC_STATE_KEY]) for load in self.loads
+                   if (state := states.get(load.plan.destination_table))
+                   and state.get(CDC_STATE_KEY) is not None}
+        with self.pipeline.sql_client() as client:
+            # The rows the destination held after the last load: exact, where PostgreSQL's
+            # estimate may be missing (a table never analyzed).
+            return capture_state(client, self.cdc_publication, applied, {
+                load.plan.name: states.get(load.plan.destination_table, {}).get(ROWS_KEY)
+                or load.plan.table.estimated_rows for load in self.loads})
+
+    def delete_absent(self, loaded: list[TableRead]) -> dict[str, str]:
+        """Delete the keys change capture found gone from PostgreSQL (after the merge of the
+        rows read again); a table whose delete fails fails (its next run deletes them)."""
+        failures = {}
+        with self.pipeline.sql_client() as client:
+            for item in loaded:
+                if not item.absent:
+                    continue
+                try:
+                    delete_keys(client, item.plan, item.absent)
+                except Exception as exc:  # noqa: BLE001 - this table's own failure
+                    failures[item.plan.destination_table] = (
+                        f"table {item.plan.name}: rows deleted in PostgreSQL were not deleted "
+                        f"({describe(exc)}); the next run deletes them")
+        return failures
 
     def drift_columns(self, plan: TablePlan, names: Sequence[str]) -> list[tuple[str, str]]:
         """`names` (destination columns) with their logical types, as the figures ask them."""
@@ -364,8 +405,8 @@ class _GroupRun:
         for index, result in results:
             plan = self.loads[index].plan
             if not self.loads[index].apply_deletes or plan.disposition != "merge" \
-                    or result.mode == "full":
-                continue
+                    or result.mode in ("full", "changes"):
+                continue  # (change capture deletes what PostgreSQL deleted, every run)
             try:
                 result.deleted, result.source_rows_after_deletes = apply_deletes(
                     plan, self.side_load)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from typing import Any
 import pyarrow as pa
 
 from pg_to_bq.destinations.state_table import LOAD_ID_KEY
+from pg_to_bq.load.changes import CaptureState, absent_keys_sql, key_condition
 from pg_to_bq.load.cursor_window import (
     WindowTracker,
     lookback_of,
@@ -28,6 +29,7 @@ from pg_to_bq.load.cursor_window import (
 from pg_to_bq.load.memory import release_memory
 from pg_to_bq.load.parquet_files import remove_stale_files, write_table_file
 from pg_to_bq.load.results import (
+    NOT_CAPTURED,
     EmptyTableError,
     LoadResult,
     PlanFailed,
@@ -38,6 +40,7 @@ from pg_to_bq.load.results import (
     no_columns,
 )
 from pg_to_bq.load.state import (
+    CDC_STATE_KEY,
     COLUMNS_STATE_KEY,
     CURSOR_STATE_KEY,
     DEFINITION_STATE_KEY,
@@ -188,6 +191,10 @@ class TableReads:
     fingerprint_rows: int | None
     destination_name: str
     files: Path
+    # Change capture (`pg_to_bq.load.changes`), when it is on.
+    capture: CaptureState | None = None
+    # The tables the publication captures (source names), read when the step starts.
+    captured: frozenset[str] = frozenset()
 
     def read_all(self, states: dict[str, dict[str, Any]], evolutions: dict[str, Evolution],
                  doubts: dict[str, str], settle: Callable[[int, LoadResult], None]
@@ -200,6 +207,7 @@ class TableReads:
         read: list[tuple[int, TableRead]] = []
         with SourceSessions(self.source_url, self.statement_timeout_s) as sessions:
             definitions = self.definitions(sessions)
+            self.captured = self.published(sessions)
             for index, load in enumerate(self.loads):
                 started = time.monotonic()
                 table = load.plan.destination_table
@@ -219,6 +227,11 @@ class TableReads:
                     settle(index, failure_result(load.plan, exc, started, self.raise_errors,
                                                   login_role(self.source_url)))
                     continue
+                note = self.not_captured(load.plan)
+                if note and isinstance(item, LoadResult):
+                    item.extra[NOT_CAPTURED] = note
+                elif note:
+                    item.not_captured = note
                 if isinstance(item, LoadResult):
                     settle(index, item)
                 else:
@@ -240,6 +253,32 @@ class TableReads:
             log.info("the merged tables' partitions and enum labels were not read: %s",
                      describe(exc))
             return {}
+
+    def published(self, sessions: SourceSessions) -> frozenset[str]:
+        """The tables the capture's publication publishes (none without change capture)."""
+        if self.capture is None:
+            return frozenset()
+        session = sessions.get()
+        try:
+            with session.stream(
+                    "SELECT schemaname || '.' || tablename FROM pg_catalog.pg_publication_tables "
+                    f"WHERE pubname = {literal(self.capture.publication, 'text')}") as rows:
+                names = rows.read_all().column(0).to_pylist()
+        finally:
+            session.rollback()
+        return frozenset(names)
+
+    def not_captured(self, plan: TablePlan) -> str | None:
+        """Why change capture, on, does not follow `plan` (None: it does, or it is off)."""
+        if self.capture is None or plan.name in self.captured:
+            return None
+        if not plan.primary_key:
+            return "not captured (no primary key): loaded as without change capture"
+        if not self.captured:
+            return ("change capture is not running (the run's catalog step says why, "
+                    "`pg-to-bq discover` how to fix it): loaded as without it")
+        return (f"not in the publication {self.capture.publication} (`pg-to-bq discover` says "
+                "why): loaded as without change capture")
 
     def read_with_retries(self, load: TableLoad, state: dict[str, Any],
                           evolution: Evolution | None, sessions: SourceSessions,
@@ -275,6 +314,31 @@ class TableReads:
         whole = (not evolution.exists and load.window is None) or evolution.reload
         mode, where, cursor_from = choose_mode(plan, state, load.full_refresh or whole,
                                                 None if whole else load.window)
+        captured = self.capture is not None and plan.name in self.captured \
+            and load.window is None
+        cdc_lsn = self.capture.spool_now if captured and self.capture else None
+        keys: list[tuple] = []
+        if captured and self.capture is not None and not load.full_refresh and not whole \
+                and state.get(CDC_STATE_KEY) is not None:
+            # Change capture: the rows whose keys changed, read again; nothing, if none did.
+            pending_changes = self.capture.pending.get(plan.name)
+            why = self.capture.whole.get(plan.name)
+            if evolution.changed and plan.disposition != "merge":
+                # Its new columns' values for the rows loaded before: only a whole read has
+                # them (a merged table's are filled by key).
+                why = "its columns changed: read whole"
+            if pending_changes is None and not evolution.changed \
+                    and not state.get(PENDING_FILL_STATE_KEY):
+                return _unchanged_by_capture(plan, state, started)
+            cdc_lsn = pending_changes.last_lsn if pending_changes is not None else int(state[CDC_STATE_KEY])
+            if why is not None:
+                mode, where, cursor_from, doubt = "full", None, None, why
+                cdc_lsn = self.capture.spool_now
+            else:
+                mode, cursor_from = "changes", None
+                keys = list(self.capture.keys[plan.name]) if pending_changes is not None \
+                    else []
+                where = key_condition(plan, keys)
         pending = tuple(state.get(PENDING_FILL_STATE_KEY, ()))
         fill = () if mode == "full" or plan.disposition != "merge" else tuple(
             dict.fromkeys([*evolution.added, *(c for c in pending
@@ -290,6 +354,7 @@ class TableReads:
         report = batch_reporter(self.on_batch, plan)
         changes = describe_changes(plan, evolution, state, mode, fill)
         reason = doubt if doubt and mode == "full" and not load.full_refresh else None
+        tracker = tracker if mode != "changes" else None
         with reader:
             versions = None
             if mode in ("full", "incremental") and tuple_versions.applies(plan):
@@ -326,5 +391,28 @@ class TableReads:
             if self.fingerprint_rows is not None:
                 source_fingerprint = source_side_fingerprint(plan, reader, mode,
                                                          self.fingerprint_rows)
-        return TableRead(plan, mode, cursor_from, tracker, reader, path, started, evolution, fill,
-                     changes, source_fingerprint, versions, reason)
+            absent = []
+            if mode == "changes" and keys:
+                # Keys PostgreSQL no longer has, in the snapshot the rows were read in.
+                absent = [tuple(row) for row in reader.query_all(absent_keys_sql(plan, keys))]
+        read = TableRead(plan, mode, cursor_from, tracker, reader, path, started, evolution, fill,
+                         changes, source_fingerprint, versions, reason)
+        read.cdc_lsn = cdc_lsn
+        read.absent = absent
+        if captured and state.get(CDC_STATE_KEY) is not None and self.capture is not None \
+                and (found := self.capture.pending.get(plan.name)) is not None:
+            read.captured = {"from": int(state[CDC_STATE_KEY]), "to": found.last_lsn,
+                             "inserts": found.inserts, "updates": found.updates,
+                             "deletes": found.deletes, "keys": found.keys}
+        return read
+
+
+def _unchanged_by_capture(plan: TablePlan, state: Mapping[str, Any], started: float
+                          ) -> LoadResult:
+    """A captured table with no change since its last load: not read from PostgreSQL."""
+    result = LoadResult(
+        table=plan.name, destination_table=plan.destination_table, rows=0, snapshot_rows=None,
+        load_id=state.get(LOAD_ID_KEY), duration_s=time.monotonic() - started, mode="changes",
+        status="unchanged")
+    result.extra["unchanged"] = "changes"
+    return result

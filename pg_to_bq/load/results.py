@@ -45,6 +45,12 @@ class TableLoad:
     apply_deletes: bool = False
 
 
+# `LoadResult.extra`'s key for why change capture, on, does not follow the table.
+NOT_CAPTURED = "not_captured"
+# ... and for the captured changes a read applied (`TableRead.captured`).
+CAPTURED = "captured"
+
+
 @dataclass
 class LoadResult:
     table: str
@@ -163,6 +169,14 @@ class TableRead:
     reason: str | None = None
     # Its partitions and enum labels as read (merged tables), stored with its state.
     definition: str | None = None
+    # Change capture: the position this read covers (stored with the state), and the keys
+    # it found gone from PostgreSQL (deleted from the destination after the load).
+    cdc_lsn: int | None = None
+    absent: list[tuple] = field(default_factory=list)
+    # Why change capture, on, does not follow this table (said on its line and asset).
+    not_captured: str | None = None
+    # The captured changes this read applies: positions (from, to] and counts by kind.
+    captured: dict[str, int] | None = None
 
     @property
     def refresh(self) -> bool:
@@ -177,7 +191,9 @@ class TableRead:
             duration_s=time.monotonic() - self.started, mode=self.mode,
             cursor_from=self.cursor_from, cursor_to=self.tracker.max if self.tracker else None,
             batches=stats.batches, table_rows=stats.table_rows, streams=stats.streams,
-            status=status, changes=tuple(self.changes), reason=self.reason)
+            status=status, changes=tuple(self.changes), reason=self.reason,
+            extra={**({NOT_CAPTURED: self.not_captured} if self.not_captured else {}),
+                   **({CAPTURED: self.captured} if self.captured else {})})
 
     def failed(self, error: str) -> LoadResult:
         result = self.result(None, status="failed")

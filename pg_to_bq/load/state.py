@@ -49,6 +49,8 @@ WINDOW_STATE_KEY = "pg_to_bq_window"
 VERSIONS_STATE_KEY = "pg_to_bq_versions"
 
 
+# The position of the last change captured and applied (`pg_to_bq.load.changes`).
+CDC_STATE_KEY = "cdc_lsn"
 # The destination's whole-table figures after the last load (`pg_to_bq.checks.drift`).
 FIGURES_STATE_KEY = "figures"
 # A merged table's partitions and enum labels (`pg_to_bq.postgres.row_versions.definitions`).
@@ -148,6 +150,10 @@ def commit_states(pipeline: dlt.Pipeline, loaded: list[TableRead],
         state[ROWS_KEY] = counts[table]
         if item.plan.table.oid is not None:
             state[SOURCE_OID_KEY] = item.plan.table.oid
+        if item.cdc_lsn is None:
+            state.pop(CDC_STATE_KEY, None)
+        else:
+            state[CDC_STATE_KEY] = item.cdc_lsn
         if item.definition is None:
             state.pop(DEFINITION_STATE_KEY, None)
         else:

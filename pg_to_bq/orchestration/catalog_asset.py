@@ -20,13 +20,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import dagster as dg
 
-from pg_to_bq.orchestration.names import SCHEDULE_TAG, AssetContext, destination_key
+from pg_to_bq.orchestration.capture_step import run_capture, slot_check_spec
+from pg_to_bq.orchestration.names import SCHEDULE_TAG, AssetContext, catalog_key, destination_key
 from pg_to_bq.planning.catalog import Catalog, Table
 
 if TYPE_CHECKING:
     from pg_to_bq.planning.settings import Settings
 
-CATALOG_KEY = ("postgres", "catalog")
 
 
 class CatalogKeeper(Protocol):
@@ -36,9 +36,6 @@ class CatalogKeeper(Protocol):
         """Keep `catalog`; returns where it went, in words."""
         ...
 
-
-def catalog_key(ctx: AssetContext) -> dg.AssetKey:
-    return dg.AssetKey([*ctx.key_prefix, *CATALOG_KEY])
 
 
 def relations_of(catalog: Catalog, include_views: bool) -> Catalog:
@@ -83,6 +80,7 @@ def build_catalog_asset(settings: "Settings", built: Catalog, ctx: AssetContext,
             kinds={"postgres"},
             tags={SCHEDULE_TAG: "nightly"},
         )],
+        check_specs=[slot_check_spec(catalog_key(ctx))] if settings.cdc else None,
         required_resource_keys={names.source, names.destination},
         pool=ctx.pool,
     )
@@ -109,6 +107,12 @@ def _refresh(context: dg.AssetExecutionContext, settings: "Settings", built: Cat
     live = relations_of(live_catalog(context.run.run_id, url, ctx, source.statement_timeout_s),
                         settings.include_views)
     where = keeper.save(live, context.instance)
+    capture_metadata, slot_check = ({}, None)
+    if settings.cdc:
+        # Before the new tables are copied: the publication includes them first, so none of
+        # their changes is missed.
+        capture_metadata, slot_check = run_capture(context, settings, live, ctx, source,
+                                                   destination, url)
     selected_built = built.select(settings.include, settings.exclude)
     added, gone = compare(selected_built, live.select(settings.include, settings.exclude))
     # (Each gone table's own step says so on its asset, and in the log.)
@@ -146,8 +150,10 @@ def _refresh(context: dg.AssetExecutionContext, settings: "Settings", built: Cat
         "new_tables_loaded": dg.MetadataValue.md("\n".join(f"- {n}" for n in loaded) or "-"),
         "gone_tables": dg.MetadataValue.md("\n".join(f"- {g}" for g in gone) or "-"),
         "duration_s": round(time.monotonic() - started, 3),
+        **capture_metadata,
     }
     if failed:
         raise dg.Failure(description=f"{len(failed)} new table(s) failed: " + " | ".join(failed),
                          metadata=metadata)
-    return dg.MaterializeResult(metadata=metadata)
+    return dg.MaterializeResult(metadata=metadata,
+                                check_results=[slot_check] if slot_check is not None else None)

@@ -42,6 +42,7 @@ _SETTINGS = ("source_secret", "destination", "dataset", "schemas", "include", "e
              "bigquery_location", "bigquery_credentials_secret", "bigquery_key_file",
              "aws_region", "batch_bytes", "parallel_streams", "parallel_min_bytes",
              "max_source_connections", "statement_timeout_s", "freshness", "drift_max_rows",
+             "cdc", "cdc_slot", "cdc_publication", "cdc_cron", "cdc_wal_warn_bytes",
              "hash_salt_secret", "step_tables", "own_step_bytes", "fingerprint",
              "fingerprint_rows")
 # Alert attributes, and what an error calls each (`pg_to_bq.alerts.settings`).
@@ -150,6 +151,12 @@ class PostgresMirror(dg.StateBackedComponent, dg.Resolvable):
     # `off` (Dagster's freshness policy, derived from schedule_cron).
     freshness: str | None = None
     drift_max_rows: int | None = None
+    # Change capture from PostgreSQL's logical replication (a slot and a publication).
+    cdc: bool | None = None
+    cdc_slot: str | None = None
+    cdc_publication: str | None = None
+    cdc_cron: str | None = None
+    cdc_wal_warn_bytes: int | None = None
     # Where alerts go (off until one is set): an SNS topic, a Slack-compatible webhook (or
     # the Secrets Manager secret holding its URL), and the UI's URL for links.
     alert_sns_topic_arn: str | None = None

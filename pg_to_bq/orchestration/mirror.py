@@ -23,6 +23,7 @@ from pg_to_bq.alerts.settings import AlertSettings
 from pg_to_bq.orchestration.catalog_asset import CatalogKeeper, build_catalog_asset
 from pg_to_bq.orchestration.names import (
     APPLY_DELETES_TAG,
+    CHANGES_ONLY_TAG,
     PARTITIONED_TAG,
     SCHEDULE_TAG,
     AssetContext,
@@ -38,6 +39,7 @@ NIGHTLY_JOB = "mirror_all_tables"
 NIGHTLY_SCHEDULE = "nightly_mirror"
 DELETE_PASS_SCHEDULE = "delete_pass"
 REFRESH_JOB = "refresh_catalog"
+CHANGES_SCHEDULE = "captured_changes"
 
 # What a table's step process needs, loaded once per run by the multiprocess executor's fork
 # server and inherited by every step it forks: the code location (its definitions, built
@@ -70,6 +72,7 @@ def asset_context(settings: Settings, names: InstanceNames | None = None) -> Ass
                                           settings.freshness_budget)
         if settings.freshness_budget is not None else None,
         drift_max_rows=settings.drift_max_rows,
+        cdc_publication=settings.cdc_publication if settings.cdc else None,
         names=names or InstanceNames(),
         overrides=settings.overrides(),
         schemas=settings.schemas,
@@ -215,6 +218,15 @@ def _build_mirror(settings: Settings, catalog: Catalog, keeper: CatalogKeeper,
         tags={APPLY_DELETES_TAG: "true"}, default_status=dg.DefaultScheduleStatus.RUNNING,
         description="Load every table, then delete destination rows of merged tables "
                     "whose primary key no longer exists in PostgreSQL"))
+    if settings.cdc and settings.cdc_cron:
+        # A run costs its changes: the captured tables every 15 minutes (others wait for
+        # the nightly run; the catalog step reads the changes and advances the slot).
+        schedules.append(dg.ScheduleDefinition(
+            name=names.name(CHANGES_SCHEDULE), job=nightly,
+            cron_schedule=settings.cdc_cron, execution_timezone=settings.schedule_timezone,
+            tags={CHANGES_ONLY_TAG: "true"}, default_status=dg.DefaultScheduleStatus.RUNNING,
+            description="Apply the changes captured from PostgreSQL's write-ahead log to the "
+                        "captured tables"))
     for granularity in ("day", "month"):
         if any(p.partition and p.partition.granularity == granularity and p.scheduled
                for p in plans):

@@ -37,6 +37,8 @@ FULL_REFRESH_TAG = "pg_to_bq/full_refresh"
 
 
 APPLY_DELETES_TAG = "pg_to_bq/apply_deletes"
+# A run of change capture's short schedule: only the tables with a primary key load.
+CHANGES_ONLY_TAG = "pg_to_bq/changes_only"
 
 
 SCHEDULE_TAG = "pg_to_bq/schedule"
@@ -131,6 +133,9 @@ class AssetContext:
     fingerprint_rows: int = checks.DEFAULT_FINGERPRINT_ROWS
     # Tables up to this many rows have their destination's figures compared every run (0: no).
     drift_max_rows: int = DEFAULT_DRIFT_MAX_ROWS
+    # Change capture's publication when it is on (tables it publishes load from their
+    # captured changes, after the catalog step read the slot); None: off.
+    cdc_publication: str | None = None
 
     def freshness_policy(self, plan: TablePlan) -> dg.FreshnessPolicy | None:
         """The table's freshness policy: its own window from the tables file, none when the
@@ -153,6 +158,14 @@ class AssetContext:
 
     def group(self, schema_group: str) -> str:
         return self.names.name(schema_group)
+
+
+# The catalog asset's key (under the instance's prefix).
+CATALOG_KEY = ("postgres", "catalog")
+
+
+def catalog_key(ctx: AssetContext) -> dg.AssetKey:
+    return dg.AssetKey([*ctx.key_prefix, *CATALOG_KEY])
 
 
 def key_part(name: str) -> str:

@@ -50,6 +50,7 @@ class TableOutcome:
 
 
 _listeners: list[Callable[[TableOutcome], None]] = []
+_notice_listeners: list[Callable[[str], None]] = []
 
 
 def publish(outcome: TableOutcome) -> None:
@@ -57,11 +58,23 @@ def publish(outcome: TableOutcome) -> None:
         listener(outcome)
 
 
+def notice(line: str) -> None:
+    """A line about the run rather than one table (change capture's state, say)."""
+    for listener in list(_notice_listeners):
+        listener(line)
+
+
 @contextlib.contextmanager
-def listening(listener: Callable[[TableOutcome], None]) -> Iterator[None]:
-    """Call `listener` with every outcome published in this process during the block."""
+def listening(listener: Callable[[TableOutcome], None],
+              notices: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Call `listener` with every outcome published in this process during the block (and
+    `notices` with every notice)."""
     _listeners.append(listener)
+    if notices is not None:
+        _notice_listeners.append(notices)
     try:
         yield
     finally:
         _listeners.remove(listener)
+        if notices is not None:
+            _notice_listeners.remove(notices)

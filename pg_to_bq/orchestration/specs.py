@@ -19,6 +19,7 @@ from pg_to_bq.orchestration.names import (
     PARTITIONED_TAG,
     SCHEDULE_TAG,
     AssetContext,
+    catalog_key,
     destination_key,
     key_part,
     partitions_for,
@@ -168,7 +169,9 @@ def table_spec(plan: TablePlan, ctx: AssetContext) -> dg.AssetSpec:
         tags[PARTITIONED_TAG] = plan.partition.granularity
     return dg.AssetSpec(
         key=destination_key(plan, ctx),
-        deps=[source_key(plan.table, ctx)],
+        # With change capture, after the catalog step, which reads the changes.
+        deps=[source_key(plan.table, ctx),
+              *([catalog_key(ctx)] if ctx.cdc_publication else [])],
         description=_describe(
             plan.table, plan.table.comment,
             f"PostgreSQL `{plan.name}` loaded by dlt into "

@@ -23,10 +23,11 @@ from typing import Any
 import dagster as dg
 
 from pg_to_bq.load.group import load_group
-from pg_to_bq.load.results import LoadResult, TableLoad, Window
+from pg_to_bq.load.results import CAPTURED, NOT_CAPTURED, LoadResult, TableLoad, Window
 from pg_to_bq.orchestration import progress
 from pg_to_bq.orchestration.names import (
     APPLY_DELETES_TAG,
+    CHANGES_ONLY_TAG,
     FULL_REFRESH_TAG,
     AssetContext,
     LoadConfig,
@@ -71,6 +72,10 @@ def run_step(
     selected = context.selected_asset_keys
     plans = [p for p in group.plans if destination_key(p, ctx) in selected]
     tags = context.run.tags
+    if tags.get(CHANGES_ONLY_TAG) == "true":
+        # Change capture's short schedule: tables without a primary key (not captured) wait
+        # for the nightly run.
+        plans = [p for p in plans if p.primary_key]
     full_refresh = config.full_refresh or tags.get(FULL_REFRESH_TAG) == "true"
     deletes = (config.apply_deletes or tags.get(APPLY_DELETES_TAG) == "true") and not full_refresh
     window = _window(context, plans)
@@ -151,7 +156,7 @@ def load_with(context: dg.OpExecutionContext | dg.AssetExecutionContext,
         statement_timeout_s=source.statement_timeout_s, on_batch=_Progress(context),
         destination_lock=lambda: destination.writing(on_wait=waiting),
         fingerprint_rows=ctx.fingerprint_rows if ctx.fingerprint else None,
-        drift_max_rows=ctx.drift_max_rows or None)
+        drift_max_rows=ctx.drift_max_rows or None, cdc_publication=ctx.cdc_publication)
 
 
 def _window(context: dg.AssetExecutionContext, plans: Sequence[TablePlan]) -> Window | None:
@@ -196,6 +201,8 @@ def _materialized(
     metadata = materialization_metadata(plan, snapshot_plan, result, ctx,
                                         result.destination_rows, result.deleted)
     notes = [*result.changes, *_notes(plan)]
+    if result.extra.get(NOT_CAPTURED):
+        notes.append(result.extra[NOT_CAPTURED])
     yield dg.MaterializeResult(
         asset_key=key, metadata=metadata,
         data_version=dg.DataVersion(result.load_id) if result.load_id else None)
@@ -249,10 +256,11 @@ def materialization_metadata(plan: TablePlan, snapshot_plan: TablePlan | None,
     if destination_rows is not None:
         metadata["dagster/row_count"] = destination_rows
     if result.status == "unchanged":
-        metadata["unchanged"] = (
-            "the table's row versions are those of the last load" if
-            result.extra.get("unchanged") == "versions" else
-            "the rows of the lookback window read back as last loaded")
+        metadata["unchanged"] = {
+            "versions": "the table's row versions are those of the last load",
+            "changes": "no change captured since the last load (not read)",
+        }.get(result.extra.get("unchanged"),
+              "the rows of the lookback window read back as last loaded")
     optional = {"source_rows_in_snapshot": result.snapshot_rows, "rows_deleted": deleted,
                 "cursor_from": result.cursor_from, "cursor_to": result.cursor_to}
     metadata.update({k: v if isinstance(v, int) else str(v)
@@ -266,6 +274,12 @@ def materialization_metadata(plan: TablePlan, snapshot_plan: TablePlan | None,
         metadata["newest_cursor_age_hours"] = _age_hours(newest)
     if result.reason:
         metadata["pg_to_bq/read_whole_because"] = result.reason
+    if result.extra.get(NOT_CAPTURED):
+        metadata["pg_to_bq/change_capture"] = result.extra[NOT_CAPTURED]
+    if captured := result.extra.get(CAPTURED):
+        metadata.update({f"cdc/{kind}": captured[kind]
+                         for kind in ("inserts", "updates", "deletes", "keys")})
+        metadata["cdc/positions"] = f"{_lsn(captured['from'])} → {_lsn(captured['to'])}"
     if result.changes:
         metadata["pg_to_bq/schema_changes"] = dg.MetadataValue.md(
             "\n".join(f"- {change}" for change in result.changes))
@@ -326,3 +340,8 @@ class _Progress:
         if now - self.last >= PROGRESS_EVERY_S:
             self.last = now
             self.context.log.info(f"{table}: {self.rows[table]:,} rows read")
+
+
+def _lsn(position: int) -> str:
+    """A WAL position as PostgreSQL writes it (`16/B374D848`)."""
+    return f"{position >> 32:X}/{position & 0xFFFFFFFF:X}"

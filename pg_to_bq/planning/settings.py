@@ -103,6 +103,16 @@ class Settings:
     own_step_bytes: int = 64 * 1024**2
     fingerprint: bool = True
     fingerprint_rows: int = 5_000
+    # Change capture from PostgreSQL's logical replication (`pg_to_bq.postgres.cdc`): off
+    # unless asked for (a slot retains WAL while nobody reads it).
+    cdc: bool = False
+    cdc_slot: str = "pg_to_bq"
+    cdc_publication: str = "pg_to_bq"
+    # The short schedule of change capture runs (besides the nightly one); None: none.
+    cdc_cron: str | None = None
+    # Retained WAL above which the slot's check warns; it fails at 80% of the server's
+    # max_slot_wal_keep_size (beyond it PostgreSQL invalidates the slot).
+    cdc_wal_warn_bytes: int = 1024**3
     # The environment variables that hold the source URL and the hash salt: resources read
     # them when a run needs them (`dg.EnvVar`), so the values never enter the definitions.
     source_url_env: str = f"{PREFIX}SOURCE_URL"
@@ -237,7 +247,32 @@ class Settings:
             fingerprint=_bool(get("FINGERPRINT", "true"), "FINGERPRINT"),
             fingerprint_rows=_non_negative_int(get("FINGERPRINT_ROWS", "5000"),
                                                "FINGERPRINT_ROWS"),
+            **_cdc_settings(get, dataset),
         )
+
+
+_SLOT_NAME = re.compile(r"^[a-z0-9_]{1,63}$")
+
+
+def _cdc_settings(get: Any, dataset: str) -> dict[str, Any]:
+    """`PG_TO_BQ_CDC` and its companions; the slot and publication are named after the
+    dataset by default, so two mirrors of one database (two datasets) never share one."""
+    enabled = _bool(get("CDC", "false"), "CDC")
+    default_name = f"pg_to_bq_{dataset.lower()}"[:63]
+    slot = get("CDC_SLOT", default_name)
+    if not _SLOT_NAME.match(slot):
+        raise SettingsError(f"{PREFIX}CDC_SLOT={slot!r}: a replication slot name takes lower-case "
+                            "letters, digits and underscores (at most 63)")
+    publication = get("CDC_PUBLICATION", default_name)
+    cron = get("CDC_CRON", "*/15 * * * *")
+    if cron.lower() in ("off", "false", "none"):
+        cron = None
+    else:
+        _check_cron(cron, "CDC_CRON")
+    return {"cdc": enabled, "cdc_slot": slot, "cdc_publication": publication,
+            "cdc_cron": cron if enabled else None,
+            "cdc_wal_warn_bytes": _positive_int(get("CDC_WAL_WARN_BYTES", str(1024**3)),
+                                                "CDC_WAL_WARN_BYTES")}
 
 
 def default_executor(destination: DestinationSpec) -> str:

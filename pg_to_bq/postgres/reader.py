@@ -157,6 +157,13 @@ class TableReader:
         assert self._conn is not None, "use TableReader as a context manager"
         return self._conn.fetchone(sql)
 
+    def query_all(self, sql: str) -> list[tuple]:
+        """Every row of `sql`, in the reader's snapshot (after `batches`, before exiting)."""
+        assert self._conn is not None, "use TableReader as a context manager"
+        with self._conn.stream(sql) as rows:
+            table = rows.read_all()
+        return list(zip(*(column.to_pylist() for column in table.columns), strict=True))
+
     def server_encoding(self) -> str:
         """The database's `server_encoding`, asked once per session."""
         assert self._conn is not None, "use TableReader as a context manager"

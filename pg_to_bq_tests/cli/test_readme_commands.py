@@ -117,6 +117,8 @@ BLOCKS = {
     "PG_TO_BQ_FUZZ_EXAMPLES=": "test_the_long_fuzzer_command",
     ".venv/bin/python benchmarks/run.py": "test_the_benchmark_command",
     ".venv/bin/python benchmarks/many_tables.py": "test_the_many_tables_benchmark_command",
+    ".venv/bin/python benchmarks/change_capture.py": "test_the_change_capture_benchmark_command",
+    "export PG_TO_BQ_CDC=true": "test_the_change_capture_commands",
 }
 
 
@@ -209,3 +211,40 @@ def test_the_many_tables_benchmark_command(checkout: Path) -> None:
     run_until(command, checkout, environment(),
               lambda text: re.search(r"^\s+\S+\s+[\d.]+ s\s+CPU", text, re.M) is not None,
               "timed path", timeout=600)
+
+
+def test_the_change_capture_benchmark_command(checkout: Path) -> None:
+    """Until it has timed its first path."""
+    [command] = block_starting(".venv/bin/python benchmarks/change_capture.py")
+    run_until(command, checkout, environment(),
+              lambda text: re.search(r"^cursor \(.*: [\d.]+s", text, re.M) is not None,
+              "timed path", timeout=900)
+
+
+def test_the_change_capture_commands(pg_url: str, tmp_path: Path) -> None:
+    """Every line as written, against the sample shop (PostgreSQL with wal_level=logical);
+    between the two syncs the shop changes a row without touching a cursor and deletes
+    one."""
+    run_sql(pg_url, sample_sql())
+    env = environment(PG_TO_BQ_SOURCE_URL=pg_url, PG_TO_BQ_WORK_DIR=str(tmp_path / "work"),
+                      PG_TO_BQ_DESTINATION=f"duckdb:///{tmp_path / 'shop.duckdb'}")
+    lines = block_starting("export PG_TO_BQ_CDC=true")
+    syncs = [i for i, line in enumerate(lines) if line == "pg-to-bq sync"]
+    assert len(syncs) == 2, lines
+    change = ("UPDATE customers SET full_name = full_name || ' (changed)' WHERE id = 1; "
+              "DELETE FROM \"顧客メモ\" WHERE id = (SELECT min(id) FROM \"顧客メモ\")")
+    outputs = []
+    for index, line in enumerate(lines):
+        if index == syncs[1]:
+            run_sql(pg_url, change)
+        done = subprocess.run(["bash", "-c", "\n".join(lines[:1] + [line])], cwd=tmp_path,
+                              env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, f"{line}:\n{done.stdout}{done.stderr}"
+        outputs.append(done.stdout)
+    discover, first, second, status, drop = outputs[1:]
+    assert "the server and the role allow it" in discover, discover
+    assert "first run with change capture: slot" in first, first
+    assert "change capture: 2 change(s) to 2 table(s)" in second, second
+    assert "(changes)" in second
+    assert "WAL held back" in status, status
+    assert "dropped" in drop, drop

@@ -11,14 +11,15 @@ partitions attached as it goes); migrations add (with and without a default), dr
 rename columns, widen and narrow types, turn text into numbers and back, set and drop NOT
 NULL, add and rename enum labels, rename, drop and create tables and attach partitions;
 writes insert, update (moving the cursor, or not moving it for rows inside the lookback
-window), and delete.
+window; with change capture on, anywhere), and delete.
 
 What the product promises, and so what is compared after every sync that finished: every
 table PostgreSQL has holds exactly its rows in every column it has now. The one documented
 exception is a merged table's rows deleted in PostgreSQL, which stay until a delete pass
 (`--apply-deletes`): those keys, and only those, may remain. Writes that change a merged
 table's rows without moving its cursor outside the lookback window are not generated: the
-cursor cannot see them (that is what change capture is for, `PG_TO_BQ_CDC`).
+cursor cannot see them; the same machine with change capture on (`PG_TO_BQ_CDC`) generates
+them anywhere, and there every deleted row must be gone after the next sync.
 
 CI runs a fixed seed and a few short sequences per runner (`PG_TO_BQ_FUZZ_EXAMPLES`,
 `PG_TO_BQ_FUZZ_STEPS`); the long run is a separate command (README, "Test"):
@@ -217,8 +218,9 @@ def fuzz_settings() -> settings:
         suppress_health_check=list(HealthCheck), report_multiple_bugs=False)
 
 
-def make_machine(pg_server, destination: Destination, runner: str) -> type:
-    """The state machine class for one runner ("cli" or "job") and destination."""
+def make_machine(pg_server, destination: Destination, runner: str, cdc: bool = False) -> type:
+    """The state machine class for one runner ("cli" or "job") and destination; with `cdc`,
+    change capture is on, and updates leave the cursor alone anywhere in a table."""
 
     class Migrations(RuleBasedStateMachine):
         def __init__(self) -> None:
@@ -233,6 +235,8 @@ def make_machine(pg_server, destination: Destination, runner: str) -> type:
             self.env.update(PG_TO_BQ_SOURCE_URL=self.url, PG_TO_BQ_DATASET="raw",
                             PG_TO_BQ_WORK_DIR=str(self.workdir / "work"),
                             DAGSTER_HOME=str(self.workdir / "home"))
+            if cdc:
+                self.env.update(PG_TO_BQ_CDC="true", PG_TO_BQ_CDC_CRON="off")
             (self.workdir / "home").mkdir()
             (self.workdir / "home" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
             destination.configure(self.env, self.workdir)
@@ -403,6 +407,9 @@ def make_machine(pg_server, destination: Destination, runner: str) -> type:
             elif moving:
                 self.sql(f'UPDATE "{table.name}" SET "{column}" = {value}, updated_at = now() '
                          f"WHERE {where}")
+            elif cdc:
+                # Anywhere in the table: only change capture can see these.
+                self.sql(f'UPDATE "{table.name}" SET "{column}" = {value} WHERE {where}')
             else:
                 # Rows inside the lookback window (10 minutes) of any cursor taken since.
                 self.sql(f'UPDATE "{table.name}" SET "{column}" = {value} '
@@ -463,7 +470,8 @@ def make_machine(pg_server, destination: Destination, runner: str) -> type:
                 out = subprocess.run(self.command(apply_deletes), env=self.env,
                                      capture_output=True, text=True, timeout=900)
                 assert out.returncode == 0, self.history(out.stderr[-3000:])
-            if apply_deletes:
+            if apply_deletes or cdc:
+                # (Change capture deletes what PostgreSQL deleted, every run.)
                 for table in self.tables.values():
                     table.deleted.clear()
             self.compare()
@@ -496,4 +504,12 @@ def test_migrations_into_duckdb(pg_server, runner: str) -> None:
 @pytest.mark.bigquery
 def test_migrations_into_bigquery(pg_server, bigquery_emulator) -> None:
     machine = make_machine(pg_server, BigQueryCopy(bigquery_emulator), "cli")
+    run_state_machine_as_test(machine, settings=fuzz_settings())
+
+
+@pytest.mark.parametrize("runner", ["cli", "job"])
+def test_migrations_with_change_capture(pg_server, runner: str) -> None:
+    """Change capture on (issue 24): every update, wherever it is, and every delete is in
+    the copy after the next sync, through schema changes, attached partitions and kills."""
+    machine = make_machine(pg_server, DuckDBCopy(), runner, cdc=True)
     run_state_machine_as_test(machine, settings=fuzz_settings())

@@ -11,6 +11,7 @@ gives them. Used by the regression tests and the migration fuzzer.
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from decimal import Decimal
@@ -33,6 +34,8 @@ def canonical(value: Any) -> Any:
         return ("tstz", value.astimezone(dt.UTC).isoformat())
     if isinstance(value, memoryview):
         return bytes(value)
+    if isinstance(value, uuid.UUID):
+        return str(value)  # DuckDB's copy holds a uuid as its text
     return value
 
 

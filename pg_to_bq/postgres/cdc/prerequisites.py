@@ -335,8 +335,9 @@ def _table_findings(f: Facts, t: TableFacts) -> tuple[list[Finding], str | None]
                "UPDATE and DELETE on it), so only its inserts could be followed")
         fix = (f"ALTER TABLE {name} REPLICA IDENTITY DEFAULT;  -- it has a primary key"
                if t.replica_identity == "n" and t.primary_key else
-               f"ALTER TABLE {name} ADD PRIMARY KEY (<key columns>);  -- or, if no column set is "
-               f"unique: ALTER TABLE {name} REPLICA IDENTITY FULL;")
+               f"ALTER TABLE {name} ADD PRIMARY KEY (<key columns>);  -- or, for a unique column "
+               f"set you would rather not declare: ALTER TABLE {name} REPLICA IDENTITY FULL; "
+               "and name those columns as its primary_key in the tables file")
         if t.kind == "p" and t.leaves_without_identity:
             # REPLICA IDENTITY is per partition: setting it on the root does not reach them.
             fix += "".join(f"\nALTER TABLE {_qualified(leaf)} REPLICA IDENTITY FULL;"

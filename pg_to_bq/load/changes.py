@@ -1,0 +1,244 @@
+"""Change capture in the destination: the spool of changed keys, and a table's changes
+applied by key.
+
+The capture step (`pg_to_bq.load.capture`) reads the keys that changed since the last run
+from the replication slot and appends them to one table beside the data,
+`_pg_to_bq_changes` (table, position, operation, key); only then is the slot advanced.
+Each table's step takes the keys spooled for it after the position its state recorded,
+reads those rows again from PostgreSQL (the same COPY path as any load: every value exactly
+as a snapshot read delivers it), merges them, and deletes the keys PostgreSQL no longer
+has. Its state records the new position after the rows, so a run killed anywhere applies
+the same keys again, which changes nothing. Spooled keys every captured table has applied
+are deleted by the next capture.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from pg_to_bq.planning.tables import TablePlan
+from pg_to_bq.planning.types import quote_ident
+from pg_to_bq.postgres.sql import literal, qualified_name
+
+SPOOL_TABLE = "_pg_to_bq_changes"
+SPOOL_SCHEMA = pa.schema([("table_name", pa.string()), ("lsn", pa.int64()),
+                          ("op", pa.string()), ("key", pa.string())])
+# Keys a step reads again by key at most; more (or a truncate) and the table is read whole,
+# which costs about the same and is simpler for PostgreSQL.
+MAX_KEYS = 50_000
+MAX_KEY_SHARE = 0.2
+# Why a table without a primary key is not captured.
+NO_KEY = ("no primary key: changes are applied by key (declare one, or name a unique column "
+          "set as its primary_key in the tables file and set REPLICA IDENTITY FULL)")
+# Keys one destination DELETE names at most.
+DELETE_CHUNK = 1_000
+_INTEGER_TYPES = ("smallint", "integer", "bigint")
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A table's spooled changes after its applied position."""
+
+    keys: int
+    last_lsn: int
+    truncated: bool
+    # The spooled changes by kind (an update of the key is a delete and an update).
+    inserts: int = 0
+    updates: int = 0
+    deletes: int = 0
+
+
+@dataclass(frozen=True)
+class CaptureState:
+    """What a step knows of change capture when it starts: the spool's newest position (a
+    table read whole now covers every key spooled up to it), the publication its captured
+    tables are in, and the spooled changes (and keys, for tables applied by key) of the
+    tables that applied changes before."""
+
+    publication: str
+    spool_now: int
+    pending: Mapping[str, Pending]
+    keys: Mapping[str, list[tuple]]
+    # Tables with pending changes that are read whole instead, and why.
+    whole: Mapping[str, str]
+
+
+def capture_state(client: Any, publication: str, applied: Mapping[str, int],
+                  estimated_rows: Mapping[str, int | None]) -> CaptureState:
+    """The step's `CaptureState`, asked of the destination (a few queries for the step)."""
+    from dlt.destinations.exceptions import DatabaseUndefinedRelation
+
+    now = spool_position(client)
+    try:
+        found = pending(client, applied) if applied and now else {}
+    except DatabaseUndefinedRelation:
+        found = {}
+    whole = {name: why for name, changes in found.items()
+             if (why := read_whole(changes, estimated_rows.get(name))) is not None}
+    keys = {name: spooled_keys(client, name, applied[name], changes.last_lsn)
+            for name, changes in found.items() if name not in whole}
+    return CaptureState(publication, now, found, keys, whole)
+
+
+def spool_batches(changes: Iterable[Any], batch_rows: int = 50_000) -> Iterator[pa.Table]:
+    """Key changes (`pg_to_bq.postgres.cdc.keys.KeyChange`) as spool rows, a batch at a time."""
+    rows: list[tuple] = []
+    for change in changes:
+        rows.append((f"{change.schema}.{change.table}", change.lsn, change.op,
+                     json.dumps(list(change.key))))
+        if len(rows) >= batch_rows:
+            yield _table(rows)
+            rows = []
+    if rows:
+        yield _table(rows)
+
+
+def _table(rows: list[tuple]) -> pa.Table:
+    columns = list(zip(*rows, strict=True))
+    return pa.table([pa.array(c, type=f.type) for c, f in zip(columns, SPOOL_SCHEMA, strict=True)],
+                    schema=SPOOL_SCHEMA)
+
+
+def pending(client: Any, applied: Mapping[str, int]) -> dict[str, Pending]:
+    """Each table's spooled changes after its applied position (`applied`: source table
+    name -> position), one query; a table with none is left out."""
+    if not applied:
+        return {}
+    spool = client.make_qualified_table_name(SPOOL_TABLE)
+    literal_ = client.capabilities.escape_literal
+    names = list(applied)
+    found: dict[str, Pending] = {}
+    for start in range(0, len(names), 200):
+        chunk = names[start:start + 200]
+        sql = " UNION ALL ".join(
+            f"SELECT {i} AS i, count(DISTINCT key) AS n, max(lsn) AS last, "
+            f"max(CASE WHEN op = 'truncate' THEN 1 ELSE 0 END) AS t, "
+            + ", ".join(f"sum(CASE WHEN op = '{op}' THEN 1 ELSE 0 END) AS {op}s"
+                        for op in ("insert", "update", "delete"))
+            + f" FROM {spool} WHERE table_name = {literal_(name)} AND lsn > {int(applied[name])}"
+            for i, name in enumerate(chunk))
+        for index, keys, last, truncated, inserts, updates, deletes in \
+                client.execute_sql(sql) or []:
+            if last is not None:
+                found[chunk[int(index)]] = Pending(int(keys), int(last), bool(truncated),
+                                                   int(inserts or 0), int(updates or 0),
+                                                   int(deletes or 0))
+    return found
+
+
+def spool_position(client: Any) -> int:
+    """The newest position in the spool (0 when it is empty or missing)."""
+    from dlt.destinations.exceptions import DatabaseUndefinedRelation
+
+    try:
+        rows = client.execute_sql(
+            f"SELECT max(lsn) FROM {client.make_qualified_table_name(SPOOL_TABLE)}") or []
+    except DatabaseUndefinedRelation:
+        return 0
+    return int(rows[0][0] or 0) if rows else 0
+
+
+def spooled_keys(client: Any, table: str, after: int, through: int) -> list[tuple]:
+    """The distinct keys spooled for `table` (source name) in (after, through]."""
+    spool = client.make_qualified_table_name(SPOOL_TABLE)
+    rows = client.execute_sql(
+        f"SELECT DISTINCT key FROM {spool} WHERE table_name = "
+        f"{client.capabilities.escape_literal(table)} AND lsn > {int(after)} AND "
+        f"lsn <= {int(through)} AND op <> 'truncate'") or []
+    return [tuple(json.loads(key)) for (key,) in rows]
+
+
+def read_whole(pending_: Pending, estimated_rows: int | None) -> str | None:
+    """Why a table's changes are applied by reading it whole, or None (by key)."""
+    if pending_.truncated:
+        return "truncated in PostgreSQL: read whole"
+    share = (estimated_rows or 0) * MAX_KEY_SHARE
+    if pending_.keys > MAX_KEYS or (estimated_rows and pending_.keys > max(share, 1_000)):
+        return f"{pending_.keys:,} changed rows: read whole (cheaper than by key)"
+    return None
+
+
+def _key_types(plan: TablePlan) -> list[str]:
+    return [plan.table.column(k).type for k in plan.primary_key]
+
+
+def key_condition(plan: TablePlan, keys: Sequence[tuple]) -> str:
+    """A WHERE condition selecting exactly the rows of `keys` (the primary key's values as
+    text): ranges of a single integer key, else a list of typed literals."""
+    types = _key_types(plan)
+    columns = [quote_ident(k) for k in plan.primary_key]
+    present = [k for k in keys if all(v is not None for v in k)]
+    if not present:
+        return "false"
+    if len(columns) == 1 and types[0] in _INTEGER_TYPES:
+        values = sorted({int(k[0]) for k in present})
+        ranges, start, previous = [], values[0], values[0]
+        for value in values[1:]:
+            if value != previous + 1:
+                ranges.append((start, previous))
+                start = value
+            previous = value
+        ranges.append((start, previous))
+        column = columns[0]
+        return " OR ".join(f"{column} = {a}" if a == b else f"{column} BETWEEN {a} AND {b}"
+                           for a, b in ranges)
+    listed = ", ".join("(" + ", ".join(literal(v, t) for v, t in zip(k, types, strict=True)) + ")"
+                       for k in present)
+    return f"({', '.join(columns)}) IN ({listed})"
+
+
+def absent_keys_sql(plan: TablePlan, keys: Sequence[tuple]) -> str:
+    """The keys among `keys` that the table no longer has (run in the read's snapshot)."""
+    types = _key_types(plan)
+    names = [f"k{i}" for i in range(len(types))]
+    values = ", ".join(
+        "(" + ", ".join(literal(v, t) if v is not None else f"NULL::{t}"
+                        for v, t in zip(k, types, strict=True)) + ")"
+        for k in keys)
+    matches = " AND ".join(f"t.{quote_ident(c)} = v.{n}"
+                           for c, n in zip(plan.primary_key, names, strict=True))
+    return (f"SELECT {', '.join(f'v.{n}::text' for n in names)} FROM (VALUES {values}) AS "
+            f"v({', '.join(names)}) WHERE NOT EXISTS (SELECT 1 FROM {qualified_name(plan)} "
+            f"AS t WHERE {matches})")
+
+
+def delete_keys(client: Any, plan: TablePlan, keys: Sequence[tuple]) -> int:
+    """Delete the destination rows of `keys` (text values; integers compared as numbers)."""
+    if not keys:
+        return 0
+    table = client.make_qualified_table_name(plan.destination_table)
+    columns = [client.escape_column_name(plan.column_for(k).name) for k in plan.primary_key]
+    types = _key_types(plan)
+    quote = client.capabilities.escape_literal
+
+    def value(text: str, pg_type: str) -> str:
+        return str(int(text)) if pg_type in _INTEGER_TYPES else quote(text)
+
+    for start in range(0, len(keys), DELETE_CHUNK):
+        chunk = keys[start:start + DELETE_CHUNK]
+        condition = " OR ".join(
+            "(" + " AND ".join(f"{c} = {value(v, t)}"
+                               for c, v, t in zip(columns, k, types, strict=True)) + ")"
+            for k in chunk)
+        client.execute_sql(f"DELETE FROM {table} WHERE {condition}")
+    return len(keys)
+
+
+def clean_spool(client: Any, applied: Mapping[str, int]) -> None:
+    """Delete the spooled keys each table has applied (and those of tables no longer
+    captured are kept until they are: a table's full read then covers them)."""
+    if not applied:
+        return
+    spool = client.make_qualified_table_name(SPOOL_TABLE)
+    literal_ = client.capabilities.escape_literal
+    names = list(applied)
+    for start in range(0, len(names), 200):
+        chunk = names[start:start + 200]
+        condition = " OR ".join(f"(table_name = {literal_(n)} AND lsn <= {int(applied[n])})"
+                                for n in chunk)
+        client.execute_sql(f"DELETE FROM {spool} WHERE {condition}")
