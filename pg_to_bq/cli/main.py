@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -233,6 +234,13 @@ def cmd_sync(
                 raise_on_error=False,
             )
             if not result.success:
+                catalog_failure = _failure_message(result, ctx.names.name("discover_tables"))
+                if catalog_failure:
+                    report.step_failed("the catalog step", catalog_failure)
+                    # The tables whose steps wait for it (change capture) did not run.
+                    report.unreported(run_plans, "not loaded: the catalog step, which reads "
+                                      "the changes captured tables apply, failed (above); the "
+                                      "next run loads them")
                 report.unreported(run_plans, _failure_message(result))
     return report.summary()
 
@@ -245,6 +253,7 @@ class _Report:
         self.outcomes: dict[str, Any] = {}
         self.done = 0
         self.started = time.monotonic()
+        self.failed_steps: list[str] = []
 
     def table(self, outcome: Any) -> None:
         self.outcomes[outcome.table] = outcome
@@ -267,6 +276,11 @@ class _Report:
         print(f"{prefix}: {state}, {outcome.rows:,} rows ({mode}){deleted} in "
               f"{outcome.seconds:.1f}s{checks}", flush=True)
 
+    def step_failed(self, what: str, message: str) -> None:
+        """A step that loads no table of its own failed (the catalog step)."""
+        self.failed_steps.append(f"{what}: {message}")
+        print(f"FAILED {what}: {message}", flush=True)
+
     def unreported(self, plans: Sequence[TablePlan], message: str | None) -> None:
         """Tables of a failed run that no step reported (the step failed as a whole)."""
         from pg_to_bq.orchestration.progress import TableOutcome
@@ -285,6 +299,8 @@ class _Report:
         print(f"\n{len(loaded)} loaded, {len(failed)} failed"
               + (f", {len(gone)} not in PostgreSQL" if gone else "")
               + f", {rows:,} rows in {time.monotonic() - self.started:.1f}s")
+        for step in self.failed_steps:
+            print(f"  FAILED {step}")
         for outcome in failed:
             print(f"  FAILED {outcome.table}: {outcome.error}")
         for outcome in gone:
@@ -297,19 +313,26 @@ class _Report:
                     print(f"  {outcome.table}: {note}")
         if failed and not self.verbose:
             print("(stack traces are in the Dagster event log; --verbose prints them here)")
-        return 1 if failed else 0
+        return 1 if failed or self.failed_steps else 0
 
 
-def _failure_message(result: Any) -> str | None:
-    """The first line of the first step failure of a Dagster run."""
+def _failure_message(result: Any, step: str | None = None) -> str | None:
+    """The first line of the first step failure of a Dagster run (of `step`, if given)."""
     for event in result.get_step_failure_events():
+        if step is not None and event.step_key != step:
+            continue
         failure = event.step_failure_data
         if failure is None:
             continue
         if failure.user_failure_data is not None and failure.user_failure_data.description:
             return failure.user_failure_data.description.splitlines()[0]
         if failure.error is not None:
-            return failure.error.message.strip().splitlines()[0]
+            # The exception that started it, not the wrappers (Dagster's, dlt's) around it.
+            error = failure.error
+            while error.cause is not None:
+                error = error.cause
+            line = error.message.strip().splitlines()[0]
+            return re.sub(r"\s+", " ", re.sub(r"^(?:[A-Za-z_]\w*\.)+[A-Za-z_]\w*: ", "", line))
     return None
 
 

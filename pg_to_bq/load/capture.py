@@ -25,7 +25,15 @@ from typing import Any
 
 import dlt
 
-from pg_to_bq.load.changes import NO_KEY, SPOOL_SCHEMA, SPOOL_TABLE, clean_spool, spool_batches
+from pg_to_bq.load.changes import (
+    NO_KEY,
+    SPOOL_SCHEMA,
+    SPOOL_TABLE,
+    clean_spool,
+    marker,
+    spool_batches,
+    spool_position,
+)
 from pg_to_bq.planning.tables import TablePlan
 from pg_to_bq.postgres.cdc.errors import DbaActionRequired
 from pg_to_bq.postgres.cdc.keys import KeyChange, KeyReader
@@ -44,6 +52,12 @@ from pg_to_bq.postgres.connect import connect
 log = logging.getLogger(__name__)
 
 
+# How long a run waits for another run's read of the slot to finish.
+BUSY_WAIT_S = 900.0
+# How long a read of the slot may go without progress before it fails.
+STALL_S = 300.0
+
+
 @dataclass
 class CaptureReport:
     """What a run's capture did, for the catalog step's metadata, check and log."""
@@ -60,6 +74,8 @@ class CaptureReport:
     created: str | None = None
     # Captured tables that must be read whole: their changes since the last run are lost.
     recopy: list[str] = field(default_factory=list)
+    # Tables that applied changes before and are not captured now: read whole next time.
+    left: list[str] = field(default_factory=list)
     dba_sql: list[str] = field(default_factory=list)
 
     @property
@@ -68,8 +84,8 @@ class CaptureReport:
 
 
 def capture(url: str, *, slot: str, publication: str, plans: Sequence[TablePlan],
-            pipeline: Any, applied: Mapping[str, int], statement_timeout_s: int = 3600
-            ) -> CaptureReport:
+            pipeline: Any, applied: Mapping[str, int], statement_timeout_s: int = 3600,
+            run_id: str | None = None) -> CaptureReport:
     """Make sure the publication and the slot exist, spool the keys changed since the last
     run, advance the slot (see the module's docstring).
 
@@ -81,6 +97,8 @@ def capture(url: str, *, slot: str, publication: str, plans: Sequence[TablePlan]
         applied: Each captured table's applied position (source name -> LSN), from its
             state: spooled keys at or before it are deleted; a table with a position whose
             slot is lost must be read whole.
+        run_id: The run's id, spooled with the position read (the marker its table steps
+            look for: without it they do not take the spool for all that changed).
     """
     report = CaptureReport()
     by_name = {(p.table.schema, p.table.name): p for p in plans}
@@ -105,6 +123,9 @@ def capture(url: str, *, slot: str, publication: str, plans: Sequence[TablePlan]
                 (publication,)).fetchall()
             tables = [t for t in tables if t in {tuple(r) for r in published_now}]
         report.captured = [f"{s}.{t}" for s, t in tables]
+        # A table that applied changes before but is not captured now (out of the
+        # publication, its key gone): its changes meanwhile are not in the slot.
+        report.left = [name for name in applied if name not in report.captured]
         status = slot_status(conn, slot)
         report.before = status
         had_positions = [name for name in report.captured if name in applied]
@@ -127,7 +148,9 @@ def capture(url: str, *, slot: str, publication: str, plans: Sequence[TablePlan]
             report.changes[f"{change.schema}.{change.table}"] += 1
             yield change
 
-    with ChangeStream(url, slot, [publication]) as stream:
+    # Another run reading the slot (runs may overlap): wait for it, up to BUSY_WAIT_S.
+    with ChangeStream(url, slot, [publication], busy_timeout=BUSY_WAIT_S,
+                      stall_timeout=STALL_S) as stream:
         reader = KeyReader(stream, lambda schema, table: key_columns.get((schema, table)))
         resource = dlt.resource(spool_batches(counted(reader.changes())), name=SPOOL_TABLE,
                                 write_disposition="append",
@@ -135,6 +158,13 @@ def capture(url: str, *, slot: str, publication: str, plans: Sequence[TablePlan]
                                           "nullable": f.name == "key"} for f in SPOOL_SCHEMA])
         pipeline.extract(resource, loader_file_format="parquet")
         position = stream.position
+        if run_id is not None:
+            # Its marker, in the same load as the keys.
+            pipeline.extract(dlt.resource([marker(run_id, position)], name=SPOOL_TABLE,
+                                          write_disposition="append"),
+                             loader_file_format="parquet")
+    with pipeline.sql_client() as client:
+        spooled_before = spool_position(client)
     pipeline.normalize()
     pipeline.load()
     with _managing(url, statement_timeout_s) as conn:
@@ -143,7 +173,8 @@ def capture(url: str, *, slot: str, publication: str, plans: Sequence[TablePlan]
     report.position = position
     with pipeline.sql_client() as client:
         clean_spool(client, {name: lsn for name, lsn in applied.items()
-                             if name in report.captured and name not in report.recopy})
+                             if name in report.captured and name not in report.recopy},
+                    others_through=spooled_before, run_id=run_id)
     return report
 
 

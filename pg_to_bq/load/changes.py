@@ -32,6 +32,8 @@ SPOOL_SCHEMA = pa.schema([("table_name", pa.string()), ("lsn", pa.int64()),
 # which costs about the same and is simpler for PostgreSQL.
 MAX_KEYS = 50_000
 MAX_KEY_SHARE = 0.2
+# A run's marker in the spool (table_name '', key: the run's id): it read the slot.
+RUN_MARKER = "run"
 # Why a table without a primary key is not captured.
 NO_KEY = ("no primary key: changes are applied by key (declare one, or name a unique column "
           "set as its primary_key in the tables file and set REPLICA IDENTITY FULL)")
@@ -66,14 +68,21 @@ class CaptureState:
     keys: Mapping[str, list[tuple]]
     # Tables with pending changes that are read whole instead, and why.
     whole: Mapping[str, str]
+    # Whether this run read the slot (its capture left a marker): when not (one table
+    # materialized on its own, without the catalog step), what is spooled is not all that
+    # changed, and the captured tables load by their cursor this time.
+    fresh: bool = True
 
 
 def capture_state(client: Any, publication: str, applied: Mapping[str, int],
-                  estimated_rows: Mapping[str, int | None]) -> CaptureState:
+                  estimated_rows: Mapping[str, int | None], run_id: str | None = None
+                  ) -> CaptureState:
     """The step's `CaptureState`, asked of the destination (a few queries for the step)."""
     from dlt.destinations.exceptions import DatabaseUndefinedRelation
 
     now = spool_position(client)
+    if run_id is not None and not captured_in(client, run_id):
+        return CaptureState(publication, now, {}, {}, {}, fresh=False)
     try:
         found = pending(client, applied) if applied and now else {}
     except DatabaseUndefinedRelation:
@@ -129,6 +138,25 @@ def pending(client: Any, applied: Mapping[str, int]) -> dict[str, Pending]:
                                                    int(inserts or 0), int(updates or 0),
                                                    int(deletes or 0))
     return found
+
+
+def marker(run_id: str, position: int) -> pa.Table:
+    """The spool row saying run `run_id` read the slot up to `position`."""
+    return _table([("", position, RUN_MARKER, run_id)])
+
+
+def captured_in(client: Any, run_id: str) -> bool:
+    """Whether run `run_id` read the slot (its marker is in the spool)."""
+    from dlt.destinations.exceptions import DatabaseUndefinedRelation
+
+    try:
+        rows = client.execute_sql(
+            f"SELECT count(*) FROM {client.make_qualified_table_name(SPOOL_TABLE)} WHERE "
+            f"table_name = '' AND op = '{RUN_MARKER}' AND "
+            f"key = {client.capabilities.escape_literal(run_id)}") or []
+    except DatabaseUndefinedRelation:
+        return False
+    return bool(rows and rows[0][0])
 
 
 def spool_position(client: Any) -> int:
@@ -229,16 +257,32 @@ def delete_keys(client: Any, plan: TablePlan, keys: Sequence[tuple]) -> int:
     return len(keys)
 
 
-def clean_spool(client: Any, applied: Mapping[str, int]) -> None:
-    """Delete the spooled keys each table has applied (and those of tables no longer
-    captured are kept until they are: a table's full read then covers them)."""
-    if not applied:
-        return
+def clean_spool(client: Any, applied: Mapping[str, int], others_through: int = 0,
+                run_id: str | None = None) -> None:
+    """Delete the spooled keys each table has applied (`applied`: source name -> position),
+    and those of every other table up to `others_through`: a table without an applied
+    position is read whole by its next step, which covers every key spooled before it."""
+    from dlt.destinations.exceptions import DatabaseUndefinedRelation
+
     spool = client.make_qualified_table_name(SPOOL_TABLE)
     literal_ = client.capabilities.escape_literal
     names = list(applied)
+    statements = []
     for start in range(0, len(names), 200):
         chunk = names[start:start + 200]
         condition = " OR ".join(f"(table_name = {literal_(n)} AND lsn <= {int(applied[n])})"
                                 for n in chunk)
-        client.execute_sql(f"DELETE FROM {spool} WHERE {condition}")
+        statements.append(f"DELETE FROM {spool} WHERE {condition}")
+    if others_through:
+        kept = ", ".join(literal_(n) for n in [*names, ""])
+        statements.append(f"DELETE FROM {spool} WHERE lsn <= {int(others_through)} AND "
+                          f"table_name NOT IN ({kept})")
+    if run_id is not None:
+        # Earlier runs' markers (a run's own steps look for its marker only).
+        statements.append(f"DELETE FROM {spool} WHERE table_name = '' AND "
+                          f"key <> {literal_(run_id)}")
+    for statement in statements:
+        try:
+            client.execute_sql(statement)
+        except DatabaseUndefinedRelation:
+            return  # no change was ever spooled: nothing to clean

@@ -127,6 +127,7 @@ def load_group(
     fingerprint_rows: int | None = None,
     drift_max_rows: int | None = DEFAULT_DRIFT_MAX_ROWS,
     cdc_publication: str | None = None,
+    run_id: str | None = None,
 ) -> list[LoadResult]:
     """Load `loads` with the dlt pipeline `pipeline_name`; a result per table, in order.
 
@@ -147,6 +148,7 @@ def load_group(
     table is unchanged in PostgreSQL and not read. With `cdc_publication` (change capture on),
     the tables it publishes are loaded from the keys the capture spooled (`pg_to_bq.load.
     changes`): only their changed rows are read; a table with no change is not read at all.
+    `run_id` (the Dagster run's) tells whether this run read the slot (its marker).
     """
     run = _GroupRun(
         loads=loads, source_url=source_url, dataset=dataset, work_dir=work_dir,
@@ -154,7 +156,7 @@ def load_group(
         on_batch=on_batch, on_result=on_result, count_rows=count_rows,
         raise_errors=raise_errors, destination_lock=destination_lock,
         record_state=record_state, fingerprint_rows=fingerprint_rows,
-        drift_max_rows=drift_max_rows, cdc_publication=cdc_publication)
+        drift_max_rows=drift_max_rows, cdc_publication=cdc_publication, run_id=run_id)
     with exclusive(pipelines_dir(work_dir) / pipeline_name, _waiting_for(pipeline_name)):
         run.pipeline = group_pipeline(pipeline_name, destination, dataset, work_dir)
         with dlt.config.values(dlt_settings(run.pipeline.destination)):
@@ -194,6 +196,7 @@ class _GroupRun:
     fingerprint_rows: int | None = None
     drift_max_rows: int | None = None
     cdc_publication: str | None = None
+    run_id: str | None = None
     pipeline: Any = None
     results: dict[int, LoadResult] = field(default_factory=dict)
 
@@ -294,7 +297,7 @@ class _GroupRun:
             # estimate may be missing (a table never analyzed).
             return capture_state(client, self.cdc_publication, applied, {
                 load.plan.name: states.get(load.plan.destination_table, {}).get(ROWS_KEY)
-                or load.plan.table.estimated_rows for load in self.loads})
+                or load.plan.table.estimated_rows for load in self.loads}, self.run_id)
 
     def delete_absent(self, loaded: list[TableRead]) -> dict[str, str]:
         """Delete the keys change capture found gone from PostgreSQL (after the merge of the

@@ -317,6 +317,15 @@ class TableReads:
         captured = self.capture is not None and plan.name in self.captured \
             and load.window is None
         cdc_lsn = self.capture.spool_now if captured and self.capture else None
+        if captured and self.capture is not None and not self.capture.fresh and not (
+                load.full_refresh or whole):
+            # This run did not read the slot (one table materialized on its own): what is
+            # spooled is not all that changed, and a cursor cannot see the rest. Read whole,
+            # which covers every key spooled so far; later ones the next capture applies.
+            mode, where, cursor_from = "full", None, None
+            doubt = ("this run did not read change capture's slot (its catalog step was not "
+                     "part of it): read whole")
+            captured = False
         keys: list[tuple] = []
         if captured and self.capture is not None and not load.full_refresh and not whole \
                 and state.get(CDC_STATE_KEY) is not None:

@@ -51,12 +51,17 @@ def run_capture(context: dg.AssetExecutionContext, settings: Settings, live: Any
                    and states[p.destination_table].get(CDC_STATE_KEY) is not None}
         report = capture(url, slot=settings.cdc_slot, publication=settings.cdc_publication,
                          plans=plans, pipeline=pipeline, applied=applied,
-                         statement_timeout_s=source.statement_timeout_s)
-        if report.recopy:
-            by_name = {p.name: p.destination_table for p in plans}
-            write_states(pipeline, {by_name[name]: invalidated(
-                f"{report.created}: its changes since the last run are lost, so it is read "
-                "whole") for name in report.recopy})
+                         statement_timeout_s=source.statement_timeout_s,
+                         run_id=context.run.run_id)
+        by_name = {p.name: p.destination_table for p in plans}
+        lost = {by_name[name]: invalidated(
+            f"{report.created}: its changes since the last run are lost, so it is read whole")
+            for name in report.recopy}
+        lost.update({by_name[name]: invalidated(
+            "change capture no longer follows it (out of the publication, or no key): read "
+            "whole") for name in report.left if name in by_name})
+        if lost:
+            write_states(pipeline, lost)
     for line in summary(report, settings):
         progress.notice(line)
         if report.capturing and not line.startswith("  "):

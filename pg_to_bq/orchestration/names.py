@@ -11,6 +11,7 @@ source from its loaded table).
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -166,6 +167,12 @@ CATALOG_KEY = ("postgres", "catalog")
 
 def catalog_key(ctx: AssetContext) -> dg.AssetKey:
     return dg.AssetKey([*ctx.key_prefix, *CATALOG_KEY])
+
+
+def captured_by(plans: Sequence[TablePlan], ctx: AssetContext) -> bool:
+    """Whether change capture may follow any of `plans` (it is on, and one has a primary
+    key): their step then runs after the catalog step, which reads the changes."""
+    return ctx.cdc_publication is not None and any(p.primary_key for p in plans)
 
 
 def key_part(name: str) -> str:

@@ -19,6 +19,7 @@ from pg_to_bq.orchestration.names import (
     PARTITIONED_TAG,
     SCHEDULE_TAG,
     AssetContext,
+    captured_by,
     catalog_key,
     destination_key,
     key_part,
@@ -171,7 +172,7 @@ def table_spec(plan: TablePlan, ctx: AssetContext) -> dg.AssetSpec:
         key=destination_key(plan, ctx),
         # With change capture, after the catalog step, which reads the changes.
         deps=[source_key(plan.table, ctx),
-              *([catalog_key(ctx)] if ctx.cdc_publication else [])],
+              *([catalog_key(ctx)] if captured_by([plan], ctx) else [])],
         description=_describe(
             plan.table, plan.table.comment,
             f"PostgreSQL `{plan.name}` loaded by dlt into "

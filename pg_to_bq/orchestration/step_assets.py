@@ -17,7 +17,14 @@ from typing import Any
 
 import dagster as dg
 
-from pg_to_bq.orchestration.names import LOAD_CONFIG_SCHEMA, AssetContext, LoadConfig, source_key
+from pg_to_bq.orchestration.names import (
+    LOAD_CONFIG_SCHEMA,
+    AssetContext,
+    LoadConfig,
+    captured_by,
+    catalog_key,
+    source_key,
+)
 from pg_to_bq.orchestration.specs import check_specs, source_spec, table_spec
 from pg_to_bq.planning.groups import LoadGroup, group_plans
 from pg_to_bq.planning.naming import dagster_name
@@ -72,6 +79,10 @@ def build_group_asset(group: LoadGroup, ctx: AssetContext) -> dg.AssetsDefinitio
         for check in check_specs(plan, spec.key, ctx.fingerprint):
             checks_by_output[_output_name(spec.key, check.name)] = check
     outs.update(dict.fromkeys(checks_by_output, _CHECK_OUT))
+    if captured_by(group.plans, ctx):
+        # Change capture: after the catalog step, which reads the changes (a failed read
+        # stops these steps rather than let them call a table unchanged).
+        keys_by_input[_input_name(catalog_key(ctx))] = catalog_key(ctx)
 
     def _load(context: dg.AssetExecutionContext, inputs: Mapping[str, Any]
               ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
@@ -118,6 +129,15 @@ def build_assets(
     loaded asset: materializing it fails with the reason.
     """
     loaded = [p for p in plans if p.columns or p.error]
-    groups = group_plans(loaded, ctx.step_tables, ctx.own_step_bytes,
-                         prefix=ctx.names.name("") if ctx.names.prefix else "")
+    prefix = ctx.names.name("") if ctx.names.prefix else ""
+    if ctx.cdc_publication is None:
+        groups = group_plans(loaded, ctx.step_tables, ctx.own_step_bytes, prefix=prefix)
+    else:
+        # With change capture, the tables it may follow (a primary key) run after the
+        # catalog step and the others in steps of their own, which a failed read of the
+        # slot does not stop.
+        groups = group_plans([p for p in loaded if p.primary_key], ctx.step_tables,
+                             ctx.own_step_bytes, prefix=prefix) + \
+            group_plans([p for p in loaded if not p.primary_key], ctx.step_tables,
+                        ctx.own_step_bytes, prefix=f"{prefix}keyless_")
     return [source_spec(p, ctx) for p in plans], [build_group_asset(g, ctx) for g in groups]

@@ -156,7 +156,8 @@ def load_with(context: dg.OpExecutionContext | dg.AssetExecutionContext,
         statement_timeout_s=source.statement_timeout_s, on_batch=_Progress(context),
         destination_lock=lambda: destination.writing(on_wait=waiting),
         fingerprint_rows=ctx.fingerprint_rows if ctx.fingerprint else None,
-        drift_max_rows=ctx.drift_max_rows or None, cdc_publication=ctx.cdc_publication)
+        drift_max_rows=ctx.drift_max_rows or None, cdc_publication=ctx.cdc_publication,
+        run_id=context.run.run_id)
 
 
 def _window(context: dg.AssetExecutionContext, plans: Sequence[TablePlan]) -> Window | None:

@@ -53,7 +53,7 @@ from typing import Any
 
 import psycopg
 
-from .errors import ReplicationError, SlotBusy, SlotInvalidated, SlotMissing
+from .errors import CdcError, ReplicationError, SlotBusy, SlotInvalidated, SlotMissing
 from .pgoutput import (
     Begin,
     Commit,
@@ -111,6 +111,20 @@ def end_point(lsn: int, block_size: int, segment_size: int) -> int:
     if lsn % block_size == _SHORT_PAGE_HEADER:
         return lsn - _SHORT_PAGE_HEADER
     return lsn
+
+
+def _flush_wal(conn: ReplicationConnection) -> None:
+    """Have the WAL up to the end point flushed: the walsender decodes flushed WAL only, and
+    WAL no commit is waiting for (hint bits logged by reads, an asynchronous commit) may
+    otherwise sit in the server's buffers until a checkpoint, minutes later on an idle
+    server, while this read waits for it. A transaction with an xid, committed with
+    `synchronous_commit = on`, flushes everything before it. Not possible on a standby
+    (nothing to flush there) or where refused: then the read waits for the server."""
+    try:
+        conn.command("SET synchronous_commit = on")
+        conn.command("SELECT pg_current_xact_id()")
+    except (CdcError, psycopg.Error):
+        pass
 
 
 class Transaction:
@@ -248,6 +262,7 @@ class ChangeStream:
             [point] = conn.command(_END_POINT_SQL)
             end_lsn = end_point(int(point["lsn"]), int(point["block_size"]),
                                 int(point["segment_size"]))
+            _flush_wal(conn)
         self.end_lsn = end_lsn
         # Reported until the caller confirms: "nothing new", never a position we made up.
         self.position = self.start_lsn

@@ -282,3 +282,4 @@ def test_a_read_that_makes_no_progress_gives_up(db: str) -> None:
         with pytest.raises(ReplicationError, match="no progress for 2 s"):
             list(stream.messages())
         assert 2 <= time.monotonic() - started < 6
+
