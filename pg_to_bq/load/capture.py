@@ -26,6 +26,8 @@ from typing import Any
 import dlt
 
 from pg_to_bq.load.changes import (
+    MANY,
+    MAX_KEYS,
     NO_KEY,
     SPOOL_SCHEMA,
     SPOOL_TABLE,
@@ -35,7 +37,7 @@ from pg_to_bq.load.changes import (
     spool_position,
 )
 from pg_to_bq.planning.tables import TablePlan
-from pg_to_bq.postgres.cdc.errors import DbaActionRequired
+from pg_to_bq.postgres.cdc.errors import CdcError, DbaActionRequired
 from pg_to_bq.postgres.cdc.keys import KeyChange, KeyReader
 from pg_to_bq.postgres.cdc.prerequisites import Assessment, Finding, assess, fetch_facts
 from pg_to_bq.postgres.cdc.publication import ensure_publication
@@ -127,6 +129,13 @@ def capture(url: str, *, slot: str, publication: str, plans: Sequence[TablePlan]
         # publication, its key gone): its changes meanwhile are not in the slot.
         report.left = [name for name in applied if name not in report.captured]
         status = slot_status(conn, slot)
+        [database] = conn.execute("SELECT current_database()").fetchone()
+        if status.exists and status.database != database:
+            # Slot names are the server's, not the database's.
+            raise CdcError(
+                f"replication slot {slot} belongs to database {status.database}, not "
+                f"{database} (another mirror's?): set PG_TO_BQ_CDC_SLOT (and "
+                "PG_TO_BQ_CDC_PUBLICATION) to names of this mirror's own")
         report.before = status
         had_positions = [name for name in report.captured if name in applied]
         if not status.exists or status.lost:
@@ -144,25 +153,32 @@ def capture(url: str, *, slot: str, publication: str, plans: Sequence[TablePlan]
     key_columns = {(s, t): by_name[(s, t)].primary_key for s, t in tables}
 
     def counted(changes: Iterator[KeyChange]) -> Iterator[KeyChange]:
+        # Past MAX_KEYS a table is read whole: one `many` row instead of the rest of its
+        # keys (a million-row UPDATE spools one row, not a million).
         for change in changes:
-            report.changes[f"{change.schema}.{change.table}"] += 1
-            yield change
+            name = f"{change.schema}.{change.table}"
+            report.changes[name] += 1
+            seen = report.changes[name]
+            if seen <= MAX_KEYS:
+                yield change
+            elif seen == MAX_KEYS + 1:
+                yield KeyChange(change.schema, change.table, change.lsn, MANY)
 
     # Another run reading the slot (runs may overlap): wait for it, up to BUSY_WAIT_S.
     with ChangeStream(url, slot, [publication], busy_timeout=BUSY_WAIT_S,
                       stall_timeout=STALL_S) as stream:
         reader = KeyReader(stream, lambda schema, table: key_columns.get((schema, table)))
-        resource = dlt.resource(spool_batches(counted(reader.changes())), name=SPOOL_TABLE,
-                                write_disposition="append",
+        def rows() -> Iterator[Any]:
+            yield from spool_batches(counted(reader.changes()))
+            if run_id is not None:
+                # The run's marker, in the same load as its keys.
+                yield marker(run_id, stream.position)
+
+        resource = dlt.resource(rows, name=SPOOL_TABLE, write_disposition="append",
                                 columns=[{"name": f.name, "data_type": _type(f.type),
                                           "nullable": f.name == "key"} for f in SPOOL_SCHEMA])
         pipeline.extract(resource, loader_file_format="parquet")
         position = stream.position
-        if run_id is not None:
-            # Its marker, in the same load as the keys.
-            pipeline.extract(dlt.resource([marker(run_id, position)], name=SPOOL_TABLE,
-                                          write_disposition="append"),
-                             loader_file_format="parquet")
     with pipeline.sql_client() as client:
         spooled_before = spool_position(client)
     pipeline.normalize()

@@ -32,6 +32,8 @@ SPOOL_SCHEMA = pa.schema([("table_name", pa.string()), ("lsn", pa.int64()),
 # which costs about the same and is simpler for PostgreSQL.
 MAX_KEYS = 50_000
 MAX_KEY_SHARE = 0.2
+# Spooled instead of a table's keys past MAX_KEYS in one read: the table is read whole.
+MANY = "many"
 # A run's marker in the spool (table_name '', key: the run's id): it read the slot.
 RUN_MARKER = "run"
 # Why a table without a primary key is not captured.
@@ -49,6 +51,8 @@ class Pending:
     keys: int
     last_lsn: int
     truncated: bool
+    # More keys changed in one read of the slot than are worth spooling (`MANY`).
+    many: bool = False
     # The spooled changes by kind (an update of the key is a delete and an update).
     inserts: int = 0
     updates: int = 0
@@ -89,8 +93,8 @@ def capture_state(client: Any, publication: str, applied: Mapping[str, int],
         found = {}
     whole = {name: why for name, changes in found.items()
              if (why := read_whole(changes, estimated_rows.get(name))) is not None}
-    keys = {name: spooled_keys(client, name, applied[name], changes.last_lsn)
-            for name, changes in found.items() if name not in whole}
+    keys = spooled_keys(client, {name: (applied[name], changes.last_lsn)
+                                 for name, changes in found.items() if name not in whole})
     return CaptureState(publication, now, found, keys, whole)
 
 
@@ -127,16 +131,17 @@ def pending(client: Any, applied: Mapping[str, int]) -> dict[str, Pending]:
         sql = " UNION ALL ".join(
             f"SELECT {i} AS i, count(DISTINCT key) AS n, max(lsn) AS last, "
             f"max(CASE WHEN op = 'truncate' THEN 1 ELSE 0 END) AS t, "
+            f"max(CASE WHEN op = '{MANY}' THEN 1 ELSE 0 END) AS m, "
             + ", ".join(f"sum(CASE WHEN op = '{op}' THEN 1 ELSE 0 END) AS {op}s"
                         for op in ("insert", "update", "delete"))
             + f" FROM {spool} WHERE table_name = {literal_(name)} AND lsn > {int(applied[name])}"
             for i, name in enumerate(chunk))
-        for index, keys, last, truncated, inserts, updates, deletes in \
+        for index, keys, last, truncated, many, inserts, updates, deletes in \
                 client.execute_sql(sql) or []:
             if last is not None:
                 found[chunk[int(index)]] = Pending(int(keys), int(last), bool(truncated),
-                                                   int(inserts or 0), int(updates or 0),
-                                                   int(deletes or 0))
+                                                   bool(many), int(inserts or 0),
+                                                   int(updates or 0), int(deletes or 0))
     return found
 
 
@@ -171,20 +176,31 @@ def spool_position(client: Any) -> int:
     return int(rows[0][0] or 0) if rows else 0
 
 
-def spooled_keys(client: Any, table: str, after: int, through: int) -> list[tuple]:
-    """The distinct keys spooled for `table` (source name) in (after, through]."""
+def spooled_keys(client: Any, spans: Mapping[str, tuple[int, int]]) -> dict[str, list[tuple]]:
+    """The distinct keys spooled for each table (source name) in its span (after, through],
+    one query per 200 tables."""
     spool = client.make_qualified_table_name(SPOOL_TABLE)
-    rows = client.execute_sql(
-        f"SELECT DISTINCT key FROM {spool} WHERE table_name = "
-        f"{client.capabilities.escape_literal(table)} AND lsn > {int(after)} AND "
-        f"lsn <= {int(through)} AND op <> 'truncate'") or []
-    return [tuple(json.loads(key)) for (key,) in rows]
+    literal_ = client.capabilities.escape_literal
+    found: dict[str, list[tuple]] = {name: [] for name in spans}
+    names = list(spans)
+    for start in range(0, len(names), 200):
+        condition = " OR ".join(
+            f"(table_name = {literal_(name)} AND lsn > {int(spans[name][0])} AND "
+            f"lsn <= {int(spans[name][1])})" for name in names[start:start + 200])
+        rows = client.execute_sql(
+            f"SELECT DISTINCT table_name, key FROM {spool} WHERE ({condition}) AND "
+            f"op NOT IN ('truncate', '{MANY}')") or []
+        for table, key in rows:
+            found[table].append(tuple(json.loads(key)))
+    return found
 
 
 def read_whole(pending_: Pending, estimated_rows: int | None) -> str | None:
     """Why a table's changes are applied by reading it whole, or None (by key)."""
     if pending_.truncated:
         return "truncated in PostgreSQL: read whole"
+    if pending_.many:
+        return f"more than {MAX_KEYS:,} changed rows: read whole (cheaper than by key)"
     share = (estimated_rows or 0) * MAX_KEY_SHARE
     if pending_.keys > MAX_KEYS or (estimated_rows and pending_.keys > max(share, 1_000)):
         return f"{pending_.keys:,} changed rows: read whole (cheaper than by key)"
@@ -204,20 +220,28 @@ def key_condition(plan: TablePlan, keys: Sequence[tuple]) -> str:
     if not present:
         return "false"
     if len(columns) == 1 and types[0] in _INTEGER_TYPES:
+        # Runs of consecutive keys as ranges, the rest as one array: an index scan each,
+        # where thousands of ORed equalities would be tested against every row.
         values = sorted({int(k[0]) for k in present})
-        ranges, start, previous = [], values[0], values[0]
-        for value in values[1:]:
-            if value != previous + 1:
+        ranges, single, start, previous = [], [], values[0], values[0]
+        for value in [*values[1:], None]:
+            if value is not None and value == previous + 1:
+                previous = value
+                continue
+            if previous - start >= 2:
                 ranges.append((start, previous))
-                start = value
-            previous = value
-        ranges.append((start, previous))
+            else:
+                single.extend(range(start, previous + 1))
+            if value is not None:
+                start = previous = value
         column = columns[0]
-        return " OR ".join(f"{column} = {a}" if a == b else f"{column} BETWEEN {a} AND {b}"
-                           for a, b in ranges)
+        parts = [f"{column} BETWEEN {a} AND {b}" for a, b in ranges]
+        if single:
+            parts.append(f"{column} = ANY('{{{','.join(map(str, single))}}}'::{types[0]}[])")
+        return " OR ".join(parts)
     listed = ", ".join("(" + ", ".join(literal(v, t) for v, t in zip(k, types, strict=True)) + ")"
                        for k in present)
-    return f"({', '.join(columns)}) IN ({listed})"
+    return f"({', '.join(columns)}) IN (VALUES {listed})"
 
 
 def absent_keys_sql(plan: TablePlan, keys: Sequence[tuple]) -> str:

@@ -367,6 +367,23 @@ def test_one_table_materialized_alone_is_read_whole(shop, capsys) -> None:
     assert_exact(url, path)
 
 
+def test_a_slot_of_another_database_is_named_in_the_error(shop, pg_server, settings_env,
+                                                          capsys) -> None:
+    """Slot names are the server's: a second database mirrored into a dataset of the same
+    name finds the first one's slot, and says which setting gives it its own."""
+    with pg_server.database("second", SHOP) as second:
+        settings_env(second, cdc="true", work_dir=str(Path(os.environ["PG_TO_BQ_WORK_DIR"])
+                                                     .parent / "second"))
+        out = sync(capsys, status=1)
+        assert "FAILED the catalog step: replication slot pg_to_bq_raw belongs to database" \
+            in out, out
+        assert "set PG_TO_BQ_CDC_SLOT" in out
+        assert "public.plain: ok" in out  # not captured: not stopped
+        settings_env(second, cdc="true", cdc_slot="second_raw", cdc_publication="second_raw",
+                     work_dir=str(Path(os.environ["PG_TO_BQ_WORK_DIR"])))
+        sync(capsys)
+
+
 def test_two_runs_at_once_take_turns_on_the_slot(shop) -> None:
     url, path, _ = shop
     run_sql(url, "UPDATE orders SET status = 'twice' WHERE id < 100")
