@@ -40,7 +40,7 @@ RUN_MARKER = "run"
 NO_KEY = ("no primary key: changes are applied by key (declare one, or name a unique column "
           "set as its primary_key in the tables file and set REPLICA IDENTITY FULL)")
 # Keys one destination DELETE names at most.
-DELETE_CHUNK = 1_000
+DELETE_CHUNK = 10_000
 _INTEGER_TYPES = ("smallint", "integer", "bigint")
 
 
@@ -271,12 +271,17 @@ def delete_keys(client: Any, plan: TablePlan, keys: Sequence[tuple]) -> int:
     def value(text: str, pg_type: str) -> str:
         return str(int(text)) if pg_type in _INTEGER_TYPES else quote(text)
 
-    for start in range(0, len(keys), DELETE_CHUNK):
-        chunk = keys[start:start + DELETE_CHUNK]
-        condition = " OR ".join(
-            "(" + " AND ".join(f"{c} = {value(v, t)}"
-                               for c, v, t in zip(columns, k, types, strict=True)) + ")"
-            for k in chunk)
+    size = DELETE_CHUNK if len(columns) == 1 else 500
+    for start in range(0, len(keys), size):
+        chunk = keys[start:start + size]
+        if len(columns) == 1:
+            # One IN list: a hash lookup per row, where ORed equalities test each of them.
+            condition = f"{columns[0]} IN ({', '.join(value(k[0], types[0]) for k in chunk)})"
+        else:
+            condition = " OR ".join(
+                "(" + " AND ".join(f"{c} = {value(v, t)}"
+                                   for c, v, t in zip(columns, k, types, strict=True)) + ")"
+                for k in chunk)
         client.execute_sql(f"DELETE FROM {table} WHERE {condition}")
     return len(keys)
 
