@@ -15,6 +15,7 @@ are deleted by the next capture.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +43,7 @@ NO_KEY = ("no primary key: changes are applied by key (declare one, or name a un
 # Keys one destination DELETE names at most.
 DELETE_CHUNK = 10_000
 _INTEGER_TYPES = ("smallint", "integer", "bigint")
+_NUMBER = re.compile(r"-?\d+(\.\d+)?")
 
 
 @dataclass(frozen=True)
@@ -269,7 +271,12 @@ def delete_keys(client: Any, plan: TablePlan, keys: Sequence[tuple]) -> int:
     quote = client.capabilities.escape_literal
 
     def value(text: str, pg_type: str) -> str:
-        return str(int(text)) if pg_type in _INTEGER_TYPES else quote(text)
+        if pg_type in _INTEGER_TYPES:
+            return str(int(text))
+        if pg_type.startswith("numeric") and _NUMBER.fullmatch(text):
+            # A number as a number: BigQuery compares no string with a NUMERIC column.
+            return text
+        return quote(text)
 
     size = DELETE_CHUNK if len(columns) == 1 else 500
     for start in range(0, len(keys), size):

@@ -114,6 +114,31 @@ def test_an_unchanged_toasted_value_and_a_truncate(shop, capsys) -> None:
     assert duck_rows(path, "SELECT length(note) FROM raw.orders WHERE id = 2") == [(128000,)]
 
 
+def test_keys_of_other_types(pg_url, settings_env, capsys) -> None:
+    """Keys that are not integers: numeric, timestamptz, date + text with a quote; updated
+    and deleted by key in DuckDB (the text of pgoutput's key compared as the column's type)."""
+    run_sql(pg_url, """
+        CREATE TABLE prices (code numeric(10,2) PRIMARY KEY, v text);
+        INSERT INTO prices SELECT g / 4.0, 'p' || g FROM generate_series(1, 60) g;
+        CREATE TABLE readings (at timestamptz PRIMARY KEY, v int);
+        INSERT INTO readings SELECT timestamptz '2026-01-01 00:00:00.123456+09' + g * interval '1 h', g
+        FROM generate_series(1, 60) g;
+        CREATE TABLE notes (day date, who text, v text, PRIMARY KEY (day, who));
+        INSERT INTO notes SELECT date '2026-01-01' + g, 'o''brien ' || g, 'n' FROM generate_series(1, 60) g;
+    """)
+    path = settings_env(pg_url, cdc="true")
+    sync(capsys)
+    run_sql(pg_url, """
+        UPDATE prices SET v = 'changed' WHERE code IN (0.25, 7.5); DELETE FROM prices WHERE code = 10.00;
+        UPDATE readings SET v = -1 WHERE v IN (3, 4); DELETE FROM readings WHERE v = 5;
+        UPDATE notes SET v = 'x' WHERE who = 'o''brien 3'; DELETE FROM notes WHERE who = 'o''brien 4';
+    """)
+    out = sync(capsys)
+    assert out.count("(changes), 1 deleted") == 3, out
+    for table in ("prices", "readings", "notes"):
+        assert_mirrored_in_duckdb(pg_url, path, table)
+
+
 def test_many_changes_read_the_table_whole(shop, capsys) -> None:
     url, path, _ = shop
     run_sql(url, "UPDATE orders SET status = 'bulk' WHERE id <= 2000")

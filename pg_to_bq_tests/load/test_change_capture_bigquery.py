@@ -21,7 +21,13 @@ pytestmark = [pytest.mark.bigquery]
 
 def test_changes_arrive_exactly_in_bigquery(pg_url: str, settings_env, tmp_path,
                                             bigquery_emulator, capsys) -> None:
-    run_sql(pg_url, SHOP)
+    run_sql(pg_url, SHOP + """
+        CREATE TABLE prices (code numeric(10,2) PRIMARY KEY, v text);
+        INSERT INTO prices SELECT g / 4.0, 'p' || g FROM generate_series(1, 60) g;
+        CREATE TABLE readings (at timestamptz PRIMARY KEY, v int);
+        INSERT INTO readings SELECT timestamptz '2026-01-01 00:00:00.123456+09'
+                                    + g * interval '1 h', g FROM generate_series(1, 60) g;
+    """)
     settings_env(pg_url, destination="bigquery", bigquery_project=bigquery_emulator.project_id,
                  bigquery_key_file=str(bigquery_emulator.key_file(tmp_path)), dataset="captured",
                  cdc="true")
@@ -36,7 +42,7 @@ def test_changes_arrive_exactly_in_bigquery(pg_url: str, settings_env, tmp_path,
         return rows
 
     def exact() -> None:
-        for table in ("orders", "tags", "pairs", "plain"):
+        for table in ("orders", "tags", "pairs", "plain", "prices", "readings"):
             assert_mirrored(pg_url, table, copy(table))
 
     assert main(["sync"]) == 0
@@ -51,6 +57,10 @@ def test_changes_arrive_exactly_in_bigquery(pg_url: str, settings_env, tmp_path,
         UPDATE tags SET colour = 'red' WHERE name = 'tag 1';
         DELETE FROM pairs WHERE a = 4;
         UPDATE pairs SET v = 'x' WHERE a = 2;
+        UPDATE prices SET v = 'changed' WHERE code IN (0.25, 7.5);
+        DELETE FROM prices WHERE code = 10.00;
+        UPDATE readings SET v = -1 WHERE v IN (3, 4);
+        DELETE FROM readings WHERE v = 5;
     """)
     assert main(["sync"]) == 0
     out = capsys.readouterr().out
