@@ -226,8 +226,8 @@ def whole_table_update(shape: Shape, scratch: Path, env: dict[str, str], pg, tim
                        ) -> list[Run]:
     """One UPDATE of every row: `cdc` applies it; `pg_recvlogical` reads the same changes
     from a slot of its own (created before the UPDATE) to /dev/null."""
-    from pg_to_bq.postgres.cdc.slot import create_slot
     from pg_to_bq.postgres.cdc.messages import format_lsn
+    from pg_to_bq.postgres.cdc.slot import create_slot
     from pg_to_bq.postgres.cdc.stream import end_point
     from pg_to_bq.postgres.embedded import binaries_dir
 

@@ -232,6 +232,54 @@ def test_japanese_table_page_shows_its_real_names(stack: DemoStack, asset_nodes:
         save_screenshot(page, shots_dir, "japanese-table-page.png", for_readme=False)
 
 
+def materialize_again(stack: DemoStack, expected: str) -> tuple[dict, dict[str, Any]]:
+    """Materialize `orders` once more through GraphQL; its check evaluations, and the
+    latest materialization's metadata by label."""
+    run_id = stack.launch_materialization(loaded_key(TABLE))
+    run = stack.wait_for_run(run_id)
+    assert run["status"] == expected, stack.run_errors(run_id)
+    events = stack.graphql(RUN_EVENTS_QUERY, {"runId": run_id})["logsForRun"]["events"]
+    checks = {e["evaluation"]["checkName"]: e["evaluation"] for e in events
+              if e["__typename"] == "AssetCheckEvaluationEvent"}
+    node = stack.graphql(LATEST_MATERIALIZATION_QUERY,
+                         {"assetKey": {"path": list(loaded_key(TABLE))}})
+    latest = node["assetNodeOrError"]["assetMaterializations"][0]
+    return checks, {e["label"]: e for e in latest["metadataEntries"]}
+
+
+def test_an_unchanged_table_page(stack: DemoStack, table_run: dict, browser: Browser,
+                                 shots_dir: Path) -> None:
+    """Loaded again with nothing changed: not read, the materialization says `unchanged`,
+    and `matches_source` passed in this run (from the destination's figures)."""
+    checks, metadata = materialize_again(stack, "SUCCESS")
+    assert list(checks) == ["matches_source"] and checks["matches_source"]["success"], checks
+    assert "row versions are those of the last load" in metadata["unchanged"]["text"]
+    with screenshots.new_page(browser, screenshots.ASSET_PAGE_VIEWPORT) as page:
+        screenshots.show_asset_page(page, stack.url, loaded_key(TABLE))
+        expect(page.get_by_text("matches_source").first).to_be_visible()
+        expect(page.get_by_text("row versions are those of the last load").first
+               ).to_be_visible()
+        save_screenshot(page, shots_dir, "unchanged-table-page.png", for_readme=True)
+
+
+def test_a_table_altered_by_hand(stack: DemoStack, table_run: dict, browser: Browser,
+                                 shots_dir: Path) -> None:
+    """A value changed in the destination behind pg_to_bq's back: the next run's
+    `matches_source` fails (blocking: the run fails), naming the column; the page shows it."""
+    import duckdb
+
+    with duckdb.connect(str(stack.root / "shop.duckdb")) as conn:
+        conn.execute(f"UPDATE {DATASET}.{TABLE} SET total = total + 1 "
+                     f"WHERE id = (SELECT min(id) FROM {DATASET}.{TABLE})")
+    checks, _ = materialize_again(stack, "FAILURE")
+    check = checks["matches_source"]
+    assert not check["success"] and "total" in check["description"], check
+    with screenshots.new_page(browser, screenshots.ASSET_PAGE_VIEWPORT) as page:
+        screenshots.show_asset_page(page, stack.url, loaded_key(TABLE))
+        expect(page.get_by_text("matches_source").first).to_be_visible()
+        save_screenshot(page, shots_dir, "altered-table-page.png", for_readme=True)
+
+
 def test_the_demo_terminal_shows_no_deprecation_warning(stack: DemoStack, table_run: dict
                                                         ) -> None:
     """The demo runs through the component and `dg dev`: nothing on the terminal tells the

@@ -148,8 +148,8 @@ def test_rerun_replaces_and_merges_without_duplicates(
         == [(4002,)]
     checks = {(e.asset_key.path[-1], e.check_name): e.passed
               for e in second.get_asset_check_evaluations()}
-    assert checks[("orders", "row_count_matches_source")]
-    assert checks[("audit_log", "row_count_matches_source")]
+    assert checks[("orders", "matches_source")]
+    assert checks[("audit_log", "matches_source")]
 
 
 def test_missing_secret_fails_with_its_id(monkeypatch, tmp_path, bigquery_emulator,

@@ -339,6 +339,7 @@ def test_the_documented_change_capture_grants(logical_server: PgServer) -> None:
         run_sql(url, least_privilege_sql(reader, database, owner))
         publication = documented_sql("The publication is created once by the tables' owner")
         run_sql(url, f"SET ROLE {owner}; " + re.sub(r"\bapp_owner\b", owner, publication))
+        [publication_name] = set(re.findall(r"PUBLICATION (\w+)", publication))
         slot = f"pg_to_bq_{suffix}"
 
         def as_reader(sql: str) -> list[tuple]:
@@ -365,7 +366,7 @@ def test_the_documented_change_capture_grants(logical_server: PgServer) -> None:
                 INSERT INTO public.not_published VALUES (1), (2), (3);""")
             changes = as_reader(f"""
                 SELECT data FROM pg_logical_slot_peek_binary_changes('{slot}', NULL, NULL,
-                    'proto_version', '1', 'publication_names', 'pg_to_bq')""")
+                    'proto_version', '1', 'publication_names', '{publication_name}')""")
             inserts = [bytes(data) for (data,) in changes if bytes(data)[:1] == b"I"]
             assert len(inserts) == 3  # the published tables' rows, not the others'
             as_reader(f"SELECT pg_replication_slot_advance('{slot}', pg_current_wal_lsn())")
