@@ -232,6 +232,14 @@ def test_japanese_table_page_shows_its_real_names(stack: DemoStack, asset_nodes:
         save_screenshot(page, shots_dir, "japanese-table-page.png", for_readme=False)
 
 
+def show_checks_tab(page: Page, base_url: str, key: Sequence[str]) -> None:
+    """One asset's page, on its Checks tab (where a check's latest evaluation is shown)."""
+    screenshots.show_asset_page(page, base_url, key)
+    page.get_by_role("tab", name="Checks").click()
+    page.get_by_text("matches_source").first.wait_for()
+    screenshots.settle(page)
+
+
 def materialize_again(stack: DemoStack, expected: str) -> tuple[dict, dict[str, Any]]:
     """Materialize `orders` once more through GraphQL; its check evaluations, and the
     latest materialization's metadata by label."""
@@ -255,11 +263,10 @@ def test_an_unchanged_table_page(stack: DemoStack, table_run: dict, browser: Bro
     assert list(checks) == ["matches_source"] and checks["matches_source"]["success"], checks
     assert "row versions are those of the last load" in metadata["unchanged"]["text"]
     with screenshots.new_page(browser, screenshots.ASSET_PAGE_VIEWPORT) as page:
-        screenshots.show_asset_page(page, stack.url, loaded_key(TABLE))
+        show_checks_tab(page, stack.url, loaded_key(TABLE))
         expect(page.get_by_text("matches_source").first).to_be_visible()
-        expect(page.get_by_text("row versions are those of the last load").first
-               ).to_be_visible()
-        save_screenshot(page, shots_dir, "unchanged-table-page.png", for_readme=True)
+        expect(page.get_by_text("Passed").first).to_be_visible()
+        save_screenshot(page, shots_dir, "unchanged-table-checks.png", for_readme=False)
 
 
 def test_a_table_altered_by_hand(stack: DemoStack, table_run: dict, browser: Browser,
@@ -275,9 +282,11 @@ def test_a_table_altered_by_hand(stack: DemoStack, table_run: dict, browser: Bro
     check = checks["matches_source"]
     assert not check["success"] and "total" in check["description"], check
     with screenshots.new_page(browser, screenshots.ASSET_PAGE_VIEWPORT) as page:
-        screenshots.show_asset_page(page, stack.url, loaded_key(TABLE))
+        show_checks_tab(page, stack.url, loaded_key(TABLE))
         expect(page.get_by_text("matches_source").first).to_be_visible()
-        save_screenshot(page, shots_dir, "altered-table-page.png", for_readme=True)
+        expect(page.get_by_text("Failed").first).to_be_visible()
+        expect(page.get_by_text("total: values changed").first).to_be_visible()
+        save_screenshot(page, shots_dir, "altered-table-checks.png", for_readme=False)
 
 
 def test_the_demo_terminal_shows_no_deprecation_warning(stack: DemoStack, table_run: dict
