@@ -431,3 +431,11 @@ query LatestMaterialization($assetKey: AssetKeyInput!) {
   }
 }
 """
+
+FRESHNESS_QUERY = """
+query Freshness($assetKey: AssetKeyInput!) {
+  assetNodeOrError(assetKey: $assetKey) {
+    ... on AssetNode { freshnessStatusInfo { freshnessStatus } }
+  }
+}
+"""

@@ -18,6 +18,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -30,6 +31,7 @@ from pg_to_bq.orchestration.names import key_part
 from pg_to_bq.planning.naming import destination_name
 from pg_to_bq_tests.browser.demo_stack import (
     ASSET_NODES_QUERY,
+    FRESHNESS_QUERY,
     LATEST_MATERIALIZATION_QUERY,
     RUN_EVENTS_QUERY,
     DemoStack,
@@ -258,15 +260,29 @@ def materialize_again(stack: DemoStack, expected: str) -> tuple[dict, dict[str, 
 def test_an_unchanged_table_page(stack: DemoStack, table_run: dict, browser: Browser,
                                  shots_dir: Path) -> None:
     """Loaded again with nothing changed: not read, the materialization says `unchanged`,
-    and `matches_source` passed in this run (from the destination's figures)."""
+    `matches_source` passed in this run (from the destination's figures), and Dagster's
+    freshness daemon (run by `dagster dev`, every 30 s) calls the table fresh."""
     checks, metadata = materialize_again(stack, "SUCCESS")
     assert list(checks) == ["matches_source"] and checks["matches_source"]["success"], checks
     assert "row versions are those of the last load" in metadata["unchanged"]["text"]
+    key = {"path": list(loaded_key(TABLE))}
+    deadline, status = time.monotonic() + 120, None
+    while time.monotonic() < deadline:
+        info = stack.graphql(FRESHNESS_QUERY, {"assetKey": key})["assetNodeOrError"]
+        status = (info["freshnessStatusInfo"] or {}).get("freshnessStatus")
+        if status == "HEALTHY":
+            break
+        time.sleep(2)
+    assert status == "HEALTHY", status
+    with screenshots.new_page(browser, screenshots.ASSET_PAGE_VIEWPORT) as page:
+        screenshots.show_asset_page(page, stack.url, loaded_key(TABLE))
+        expect(page.get_by_text("Passing").first).to_be_visible()  # the freshness policy
+        save_screenshot(page, shots_dir, "unchanged-table-page.png", for_readme=True)
     with screenshots.new_page(browser, screenshots.ASSET_PAGE_VIEWPORT) as page:
         show_checks_tab(page, stack.url, loaded_key(TABLE))
         expect(page.get_by_text("matches_source").first).to_be_visible()
         expect(page.get_by_text("Passed").first).to_be_visible()
-        save_screenshot(page, shots_dir, "unchanged-table-checks.png", for_readme=False)
+        save_screenshot(page, shots_dir, "unchanged-table-checks.png", for_readme=True)
 
 
 def test_a_table_altered_by_hand(stack: DemoStack, table_run: dict, browser: Browser,
@@ -286,7 +302,7 @@ def test_a_table_altered_by_hand(stack: DemoStack, table_run: dict, browser: Bro
         expect(page.get_by_text("matches_source").first).to_be_visible()
         expect(page.get_by_text("Failed").first).to_be_visible()
         expect(page.get_by_text("total: values changed").first).to_be_visible()
-        save_screenshot(page, shots_dir, "altered-table-checks.png", for_readme=False)
+        save_screenshot(page, shots_dir, "altered-table-checks.png", for_readme=True)
 
 
 def test_the_demo_terminal_shows_no_deprecation_warning(stack: DemoStack, table_run: dict

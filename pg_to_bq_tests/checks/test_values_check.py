@@ -1,4 +1,4 @@
-"""The values check as the load runs it (`load_group` → `values_match_source`): real
+"""The values check as the load runs it (`load_group` → `matches_source`, its values part): real
 PostgreSQL → DuckDB and the BigQuery emulator. The digests themselves (canonical forms,
 quoting, scopes, many tables in one query) are tested in `test_fingerprint_digests`.
 

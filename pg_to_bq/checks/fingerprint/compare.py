@@ -68,7 +68,7 @@ def compare(
     skipped: Mapping[str, str],
     disposition: str = "replace",
 ) -> checks.CheckOutcome:
-    """Source against destination fingerprint: the `values_match_source` check.
+    """Source against destination fingerprint: the values part of `matches_source`.
 
     Args:
         source / destination: Fingerprints over the same scope.
