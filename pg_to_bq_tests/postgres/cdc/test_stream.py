@@ -144,19 +144,33 @@ def test_confirm_on_the_open_stream_moves_the_slot(db: str) -> None:
 
 def test_advancing_with_no_captured_changes_releases_other_traffic_wal(db: str) -> None:
     setup(db, "captured")
-    run(db, "CREATE TABLE busy (id int PRIMARY KEY, pad text)")
+    run(db, "CREATE TABLE busy (id int PRIMARY KEY, pad text) WITH (autovacuum_enabled = off)")
+
+    def idle_run(conn: psycopg.Connection) -> ChangeStream:
+        conn.execute("CHECKPOINT")  # also logs the running transactions, which move restart_lsn
+        txns, stream = read_all(db, "s")
+        assert txns == []
+        advance_slot(conn, "s", stream.position)
+        return stream
+
     with psycopg.connect(db, autocommit=True) as conn:
         before = slot_status(conn, "s")
         for round_ in range(3):
             conn.execute("INSERT INTO busy SELECT g, repeat('x', 500) FROM generate_series(1, 20000) g "
                          "ON CONFLICT (id) DO UPDATE SET pad = excluded.pad || %s", (str(round_),))
-            conn.execute("CHECKPOINT")  # also logs the running transactions, which move restart_lsn
-            txns, stream = read_all(db, "s")
-            assert txns == []
-            advance_slot(conn, "s", stream.position)
+            stream = idle_run(conn)
         after = slot_status(conn, "s")
-    assert after.confirmed_flush_lsn >= stream.end_lsn - 1024 * 1024 > before.confirmed_flush_lsn
-    assert after.restart_lsn > before.restart_lsn + 10 * 1024 * 1024  # 30 MB of WAL written
+        assert after.confirmed_flush_lsn >= stream.end_lsn - 1024 * 1024 > before.confirmed_flush_lsn
+        assert after.restart_lsn > before.restart_lsn + 10 * 1024 * 1024  # 30 MB of WAL written
+        # restart_lsn can move only to the start of the oldest transaction open anywhere in
+        # the cluster when the running transactions were logged (PostgreSQL's rule): under a
+        # loaded test server (autovacuum of other databases) that can be the last round's
+        # start. The next runs with nothing to capture release it.
+        for _ in range(10):
+            if after.retained_bytes < 5 * 1024 * 1024:
+                break
+            idle_run(conn)
+            after = slot_status(conn, "s")
     assert after.retained_bytes < 5 * 1024 * 1024
     assert after.lag_bytes < 1024 * 1024
 
