@@ -140,13 +140,62 @@ def _load_package(pipeline: dlt.Pipeline, read: list[TableRead], refresh: bool =
     # tables (and their staging copies) in the load step, before loading them again.
     pipeline.extract(resources, schema=schema, loader_file_format="parquet",
                      refresh="drop_resources" if refresh else None)
+    _align_empty_files(pipeline, schema.name,
+                       {item.plan.destination_table for item in read
+                        if item.reader.stats.rows == 0})
     pipeline.normalize()
     info = pipeline.load()
     failures: dict[str, str] = {}
+    jobs: set[str] = set()
     for package in info.load_packages:
-        for job in package.jobs.get("failed_jobs", []):
-            failures.setdefault(job.job_file_info.table_name, job_error(job.failed_message))
+        for state, state_jobs in package.jobs.items():
+            jobs.update(job.job_file_info.table_name for job in state_jobs)
+            if state == "failed_jobs":
+                for job in state_jobs:
+                    failures.setdefault(job.job_file_info.table_name,
+                                        job_error(job.failed_message))
+    for item in read:
+        table = item.plan.destination_table
+        if table not in jobs and table not in failures:
+            # Never a table reported loaded that dlt did not load.
+            failures[table] = (f"table {item.plan.name}: dlt made no load job of its file "
+                               f"({item.reader.stats.rows} rows); nothing was changed")
     return failures, info.loads_ids[-1] if info.loads_ids else None
+
+
+def _align_empty_files(pipeline: dlt.Pipeline, schema_name: str, tables: set[str]) -> None:
+    """Give the empty files of `tables` exactly the columns of their dlt table.
+
+    dlt rewrites a parquet file whose columns differ from its table's (a column dropped in
+    PostgreSQL but kept in the destination is one), batch by batch; an empty file has no
+    batch, so the rewrite writes nothing and the table gets no load job: a table emptied in
+    PostgreSQL kept its old rows, and a column added to an empty table was never created.
+    An empty file with the table's columns in its order is imported as it is."""
+    if not tables:
+        return
+    import pyarrow.parquet as pq
+    from dlt.common.libs.pyarrow import columns_to_arrow, should_normalize_arrow_schema
+    from dlt.common.storages.load_package import ParsedLoadJobFileName
+
+    dlt_schema = pipeline.schemas[schema_name]
+    caps = pipeline.destination.capabilities()
+    storage = pipeline._get_normalize_storage().extracted_packages  # noqa: SLF001 - no public way
+    dlt_columns = {dlt_schema.naming.normalize_identifier(c) for c in ("_dlt_load_id", "_dlt_id")}
+    for load_id in pipeline.list_extracted_load_packages():
+        for job_file in storage.list_new_jobs(load_id):
+            table = ParsedLoadJobFileName.parse(job_file).table_name
+            if table not in tables or not job_file.endswith(".parquet"):
+                continue
+            path = storage.storage.make_full_path(job_file)
+            present = pq.read_schema(path)
+            columns = dlt_schema.get_table_columns(table)
+            if not should_normalize_arrow_schema(present, columns, dlt_schema.naming, caps)[0]:
+                continue
+            wanted = {name: column for name, column in columns.items()
+                      if name not in dlt_columns or name in present.names}
+            aligned = columns_to_arrow(wanted, caps, "UTC")
+            Path(path).unlink()  # it may be a hard link to the step's own file
+            pq.write_table(aligned.empty_table(), path)
 
 
 _EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?\w*(?:Error|Exception): (.+)$")

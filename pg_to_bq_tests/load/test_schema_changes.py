@@ -250,3 +250,31 @@ def test_a_new_table_is_loaded_by_the_next_sync_and_becomes_its_own_asset(evolvi
     # Now an asset like the others: no longer new.
     out = sync(capsys)
     assert "[new]" not in out and "public.invoices: unchanged" in out
+
+
+def test_a_table_emptied_while_a_column_was_dropped_is_empty(evolving, capsys) -> None:
+    """A column dropped (kept in the destination) makes dlt rewrite the table's file; an
+    empty file had nothing to rewrite, so dlt made no load job: the destination kept the
+    100 rows the source had deleted, run after run."""
+    url, path = evolving
+    run_sql(url, "ALTER TABLE plain DROP COLUMN a; DELETE FROM plain")
+    out = sync(capsys)
+    assert "public.plain: column a dropped in PostgreSQL: kept in the destination" in out
+    assert duck_rows(path, "SELECT count(*) FROM raw.plain") == [(0,)]
+
+
+def test_columns_added_to_an_empty_table_are_created(evolving, capsys) -> None:
+    """The same with columns renamed and added while the table is empty: the line said
+    `column c3 added … loaded with every row`, and the column was never created."""
+    url, path = evolving
+    run_sql(url, "DELETE FROM plain; ALTER TABLE plain DROP COLUMN a;"
+                 "ALTER TABLE plain RENAME COLUMN b TO r2;"
+                 "ALTER TABLE plain ADD COLUMN c3 timestamptz DEFAULT now()")
+    out = sync(capsys)
+    assert "public.plain: column c3 added in PostgreSQL: loaded with every row" in out
+    assert {"a", "b", "r2", "c3"} <= set(columns_of(path, "plain"))
+    assert duck_rows(path, "SELECT count(*) FROM raw.plain") == [(0,)]
+    run_sql(url, "INSERT INTO plain (r2) VALUES ('back')")
+    sync(capsys)
+    assert duck_rows(path, "SELECT r2, c3 IS NOT NULL, a, b FROM raw.plain") \
+        == [("back", True, None, None)]
