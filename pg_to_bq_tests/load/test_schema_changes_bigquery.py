@@ -99,3 +99,24 @@ def test_a_sprint_of_migrations_and_a_truncate_by_hand_into_bigquery(
            "its last load left 20,000)" in out, out
     for table in TABLES:
         assert_mirrored(pg_url, table, copy_of(table))
+
+
+def test_a_table_emptied_while_its_columns_changed_into_bigquery(
+        pg_url: str, settings_env, tmp_path, bigquery_emulator, capsys) -> None:
+    """An empty table whose file dlt would rewrite (a column dropped and kept) still gets a
+    load job: its old rows go, a column added is created (dlt made no job before)."""
+    run_sql(pg_url, "CREATE TABLE plain (a int, b text);"
+                    "INSERT INTO plain SELECT g, 'b' || g FROM generate_series(1, 50) g")
+    settings_env(pg_url, destination="bigquery", bigquery_project=bigquery_emulator.project_id,
+                 bigquery_key_file=str(bigquery_emulator.key_file(tmp_path)), dataset="emptied")
+    assert main(["sync", "--refresh-catalog"]) == 0
+    run_sql(pg_url, "DELETE FROM plain; ALTER TABLE plain DROP COLUMN a;"
+                    "ALTER TABLE plain ADD COLUMN c3 int")
+    capsys.readouterr()
+    assert main(["sync"]) == 0, capsys.readouterr().out
+    project = bigquery_emulator.project_id
+    assert bq(bigquery_emulator, f"SELECT count(*) FROM `{project}.emptied.plain`") == [(0,)]
+    columns = {row[0] for row in bq(bigquery_emulator,
+                                    f"SELECT column_name FROM `{project}.emptied`."
+                                    "INFORMATION_SCHEMA.COLUMNS WHERE table_name = 'plain'")}
+    assert {"a", "b", "c3"} <= columns
