@@ -169,7 +169,13 @@ def cmd_sync(
         plans_for,
         resolve_source_url,
     )
-    from pg_to_bq.orchestration.names import APPLY_DELETES_TAG, FULL_REFRESH_TAG, catalog_key, destination_key
+    from pg_to_bq.orchestration.names import (
+        APPLY_DELETES_TAG,
+        CATALOG_STEP,
+        FULL_REFRESH_TAG,
+        catalog_key,
+        destination_key,
+    )
     from pg_to_bq.planning.settings import Settings
     from pg_to_bq.planning.tables import select_plans
     from pg_to_bq.postgres.connect import check_reachable
@@ -234,7 +240,7 @@ def cmd_sync(
                 raise_on_error=False,
             )
             if not result.success:
-                catalog_failure = _failure_message(result, ctx.names.name("discover_tables"))
+                catalog_failure = _failure_message(result, ctx.names.name(CATALOG_STEP))
                 if catalog_failure:
                     report.step_failed("the catalog step", catalog_failure)
                     # The tables whose steps wait for it (change capture) did not run.

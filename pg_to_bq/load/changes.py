@@ -42,6 +42,8 @@ NO_KEY = ("no primary key: changes are applied by key (declare one, or name a un
           "set as its primary_key in the tables file and set REPLICA IDENTITY FULL)")
 # Keys one destination DELETE names at most.
 DELETE_CHUNK = 10_000
+# Tables one spool query names at most.
+QUERY_TABLES = 200
 _INTEGER_TYPES = ("smallint", "integer", "bigint")
 _NUMBER = re.compile(r"-?\d+(\.\d+)?")
 
@@ -128,8 +130,8 @@ def pending(client: Any, applied: Mapping[str, int]) -> dict[str, Pending]:
     literal_ = client.capabilities.escape_literal
     names = list(applied)
     found: dict[str, Pending] = {}
-    for start in range(0, len(names), 200):
-        chunk = names[start:start + 200]
+    for start in range(0, len(names), QUERY_TABLES):
+        chunk = names[start:start + QUERY_TABLES]
         sql = " UNION ALL ".join(
             f"SELECT {i} AS i, count(DISTINCT key) AS n, max(lsn) AS last, "
             f"max(CASE WHEN op = 'truncate' THEN 1 ELSE 0 END) AS t, "
@@ -180,15 +182,15 @@ def spool_position(client: Any) -> int:
 
 def spooled_keys(client: Any, spans: Mapping[str, tuple[int, int]]) -> dict[str, list[tuple]]:
     """The distinct keys spooled for each table (source name) in its span (after, through],
-    one query per 200 tables."""
+    one query per `QUERY_TABLES` tables."""
     spool = client.make_qualified_table_name(SPOOL_TABLE)
     literal_ = client.capabilities.escape_literal
     found: dict[str, list[tuple]] = {name: [] for name in spans}
     names = list(spans)
-    for start in range(0, len(names), 200):
+    for start in range(0, len(names), QUERY_TABLES):
         condition = " OR ".join(
             f"(table_name = {literal_(name)} AND lsn > {int(spans[name][0])} AND "
-            f"lsn <= {int(spans[name][1])})" for name in names[start:start + 200])
+            f"lsn <= {int(spans[name][1])})" for name in names[start:start + QUERY_TABLES])
         rows = client.execute_sql(
             f"SELECT DISTINCT table_name, key FROM {spool} WHERE ({condition}) AND "
             f"op NOT IN ('truncate', '{MANY}')") or []
@@ -304,8 +306,8 @@ def clean_spool(client: Any, applied: Mapping[str, int], others_through: int = 0
     literal_ = client.capabilities.escape_literal
     names = list(applied)
     statements = []
-    for start in range(0, len(names), 200):
-        chunk = names[start:start + 200]
+    for start in range(0, len(names), QUERY_TABLES):
+        chunk = names[start:start + QUERY_TABLES]
         condition = " OR ".join(f"(table_name = {literal_(n)} AND lsn <= {int(applied[n])})"
                                 for n in chunk)
         statements.append(f"DELETE FROM {spool} WHERE {condition}")

@@ -21,7 +21,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 import dagster as dg
 
 from pg_to_bq.orchestration.capture_step import run_capture, slot_check_spec
-from pg_to_bq.orchestration.names import SCHEDULE_TAG, AssetContext, catalog_key, destination_key
+from pg_to_bq.orchestration.names import (
+    CATALOG_STEP,
+    SCHEDULE_TAG,
+    AssetContext,
+    catalog_key,
+    destination_key,
+)
 from pg_to_bq.planning.catalog import Catalog, Table
 
 if TYPE_CHECKING:
@@ -69,7 +75,7 @@ def build_catalog_asset(settings: "Settings", built: Catalog, ctx: AssetContext,
     names = ctx.names
 
     @dg.multi_asset(
-        name=names.name("discover_tables"),
+        name=names.name(CATALOG_STEP),
         specs=[dg.AssetSpec(
             catalog_key(ctx),
             description="PostgreSQL's tables, discovered again by every nightly run (one "

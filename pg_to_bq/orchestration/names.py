@@ -163,6 +163,8 @@ class AssetContext:
 
 # The catalog asset's key (under the instance's prefix).
 CATALOG_KEY = ("postgres", "catalog")
+# The catalog asset's step (op) name, before the mirror's prefix (`Names.name`).
+CATALOG_STEP = "discover_tables"
 
 
 def catalog_key(ctx: AssetContext) -> dg.AssetKey:
