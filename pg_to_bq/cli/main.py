@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pg_to_bq.planning.catalog import Catalog
+from pg_to_bq.planning.naming import SOFT_DELETE_COLUMN
 from pg_to_bq.planning.overrides import OverridesError
 from pg_to_bq.planning.secrets import SecretError
 from pg_to_bq.planning.settings import SettingsError
@@ -132,6 +133,9 @@ def format_plans(plans: Sequence[TablePlan], catalog: Catalog) -> str:
             notes.append(f"{plan.partition.granularity} partitions on {plan.partition.column}")
         if plan.table.kind == "p":
             notes.append("partitioned table: loaded through the parent")
+        if plan.soft_deletes:
+            notes.append(f"soft deletes: rows deleted in PostgreSQL stay, marked in "
+                         f"{SOFT_DELETE_COLUMN}")
         rows.append((
             plan.name,
             plan.destination_table,
@@ -274,7 +278,9 @@ class _Report:
         if outcome.status == "gone":
             print(f"{prefix}: not loaded: {outcome.error}", flush=True)
             return
-        deleted = f", {outcome.deleted:,} deleted" if outcome.deleted is not None else ""
+        deleted = "" if outcome.deleted is None else f", {outcome.deleted:,} deleted" + (
+            f" (kept, marked in {SOFT_DELETE_COLUMN})"
+            if outcome.soft_deletes and outcome.deleted else "")
         state = "unchanged" if outcome.status == "unchanged" else "ok"
         checks = f"; checks failed: {', '.join(outcome.failed_checks)}" \
             if outcome.failed_checks else ""

@@ -22,6 +22,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from pg_to_bq.destinations.soft_deletes import mark_deleted
+from pg_to_bq.planning.naming import SOFT_DELETE_COLUMN
 from pg_to_bq.planning.tables import TablePlan
 from pg_to_bq.planning.types import quote_ident
 from pg_to_bq.postgres.sql import literal, qualified_name
@@ -263,8 +265,10 @@ def absent_keys_sql(plan: TablePlan, keys: Sequence[tuple]) -> str:
             f"AS t WHERE {matches})")
 
 
-def delete_keys(client: Any, plan: TablePlan, keys: Sequence[tuple]) -> int:
-    """Delete the destination rows of `keys` (text values; integers compared as numbers)."""
+def delete_keys(client: Any, plan: TablePlan, keys: Sequence[tuple], live: bool = False) -> int:
+    """Delete the destination rows of `keys` (text values; integers compared as numbers),
+    or mark them deleted, for a table with soft deletes. `live`: the table has the
+    soft-delete column, whose marked rows are never deleted (soft deletes turned off)."""
     if not keys:
         return 0
     table = client.make_qualified_table_name(plan.destination_table)
@@ -291,7 +295,11 @@ def delete_keys(client: Any, plan: TablePlan, keys: Sequence[tuple]) -> int:
                 "(" + " AND ".join(f"{c} = {value(v, t)}"
                                    for c, v, t in zip(columns, k, types, strict=True)) + ")"
                 for k in chunk)
-        client.execute_sql(f"DELETE FROM {table} WHERE {condition}")
+        if plan.soft_deletes:
+            mark_deleted(client, plan.destination_table, condition)
+        else:
+            kept = f" AND {client.escape_column_name(SOFT_DELETE_COLUMN)} IS NULL" if live else ""
+            client.execute_sql(f"DELETE FROM {table} WHERE ({condition}){kept}")
     return len(keys)
 
 

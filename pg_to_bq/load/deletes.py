@@ -3,7 +3,9 @@
 Merging by primary key never removes anything, so rows deleted in PostgreSQL would live on
 in the destination. The pass reads the source's primary keys (through the same COPY path,
 in one snapshot), loads them into a keys table beside the destination table, and deletes
-the rows without a matching key — in the destination, with one SQL statement.
+the rows without a matching key — in the destination, with one SQL statement. A table with
+soft deletes keeps them, marked deleted (`pg_to_bq.destinations.soft_deletes`); its pass
+also runs after every whole read, which merges instead of replacing the table.
 
 It must run after the table's own load, never before: a row inserted in the source between
 a keys snapshot and a later load would otherwise be loaded and then deleted.
@@ -13,7 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 
+from pg_to_bq.destinations.soft_deletes import mark_deleted, rows_of
 from pg_to_bq.load.fill import SideLoad
+from pg_to_bq.planning.naming import SOFT_DELETE_COLUMN
 from pg_to_bq.planning.tables import TablePlan
 
 KEYS_PREFIX = "_pg_to_bq_keys__"
@@ -34,18 +38,28 @@ def keys_plan(plan: TablePlan) -> TablePlan:
         left_out=(),
         bigquery_partition=None,
         bigquery_cluster=(),
+        soft_deletes=False,
     )
 
 
 def orphans_sql(table: str, keys_table: str, key_columns: tuple[str, ...], quote) -> str:
     """`<table> AS t WHERE NOT EXISTS (a matching key)`, for SELECT count(*) FROM … / DELETE FROM …."""
+    return f"{table} AS t WHERE {absent_sql(keys_table, key_columns, quote)}"
+
+
+def absent_sql(keys_table: str, key_columns: tuple[str, ...], quote) -> str:
+    """The condition on `t` (a destination table's row) that its key is not in `keys_table`."""
     condition = " AND ".join(f"k.{quote(c)} = t.{quote(c)}" for c in key_columns)
-    return f"{table} AS t WHERE NOT EXISTS (SELECT 1 FROM {keys_table} AS k WHERE {condition})"
+    return f"NOT EXISTS (SELECT 1 FROM {keys_table} AS k WHERE {condition})"
 
 
-def apply_deletes(plan: TablePlan, side_load: SideLoad) -> tuple[int, int]:
+def apply_deletes(plan: TablePlan, side_load: SideLoad, live: bool = False) -> tuple[int, int]:
     """Delete destination rows of `plan`'s table whose primary key is gone from the source,
     comparing with the source's keys, loaded into a side table by `side_load`.
+
+    A table with soft deletes has them marked deleted instead. `live`: the destination
+    table has the soft-delete column, so only its live rows count, and the rows it keeps
+    marked are never deleted (soft deletes turned off since).
 
     Returns the number of rows deleted and the source's rows (its keys, in one snapshot).
     """
@@ -54,10 +68,15 @@ def apply_deletes(plan: TablePlan, side_load: SideLoad) -> tuple[int, int]:
     with pipeline.sql_client() as client:
         target = client.make_qualified_table_name(plan.destination_table)
         keys_table = client.make_qualified_table_name(keys.destination_table)
-        orphans = orphans_sql(target, keys_table, plan.destination_primary_key,
-                              client.escape_column_name)
-        with client.execute_query(f"SELECT count(*) FROM {orphans}") as cursor:
+        quote = client.escape_column_name
+        absent = absent_sql(keys_table, plan.destination_primary_key, quote)
+        rows = rows_of(client, plan.destination_table, live, alias="t")
+        with client.execute_query(f"SELECT count(*) FROM {rows} WHERE {absent}") as cursor:
             doomed = int(cursor.fetchone()[0])
-        if doomed:
-            client.execute_sql(f"DELETE FROM {orphans}")
+        if doomed and plan.soft_deletes:
+            mark_deleted(client, plan.destination_table, absent, alias="t")
+        elif doomed:
+            orphans = orphans_sql(target, keys_table, plan.destination_primary_key, quote)
+            client.execute_sql(f"DELETE FROM {orphans}" + (
+                f" AND t.{quote(SOFT_DELETE_COLUMN)} IS NULL" if live else ""))
     return doomed, read.rows

@@ -32,7 +32,7 @@ def fill_plan(plan: TablePlan, columns: Sequence[str]) -> TablePlan:
     return dataclasses.replace(
         plan, destination_table=FILL_PREFIX + plan.destination_table, columns=tuple(keep),
         disposition="replace", cursor=None, partition=None, bigquery_partition=None,
-        bigquery_cluster=())
+        bigquery_cluster=(), soft_deletes=False)
 
 
 def fill_columns(plan: TablePlan, columns: Sequence[str], side_load: SideLoad) -> int:

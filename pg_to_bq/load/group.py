@@ -35,6 +35,7 @@ import dlt
 
 from pg_to_bq.checks import drift
 from pg_to_bq.checks.outcomes import CheckOutcome, row_count_outcome
+from pg_to_bq.destinations.soft_deletes import add_column, live_tables
 from pg_to_bq.destinations.writer_lock import exclusive
 from pg_to_bq.load.changes import CaptureState, capture_state, delete_keys
 from pg_to_bq.load.memory import release_memory
@@ -199,6 +200,8 @@ class _GroupRun:
     run_id: str | None = None
     pipeline: Any = None
     results: dict[int, LoadResult] = field(default_factory=dict)
+    # The destination tables that keep soft-deleted rows (their live rows are compared).
+    live: set[str] = field(default_factory=set)
 
     def settle(self, index: int, result: LoadResult) -> None:
         self.results[index] = result
@@ -215,7 +218,8 @@ class _GroupRun:
         with self.destination_lock(), one_connection(pipeline):
             sync_once(pipeline)
             evolutions, columns_now = evolutions_of(pipeline, plans)
-            states, doubts = trusted_states(pipeline, plans, evolutions) \
+            self.live = live_tables(columns_now)
+            states, doubts = trusted_states(pipeline, plans, evolutions, self.live) \
                 if self.record_state else ({}, {})
             before = self.figures_before(states, columns_now)
             capture = self.capture_state(states)
@@ -246,12 +250,15 @@ class _GroupRun:
             with self.destination_lock(), one_connection(pipeline):
                 if read:
                     failures = prepare(pipeline, [r for _, r in read], states,
-                                       self.record_state)
+                                       self.record_state, self.live)
                     ready = [r for _, r in read if r.plan.destination_table not in failures]
                     load_failures, load_id = load_files(pipeline, ready)
                     failures.update(load_failures)
                     loaded = [(i, r) for i, r in read
                               if r.plan.destination_table not in failures]
+                    # (dlt gave every table with soft deletes it loaded the column)
+                    self.live.update(r.plan.destination_table for _, r in loaded
+                                     if r.plan.soft_deletes)
                     failures.update(self.fill([r for _, r in loaded]))
                     loaded = [(i, r) for i, r in loaded if r.plan.destination_table not in failures]
                     failures.update(self.delete_absent([r for _, r in loaded]))
@@ -260,11 +267,14 @@ class _GroupRun:
                 for (_, item), (_, result) in zip(loaded, results, strict=False):
                     if item.absent:
                         result.deleted = len(item.absent)
-                self.delete_pass(results)
+                self.delete_pass(results, {r.plan.destination_table for _, r in loaded
+                                           if r.plan.soft_deletes and r.evolution.exists
+                                           and not r.refresh})
                 if counting:
                     counts, _ = destination_counts(pipeline,
-                                                   [r.destination_table for _, r in results])
-                checked = compare_fingerprints(pipeline, [r for _, r in loaded])
+                                                   [r.destination_table for _, r in results],
+                                                   live=self.live)
+                checked = compare_fingerprints(pipeline, [r for _, r in loaded], self.live)
                 self.compare_figures(results, states, before)
                 after = self.figures_after(results, counts)
                 for index, result in results:
@@ -308,7 +318,8 @@ class _GroupRun:
                 if not item.absent:
                     continue
                 try:
-                    delete_keys(client, item.plan, item.absent)
+                    delete_keys(client, item.plan, item.absent,
+                                item.plan.destination_table in self.live)
                 except Exception as exc:  # noqa: BLE001 - this table's own failure
                     failures[item.plan.destination_table] = (
                         f"table {item.plan.name}: rows deleted in PostgreSQL were not deleted "
@@ -336,7 +347,7 @@ class _GroupRun:
                 continue
             present = [c for c in stored.columns if c in columns_now.get(table, {})]
             wanted[table] = self.drift_columns(load.plan, present)
-        return destination_figures(self.pipeline, wanted)
+        return destination_figures(self.pipeline, wanted, self.live)
 
     def compare_figures(self, results: list[tuple[int, LoadResult]],
                         states: Mapping[str, Mapping[str, Any]],
@@ -366,7 +377,7 @@ class _GroupRun:
             plan = self.loads[index].plan
             wanted[result.destination_table] = self.drift_columns(
                 plan, [c.name for c in plan.columns])
-        return destination_figures(self.pipeline, wanted)
+        return destination_figures(self.pipeline, wanted, self.live)
 
     def side_load(self, plan: TablePlan) -> tuple[LoadResult, Any]:
         """Load `plan` (a fill's or a delete pass's side table) with the side pipeline,
@@ -399,20 +410,29 @@ class _GroupRun:
             item.changes.append(f"filled {', '.join(item.fill)} for {rows:,} existing row(s)")
         return failures
 
-    def delete_pass(self, results: list[tuple[int, LoadResult]]) -> None:
+    def delete_pass(self, results: list[tuple[int, LoadResult]], soft_whole: set[str]
+                    ) -> None:
         """The delete pass of the merged tables that asked for one (`pg_to_bq.load.deletes`),
-        after their load and fill, loaded or unchanged. A table whose pass fails fails, its
-        rows loaded (its state is kept: it covers them)."""
+        after their load and fill, loaded or unchanged; and of the tables with soft deletes
+        read whole this run (`soft_whole`: merged, not replaced, so the rows PostgreSQL no
+        longer has are still there, to be marked). A table whose pass fails fails, its rows
+        loaded (its state is kept: it covers them)."""
         from pg_to_bq.load.deletes import apply_deletes
 
         for index, result in results:
             plan = self.loads[index].plan
-            if not self.loads[index].apply_deletes or plan.disposition != "merge" \
-                    or result.mode in ("full", "changes"):
+            whole = result.destination_table in soft_whole and result.mode == "full" \
+                and result.status == "loaded"
+            if not whole and (not self.loads[index].apply_deletes
+                              or plan.disposition != "merge"
+                              or result.mode in ("full", "changes")):
                 continue  # (change capture deletes what PostgreSQL deleted, every run)
             try:
+                if plan.soft_deletes and plan.destination_table not in self.live:
+                    add_column(self.pipeline, plan.destination_table)
+                    self.live.add(plan.destination_table)
                 result.deleted, result.source_rows_after_deletes = apply_deletes(
-                    plan, self.side_load)
+                    plan, self.side_load, plan.destination_table in self.live)
             except Exception as exc:  # noqa: BLE001 - this table's own failure
                 result.status = "failed"
                 result.error = (f"table {plan.name}: the delete pass failed ({describe(exc)}); "

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +20,10 @@ import dlt
 from dlt.common.schema import Schema
 from dlt.common.schema.typing import LOADS_TABLE_NAME
 
+from pg_to_bq.destinations import soft_deletes
 from pg_to_bq.destinations.bigquery import bigquery_hints
 from pg_to_bq.destinations.duckdb_file import DUCKDB_GLOBAL_CONFIG
+from pg_to_bq.destinations.soft_deletes import rows_of
 from pg_to_bq.load.results import TableRead
 from pg_to_bq.planning.errors import describe
 from pg_to_bq.planning.tables import TablePlan
@@ -221,12 +223,19 @@ def _resource(pipeline: dlt.Pipeline, item: TableRead) -> Any:
         yield dlt.mark.with_file_import(str(path), "parquet",
                                         items_count=item.reader.stats.rows)
 
+    columns = [c.dlt_hint() for c in plan.columns]
+    if plan.soft_deletes:
+        # Absent from the file: dlt writes it NULL for every row it loads (a row inserted
+        # again under a deleted key is live again). A whole read merges too: replacing the
+        # table would drop the rows kept as deleted.
+        columns.append(soft_deletes.HINT)
     resource = dlt.resource(
         table_file,
         name=plan.destination_table,
-        write_disposition="replace" if item.mode == "full" else "merge",
+        write_disposition="replace" if item.mode == "full" and not plan.soft_deletes
+        else "merge",
         primary_key=list(plan.destination_primary_key) or None,
-        columns=[c.dlt_hint() for c in plan.columns],
+        columns=columns,
         file_format="parquet",
     )
     if pipeline.destination.destination_name == "bigquery":
@@ -234,10 +243,11 @@ def _resource(pipeline: dlt.Pipeline, item: TableRead) -> Any:
     return resource
 
 
-def destination_counts(pipeline: dlt.Pipeline, tables: Sequence[str], load_ids: Sequence[str] = ()
-                ) -> tuple[dict[str, int], set[str]]:
-    """Rows in each of `tables` (destination names), and which of `load_ids` the
-    destination has a record of (`_dlt_loads`), asked in one query per 200 tables."""
+def destination_counts(pipeline: dlt.Pipeline, tables: Sequence[str], load_ids: Sequence[str] = (),
+                       live: Collection[str] = ()) -> tuple[dict[str, int], set[str]]:
+    """Rows in each of `tables` (destination names; only the live rows of those in `live`,
+    which keep soft-deleted rows), and which of `load_ids` the destination has a record of
+    (`_dlt_loads`), asked in one query per 200 tables."""
     counts: dict[str, int] = {}
     known: set[str] = set()
     items: list[tuple[str, str]] = [("table", t) for t in tables] + \
@@ -250,7 +260,7 @@ def destination_counts(pipeline: dlt.Pipeline, tables: Sequence[str], load_ids: 
         for start in range(0, len(items), COUNT_QUERY_TABLES):
             chunk = items[start:start + COUNT_QUERY_TABLES]
             sql = " UNION ALL ".join(
-                f"SELECT {i} AS i, count(*) AS n FROM {client.make_qualified_table_name(name)}"
+                f"SELECT {i} AS i, count(*) AS n FROM {rows_of(client, name, name in live)}"
                 if kind == "table" else
                 f"SELECT {i} AS i, count(*) AS n FROM {loads} WHERE load_id = {literal(name)}"
                 for i, (kind, name) in enumerate(chunk))

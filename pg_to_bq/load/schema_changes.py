@@ -4,7 +4,7 @@ first), the columns changed in place."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import dlt
@@ -17,6 +17,7 @@ from pg_to_bq.destinations.schema import (
     stored_columns,
     type_mapper,
 )
+from pg_to_bq.destinations.soft_deletes import keep_aside
 from pg_to_bq.destinations.state_table import (
     LOADING_KEY,
     invalidated,
@@ -44,14 +45,15 @@ def evolutions_of(pipeline: dlt.Pipeline, plans: Sequence[TablePlan]
 
 
 def prepare(pipeline: dlt.Pipeline, read: list[TableRead], states: dict[str, dict[str, Any]],
-             record_state: bool) -> dict[str, str]:
+             record_state: bool, live: Collection[str] = ()) -> dict[str, str]:
     """Before the load: mark the tables being loaded (a run killed before it records their
     new state leaves that mark, so the next run knows the destination may hold more than
     the state says), mark the fills this run owes (so a run killed before they are done
     leaves them to the next one), invalidate the state of the tables about to be dropped and
-    loaded again (so a reload that does not finish leaves no cursor without its rows), and
+    loaded again (so a reload that does not finish leaves no cursor without its rows) and
+    copy aside the soft-deleted rows of those among `live` (the tables that keep them), and
     change column types in place. Returns the tables that cannot load (an ALTER the
-    destination refused)."""
+    destination refused, rows that could not be copied aside)."""
     pending = {}
     for item in read:
         table = item.plan.destination_table
@@ -72,7 +74,7 @@ def prepare(pipeline: dlt.Pipeline, read: list[TableRead], states: dict[str, dic
         states.update(pending)
     if any(not item.evolution.exists for item in read):
         forget_stored_schema(pipeline)
-    failures = {}
+    failures = keep_aside_before_reload(pipeline, [i for i in read if i.refresh], live)
     for item in read:
         evolution = item.evolution
         if item.refresh or not (evolution.widened or evolution.relax):
@@ -84,4 +86,28 @@ def prepare(pipeline: dlt.Pipeline, read: list[TableRead], states: dict[str, dic
             failures[item.plan.destination_table] = (
                 f"table {item.plan.name}: the destination refused to change its columns in "
                 f"place ({describe(exc)}); a full refresh (--full-refresh) loads it again")
+    return failures
+
+
+def keep_aside_before_reload(pipeline: dlt.Pipeline, reloads: Sequence[TableRead],
+                             live: Collection[str]) -> dict[str, str]:
+    """Copy the soft-deleted rows of each table about to be dropped and loaded again into a
+    table of their own (`pg_to_bq.destinations.soft_deletes.keep_aside`), said in its line;
+    a table whose rows could not be copied is not dropped: it fails."""
+    failures = {}
+    for item in reloads:
+        table = item.plan.destination_table
+        if table not in live:
+            continue
+        try:
+            with pipeline.sql_client() as client:
+                kept = keep_aside(client, table)
+        except Exception as exc:  # noqa: BLE001 - this table's own failure
+            failures[table] = (f"table {item.plan.name}: its soft-deleted rows could not be "
+                               f"kept before its reload under a new column type "
+                               f"({describe(exc)}); the table is left as it was")
+            continue
+        if kept is not None:
+            item.changes.append(f"its {kept[1]:,} soft-deleted row(s) kept in table {kept[0]} "
+                                "(the table is loaded again under a new column type)")
     return failures

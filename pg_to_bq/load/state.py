@@ -11,7 +11,7 @@ that no longer match the tables' rows, which the next run notices (`trusted_stat
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import dlt
@@ -69,7 +69,7 @@ LOADED_COLUMNS_STATE_KEY = "loaded_columns"
 
 
 def trusted_states(pipeline: dlt.Pipeline, plans: Sequence[TablePlan],
-                    evolutions: Mapping[str, Evolution]
+                    evolutions: Mapping[str, Evolution], live: Collection[str] = ()
                     ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
     """Each table's stored state (`pg_to_bq.destinations.state_table`) when the destination
     table still holds the rows it covers, and why not for the others (whose state is then
@@ -85,7 +85,7 @@ def trusted_states(pipeline: dlt.Pipeline, plans: Sequence[TablePlan],
     present = [t for t in stored if evolutions.get(t, Evolution(exists=False)).exists]
     load_ids = sorted({str(s[LOAD_ID_KEY]) for t, s in stored.items()
                        if t in present and s.get(LOAD_ID_KEY)})
-    counts, known = destination_counts(pipeline, present, load_ids)
+    counts, known = destination_counts(pipeline, present, load_ids, live)
     trusted: dict[str, dict[str, Any]] = {}
     doubts: dict[str, str] = {}
     for table, state in stored.items():

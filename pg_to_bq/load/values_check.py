@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pg_to_bq.checks import drift
@@ -25,6 +25,7 @@ from pg_to_bq.checks.fingerprint import (
     split_many,
 )
 from pg_to_bq.checks.outcomes import FINGERPRINT, CheckOutcome, not_computed
+from pg_to_bq.destinations.soft_deletes import rows_of
 from pg_to_bq.planning.errors import describe
 from pg_to_bq.planning.tables import TablePlan
 
@@ -72,8 +73,10 @@ def source_side_fingerprint(plan: TablePlan, reader: TableReader, mode: str, ful
 FINGERPRINT_QUERY_TABLES = 50
 
 
-def compare_fingerprints(pipeline: Any, loaded: list[TableRead]) -> dict[str, CheckOutcome]:
-    """The values check of each loaded table (see `load_group`)."""
+def compare_fingerprints(pipeline: Any, loaded: list[TableRead], live: Collection[str] = ()
+                         ) -> dict[str, CheckOutcome]:
+    """The values check of each loaded table (see `load_group`; `live`: the tables whose
+    live rows only are compared, `pg_to_bq.destinations.soft_deletes`)."""
     outcomes: dict[str, CheckOutcome] = {}
     ready = []
     for item in loaded:
@@ -89,7 +92,8 @@ def compare_fingerprints(pipeline: Any, loaded: list[TableRead]) -> dict[str, Ch
         with pipeline.sql_client() as client:
             for start in range(0, len(ready), FINGERPRINT_QUERY_TABLES):
                 chunk = ready[start:start + FINGERPRINT_QUERY_TABLES]
-                items = [(r.plan, client.make_qualified_table_name(r.plan.destination_table),
+                items = [(r.plan, rows_of(client, r.plan.destination_table,
+                                          r.plan.destination_table in live),
                           r.fingerprint[0]) for r in chunk]  # type: ignore[index]
                 rows = split_many(client.execute_sql(destination_sql_many(items, kind)) or [])
                 for index, item in enumerate(chunk):
@@ -115,8 +119,8 @@ def engine(pipeline: Any) -> str:
     return kind
 
 
-def destination_figures(pipeline: Any, tables: Mapping[str, Sequence[tuple[str, str]]]
-                        ) -> dict[str, drift.Figures]:
+def destination_figures(pipeline: Any, tables: Mapping[str, Sequence[tuple[str, str]]],
+                        live: Collection[str] = ()) -> dict[str, drift.Figures]:
     """The whole-table figures (`pg_to_bq.checks.drift`) of `tables` (destination table ->
     its (column, logical type) pairs), one query per `drift.QUERY_TABLES` tables. A chunk
     whose query fails (a column dropped by hand) is asked table by table; a table that still
@@ -129,7 +133,7 @@ def destination_figures(pipeline: Any, tables: Mapping[str, Sequence[tuple[str, 
     items = list(tables.items())
     with pipeline.sql_client() as client:
         def ask(chunk: list[tuple[str, Sequence[tuple[str, str]]]]) -> None:
-            sql = drift.figures_sql(kind, [(client.make_qualified_table_name(t), columns)
+            sql = drift.figures_sql(kind, [(rows_of(client, t, t in live), columns)
                                            for t, columns in chunk])
             for index, text in client.execute_sql(sql) or []:
                 table, columns = chunk[int(index)]

@@ -29,7 +29,8 @@ class TableOutcome:
         notes: Things the user should know: schema changes handled, columns left out or
             renamed.
         failed_checks: Checks that did not pass, with their reason.
-        deleted: Rows deleted by a delete pass.
+        deleted: Rows deleted by a delete pass or by change capture.
+        soft_deletes: Those rows are kept, marked deleted (`_pg_to_bq_deleted_at`).
         new: A table new in PostgreSQL, found and loaded by the catalog step.
         reason: Why a table was read whole although its state would have allowed less
             (the destination no longer held the rows its state covered).
@@ -45,6 +46,7 @@ class TableOutcome:
     notes: tuple[str, ...] = ()
     failed_checks: tuple[str, ...] = ()
     deleted: int | None = None
+    soft_deletes: bool = False
     new: bool = False
     reason: str | None = None
 

@@ -39,6 +39,7 @@ from pg_to_bq.orchestration.storage_connections import hold_storage_connections
 from pg_to_bq.planning.catalog import Catalog
 from pg_to_bq.planning.errors import describe, is_transient
 from pg_to_bq.planning.groups import LoadGroup
+from pg_to_bq.planning.naming import SOFT_DELETE_COLUMN
 from pg_to_bq.planning.tables import TablePlan, replan
 from pg_to_bq.postgres.connect import connect
 from pg_to_bq.postgres.discovery import discover
@@ -237,7 +238,8 @@ def _materialized(
     progress.publish(progress.TableOutcome(
         plan.name, "unchanged" if result.status == "unchanged" else "loaded", rows=result.rows,
         mode=result.mode, seconds=result.duration_s, notes=tuple(notes),
-        failed_checks=tuple(failed_checks), deleted=result.deleted, reason=result.reason))
+        failed_checks=tuple(failed_checks), deleted=result.deleted, reason=result.reason,
+        soft_deletes=plan.soft_deletes))
 
 
 def materialization_metadata(plan: TablePlan, snapshot_plan: TablePlan | None,
@@ -262,6 +264,9 @@ def materialization_metadata(plan: TablePlan, snapshot_plan: TablePlan | None,
             "changes": "no change captured since the last load (not read)",
         }.get(result.extra.get("unchanged"),
               "the rows of the lookback window read back as last loaded")
+    if plan.soft_deletes:
+        metadata["soft_deletes"] = (f"rows deleted in PostgreSQL stay, marked in "
+                                    f"{SOFT_DELETE_COLUMN}")
     optional = {"source_rows_in_snapshot": result.snapshot_rows, "rows_deleted": deleted,
                 "cursor_from": result.cursor_from, "cursor_to": result.cursor_to}
     metadata.update({k: v if isinstance(v, int) else str(v)

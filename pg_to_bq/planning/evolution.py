@@ -26,6 +26,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from pg_to_bq.planning.naming import SOFT_DELETE_COLUMN
+
 # Integer types by width, as DuckDB names them; BigQuery has only INT64.
 _DUCKDB_INTEGERS = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT")
 _INTEGER_DIGITS = {"TINYINT": 3, "SMALLINT": 5, "INTEGER": 10, "BIGINT": 19, "INT64": 19,
@@ -118,7 +120,7 @@ def diff(planned: Mapping[str, str], stored: Mapping[str, StoredColumn] | None,
             retyped.append(Change("retyped", name, old, new))
     planned_folded = {name.casefold() for name in planned}
     dropped = [c.name for c in stored.values() if c.name.casefold() not in planned_folded
-               and not c.name.startswith("_dlt_")]
+               and not c.name.startswith("_dlt_") and c.name != SOFT_DELETE_COLUMN]
     relax = [name for name in dropped if not by_folded[name.casefold()].nullable]
     return Evolution(exists=True, added=tuple(added), dropped=tuple(dropped),
                      widened=tuple(widened), retyped=tuple(retyped),

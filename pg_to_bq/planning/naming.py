@@ -32,7 +32,10 @@ from dataclasses import dataclass
 MAX_TABLE_NAME = 1024
 MAX_COLUMN_NAME = 300
 _ASCII_NAME = re.compile(r"^[A-Za-z0-9_]+$")
-RESERVED_PREFIXES = ("_dlt_", "_table_", "_file_", "_partition", "_row_timestamp")
+RESERVED_PREFIXES = ("_dlt_", "_table_", "_file_", "_partition", "_row_timestamp", "_pg_to_bq_")
+# The column a table with soft deletes gets in the destination: when the row was found
+# deleted in PostgreSQL (NULL while it is not), instead of deleting it.
+SOFT_DELETE_COLUMN = "_pg_to_bq_deleted_at"
 SUFFIX_DIGITS = 6
 
 

@@ -63,6 +63,8 @@ class TableOverride:
     # How long the table may go without a load before it shows stale (Dagster's freshness
     # policy); False: never stale; None: derived from the schedule.
     freshness: timedelta | bool | None = None
+    # Keep rows deleted in PostgreSQL, marked deleted (None: the default's choice).
+    soft_deletes: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,8 @@ class Overrides:
     sensitive_columns: bool = True
     lookback: timedelta = timedelta(minutes=10)
     source: str = "(no tables file)"
+    # The default for tables that do not say (None: `PG_TO_BQ_SOFT_DELETES` decides).
+    soft_deletes: bool | None = None
 
     def for_table(self, qualified_name: str) -> TableOverride:
         return self.tables.get(qualified_name, TableOverride())
@@ -103,7 +107,7 @@ def parse_overrides(data: Any, source: str) -> Overrides:
     defaults = data.get("defaults") or {}
     if not isinstance(defaults, dict):
         raise OverridesError(f"{source}: 'defaults' must be a mapping")
-    unknown = set(defaults) - {"sensitive_columns", "lookback"}
+    unknown = set(defaults) - {"sensitive_columns", "lookback", "soft_deletes"}
     if unknown:
         raise OverridesError(f"{source}: defaults: unknown field(s) {sorted(unknown)}")
     tables_data = data.get("tables") or {}
@@ -122,6 +126,8 @@ def parse_overrides(data: Any, source: str) -> Overrides:
                                    f"{source}: defaults.sensitive_columns"),
         lookback=parse_duration(defaults.get("lookback", "10m"), f"{source}: defaults.lookback"),
         source=source,
+        soft_deletes=_optional_boolean(defaults.get("soft_deletes"),
+                                       f"{source}: defaults.soft_deletes"),
     )
 
 
@@ -129,7 +135,7 @@ def _parse_table(spec: Any, where: str) -> TableOverride:
     if not isinstance(spec, dict):
         raise OverridesError(f"{where}: must be a mapping of fields")
     allowed = {"disposition", "primary_key", "cursor", "lookback", "partition", "schedule", "columns",
-               "bigquery", "freshness"}
+               "bigquery", "freshness", "soft_deletes"}
     unknown = set(spec) - allowed
     if unknown:
         raise OverridesError(f"{where}: unknown field(s) {sorted(unknown)}; known: {sorted(allowed)}")
@@ -166,7 +172,12 @@ def _parse_table(spec: Any, where: str) -> TableOverride:
         bigquery_partition=bigquery.get("partition"),
         bigquery_cluster=tuple(cluster),
         freshness=_parse_freshness(spec.get("freshness"), f"{where}: freshness"),
+        soft_deletes=_optional_boolean(spec.get("soft_deletes"), f"{where}: soft_deletes"),
     )
+
+
+def _optional_boolean(value: Any, where: str) -> bool | None:
+    return None if value is None else _boolean(value, where)
 
 
 def _parse_freshness(value: Any, where: str) -> timedelta | bool | None:

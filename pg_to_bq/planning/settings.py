@@ -7,6 +7,7 @@ are kept as ids and resolved at run time by the resources.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Mapping
@@ -113,6 +114,9 @@ class Settings:
     # Retained WAL above which the slot's check warns; it fails at 80% of the server's
     # max_slot_wal_keep_size (beyond it PostgreSQL invalidates the slot).
     cdc_wal_warn_bytes: int = 1024**3
+    # Rows deleted in PostgreSQL stay in the destination, marked in `_pg_to_bq_deleted_at`
+    # (the tables file's `soft_deletes` decides per table, and overrides this).
+    soft_deletes: bool = False
     # The environment variables that hold the source URL and the hash salt: resources read
     # them when a run needs them (`dg.EnvVar`), so the values never enter the definitions.
     source_url_env: str = f"{PREFIX}SOURCE_URL"
@@ -126,8 +130,12 @@ class Settings:
         from pg_to_bq.planning.overrides import load_overrides, parse_overrides
 
         if self.inline_tables is not None:
-            return parse_overrides(dict(self.inline_tables), "the component's tables attribute")
-        return load_overrides(self.tables_file)
+            found = parse_overrides(dict(self.inline_tables), "the component's tables attribute")
+        else:
+            found = load_overrides(self.tables_file)
+        if found.soft_deletes is None and self.soft_deletes:
+            found = dataclasses.replace(found, soft_deletes=True)
+        return found
 
     @property
     def snapshot_path(self) -> Path:
@@ -248,6 +256,7 @@ class Settings:
             fingerprint_rows=_non_negative_int(get("FINGERPRINT_ROWS", "5000"),
                                                "FINGERPRINT_ROWS"),
             **_cdc_settings(get, dataset),
+            soft_deletes=_bool(get("SOFT_DELETES", "false"), "SOFT_DELETES"),
         )
 
 

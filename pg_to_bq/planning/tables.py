@@ -80,6 +80,8 @@ class TablePlan:
     error: str | None = None
     # The tables file's freshness: a window, False (never stale), None (from the schedule).
     freshness: timedelta | bool | None = None
+    # Rows deleted in PostgreSQL stay, with `SOFT_DELETE_COLUMN` set (a primary key needed).
+    soft_deletes: bool = False
 
     @property
     def name(self) -> str:
@@ -261,6 +263,12 @@ def _plan_table(
     for name in (override.bigquery_partition, *override.bigquery_cluster):
         if name is not None and (name not in column_names or name in excluded):
             raise PlanError(f"{where}: bigquery partition/cluster column {name!r} is not loaded")
+    soft_deletes = override.soft_deletes if override.soft_deletes is not None \
+        else bool(overrides.soft_deletes)
+    if soft_deletes and not primary_key:
+        notes.append("soft deletes need a primary key (set primary_key): rows deleted in "
+                     "PostgreSQL leave this table when it is next read whole")
+        soft_deletes = False
     if not table.columns:
         notes.append("the table has no columns: it is reported and skipped")
     elif not mappings:
@@ -282,6 +290,7 @@ def _plan_table(
         renamings=tuple(renamings),
         table_renaming=table_renaming,
         freshness=override.freshness,
+        soft_deletes=soft_deletes,
     )
 
 

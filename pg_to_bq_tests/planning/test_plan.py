@@ -68,6 +68,9 @@ def test_overrides_apply() -> None:
         ({"tables": {"public.orders": {"lookback": "soon"}}}, "lookback: 'soon' is not a duration"),
         ({"tables": {"public.orders": {"bigquery": {"partition_by": "x"}}}},
          "tables.yaml: table public.orders: bigquery takes partition"),
+        ({"tables": {"public.orders": {"soft_deletes": "yes"}}},
+         "tables.yaml: table public.orders: soft_deletes: 'yes' must be true or false"),
+        ({"defaults": {"soft_deletes": 1}}, "tables.yaml: defaults.soft_deletes: 1 must be"),
     ],
 )
 def test_override_errors_name_file_table_and_field(spec: dict, message: str) -> None:
@@ -86,6 +89,27 @@ def test_an_override_that_does_not_fit_fails_that_table_alone() -> None:
     overrides = parse_overrides({"tables": {"public.log": {"disposition": "merge"}}}, "t.yaml")
     [log] = build_plans(Catalog(tables=(LOG,)), "duckdb", overrides)
     assert "needs a primary key" in log.error
+
+
+def test_soft_deletes_the_setting_the_file_default_and_a_table() -> None:
+    """`PG_TO_BQ_SOFT_DELETES` is the default; the tables file's default overrides it and
+    a table's own setting both; a table without a primary key cannot keep deleted rows,
+    and its plan says so."""
+    from pg_to_bq.planning.settings import Settings
+
+    env = {"PG_TO_BQ_SOURCE_URL": "postgresql://x@h/d", "PG_TO_BQ_SOFT_DELETES": "true"}
+    overrides = Settings.from_env(env).overrides()
+    orders, log = build_plans(Catalog(tables=(ORDERS, LOG)), "duckdb", overrides)
+    assert orders.soft_deletes and not log.soft_deletes
+    assert any("soft deletes need a primary key" in note for note in log.notes)
+    assert not Settings.from_env({**env, "PG_TO_BQ_SOFT_DELETES": "false"}).soft_deletes
+    overrides = parse_overrides({"defaults": {"soft_deletes": False},
+                                 "tables": {"public.orders": {"soft_deletes": True}}}, "t.yaml")
+    orders, log = build_plans(Catalog(tables=(ORDERS, LOG)), "duckdb", overrides)
+    assert orders.soft_deletes and not log.soft_deletes and not log.notes
+    overrides = parse_overrides({"tables": {"public.orders": {"soft_deletes": False}}}, "t.yaml")
+    [orders] = build_plans(Catalog(tables=(ORDERS,)), "duckdb", overrides)
+    assert not orders.soft_deletes
 
 
 def test_tables_file_naming_a_missing_table_is_an_error() -> None:

@@ -58,9 +58,11 @@ def source_rows(url: str, table: str, columns: Sequence[str], schema: str = "pub
     return Counter(tuple(canonical(v) for v in row) for row in rows)
 
 
-def duckdb_rows(path: Path, dataset: str, table: str, columns: Sequence[str]) -> Counter:
+def duckdb_rows(path: Path, dataset: str, table: str, columns: Sequence[str], where: str = ""
+                ) -> Counter:
     with duckdb.connect(str(path), read_only=True) as conn:
-        rows = conn.execute(f'SELECT {_quoted(columns)} FROM "{dataset}"."{table}"').fetchall()
+        rows = conn.execute(f'SELECT {_quoted(columns)} FROM "{dataset}"."{table}" '
+                            f'{where}').fetchall()
     return Counter(tuple(canonical(v) for v in row) for row in rows)
 
 
@@ -83,6 +85,8 @@ def assert_mirrored(url: str, table: str, read_copy: Callable[[Sequence[str]], C
 
 
 def assert_mirrored_in_duckdb(url: str, path: Path, table: str, dataset: str = "raw",
-                              schema: str = "public") -> None:
-    assert_mirrored(url, table, lambda columns: duckdb_rows(path, dataset, table, columns),
-                    schema)
+                              schema: str = "public", live_only: bool = False) -> None:
+    """... (`live_only`: the copy's rows not marked deleted, for a table with soft deletes)."""
+    where = "WHERE _pg_to_bq_deleted_at IS NULL" if live_only else ""
+    assert_mirrored(url, table,
+                    lambda columns: duckdb_rows(path, dataset, table, columns, where), schema)
