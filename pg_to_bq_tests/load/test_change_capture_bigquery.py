@@ -71,3 +71,57 @@ def test_changes_arrive_exactly_in_bigquery(pg_url: str, settings_env, tmp_path,
     out = capsys.readouterr().out
     assert "truncated in PostgreSQL" in out, out
     exact()
+
+
+def test_soft_deletes_in_bigquery(pg_url: str, settings_env, tmp_path, bigquery_emulator,
+                                  capsys) -> None:
+    """Soft deletes (`PG_TO_BQ_SOFT_DELETES`) as BigQuery SQL: the deletes change capture
+    applies are UPDATEs of `_pg_to_bq_deleted_at`, a truncate (a whole read) merges and
+    marks, a key inserted again is live again; the live rows are exact, the marked ones
+    the rows the copy had, and the check (live rows only) passes."""
+    run_sql(pg_url, SHOP)
+    settings_env(pg_url, destination="bigquery", bigquery_project=bigquery_emulator.project_id,
+                 bigquery_key_file=str(bigquery_emulator.key_file(tmp_path)), dataset="soft",
+                 cdc="true", soft_deletes="true")
+    project = bigquery_emulator.project_id
+
+    def query(sql: str) -> list[tuple]:
+        return [tuple(row.values()) for row in bigquery_emulator.client().query_and_wait(sql)]
+
+    def live(table: str):
+        def rows(columns):
+            listed = ", ".join(f"`{c}`" for c in columns)
+            return Counter(tuple(canonical(v) for v in row) for row in query(
+                f"SELECT {listed} FROM `{project}.soft.{table}` "
+                "WHERE _pg_to_bq_deleted_at IS NULL"))
+        return rows
+
+    def kept(table: str, key: str) -> list:
+        return sorted(r[0] for r in query(f"SELECT {key} FROM `{project}.soft.{table}` "
+                                          "WHERE _pg_to_bq_deleted_at IS NOT NULL"))
+
+    def sync() -> str:
+        code = main(["sync"])
+        out = capsys.readouterr().out
+        assert code == 0 and "checks failed" not in out, out
+        return out
+
+    sync()
+    run_sql(pg_url, """
+        DELETE FROM orders WHERE id BETWEEN 100 AND 104;
+        UPDATE orders SET id = 900001 WHERE id = 7;
+        DELETE FROM pairs WHERE a = 4;
+    """)
+    out = sync()
+    assert "(kept, marked in _pg_to_bq_deleted_at)" in out, out
+    assert kept("orders", "id") == [7, 100, 101, 102, 103, 104]
+    run_sql(pg_url, "INSERT INTO orders (id, status) VALUES (101, 'again'); TRUNCATE tags; "
+                    "INSERT INTO tags VALUES ('only', 'one')")
+    out = sync()
+    assert "truncated in PostgreSQL" in out, out
+    assert kept("orders", "id") == [7, 100, 102, 103, 104]
+    assert len(kept("tags", "name")) == 300
+    for table in ("orders", "tags", "pairs"):
+        assert_mirrored(pg_url, table, live(table))
+    out = sync()
+    assert "public.orders: unchanged" in out, out

@@ -8,13 +8,14 @@ and that the table's check passes (the kept rows are not "extra rows").
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import duckdb
 import pytest
 
 from pg_to_bq.cli.main import main
-from pg_to_bq_tests.conftest import duck_rows, run_sql
+from pg_to_bq_tests.conftest import duck_rows, pg_rows, run_sql
 from pg_to_bq_tests.support.mirror_compare import assert_mirrored_in_duckdb
 
 SHOP = """
@@ -27,6 +28,7 @@ SHOP = """
     CREATE TABLE plain (x int, y text);
     INSERT INTO plain SELECT g, 'y' || g FROM generate_series(1, 20) g;
 """
+README = Path(__file__).resolve().parents[2] / "README.md"
 KEPT = "SELECT {cols} FROM raw.{table} WHERE _pg_to_bq_deleted_at IS NOT NULL ORDER BY 1"
 
 
@@ -88,6 +90,12 @@ def test_deleted_rows_stay_marked_and_a_key_inserted_again_is_live(shop, capsys)
     # Nothing changed: the state, counting live rows, is trusted (no whole read).
     out = sync(capsys)
     assert "public.orders: unchanged" in out and "public.tags: unchanged" in out, out
+    # The README's query for what PostgreSQL has now, as written there.
+    [query] = [q for q in re.findall(r"```sql\n(.*?)```", README.read_text(encoding="utf-8"),
+                                     re.S) if "_pg_to_bq_deleted_at" in q]
+    with duckdb.connect(str(path), read_only=True) as conn:
+        live = conn.execute(query.split("--")[0]).fetchall()
+    assert len(live) == pg_rows(url, "SELECT count(*) FROM orders")[0][0]
 
 
 def test_whole_reads_keep_the_marked_rows(shop, capsys) -> None:
