@@ -133,6 +133,22 @@ def test_metadata_visible_before_first_materialization(snapshot_env) -> None:
     assert memo.metadata["dagster/table_name"] == "dest.raw.顧客メモ"
 
 
+def test_soft_deletes_show_on_the_table_page(snapshot_env, monkeypatch) -> None:
+    """With soft deletes, an analyst sees the extra column in the table's schema and the
+    plan says how to read the live rows; a table without a key says it cannot keep them."""
+    monkeypatch.setenv("PG_TO_BQ_SOFT_DELETES", "true")
+    graph = build_definitions(Settings.from_env()).resolve_asset_graph()
+    customers = graph.get(dg.AssetKey(["duckdb", "raw", "customers"]))
+    deleted_at = customers.metadata["dagster/column_schema"].columns[-1]
+    assert (deleted_at.name, deleted_at.type) == ("_pg_to_bq_deleted_at",
+                                                   "TIMESTAMP WITH TIME ZONE")
+    assert "WHERE _pg_to_bq_deleted_at IS NULL" in customers.metadata["pg_to_bq/plan"].value
+    events = graph.get(dg.AssetKey(["duckdb", "raw", "analytics__events"]))
+    assert "_pg_to_bq_deleted_at" not in [c.name for c in
+                                          events.metadata["dagster/column_schema"].columns]
+    assert "soft deletes need a primary key" in events.metadata["pg_to_bq/plan"].value
+
+
 def test_small_tables_share_a_step_and_every_table_has_its_checks(snapshot_env) -> None:
     defs = build_definitions(Settings.from_env())
     job = defs.resolve_job_def(NIGHTLY_JOB)
