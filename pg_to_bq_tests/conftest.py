@@ -102,15 +102,19 @@ def run_sql(url: str, sql: str) -> None:
 
 def kill_sync_when(ready: Callable[[], bool], *tables: str, what: str) -> None:
     """Run `pg-to-bq sync TABLE…` in a process group of its own with this environment and
-    SIGKILL the whole group as soon as `ready()` (polled every 10 ms, for up to 120 s);
+    SIGKILL the whole group as soon as `ready()` (polled every 10 ms, for up to 120 s; a
+    file the run removes while `ready` walks a directory makes that poll False);
     fails saying `what` was awaited when the run ended first."""
     process = subprocess.Popen([sys.executable, "-m", "pg_to_bq.cli", "sync", *tables],
                                env=dict(os.environ), stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
-        if ready():
-            break
+        try:
+            if ready():
+                break
+        except FileNotFoundError:
+            pass  # a file the run removed while `ready` walked its directory: poll again
         time.sleep(0.01)
     if process.poll() is not None:
         output = process.stdout.read().decode() if process.stdout else ""
