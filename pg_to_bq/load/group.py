@@ -249,6 +249,8 @@ class _GroupRun:
         if read or unchanged:
             with self.destination_lock(), one_connection(pipeline):
                 if read:
+                    for _, item in read:
+                        item.keeps_deleted = item.plan.destination_table in self.live
                     failures = prepare(pipeline, [r for _, r in read], states,
                                        self.record_state, self.live)
                     ready = [r for _, r in read if r.plan.destination_table not in failures]
@@ -268,8 +270,7 @@ class _GroupRun:
                     if item.absent:
                         result.deleted = len(item.absent)
                 self.delete_pass(results, {r.plan.destination_table for _, r in loaded
-                                           if r.plan.soft_deletes and r.evolution.exists
-                                           and not r.refresh})
+                                           if r.merges_whole})
                 if counting:
                     counts, _ = destination_counts(pipeline,
                                                    [r.destination_table for _, r in results],
@@ -413,10 +414,10 @@ class _GroupRun:
     def delete_pass(self, results: list[tuple[int, LoadResult]], soft_whole: set[str]
                     ) -> None:
         """The delete pass of the merged tables that asked for one (`pg_to_bq.load.deletes`),
-        after their load and fill, loaded or unchanged; and of the tables with soft deletes
-        read whole this run (`soft_whole`: merged, not replaced, so the rows PostgreSQL no
-        longer has are still there, to be marked). A table whose pass fails fails, its rows
-        loaded (its state is kept: it covers them)."""
+        after their load and fill, loaded or unchanged; and of the tables that keep
+        soft-deleted rows read whole this run (`soft_whole`: merged, not replaced, so the
+        rows PostgreSQL no longer has are still there, to be marked or deleted). A table
+        whose pass fails fails, its rows loaded (its state is kept: it covers them)."""
         from pg_to_bq.load.deletes import apply_deletes
 
         for index, result in results:

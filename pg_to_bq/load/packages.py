@@ -226,13 +226,13 @@ def _resource(pipeline: dlt.Pipeline, item: TableRead) -> Any:
     columns = [c.dlt_hint() for c in plan.columns]
     if plan.soft_deletes:
         # Absent from the file: dlt writes it NULL for every row it loads (a row inserted
-        # again under a deleted key is live again). A whole read merges too: replacing the
-        # table would drop the rows kept as deleted.
+        # again under a deleted key is live again). A whole read of a table holding rows
+        # marked deleted merges (`merges_whole`): replacing the table would drop them.
         columns.append(soft_deletes.HINT)
     resource = dlt.resource(
         table_file,
         name=plan.destination_table,
-        write_disposition="replace" if item.mode == "full" and not plan.soft_deletes
+        write_disposition="replace" if item.mode == "full" and not item.merges_whole
         else "merge",
         primary_key=list(plan.destination_primary_key) or None,
         columns=columns,

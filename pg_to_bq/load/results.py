@@ -177,6 +177,16 @@ class TableRead:
     not_captured: str | None = None
     # The captured changes this read applies: positions (from, to] and counts by kind.
     captured: dict[str, int] | None = None
+    # The destination table keeps soft-deleted rows (`pg_to_bq.destinations.soft_deletes`):
+    # a whole read merges, never replaces them away.
+    keeps_deleted: bool = False
+
+    @property
+    def merges_whole(self) -> bool:
+        """A whole read merged (then the keys PostgreSQL no longer has are marked, or
+        deleted if soft deletes are off now), keeping the rows marked deleted."""
+        return self.mode == "full" and (self.plan.soft_deletes or self.keeps_deleted) \
+            and bool(self.plan.primary_key) and self.evolution.exists and not self.refresh
 
     @property
     def refresh(self) -> bool:

@@ -138,8 +138,8 @@ def test_a_reload_under_a_new_type_keeps_the_marked_rows_aside(shop, capsys) -> 
 def test_turned_on_for_a_loaded_table_and_off_again(pg_url, settings_env, capsys,
                                                      monkeypatch) -> None:
     """A mirror loaded without soft deletes turns them on: a table not loaded since gets
-    the column from its delete pass. Turned off again, the marked rows stay, and still do
-    not count as rows PostgreSQL lacks."""
+    the column from its delete pass. Turned off again, the marked rows stay (through a
+    whole read too), and still do not count as rows PostgreSQL lacks."""
     run_sql(pg_url, SHOP)
     path = settings_env(pg_url)
     sync(capsys)
@@ -156,6 +156,13 @@ def test_turned_on_for_a_loaded_table_and_off_again(pg_url, settings_env, capsys
     assert_live_exact(pg_url, path, tables=("orders",))
     out = sync(capsys)
     assert "public.orders: unchanged" in out, out
+    # A whole read, soft deletes off: merged too, so the marked rows stay; a row deleted
+    # since leaves (hard).
+    run_sql(pg_url, "DELETE FROM orders WHERE id = 4")
+    out = sync(capsys, "--full-refresh")
+    assert "public.orders: ok, 1,996 rows (full), 1 deleted in" in out, out
+    assert [r[0] for r in kept(path, "orders")] == [1, 2]
+    assert_live_exact(pg_url, path, tables=("orders",))
 
 
 def test_the_tables_file_decides_per_table(pg_url, settings_env, capsys, tmp_path) -> None:
