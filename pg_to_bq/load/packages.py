@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
@@ -42,6 +43,10 @@ class _QuietHintOverride(logging.Filter):
 
 
 logging.getLogger("dlt").addFilter(_QuietHintOverride())
+# dlt's anonymous usage telemetry (a request to dltHub per pipeline step) stays off unless
+# the user turns it on (`RUNTIME__DLTHUB_TELEMETRY=true`): a mirror of someone's database
+# does not report on itself by default. The container image sets the same.
+os.environ.setdefault("RUNTIME__DLTHUB_TELEMETRY", "false")
 
 
 
