@@ -304,3 +304,26 @@ def test_full_refresh_from_the_launchpad_config(pg_url: str, settings_env) -> No
     )
     assert metadata_of(result)["load_mode"] == "full"
     assert duck_rows(path, "SELECT count(*) FROM raw.orders") == [(900,)]
+
+
+def test_a_declared_key_the_data_does_not_keep_loses_no_row(pg_url: str, settings_env,
+                                                             tmp_path: Path, capsys) -> None:
+    """A key named in the tables file for a table without one, which the data does not keep
+    unique: a merge loads every row of the key, so the copy still equals the source (dlt's
+    deduplication of the staged rows kept one of them: the table failed every run)."""
+    from pg_to_bq.cli.main import main
+    from pg_to_bq_tests.support.mirror_compare import assert_mirrored_in_duckdb
+
+    run_sql(pg_url, """
+        CREATE TABLE visits (k int, v text, updated_at timestamptz NOT NULL);
+        INSERT INTO visits SELECT g, 'v' || g, now() - interval '1 day' FROM generate_series(1, 50) g;
+    """)
+    tables = tmp_path / "tables.yaml"
+    tables.write_text("tables:\n  public.visits: {primary_key: [k], cursor: updated_at}\n",
+                      encoding="utf-8")
+    path = settings_env(pg_url, tables_file=str(tables))
+    assert main(["sync"]) == 0, capsys.readouterr().out
+    run_sql(pg_url, "INSERT INTO visits VALUES (7, 'again', now()), (7, 'and again', now())")
+    assert main(["sync"]) == 0, capsys.readouterr().out
+    assert duck_rows(path, "SELECT count(*) FROM raw.visits WHERE k = 7") == [(3,)]
+    assert_mirrored_in_duckdb(pg_url, path, "visits")
