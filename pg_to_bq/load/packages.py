@@ -44,9 +44,9 @@ class _QuietHintOverride(logging.Filter):
 
 logging.getLogger("dlt").addFilter(_QuietHintOverride())
 # dlt's anonymous usage telemetry (a request to dltHub per pipeline step) stays off unless
-# the user turns it on (`RUNTIME__DLTHUB_TELEMETRY=true`): a mirror of someone's database
-# does not report on itself by default. The container image sets the same.
-os.environ.setdefault("RUNTIME__DLTHUB_TELEMETRY", "false")
+# the user turns it on: a mirror of someone's database does not report on itself by default
+# (the container image sets the same). dlt starts it when a pipeline is made.
+TELEMETRY_SETTING = "RUNTIME__DLTHUB_TELEMETRY"
 
 
 
@@ -65,7 +65,20 @@ def make_pipeline(plan: TablePlan, destination: Any, dataset: str, work_dir: Pat
 
 
 def group_pipeline(name: str, destination: Any, dataset: str, work_dir: Path) -> dlt.Pipeline:
-    """The dlt pipeline `name` (a group's, or a table's); its files live under `work_dir`."""
+    """The dlt pipeline `name` (a group's, or a table's); its files live under `work_dir`.
+    dlt's telemetry is off unless `RUNTIME__DLTHUB_TELEMETRY` says otherwise (set only while
+    the pipeline is made: the process's environment, which child processes inherit, stays
+    as it was)."""
+    if TELEMETRY_SETTING in os.environ:
+        return _pipeline(name, destination, dataset, work_dir)
+    os.environ[TELEMETRY_SETTING] = "false"
+    try:
+        return _pipeline(name, destination, dataset, work_dir)
+    finally:
+        os.environ.pop(TELEMETRY_SETTING, None)
+
+
+def _pipeline(name: str, destination: Any, dataset: str, work_dir: Path) -> dlt.Pipeline:
     return dlt.pipeline(
         pipeline_name=name,
         destination=destination,
