@@ -133,9 +133,6 @@ def format_plans(plans: Sequence[TablePlan], catalog: Catalog) -> str:
             notes.append(f"{plan.partition.granularity} partitions on {plan.partition.column}")
         if plan.table.kind == "p":
             notes.append("partitioned table: loaded through the parent")
-        if plan.soft_deletes:
-            notes.append(f"soft deletes: rows deleted in PostgreSQL stay, marked in "
-                         f"{SOFT_DELETE_COLUMN}")
         rows.append((
             plan.name,
             plan.destination_table,

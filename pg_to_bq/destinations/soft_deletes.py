@@ -18,25 +18,25 @@ from collections.abc import Collection, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from pg_to_bq.planning.naming import SOFT_DELETE_COLUMN
+from pg_to_bq.planning.naming import SOFT_DELETE_COLUMN, SOFT_DELETE_DESCRIPTION
 
 # The alias of a table's live rows in a query's FROM clause.
 LIVE_ALIAS = "live_rows"
 # The column, for dlt.
 HINT = {"name": SOFT_DELETE_COLUMN, "data_type": "timestamp", "timezone": True,
-        "precision": 6, "nullable": True,
-        "description": "when pg_to_bq found the row deleted in PostgreSQL (NULL while it is not)"}
-
-
-def has_column(columns: Collection[str]) -> bool:
-    """Whether a destination table with `columns` keeps soft-deleted rows."""
-    return SOFT_DELETE_COLUMN in columns
+        "precision": 6, "nullable": True, "description": SOFT_DELETE_DESCRIPTION}
 
 
 def live_tables(columns_now: Mapping[str, Collection[str]]) -> set[str]:
     """The destination tables (of `columns_now`: table -> its columns) that keep
     soft-deleted rows."""
-    return {table for table, columns in columns_now.items() if has_column(columns)}
+    return {table for table, columns in columns_now.items() if SOFT_DELETE_COLUMN in columns}
+
+
+def live(client: Any, alias: str | None = None) -> str:
+    """The condition that a row (of `alias`, when given) is live: not marked deleted."""
+    column = client.escape_column_name(SOFT_DELETE_COLUMN)
+    return f"{alias}.{column} IS NULL" if alias else f"{column} IS NULL"
 
 
 def rows_of(client: Any, table: str, live_only: bool, alias: str | None = None) -> str:
@@ -45,8 +45,7 @@ def rows_of(client: Any, table: str, live_only: bool, alias: str | None = None) 
     qualified = client.make_qualified_table_name(table)
     if not live_only:
         return f"{qualified} AS {alias}" if alias else qualified
-    return (f"(SELECT * FROM {qualified} WHERE {client.escape_column_name(SOFT_DELETE_COLUMN)} "
-            f"IS NULL) AS {alias or LIVE_ALIAS}")
+    return f"(SELECT * FROM {qualified} WHERE {live(client)}) AS {alias or LIVE_ALIAS}"
 
 
 def add_column(pipeline: Any, table: str) -> None:
@@ -66,7 +65,7 @@ def mark_deleted(client: Any, table: str, condition: str, alias: str | None = No
     column = client.escape_column_name(SOFT_DELETE_COLUMN)
     target = f"{qualified} AS {alias}" if alias else qualified
     client.execute_sql(f"UPDATE {target} SET {column} = CURRENT_TIMESTAMP "
-                       f"WHERE {column} IS NULL AND ({condition})")
+                       f"WHERE {live(client)} AND ({condition})")
 
 
 def keep_aside(client: Any, table: str, now: datetime | None = None) -> tuple[str, int] | None:

@@ -22,8 +22,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from pg_to_bq.destinations.soft_deletes import live as live_row
 from pg_to_bq.destinations.soft_deletes import mark_deleted
-from pg_to_bq.planning.naming import SOFT_DELETE_COLUMN
 from pg_to_bq.planning.tables import TablePlan
 from pg_to_bq.planning.types import quote_ident
 from pg_to_bq.postgres.sql import literal, qualified_name
@@ -298,7 +298,7 @@ def delete_keys(client: Any, plan: TablePlan, keys: Sequence[tuple], live: bool 
         if plan.soft_deletes:
             mark_deleted(client, plan.destination_table, condition)
         else:
-            kept = f" AND {client.escape_column_name(SOFT_DELETE_COLUMN)} IS NULL" if live else ""
+            kept = f" AND {live_row(client)}" if live else ""
             client.execute_sql(f"DELETE FROM {table} WHERE ({condition}){kept}")
     return len(keys)
 

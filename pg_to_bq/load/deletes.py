@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 
+from pg_to_bq.destinations.soft_deletes import live as live_row
 from pg_to_bq.destinations.soft_deletes import mark_deleted, rows_of
 from pg_to_bq.load.fill import SideLoad
-from pg_to_bq.planning.naming import SOFT_DELETE_COLUMN
 from pg_to_bq.planning.tables import TablePlan
 
 KEYS_PREFIX = "_pg_to_bq_keys__"
@@ -40,11 +40,6 @@ def keys_plan(plan: TablePlan) -> TablePlan:
         bigquery_cluster=(),
         soft_deletes=False,
     )
-
-
-def orphans_sql(table: str, keys_table: str, key_columns: tuple[str, ...], quote) -> str:
-    """`<table> AS t WHERE NOT EXISTS (a matching key)`, for SELECT count(*) FROM … / DELETE FROM …."""
-    return f"{table} AS t WHERE {absent_sql(keys_table, key_columns, quote)}"
 
 
 def absent_sql(keys_table: str, key_columns: tuple[str, ...], quote) -> str:
@@ -76,7 +71,6 @@ def apply_deletes(plan: TablePlan, side_load: SideLoad, live: bool = False) -> t
         if doomed and plan.soft_deletes:
             mark_deleted(client, plan.destination_table, absent, alias="t")
         elif doomed:
-            orphans = orphans_sql(target, keys_table, plan.destination_primary_key, quote)
-            client.execute_sql(f"DELETE FROM {orphans}" + (
-                f" AND t.{quote(SOFT_DELETE_COLUMN)} IS NULL" if live else ""))
+            kept = f" AND {live_row(client, 't')}" if live else ""
+            client.execute_sql(f"DELETE FROM {target} AS t WHERE {absent}{kept}")
     return doomed, read.rows

@@ -422,11 +422,9 @@ class _GroupRun:
 
         for index, result in results:
             plan = self.loads[index].plan
-            whole = result.destination_table in soft_whole and result.mode == "full" \
-                and result.status == "loaded"
-            if not whole and (not self.loads[index].apply_deletes
-                              or plan.disposition != "merge"
-                              or result.mode in ("full", "changes")):
+            asked = self.loads[index].apply_deletes and plan.disposition == "merge" \
+                and result.mode not in ("full", "changes")
+            if not asked and result.destination_table not in soft_whole:
                 continue  # (change capture deletes what PostgreSQL deleted, every run)
             try:
                 if plan.soft_deletes and plan.destination_table not in self.live:

@@ -27,7 +27,7 @@ from pg_to_bq.orchestration.names import (
     source_key,
 )
 from pg_to_bq.planning.catalog import Table
-from pg_to_bq.planning.naming import SOFT_DELETE_COLUMN
+from pg_to_bq.planning.naming import SOFT_DELETE_COLUMN, SOFT_DELETE_DESCRIPTION
 from pg_to_bq.planning.tables import TablePlan
 
 
@@ -110,10 +110,6 @@ def plan_markdown(plan: TablePlan) -> str:
         lines.append("- **renamed columns**: " + "; ".join(r.describe() for r in plan.renamings))
     if plan.table_renaming:
         lines.append(f"- **destination table**: {plan.table_renaming.describe()}")
-    if plan.soft_deletes:
-        lines.append(f"- **soft deletes**: rows deleted in PostgreSQL stay, marked in "
-                     f"`{SOFT_DELETE_COLUMN}` (`WHERE {SOFT_DELETE_COLUMN} IS NULL`: the rows "
-                     "PostgreSQL has)")
     lines.extend(f"- note: {n}" for n in plan.notes)
     return "\n".join(lines)
 
@@ -133,8 +129,7 @@ def destination_metadata(plan: TablePlan, ctx: AssetContext) -> dict[str, Any]:
             ] + ([_table_column(SOFT_DELETE_COLUMN,
                                 "TIMESTAMP" if ctx.destination_kind == "bigquery"
                                 else "TIMESTAMP WITH TIME ZONE",
-                                "when pg_to_bq found the row deleted in PostgreSQL (NULL while "
-                                "it is not): soft deletes", True)]
+                                SOFT_DELETE_DESCRIPTION, True)]
                  if plan.soft_deletes else [])
         ),
         "dagster/table_name": f"{ctx.qualified_prefix}.{plan.destination_table}",

@@ -39,8 +39,7 @@ from pg_to_bq.orchestration.storage_connections import hold_storage_connections
 from pg_to_bq.planning.catalog import Catalog
 from pg_to_bq.planning.errors import describe, is_transient
 from pg_to_bq.planning.groups import LoadGroup
-from pg_to_bq.planning.naming import SOFT_DELETE_COLUMN
-from pg_to_bq.planning.tables import TablePlan, replan
+from pg_to_bq.planning.tables import SOFT_DELETES_NOTE, TablePlan, replan
 from pg_to_bq.postgres.connect import connect
 from pg_to_bq.postgres.discovery import discover
 
@@ -265,8 +264,7 @@ def materialization_metadata(plan: TablePlan, snapshot_plan: TablePlan | None,
         }.get(result.extra.get("unchanged"),
               "the rows of the lookback window read back as last loaded")
     if plan.soft_deletes:
-        metadata["soft_deletes"] = (f"rows deleted in PostgreSQL stay, marked in "
-                                    f"{SOFT_DELETE_COLUMN}")
+        metadata["soft_deletes"] = SOFT_DELETES_NOTE
     optional = {"source_rows_in_snapshot": result.snapshot_rows, "rows_deleted": deleted,
                 "cursor_from": result.cursor_from, "cursor_to": result.cursor_to}
     metadata.update({k: v if isinstance(v, int) else str(v)

@@ -36,6 +36,7 @@ RESERVED_PREFIXES = ("_dlt_", "_table_", "_file_", "_partition", "_row_timestamp
 # The column a table with soft deletes gets in the destination: when the row was found
 # deleted in PostgreSQL (NULL while it is not), instead of deleting it.
 SOFT_DELETE_COLUMN = "_pg_to_bq_deleted_at"
+SOFT_DELETE_DESCRIPTION = "when pg_to_bq found the row deleted in PostgreSQL (NULL while it is not)"
 SUFFIX_DIGITS = 6
 
 

@@ -20,6 +20,7 @@ from pg_to_bq.planning.catalog import Catalog, Table
 from pg_to_bq.planning.naming import (
     MAX_COLUMN_NAME,
     MAX_TABLE_NAME,
+    SOFT_DELETE_COLUMN,
     Renaming,
     dagster_name,
     unique_names,
@@ -32,6 +33,10 @@ from pg_to_bq.planning.types import ColumnMapping, map_column
 CURSOR_NAMES = ("updated_at", "modified_at", "last_modified", "last_updated", "updated_on",
                 "modified_on", "update_time", "updated", "modified")
 CURSOR_TYPES = ("timestamptz", "timestamp", "date", "int8", "int4")
+# What a table with soft deletes says of them (discover, the asset's plan and metadata).
+SOFT_DELETES_NOTE = (f"soft deletes: rows deleted in PostgreSQL stay, marked in "
+                     f"{SOFT_DELETE_COLUMN} (WHERE {SOFT_DELETE_COLUMN} IS NULL: the rows "
+                     "PostgreSQL has)")
 
 
 # `map_column` is pure and its result immutable; equal columns recur across tables (`id bigint`,
@@ -269,6 +274,8 @@ def _plan_table(
         notes.append("soft deletes need a primary key (set primary_key): rows deleted in "
                      "PostgreSQL leave this table when it is next read whole")
         soft_deletes = False
+    elif soft_deletes:
+        notes.append(SOFT_DELETES_NOTE)
     if not table.columns:
         notes.append("the table has no columns: it is reported and skipped")
     elif not mappings:
