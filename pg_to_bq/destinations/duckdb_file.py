@@ -12,7 +12,8 @@ arrive in ONE file (dlt rotates files only when told a size, which pg_to_bq neve
 a second file for the same table fails the load instead of deleting the first one's rows.
 Merges and appends are dlt's, unchanged.
 
-DuckDB loads with a small, bounded buffer pool (`DUCKDB_GLOBAL_CONFIG`), but
+DuckDB loads with a small, bounded buffer pool
+(`pg_to_bq.destinations.lazy.DUCKDB_GLOBAL_CONFIG`), but
 what an insert must hold in memory grows with the width of the rows (each thread builds a
 row group of ~123k rows): a table of 60 KB rows failed with "Out of Memory Error" at any
 bound under 512 MB. When a job runs out of memory, its transaction has rolled back; it runs
@@ -42,15 +43,9 @@ from dlt.destinations.impl.duckdb.configuration import (
 from dlt.destinations.impl.duckdb.duck import DuckDbClient, DuckDbCopyJob
 
 from pg_to_bq.destinations.dlt_config import ResolvedOnce
+from pg_to_bq.destinations.lazy import check_settings
 
 log = logging.getLogger(__name__)
-
-# DuckDB's buffer pool defaults to 80% of RAM and holds the loaded table's blocks, so the
-# process grew with the table (1.3 GB at 5M rows); bounded, DuckDB spills to disk instead.
-# 88 MB holds the row groups two threads build for a ~300-byte row (64 MB spilled ~100 MB and
-# took 40% more CPU); wider rows get more (below).
-# Not keeping insertion order lets it insert with bounded memory (tables are unordered).
-DUCKDB_GLOBAL_CONFIG = {"memory_limit": "88MB", "preserve_insertion_order": False}
 
 REPLACE_STRATEGY = "insert-from-staging"
 # How DuckDB words running out of its buffer pool (an OutOfMemoryException, or a commit
@@ -244,11 +239,11 @@ def duckdb_destination(path: str, settings: Mapping[str, str] | None = None,
                        **kwargs: Any) -> duckdb:
     """pg_to_bq's DuckDB destination for the file at `path`. `settings` (DuckDB's own names
     and values, from `PG_TO_BQ_DESTINATION`'s query) apply while a table loads, over
-    `DUCKDB_GLOBAL_CONFIG`; DuckDB checks them here, so a wrong name or value
+    `pg_to_bq.destinations.lazy.DUCKDB_GLOBAL_CONFIG`; DuckDB checks them here, so a wrong name or value
     fails before anything is read."""
     settings = dict(settings or {})
     if settings:
-        _check_settings(settings)
+        check_settings(settings)
     # The path set on credentials, not given as a string: dlt parses a string as a URL with
     # SQLAlchemy (see `FileCredentials`).
     credentials = FileCredentials()
@@ -256,18 +251,6 @@ def duckdb_destination(path: str, settings: Mapping[str, str] | None = None,
     destination = duckdb(credentials=credentials, replace_strategy=REPLACE_STRATEGY, **kwargs)
     destination.duckdb_settings = settings
     return destination
-
-
-def _check_settings(settings: dict[str, str]) -> None:
-    import duckdb as duckdb_engine
-
-    try:
-        duckdb_engine.connect(":memory:", config=settings).close()
-    except duckdb_engine.Error as exc:
-        raise ValueError(
-            f"PG_TO_BQ_DESTINATION: DuckDB does not accept the settings {settings}: "
-            f"{str(exc).splitlines()[0]}"
-        ) from None
 
 
 def _check_single_file(file_path: str) -> None:

@@ -2,8 +2,10 @@
 
 One query over the dataset's INFORMATION_SCHEMA answers for a whole group of tables (a
 DuckDB file or a BigQuery dataset), with the types as the destination names them; the
-types a plan asks for are named by dlt's own type mapper, so both sides compare as the
-same strings (`pg_to_bq.planning.evolution.normalize_type`).
+types a plan asks for are the ones its column mappings declare
+(`pg_to_bq.planning.types.ColumnMapping.destination_type`), which tests keep equal to what
+dlt's type mappers create, so both sides compare as the same strings
+(`pg_to_bq.planning.evolution.normalize_type`) without asking dlt.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import contextlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from pg_to_bq.destinations.duckdb_session import is_missing_relation
 from pg_to_bq.planning.evolution import Evolution, StoredColumn
 from pg_to_bq.planning.tables import TablePlan
 
@@ -38,9 +41,7 @@ def stored_columns(pipeline: Any, tables: Sequence[str]) -> dict[str, dict[str, 
         try:
             rows = client.execute_sql(sql) or []
         except Exception as exc:  # noqa: BLE001 - a dataset that does not exist yet
-            from dlt.destinations.exceptions import DatabaseUndefinedRelation
-
-            if isinstance(exc, DatabaseUndefinedRelation) or "not found" in str(exc).lower():
+            if is_missing_relation(exc) or "not found" in str(exc).lower():
                 return {}
             raise
     found: dict[str, dict[str, StoredColumn]] = {}
@@ -67,18 +68,10 @@ def forget_stored_schema(pipeline: Any) -> None:
                                f"{literal(pipeline.pipeline_name)}")
 
 
-def type_mapper(pipeline: Any) -> Any:
-    """dlt's type mapper for the pipeline's destination (resolving it resolves the
-    destination's configuration: get it once for many tables)."""
-    return pipeline.destination.capabilities().get_type_mapper()
-
-
-def planned_types(mapper: Any, plan: TablePlan) -> dict[str, str]:
-    """The destination type dlt creates for each of `plan`'s columns."""
-    hints = [c.dlt_hint() for c in plan.columns]
-    table = {"name": plan.destination_table, "columns": {h["name"]: h for h in hints},
-             "write_disposition": "replace"}
-    return {h["name"]: mapper.to_destination_type(h, table) for h in hints}
+def planned_types(plan: TablePlan, kind: str) -> dict[str, str]:
+    """The destination type dlt creates for each of `plan`'s columns in a `kind`
+    destination."""
+    return {c.name: c.destination_type(kind) for c in plan.columns}
 
 
 def alter_statements(pipeline: Any, plan: TablePlan, evolution: Evolution,

@@ -27,6 +27,8 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from pg_to_bq.destinations.duckdb_session import is_missing_relation
+
 log = logging.getLogger(__name__)
 
 STATE_TABLE = "_pg_to_bq_state"
@@ -85,8 +87,6 @@ def doubt(state: Mapping[str, Any], *, exists: bool, rows: int | None,
 
 def read_states(pipeline: Any, tables: Sequence[str]) -> dict[str, dict[str, Any]]:
     """The stored state of each of `tables` that has one (none before the first load)."""
-    from dlt.destinations.exceptions import DatabaseUndefinedRelation
-
     if not tables:
         return {}
     with pipeline.sql_client() as client:
@@ -96,7 +96,9 @@ def read_states(pipeline: Any, tables: Sequence[str]) -> dict[str, dict[str, Any
                f"WHERE table_name IN ({names}) ORDER BY updated_at")
         try:
             rows = client.execute_sql(sql) or []
-        except DatabaseUndefinedRelation:
+        except Exception as exc:  # noqa: BLE001 - re-raised unless a missing table
+            if not is_missing_relation(exc):
+                raise
             return {}
     # Ordered by time: should two rows exist (two writers), the newest wins.
     return {name: json.loads(state) for name, state in rows}

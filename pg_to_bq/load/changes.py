@@ -22,6 +22,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from pg_to_bq.destinations.duckdb_session import is_missing_relation
 from pg_to_bq.destinations.soft_deletes import live as live_row
 from pg_to_bq.destinations.soft_deletes import mark_deleted
 from pg_to_bq.planning.tables import TablePlan
@@ -88,14 +89,14 @@ def capture_state(client: Any, publication: str, applied: Mapping[str, int],
                   estimated_rows: Mapping[str, int | None], run_id: str | None = None
                   ) -> CaptureState:
     """The step's `CaptureState`, asked of the destination (a few queries for the step)."""
-    from dlt.destinations.exceptions import DatabaseUndefinedRelation
-
     now = spool_position(client)
     if run_id is not None and not captured_in(client, run_id):
         return CaptureState(publication, now, {}, {}, {}, fresh=False)
     try:
         found = pending(client, applied) if applied and now else {}
-    except DatabaseUndefinedRelation:
+    except Exception as exc:  # noqa: BLE001 - re-raised unless a missing table
+        if not is_missing_relation(exc):
+            raise
         found = {}
     whole = {name: why for name, changes in found.items()
              if (why := read_whole(changes, estimated_rows.get(name))) is not None}
@@ -158,26 +159,26 @@ def marker(run_id: str, position: int) -> pa.Table:
 
 def captured_in(client: Any, run_id: str) -> bool:
     """Whether run `run_id` read the slot (its marker is in the spool)."""
-    from dlt.destinations.exceptions import DatabaseUndefinedRelation
-
     try:
         rows = client.execute_sql(
             f"SELECT count(*) FROM {client.make_qualified_table_name(SPOOL_TABLE)} WHERE "
             f"table_name = '' AND op = '{RUN_MARKER}' AND "
             f"key = {client.capabilities.escape_literal(run_id)}") or []
-    except DatabaseUndefinedRelation:
+    except Exception as exc:  # noqa: BLE001 - re-raised unless a missing table
+        if not is_missing_relation(exc):
+            raise
         return False
     return bool(rows and rows[0][0])
 
 
 def spool_position(client: Any) -> int:
     """The newest position in the spool (0 when it is empty or missing)."""
-    from dlt.destinations.exceptions import DatabaseUndefinedRelation
-
     try:
         rows = client.execute_sql(
             f"SELECT max(lsn) FROM {client.make_qualified_table_name(SPOOL_TABLE)}") or []
-    except DatabaseUndefinedRelation:
+    except Exception as exc:  # noqa: BLE001 - re-raised unless a missing table
+        if not is_missing_relation(exc):
+            raise
         return 0
     return int(rows[0][0] or 0) if rows else 0
 
@@ -308,8 +309,6 @@ def clean_spool(client: Any, applied: Mapping[str, int], others_through: int = 0
     """Delete the spooled keys each table has applied (`applied`: source name -> position),
     and those of every other table up to `others_through`: a table without an applied
     position is read whole by its next step, which covers every key spooled before it."""
-    from dlt.destinations.exceptions import DatabaseUndefinedRelation
-
     spool = client.make_qualified_table_name(SPOOL_TABLE)
     literal_ = client.capabilities.escape_literal
     names = list(applied)
@@ -330,5 +329,7 @@ def clean_spool(client: Any, applied: Mapping[str, int], others_through: int = 0
     for statement in statements:
         try:
             client.execute_sql(statement)
-        except DatabaseUndefinedRelation:
+        except Exception as exc:  # noqa: BLE001 - re-raised unless a missing table
+            if not is_missing_relation(exc):
+                raise
             return  # no change was ever spooled: nothing to clean

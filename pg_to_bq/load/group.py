@@ -31,24 +31,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import dlt
-
 from pg_to_bq.checks import drift
 from pg_to_bq.checks.outcomes import CheckOutcome, row_count_outcome
+from pg_to_bq.destinations.lazy import LazyDestination, lazy
+from pg_to_bq.destinations.row_counts import destination_counts, one_connection
 from pg_to_bq.destinations.soft_deletes import add_column, live_tables
 from pg_to_bq.destinations.writer_lock import exclusive
 from pg_to_bq.load.changes import CaptureState, capture_state, delete_keys
 from pg_to_bq.load.memory import release_memory
-from pg_to_bq.load.packages import (
-    SIDE_PIPELINE,
-    destination_counts,
-    dlt_settings,
-    group_pipeline,
-    load_files,
-    one_connection,
-    pipelines_dir,
-    sync_once,
-)
+from pg_to_bq.load.pipelines import SIDE_PIPELINE, files_dir, has_pending_packages, pipelines_dir
 from pg_to_bq.load.read import TableReads
 from pg_to_bq.load.results import (
     EmptyTableError,
@@ -157,16 +148,21 @@ def load_group(
         on_batch=on_batch, on_result=on_result, count_rows=count_rows,
         raise_errors=raise_errors, destination_lock=destination_lock,
         record_state=record_state, fingerprint_rows=fingerprint_rows,
-        drift_max_rows=drift_max_rows, cdc_publication=cdc_publication, run_id=run_id)
-    with exclusive(pipelines_dir(work_dir) / pipeline_name, _waiting_for(pipeline_name)):
-        run.pipeline = group_pipeline(pipeline_name, destination, dataset, work_dir)
-        with dlt.config.values(dlt_settings(run.pipeline.destination)):
-            try:
-                return run.execute()
-            finally:
-                # The destination's buffers (DuckDB's, in this process) go back to the OS
-                # after each group: a run of many groups would otherwise keep them all.
-                release_memory()
+        drift_max_rows=drift_max_rows, cdc_publication=cdc_publication, run_id=run_id,
+        pipeline_name=pipeline_name, destination=lazy(destination))
+    with exclusive(pipelines_dir(work_dir) / pipeline_name, _waiting_for(pipeline_name)), \
+            contextlib.ExitStack() as run.exits:
+        run.queries = run.destination.queries(dataset)
+        if run.queries is None or has_pending_packages(work_dir, pipeline_name):
+            # Only dlt can ask (BigQuery), or a package is left to finish before anything
+            # is asked: the pipeline now.
+            run.loader()
+        try:
+            return run.execute()
+        finally:
+            # The destination's buffers (DuckDB's, in this process) go back to the OS
+            # after each group: a run of many groups would otherwise keep them all.
+            release_memory()
 
 
 def _waiting_for(pipeline_name: str) -> Callable[[float], None]:
@@ -198,7 +194,14 @@ class _GroupRun:
     drift_max_rows: int | None = None
     cdc_publication: str | None = None
     run_id: str | None = None
+    pipeline_name: str = ""
+    destination: LazyDestination | None = None
+    # The group's dlt pipeline, made when it first has rows to load (`loader`).
     pipeline: Any = None
+    # What the group asks the destination through: pg_to_bq's own connection until the
+    # pipeline is made, then the pipeline (`pg_to_bq.destinations.duckdb_session`).
+    queries: Any = None
+    exits: contextlib.ExitStack | None = None
     results: dict[int, LoadResult] = field(default_factory=dict)
     # The destination tables that keep soft-deleted rows (their live rows are compared).
     live: set[str] = field(default_factory=set)
@@ -211,15 +214,32 @@ class _GroupRun:
         if self.on_result is not None:
             self.on_result(result)
 
+    def loader(self) -> Any:
+        """The group's dlt pipeline, made (with dlt's settings for the rest of the group)
+        the first time it is needed; its state and schema are restored from the destination
+        and a package an interrupted run left is finished before it loads anything."""
+        if self.pipeline is None:
+            import dlt
+
+            from pg_to_bq.load.packages import dlt_settings, group_pipeline, sync_once
+
+            assert self.destination is not None and self.exits is not None
+            pipeline = group_pipeline(self.pipeline_name, self.destination.dlt(), self.dataset,
+                                      self.work_dir)
+            self.exits.enter_context(dlt.config.values(dlt_settings(pipeline.destination)))
+            with self.destination_lock(), one_connection(pipeline):
+                sync_once(pipeline)
+            self.pipeline = self.queries = pipeline
+        return self.pipeline
+
     def execute(self) -> list[LoadResult]:
-        pipeline = self.pipeline
         plans = [load.plan for load in self.loads if load.plan.loadable]
         counting = self.count_rows or self.record_state
-        with self.destination_lock(), one_connection(pipeline):
-            sync_once(pipeline)
-            evolutions, columns_now = evolutions_of(pipeline, plans)
+        queries = self.queries
+        with self.destination_lock(), one_connection(queries):
+            evolutions, columns_now = evolutions_of(queries, plans)
             self.live = live_tables(columns_now)
-            states, doubts = trusted_states(pipeline, plans, evolutions, self.live) \
+            states, doubts = trusted_states(queries, plans, evolutions, self.live) \
                 if self.record_state else ({}, {})
             before = self.figures_before(states, columns_now)
             capture = self.capture_state(states)
@@ -237,8 +257,9 @@ class _GroupRun:
             hash_salt=self.hash_salt, statement_timeout_s=self.statement_timeout_s,
             on_batch=self.on_batch, record_state=self.record_state,
             raise_errors=self.raise_errors, fingerprint_rows=self.fingerprint_rows,
-            destination_name=pipeline.destination.destination_name,
-            files=Path(pipeline.working_dir) / "pg_to_bq_files", capture=capture)
+            destination_name=queries.destination.destination_name,
+            files=files_dir(self.work_dir, self.pipeline_name),
+            capture=capture)
         read = reads.read_all(states, evolutions, doubts, settle_read)
         failures: dict[str, str] = {}
         loaded: list[tuple[int, TableRead]] = []
@@ -247,8 +268,12 @@ class _GroupRun:
         checked: dict[str, CheckOutcome] = {}
         results: list[tuple[int, LoadResult]] = []
         if read or unchanged:
-            with self.destination_lock(), one_connection(pipeline):
+            pipeline = self.loader() if read else None
+            queries = self.queries
+            with self.destination_lock(), one_connection(queries):
                 if read:
+                    from pg_to_bq.load.packages import load_files
+
                     for _, item in read:
                         item.keeps_deleted = item.plan.destination_table in self.live
                     failures = prepare(pipeline, [r for _, r in read], states,
@@ -272,10 +297,10 @@ class _GroupRun:
                 self.delete_pass(results, {r.plan.destination_table for _, r in loaded
                                            if r.merges_whole})
                 if counting:
-                    counts, _ = destination_counts(pipeline,
+                    counts, _ = destination_counts(queries,
                                                    [r.destination_table for _, r in results],
                                                    live=self.live)
-                checked = compare_fingerprints(pipeline, [r for _, r in loaded], self.live)
+                checked = compare_fingerprints(queries, [r for _, r in loaded], self.live)
                 self.compare_figures(results, states, before)
                 after = self.figures_after(results, counts)
                 for index, result in results:
@@ -287,7 +312,7 @@ class _GroupRun:
                         snapshot_rows=result.snapshot_rows, table_rows=result.table_rows,
                         source_rows_after_deletes=result.source_rows_after_deletes)
                 if self.record_state:
-                    commit_states(pipeline, [r for _, r in loaded], states, load_id, counts,
+                    commit_states(queries, [r for _, r in loaded], states, load_id, counts,
                                   [r for _, r in results], after)
         for index, item in read:
             if item.plan.destination_table in failures:
@@ -303,7 +328,7 @@ class _GroupRun:
         applied = {load.plan.name: int(state[CDC_STATE_KEY]) for load in self.loads
                    if (state := states.get(load.plan.destination_table))
                    and state.get(CDC_STATE_KEY) is not None}
-        with self.pipeline.sql_client() as client:
+        with self.queries.sql_client() as client:
             # The rows the destination held after the last load: exact, where PostgreSQL's
             # estimate may be missing (a table never analyzed).
             return capture_state(client, self.cdc_publication, applied, {
@@ -314,7 +339,7 @@ class _GroupRun:
         """Delete the keys change capture found gone from PostgreSQL (after the merge of the
         rows read again); a table whose delete fails fails (its next run deletes them)."""
         failures = {}
-        with self.pipeline.sql_client() as client:
+        with self.queries.sql_client() as client:
             for item in loaded:
                 if not item.absent:
                     continue
@@ -339,7 +364,7 @@ class _GroupRun:
         asked; a column gone from the destination shows as a difference."""
         if self.drift_max_rows is None or not states:
             return {}
-        name = engine(self.pipeline)
+        name = engine(self.queries)
         wanted = {}
         for load in self.loads:
             table = load.plan.destination_table
@@ -348,14 +373,14 @@ class _GroupRun:
                 continue
             present = [c for c in stored.columns if c in columns_now.get(table, {})]
             wanted[table] = self.drift_columns(load.plan, present)
-        return destination_figures(self.pipeline, wanted, self.live)
+        return destination_figures(self.queries, wanted, self.live)
 
     def compare_figures(self, results: list[tuple[int, LoadResult]],
                         states: Mapping[str, Mapping[str, Any]],
                         before: Mapping[str, drift.Figures]) -> None:
         """Each result's drift: what changed in the destination since the last load, for a
         table not read whole this run (a whole read replaces what drifted)."""
-        name = engine(self.pipeline)
+        name = engine(self.queries)
         for _, result in results:
             now = before.get(result.destination_table)
             stored = stored_figures(states.get(result.destination_table, {}), name)
@@ -378,17 +403,20 @@ class _GroupRun:
             plan = self.loads[index].plan
             wanted[result.destination_table] = self.drift_columns(
                 plan, [c.name for c in plan.columns])
-        return destination_figures(self.pipeline, wanted, self.live)
+        return destination_figures(self.queries, wanted, self.live)
 
     def side_load(self, plan: TablePlan) -> tuple[LoadResult, Any]:
         """Load `plan` (a fill's or a delete pass's side table) with the side pipeline,
         keeping no state; returns its result and the pipeline, to query the destination."""
+        from pg_to_bq.load.packages import group_pipeline
+
+        assert self.destination is not None
         result = load_table(plan, source_url=self.source_url,
-                            destination=self.pipeline.destination, dataset=self.dataset,
+                            destination=self.destination.dlt(), dataset=self.dataset,
                             work_dir=self.work_dir, batch_bytes=self.batch_bytes,
                             hash_salt=self.hash_salt, statement_timeout_s=self.statement_timeout_s,
                             pipeline_name=SIDE_PIPELINE, record_state=False)
-        return result, group_pipeline(SIDE_PIPELINE, self.pipeline.destination, self.dataset,
+        return result, group_pipeline(SIDE_PIPELINE, self.destination.dlt(), self.dataset,
                                       self.work_dir)
 
     def fill(self, loaded: list[TableRead]) -> dict[str, str]:
@@ -428,7 +456,7 @@ class _GroupRun:
                 continue  # (change capture deletes what PostgreSQL deleted, every run)
             try:
                 if plan.soft_deletes and plan.destination_table not in self.live:
-                    add_column(self.pipeline, plan.destination_table)
+                    add_column(self.queries, plan.destination_table)
                     self.live.add(plan.destination_table)
                 result.deleted, result.source_rows_after_deletes = apply_deletes(
                     plan, self.side_load, plan.destination_table in self.live)

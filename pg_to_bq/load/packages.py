@@ -1,5 +1,5 @@
-"""dlt's side of a load: pipelines, the settings they load with, one load package for many
-tables' parquet files, and the destination's row counts.
+"""dlt's side of a load: pipelines, the settings they load with, and one load package for
+many tables' parquet files.
 
 A package holds the parquet files of every table a step read; dlt loads their jobs in
 parallel threads. A table whose job fails is recorded and the others complete
@@ -9,29 +9,25 @@ loaded again on its own, so only the culprit fails.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import re
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import dlt
 from dlt.common.schema import Schema
-from dlt.common.schema.typing import LOADS_TABLE_NAME
 
 from pg_to_bq.destinations import soft_deletes
 from pg_to_bq.destinations.bigquery import bigquery_hints
-from pg_to_bq.destinations.duckdb_file import DUCKDB_GLOBAL_CONFIG
-from pg_to_bq.destinations.soft_deletes import rows_of
+from pg_to_bq.destinations.lazy import duckdb_global_config
+from pg_to_bq.load.pipelines import pipelines_dir
 from pg_to_bq.load.results import TableRead
 from pg_to_bq.planning.errors import describe
 from pg_to_bq.planning.tables import TablePlan
 
 log = logging.getLogger(__name__)
-# Side loads (fills and delete passes) use one pipeline of their own, never a table's.
-SIDE_PIPELINE = "pg_to_bq__side_loads"
 
 
 class _QuietHintOverride(logging.Filter):
@@ -49,14 +45,6 @@ logging.getLogger("dlt").addFilter(_QuietHintOverride())
 TELEMETRY_SETTING = "RUNTIME__DLTHUB_TELEMETRY"
 
 
-
-
-# Row counts of this many tables are asked of the destination in one query.
-COUNT_QUERY_TABLES = 200
-
-
-def pipelines_dir(work_dir: Path) -> Path:
-    return work_dir / "pipelines"
 
 
 def make_pipeline(plan: TablePlan, destination: Any, dataset: str, work_dir: Path) -> dlt.Pipeline:
@@ -107,8 +95,8 @@ def dlt_settings(destination: Any) -> dict[str, Any]:
     if destination.destination_name == "duckdb":
         # A local file read once by DuckDB: compressing it only costs CPU on both sides.
         values["data_writer.compression"] = "none"
-        values["destination.duckdb.credentials.global_config"] = {
-            **DUCKDB_GLOBAL_CONFIG, **getattr(destination, "duckdb_settings", {})}
+        values["destination.duckdb.credentials.global_config"] = duckdb_global_config(
+            getattr(destination, "duckdb_settings", {}))
     return values
 
 
@@ -264,57 +252,6 @@ def _resource(pipeline: dlt.Pipeline, item: TableRead) -> Any:
     if pipeline.destination.destination_name == "bigquery":
         resource = bigquery_hints(resource, plan)
     return resource
-
-
-def destination_counts(pipeline: dlt.Pipeline, tables: Sequence[str], load_ids: Sequence[str] = (),
-                       live: Collection[str] = ()) -> tuple[dict[str, int], set[str]]:
-    """Rows in each of `tables` (destination names; only the live rows of those in `live`,
-    which keep soft-deleted rows), and which of `load_ids` the destination has a record of
-    (`_dlt_loads`), asked in one query per 200 tables."""
-    counts: dict[str, int] = {}
-    known: set[str] = set()
-    items: list[tuple[str, str]] = [("table", t) for t in tables] + \
-        [("load", i) for i in load_ids]
-    if not items:
-        return counts, known
-    with pipeline.sql_client() as client:
-        literal = client.capabilities.escape_literal
-        loads = client.make_qualified_table_name(LOADS_TABLE_NAME)
-        for start in range(0, len(items), COUNT_QUERY_TABLES):
-            chunk = items[start:start + COUNT_QUERY_TABLES]
-            sql = " UNION ALL ".join(
-                f"SELECT {i} AS i, count(*) AS n FROM {rows_of(client, name, name in live)}"
-                if kind == "table" else
-                f"SELECT {i} AS i, count(*) AS n FROM {loads} WHERE load_id = {literal(name)}"
-                for i, (kind, name) in enumerate(chunk))
-            with client.execute_query(sql) as cursor:
-                for i, n in cursor.fetchall():
-                    kind, name = chunk[int(i)]
-                    if kind == "table":
-                        counts[name] = int(n)
-                    elif int(n):
-                        known.add(name)
-    return counts, known
-
-
-
-
-
-
-
-
-@contextlib.contextmanager
-def one_connection(pipeline: dlt.Pipeline) -> Iterator[None]:
-    """Within a write section, every DuckDB client of the pipeline borrows a clone of one
-    open connection: dlt opens the file for each client it makes (a dozen per group: load
-    jobs, state, schema queries), and opening a file holding 1,000 tables takes ~40 ms with
-    a checkpoint on each close, a fifth of loading 1,000 small tables. The connection closes
-    at the end of the section, so another process can take the file."""
-    if pipeline.destination.destination_name != "duckdb":
-        yield
-        return
-    with pipeline.sql_client():
-        yield
 
 
 def sync_once(pipeline: dlt.Pipeline) -> None:

@@ -12,8 +12,8 @@ bounded by the batch size.
 
 For DuckDB a batch is cut into row groups of about `DUCKDB_ROW_GROUP_BYTES`: each of
 DuckDB's reading threads holds a whole row group, and with its bounded buffer pool
-(`pg_to_bq.destinations.duckdb_file.DUCKDB_GLOBAL_CONFIG`) 16 MB groups made the insert spill to disk (1M rows
-of the benchmark table: 3.4-3.9 CPU-s with 16 MB groups, 2.6-2.8 with 2 MB groups).
+(`pg_to_bq.destinations.lazy.DUCKDB_GLOBAL_CONFIG`) 16 MB groups made the insert spill to
+disk (1M rows of the benchmark table: 3.4-3.9 CPU-s with 16 MB groups, 2.6-2.8 with 2 MB groups).
 """
 
 from __future__ import annotations

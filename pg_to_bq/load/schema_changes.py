@@ -7,15 +7,12 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from typing import Any
 
-import dlt
-
 from pg_to_bq.destinations.schema import (
     alter_statements,
     apply,
     forget_stored_schema,
     planned_types,
     stored_columns,
-    type_mapper,
 )
 from pg_to_bq.destinations.soft_deletes import keep_aside
 from pg_to_bq.destinations.state_table import (
@@ -30,21 +27,21 @@ from pg_to_bq.planning.evolution import Evolution, StoredColumn, diff
 from pg_to_bq.planning.tables import TablePlan
 
 
-def evolutions_of(pipeline: dlt.Pipeline, plans: Sequence[TablePlan]
+def evolutions_of(queries: Any, plans: Sequence[TablePlan]
                   ) -> tuple[dict[str, Evolution], dict[str, dict[str, StoredColumn]]]:
     """What each table's load must do about schema changes (`pg_to_bq.planning.evolution`),
-    and the columns each table has in the destination now (one query)."""
+    and the columns each table has in the destination now (one query; `queries`: a dlt
+    pipeline, or pg_to_bq's own connection, `pg_to_bq.destinations.duckdb_session`)."""
     if not plans:
         return {}, {}
-    stored = stored_columns(pipeline, [p.destination_table for p in plans])
-    kind = pipeline.destination.destination_name
-    mapper = type_mapper(pipeline)
-    return {p.destination_table: diff(planned_types(mapper, p), stored.get(p.destination_table),
+    stored = stored_columns(queries, [p.destination_table for p in plans])
+    kind = queries.destination.destination_name
+    return {p.destination_table: diff(planned_types(p, kind), stored.get(p.destination_table),
                                       kind, frozenset(p.destination_primary_key))
             for p in plans}, stored
 
 
-def prepare(pipeline: dlt.Pipeline, read: list[TableRead], states: dict[str, dict[str, Any]],
+def prepare(pipeline: Any, read: list[TableRead], states: dict[str, dict[str, Any]],
              record_state: bool, live: Collection[str] = ()) -> dict[str, str]:
     """Before the load: mark the tables being loaded (a run killed before it records their
     new state leaves that mark, so the next run knows the destination may hold more than
@@ -80,8 +77,8 @@ def prepare(pipeline: dlt.Pipeline, read: list[TableRead], states: dict[str, dic
         if item.refresh or not (evolution.widened or evolution.relax):
             continue
         try:
-            apply(pipeline, alter_statements(pipeline, item.plan, evolution,
-                                             planned_types(type_mapper(pipeline), item.plan)))
+            types = planned_types(item.plan, pipeline.destination.destination_name)
+            apply(pipeline, alter_statements(pipeline, item.plan, evolution, types))
         except Exception as exc:  # noqa: BLE001 - this table's own failure
             failures[item.plan.destination_table] = (
                 f"table {item.plan.name}: the destination refused to change its columns in "
@@ -89,7 +86,7 @@ def prepare(pipeline: dlt.Pipeline, read: list[TableRead], states: dict[str, dic
     return failures
 
 
-def keep_aside_before_reload(pipeline: dlt.Pipeline, reloads: Sequence[TableRead],
+def keep_aside_before_reload(pipeline: Any, reloads: Sequence[TableRead],
                              live: Collection[str]) -> dict[str, str]:
     """Copy the soft-deleted rows of each table about to be dropped and loaded again into a
     table of their own (`pg_to_bq.destinations.soft_deletes.keep_aside`), said in its line;

@@ -14,9 +14,8 @@ import logging
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-import dlt
-
 from pg_to_bq.checks.drift import Figures
+from pg_to_bq.destinations.row_counts import destination_counts
 from pg_to_bq.destinations.state_table import (
     INVALIDATED_KEY,
     LOAD_ID_KEY,
@@ -31,7 +30,6 @@ from pg_to_bq.destinations.state_table import (
 from pg_to_bq.load.cursor_window import (
     state_value,
 )
-from pg_to_bq.load.packages import destination_counts
 from pg_to_bq.load.results import LoadResult, TableRead
 from pg_to_bq.planning.errors import describe
 from pg_to_bq.planning.evolution import Evolution
@@ -68,7 +66,7 @@ COLUMNS_STATE_KEY = "columns"
 LOADED_COLUMNS_STATE_KEY = "loaded_columns"
 
 
-def trusted_states(pipeline: dlt.Pipeline, plans: Sequence[TablePlan],
+def trusted_states(queries: Any, plans: Sequence[TablePlan],
                     evolutions: Mapping[str, Evolution], live: Collection[str] = ()
                     ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
     """Each table's stored state (`pg_to_bq.destinations.state_table`) when the destination
@@ -78,14 +76,14 @@ def trusted_states(pipeline: dlt.Pipeline, plans: Sequence[TablePlan],
     A state still marked as loading belongs to a load killed before it recorded its rows:
     its cursor is behind them (which only re-reads rows), but its figures describe the
     table before that load, so they are dropped (not compared) this run."""
-    stored = read_states(pipeline, [p.destination_table for p in plans])
+    stored = read_states(queries, [p.destination_table for p in plans])
     if not stored:
         return {}, {}
     oids = {p.destination_table: p.table.oid for p in plans}
     present = [t for t in stored if evolutions.get(t, Evolution(exists=False)).exists]
     load_ids = sorted({str(s[LOAD_ID_KEY]) for t, s in stored.items()
                        if t in present and s.get(LOAD_ID_KEY)})
-    counts, known = destination_counts(pipeline, present, load_ids, live)
+    counts, known = destination_counts(queries, present, load_ids, live)
     trusted: dict[str, dict[str, Any]] = {}
     doubts: dict[str, str] = {}
     for table, state in stored.items():
@@ -102,7 +100,7 @@ def trusted_states(pipeline: dlt.Pipeline, plans: Sequence[TablePlan],
     return trusted, doubts
 
 
-def commit_states(pipeline: dlt.Pipeline, loaded: list[TableRead],
+def commit_states(queries: Any, loaded: list[TableRead],
                    previous: dict[str, dict[str, Any]], load_id: str | None,
                    counts: Mapping[str, int], results: Sequence[LoadResult],
                    figures: Mapping[str, Figures]) -> None:
@@ -164,7 +162,7 @@ def commit_states(pipeline: dlt.Pipeline, loaded: list[TableRead],
         _set_figures(state, figures.get(table))
         states[table] = state
     try:
-        write_states(pipeline, states)
+        write_states(queries, states)
     except Exception as exc:  # noqa: BLE001 - the data is loaded; the next run re-reads
         log.warning("the loaded tables' states were not stored (%s): the next run reads "
                     "them whole", describe(exc))

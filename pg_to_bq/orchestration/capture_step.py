@@ -37,7 +37,8 @@ def run_capture(context: dg.AssetExecutionContext, settings: Settings, live: Any
 
     from pg_to_bq.destinations.state_table import invalidated, read_states, write_states
     from pg_to_bq.load.capture import capture
-    from pg_to_bq.load.packages import SIDE_PIPELINE, dlt_settings, group_pipeline
+    from pg_to_bq.load.packages import dlt_settings, group_pipeline
+    from pg_to_bq.load.pipelines import SIDE_PIPELINE
     from pg_to_bq.load.state import CDC_STATE_KEY
     from pg_to_bq.planning.tables import plans_for
 

@@ -182,6 +182,21 @@ class Destination(dg.ConfigurableResource):
             return exclusive(Path(self.duckdb_path), on_wait)
         return contextlib.nullcontext()
 
+    def for_loads(self) -> Any:
+        """The destination as a group's load takes it (`pg_to_bq.destinations.lazy`): dlt's
+        destination is made only when a table has rows to load."""
+        from pg_to_bq.destinations.lazy import LazyDestination, check_settings
+
+        if self.kind == "duckdb" and not self.duckdb_path:
+            raise ValueError("destination duckdb needs a file path (PG_TO_BQ_DESTINATION)")
+        if self.kind == "duckdb":
+            Path(self.duckdb_path).parent.mkdir(parents=True, exist_ok=True)
+            if self.duckdb_settings:
+                check_settings(self.duckdb_settings)
+        return LazyDestination(self.kind, self.dlt_destination,
+                               self.duckdb_path if self.kind == "duckdb" else None,
+                               dict(self.duckdb_settings or {}))
+
     def dlt_destination(self) -> Any:
         """The dlt destination, made once per process for this configuration (dlt resolves a
         destination's configuration on every use otherwise, `pg_to_bq.destinations.dlt_config`);

@@ -150,7 +150,7 @@ def load_with(context: dg.OpExecutionContext | dg.AssetExecutionContext,
     hashing = any(load.plan.hashed for load in loads)
     return load_group(
         loads, pipeline_name=pipeline_name, source_url=url,
-        destination=destination.dlt_destination(), dataset=destination.dataset,
+        destination=destination.for_loads(), dataset=destination.dataset,
         work_dir=destination.work_path, batch_bytes=source.batch_bytes,
         hash_salt=source.resolved_hash_salt() if hashing else None,
         statement_timeout_s=source.statement_timeout_s, on_batch=_Progress(context),

@@ -17,8 +17,8 @@ import duckdb
 import psycopg
 import pytest
 
+from pg_to_bq.destinations.lazy import DUCKDB_GLOBAL_CONFIG
 from pg_to_bq.destinations.duckdb_file import (
-    DUCKDB_GLOBAL_CONFIG,
     duckdb_destination,
     is_out_of_memory,
     memory_cap,

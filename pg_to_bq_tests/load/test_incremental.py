@@ -277,7 +277,7 @@ def test_killed_load_then_rerun_has_no_duplicates_or_gaps(pg_url: str, settings_
                    "public.big", what="a parquet file was written")
     # The file the killed extraction was writing stays behind; made an hour old, the next
     # run of the table removes it (a recent file could be another run's, still being written).
-    leftovers = [p for p in work.rglob("*.parquet") if p.parent.name == "pg_to_bq_files"]
+    leftovers = list((work / "pg_to_bq_files").rglob("*.parquet"))
     assert leftovers  # killed while writing its file (the first parquet file to appear)
     for leftover in leftovers:
         os.utime(leftover, (time.time() - 7200, time.time() - 7200))
@@ -288,7 +288,7 @@ def test_killed_load_then_rerun_has_no_duplicates_or_gaps(pg_url: str, settings_
     assert duck_rows(path, "SELECT count(*), count(DISTINCT id), min(id), max(id) FROM raw.big") \
         == [(400000, 400000, 1, 400000)]
     assert not any(p.exists() for p in leftovers)
-    assert not [p for p in work.rglob("*.parquet") if p.parent.name == "pg_to_bq_files"]
+    assert not list((work / "pg_to_bq_files").rglob("*.parquet"))
 
 
 def test_full_refresh_from_the_launchpad_config(pg_url: str, settings_env) -> None:

@@ -30,6 +30,7 @@ from psycopg.types.hstore import register_hstore
 from psycopg.types.string import TextLoader
 
 from pg_to_bq.destinations.duckdb_file import duckdb_destination
+from pg_to_bq.destinations.schema import planned_types
 from pg_to_bq.load.group import load_table
 from pg_to_bq.planning.catalog import Column
 from pg_to_bq.planning.errors import LossyValueError, root_cause
@@ -603,6 +604,27 @@ def test_declared_destination_types_are_what_dlt_creates(destination: str) -> No
                               destination).dlt_hint()
         created = mapper.to_destination_type({"name": "c", **hint}, {"name": "t"})
         assert created == declared[logical], logical
+
+
+@pytest.mark.parametrize("destination", ["duckdb", "bigquery"])
+def test_planned_types_are_what_dlt_creates_for_every_column(loaded: Loaded,
+                                                             destination: str) -> None:
+    """Schema changes are decided (`pg_to_bq.load.schema_changes.evolutions_of`) from the
+    types the mappings declare, without asking dlt: each must be what dlt creates, for every
+    column of every type rule, casts and hashes included."""
+    overrides = parse_overrides({"tables": {"public.roundtrip": {"columns": {
+        "tm": {"cast": "text"}, "i4": {"cast": "json"}, "t": {"hash": True}}}}},
+        "tables.yaml")
+    with psycopg.connect(loaded.url) as conn:
+        catalog = discover(conn, schemas=["public"], table="roundtrip")
+    (plan,) = build_plans(catalog, destination, overrides)
+    assert {"cast_text", "cast_json", "hash"} <= {c.rule for c in plan.columns}
+    mapper = getattr(dlt.destinations, destination)().capabilities().get_type_mapper()
+    hints = [c.dlt_hint() for c in plan.columns]
+    table = {"name": plan.destination_table, "columns": {h["name"]: h for h in hints},
+             "write_disposition": "replace"}
+    created = {h["name"]: mapper.to_destination_type(h, table) for h in hints}
+    assert planned_types(plan, destination) == created
 
 
 @pytest.mark.parametrize(
