@@ -17,12 +17,12 @@ import duckdb
 import psycopg
 import pytest
 
-from pg_to_bq.destinations.lazy import DUCKDB_GLOBAL_CONFIG
 from pg_to_bq.destinations.duckdb_file import (
     duckdb_destination,
     is_out_of_memory,
     memory_cap,
 )
+from pg_to_bq.destinations.lazy import DUCKDB_GLOBAL_CONFIG
 from pg_to_bq.load.group import load_table
 from pg_to_bq.planning.tables import TablePlan, build_plans
 from pg_to_bq.postgres.discovery import discover
