@@ -1,5 +1,5 @@
 """`python -m pg_to_bq.cli`: the `pg-to-bq` command."""
 
-from pg_to_bq.cli.main import main
+from pg_to_bq.cli.main import run
 
-raise SystemExit(main())
+run()

@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from pg_to_bq.planning.catalog import Catalog
 from pg_to_bq.planning.naming import SOFT_DELETE_COLUMN
@@ -22,6 +22,32 @@ from pg_to_bq.postgres.connect import SourceUnreachable
 
 USER_ERRORS = (SettingsError, SourceUnreachable, SecretError, OverridesError, PlanError,
                KeyError)
+
+
+def run() -> NoReturn:
+    """The `pg-to-bq` console script: `main`, then `exit_now` with its status."""
+    exit_now(main())
+
+
+def exit_now(code: int) -> NoReturn:
+    """End the process with `code` without tearing the interpreter down: with Dagster and
+    the load libraries imported, freeing every module and object of a process about to end
+    took ~0.4 s, a sixth of an unchanged one-table sync. Output is flushed and the exit
+    handlers run (temporary directories, logging), as at a normal exit; while a thread that
+    is not a daemon still runs, the exit is the normal one, which waits for it."""
+    import atexit
+    import contextlib
+    import threading
+
+    if any(thread.is_alive() and not thread.daemon for thread in threading.enumerate()
+           if thread is not threading.main_thread()):
+        sys.exit(code)
+    atexit._run_exitfuncs()  # noqa: SLF001 - the handlers a normal exit runs, run here
+    for stream in (sys.stdout, sys.stderr):
+        # (a closed pipe, a closed stream: nothing to flush into)
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(code)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

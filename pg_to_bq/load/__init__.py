@@ -1,8 +1,9 @@
 """Load: what one step does to copy its tables, from PostgreSQL into the destination.
 
 Owns the group load (`group`: the order of a step's work), the reads (`read`), dlt's load
-packages (`packages`; where pipelines keep their files, known without dlt: `pipelines`), the schema changes owed before a load (`schema_changes`), the fills
-of new columns (`fill`) and the delete pass (`deletes`), the values check's two sides
+packages (`packages`; where pipelines keep their files, known without dlt: `pipelines`),
+the schema changes owed before a load (`schema_changes`), the fills of new columns
+(`fill`) and the delete pass (`deletes`), the values check's two sides
 (`values_check`), the lookback window (`cursor_window`), parquet files (`parquet_files`),
 and each table's state, trusted only while the destination holds its rows (`state`).
 

@@ -148,6 +148,37 @@ def test_console_script_is_installed() -> None:
         assert command in result.stdout
 
 
+def test_the_console_script_exits_with_its_status_its_output_and_its_cleanup(
+        pg_url: str, settings_env, tmp_path: Path) -> None:
+    """`pg-to-bq` ends its process without tearing the interpreter down (`exit_now`): each
+    exit status still arrives, every line it printed reaches a pipe, and the exit handlers
+    still run (the sync's temporary event log directory is removed)."""
+    run_sql(pg_url, "CREATE TABLE t (id int PRIMARY KEY, v text); "
+                    "INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 50) g; "
+                    "CREATE TABLE bad (id int PRIMARY KEY, n numeric(10,2)); "
+                    "INSERT INTO bad VALUES (1, 'NaN')")
+    settings_env(pg_url)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    script = Path(sys.executable).parent / "pg-to-bq"
+
+    def sync(*names: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(script), "sync", *names], capture_output=True, text=True,
+                              timeout=300, env={**os.environ, "TMPDIR": str(scratch)})
+
+    loaded = sync("public.t")
+    assert loaded.returncode == 0, loaded.stdout + loaded.stderr
+    assert loaded.stdout.rstrip().endswith("1 loaded, 0 failed, 50 rows in " +
+                                           loaded.stdout.rstrip().rsplit(" in ", 1)[1])
+    failed = sync()
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    assert "FAILED public.bad" in failed.stdout
+    unknown = sync("public.nosuch")
+    assert unknown.returncode == 2
+    assert unknown.stderr == "error: no table 'public.nosuch' in the catalog\n"
+    assert not list(scratch.glob("pg_to_bq_events_*"))
+
+
 @pytest.mark.parametrize("argv", [["demo", "--help"], ["sync", "--help"]])
 def test_subcommand_help(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
