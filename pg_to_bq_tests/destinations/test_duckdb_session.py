@@ -141,13 +141,11 @@ def test_a_package_left_behind_is_seen_on_disk(tmp_path: Path) -> None:
 
 
 _PROBE = """
-import runpy, sys
-sys.argv = ["pg-to-bq", "sync"]
-try:
-    runpy.run_module("pg_to_bq.cli", run_name="__main__")
-except SystemExit as exit:
-    print("IMPORTED", sorted({m.split(".")[0] for m in sys.modules} & {"dlt", "requests"}))
-    raise
+import sys
+from pg_to_bq.cli.main import main
+code = main(["sync"])
+print("IMPORTED", sorted({m.split(".")[0] for m in sys.modules} & {"dlt", "requests"}))
+sys.exit(code)
 """
 
 
