@@ -1,6 +1,8 @@
 """Load: what one step does to copy its tables, from PostgreSQL into the destination.
 
-Owns the group load (`group`: the order of a step's work), the reads (`read`), dlt's load
+Owns the group load (`group`: the order of a step's work), the tables found unchanged
+before any read (`unchanged`), which rows a read asks for (`cursor`), the reads (`read`),
+dlt's load
 packages (`packages`; where pipelines keep their files, known without dlt: `pipelines`),
 the schema changes owed before a load (`schema_changes`), the fills of new columns
 (`fill`) and the delete pass (`deletes`), the values check's two sides

@@ -29,13 +29,11 @@ from pg_to_bq.load.changes import (
     MANY,
     MAX_KEYS,
     NO_KEY,
-    SPOOL_SCHEMA,
     SPOOL_TABLE,
     clean_spool,
-    marker,
-    spool_batches,
     spool_position,
 )
+from pg_to_bq.load.spool_rows import SPOOL_SCHEMA, marker, spool_batches
 from pg_to_bq.planning.tables import TablePlan
 from pg_to_bq.postgres.cdc.errors import CdcError, DbaActionRequired
 from pg_to_bq.postgres.cdc.keys import KeyChange, KeyReader

@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-
-import pyarrow as pa
 
 from pg_to_bq.destinations.duckdb_session import is_missing_relation
 from pg_to_bq.destinations.soft_deletes import live as live_row
@@ -30,8 +28,6 @@ from pg_to_bq.planning.types import quote_ident
 from pg_to_bq.postgres.sql import literal, qualified_name
 
 SPOOL_TABLE = "_pg_to_bq_changes"
-SPOOL_SCHEMA = pa.schema([("table_name", pa.string()), ("lsn", pa.int64()),
-                          ("op", pa.string()), ("key", pa.string())])
 # Keys a step reads again by key at most; more (or a truncate) and the table is read whole,
 # which costs about the same and is simpler for PostgreSQL.
 MAX_KEYS = 50_000
@@ -105,25 +101,6 @@ def capture_state(client: Any, publication: str, applied: Mapping[str, int],
     return CaptureState(publication, now, found, keys, whole)
 
 
-def spool_batches(changes: Iterable[Any], batch_rows: int = 50_000) -> Iterator[pa.Table]:
-    """Key changes (`pg_to_bq.postgres.cdc.keys.KeyChange`) as spool rows, a batch at a time."""
-    rows: list[tuple] = []
-    for change in changes:
-        rows.append((f"{change.schema}.{change.table}", change.lsn, change.op,
-                     json.dumps(list(change.key))))
-        if len(rows) >= batch_rows:
-            yield _table(rows)
-            rows = []
-    if rows:
-        yield _table(rows)
-
-
-def _table(rows: list[tuple]) -> pa.Table:
-    columns = list(zip(*rows, strict=True))
-    return pa.table([pa.array(c, type=f.type) for c, f in zip(columns, SPOOL_SCHEMA, strict=True)],
-                    schema=SPOOL_SCHEMA)
-
-
 def pending(client: Any, applied: Mapping[str, int]) -> dict[str, Pending]:
     """Each table's spooled changes after its applied position (`applied`: source table
     name -> position), one query; a table with none is left out."""
@@ -150,11 +127,6 @@ def pending(client: Any, applied: Mapping[str, int]) -> dict[str, Pending]:
                                                    bool(many), int(inserts or 0),
                                                    int(updates or 0), int(deletes or 0))
     return found
-
-
-def marker(run_id: str, position: int) -> pa.Table:
-    """The spool row saying run `run_id` read the slot up to `position`."""
-    return _table([("", position, RUN_MARKER, run_id)])
 
 
 def captured_in(client: Any, run_id: str) -> bool:

@@ -21,6 +21,7 @@ from zoneinfo import ZoneInfo
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pg_to_bq.load.cursor import lookback_of
 from pg_to_bq.planning.tables import TablePlan
 
 log = logging.getLogger(__name__)
@@ -29,15 +30,6 @@ log = logging.getLogger(__name__)
 # larger window is not digested and the next run simply merges it.
 WINDOW_MAX_ROWS = 200_000
 WINDOW_MAX_BYTES = 32 * 1024 * 1024
-
-
-def lookback_of(plan: TablePlan) -> timedelta | None:
-    """The lookback applied to the cursor (only timestamp and date cursors have one)."""
-    assert plan.cursor is not None
-    pg_type = plan.table.column(plan.cursor).type
-    if plan.lookback and pg_type.startswith(("timestamp", "date")):
-        return timedelta(seconds=int(plan.lookback.total_seconds()))
-    return None
 
 
 class WindowTracker:
@@ -186,7 +178,3 @@ def _zone(name: str) -> tzinfo:
         offset = timedelta(hours=int(hours), minutes=int(minutes or 0))
         return timezone(-offset if name[0] == "-" else offset)
     return ZoneInfo(name)
-
-
-def state_value(value: Any) -> Any:
-    return value.isoformat() if hasattr(value, "isoformat") else value

@@ -12,8 +12,10 @@ The group asks the destination its questions (columns, states, row counts, figur
 through pg_to_bq's own connection where there is one (a DuckDB file,
 `pg_to_bq.destinations.duckdb_session`), and makes its dlt pipeline only when it has rows
 to load: a step whose tables are all unchanged never imports dlt (~0.7 s and ~50 MB of a
-process). A pipeline with a package an interrupted run left behind is made first, and
-finishes that package before anything is asked; BigQuery is asked through dlt's client.
+process). Tables whose row versions are those of their last load are found before any
+read (`pg_to_bq.load.unchanged`), so such a step never imports Arrow either (~45 MB). A
+pipeline with a package an interrupted run left behind is made first, and finishes that
+package before anything is asked; BigQuery is asked through dlt's client.
 
 The order of a group's load, and why:
 
@@ -47,7 +49,6 @@ from pg_to_bq.destinations.writer_lock import exclusive
 from pg_to_bq.load.changes import CaptureState, capture_state, delete_keys
 from pg_to_bq.load.memory import release_memory
 from pg_to_bq.load.pipelines import SIDE_PIPELINE, files_dir, has_pending_packages, pipelines_dir
-from pg_to_bq.load.read import TableReads
 from pg_to_bq.load.results import (
     EmptyTableError,
     LoadJobFailed,
@@ -59,6 +60,7 @@ from pg_to_bq.load.results import (
 )
 from pg_to_bq.load.schema_changes import evolutions_of, prepare
 from pg_to_bq.load.state import CDC_STATE_KEY, ROWS_KEY, commit_states, stored_figures, trusted_states
+from pg_to_bq.load.unchanged import settle_unchanged
 from pg_to_bq.load.values_check import compare_fingerprints, destination_figures, engine
 from pg_to_bq.planning.errors import describe
 from pg_to_bq.planning.settings import DEFAULT_DRIFT_MAX_ROWS
@@ -259,15 +261,27 @@ class _GroupRun:
             else:
                 self.settle(index, result)
 
-        reads = TableReads(
-            loads=self.loads, source_url=self.source_url, batch_bytes=self.batch_bytes,
-            hash_salt=self.hash_salt, statement_timeout_s=self.statement_timeout_s,
-            on_batch=self.on_batch, record_state=self.record_state,
-            raise_errors=self.raise_errors, fingerprint_rows=self.fingerprint_rows,
-            destination_name=queries.destination.destination_name,
-            files=files_dir(self.work_dir, self.pipeline_name),
-            capture=capture)
-        read = reads.read_all(states, evolutions, doubts, settle_read)
+        # The tables whose row versions are those of their last load, found without reading
+        # (`pg_to_bq.load.unchanged`); the others are read.
+        found = settle_unchanged(
+            self.loads, states, evolutions, doubts, source_url=self.source_url,
+            statement_timeout_s=self.statement_timeout_s, hash_salt=self.hash_salt) \
+            if capture is None and self.record_state else {}
+        for index, result in found.items():
+            settle_read(index, result)
+        read: list[tuple[int, TableRead]] = []
+        if len(found) < len(self.loads):
+            from pg_to_bq.load.read import TableReads
+
+            reads = TableReads(
+                loads=self.loads, source_url=self.source_url, batch_bytes=self.batch_bytes,
+                hash_salt=self.hash_salt, statement_timeout_s=self.statement_timeout_s,
+                on_batch=self.on_batch, record_state=self.record_state,
+                raise_errors=self.raise_errors, fingerprint_rows=self.fingerprint_rows,
+                destination_name=queries.destination.destination_name,
+                files=files_dir(self.work_dir, self.pipeline_name),
+                capture=capture)
+            read = reads.read_all(states, evolutions, doubts, settle_read, skip=set(found))
         failures: dict[str, str] = {}
         loaded: list[tuple[int, TableRead]] = []
         load_id = None

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
-
-import pyarrow as pa
 
 
 def release_memory() -> None:
     """Hand the extraction's buffers back to the OS before DuckDB (in this process) loads:
     Arrow's allocator, and the C library's for the driver's buffers, keep freed memory for
     reuse, which would add up with DuckDB's."""
-    pa.default_memory_pool().release_unused()
+    pa = sys.modules.get("pyarrow")  # (not imported: no Arrow buffer was ever allocated)
+    if pa is not None:
+        pa.default_memory_pool().release_unused()
     if _malloc_trim is not None:
         _malloc_trim(0)
 

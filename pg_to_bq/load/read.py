@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,12 +20,8 @@ import pyarrow as pa
 
 from pg_to_bq.destinations.state_table import LOAD_ID_KEY
 from pg_to_bq.load.changes import CaptureState, absent_keys_sql, key_condition
-from pg_to_bq.load.cursor_window import (
-    WindowTracker,
-    lookback_of,
-    max_of,
-    window_digest,
-)
+from pg_to_bq.load.cursor import choose_mode
+from pg_to_bq.load.cursor_window import WindowTracker, max_of, window_digest
 from pg_to_bq.load.memory import release_memory
 from pg_to_bq.load.parquet_files import remove_stale_files, write_table_file
 from pg_to_bq.load.results import (
@@ -35,14 +31,12 @@ from pg_to_bq.load.results import (
     PlanFailed,
     TableLoad,
     TableRead,
-    Window,
     failure_result,
     no_columns,
 )
 from pg_to_bq.load.state import (
     CDC_STATE_KEY,
     COLUMNS_STATE_KEY,
-    CURSOR_STATE_KEY,
     DEFINITION_STATE_KEY,
     LOADED_COLUMNS_STATE_KEY,
     PENDING_FILL_STATE_KEY,
@@ -53,7 +47,6 @@ from pg_to_bq.load.values_check import source_side_fingerprint
 from pg_to_bq.planning.errors import describe, is_transient
 from pg_to_bq.planning.evolution import Change, Evolution
 from pg_to_bq.planning.tables import TablePlan
-from pg_to_bq.planning.types import quote_ident
 from pg_to_bq.postgres import row_versions as tuple_versions
 from pg_to_bq.postgres.connect import SourceUnreachable, login_role, with_options
 from pg_to_bq.postgres.connect import describe as describe_source
@@ -154,27 +147,6 @@ class SourceSessions:
         self.discard()
 
 
-def choose_mode(
-    plan: TablePlan, state: dict[str, Any], full_refresh: bool, window: Window | None
-) -> tuple[str, str | None, Any]:
-    if full_refresh or plan.disposition == "replace":
-        return "full", None, None
-    if window is not None:
-        column = quote_ident(window.column)
-        pg_type = plan.table.column(window.column).type
-        where = (f"{column} >= {literal(window.start, pg_type)} AND "
-                 f"{column} < {literal(window.end, pg_type)}")
-        return "window", where, window.start
-    previous = state.get(CURSOR_STATE_KEY)
-    if previous is None or plan.cursor is None:
-        return "full", None, None
-    pg_type = plan.table.column(plan.cursor).type
-    bound = literal(previous, pg_type)
-    if lookback_of(plan):
-        bound = f"{bound} - {literal(f'{int(plan.lookback.total_seconds())} seconds', 'interval')}"
-    return "incremental", f"{quote_ident(plan.cursor)} >= {bound}", previous
-
-
 @dataclass
 class TableReads:
     """How a step reads its tables: the source, batch sizes, the values check's limit; and
@@ -197,18 +169,21 @@ class TableReads:
     captured: frozenset[str] = frozenset()
 
     def read_all(self, states: dict[str, dict[str, Any]], evolutions: dict[str, Evolution],
-                 doubts: dict[str, str], settle: Callable[[int, LoadResult], None]
-                 ) -> list[tuple[int, TableRead]]:
-        """Read each table into a parquet file over one connection (each table in its own
-        snapshot); tables that fail are settled at once, the others returned to be loaded."""
+                 doubts: dict[str, str], settle: Callable[[int, LoadResult], None],
+                 skip: Collection[int] = ()) -> list[tuple[int, TableRead]]:
+        """Read each table (but those of `skip`, by index: settled already) into a parquet
+        file over one connection (each table in its own snapshot); tables that fail are
+        settled at once, the others returned to be loaded."""
         files = self.files
         for stale in remove_stale_files(files):
             log.info("removed %s, left by an extraction that did not finish", stale)
         read: list[tuple[int, TableRead]] = []
         with SourceSessions(self.source_url, self.statement_timeout_s) as sessions:
-            definitions = self.definitions(sessions)
+            definitions = self.definitions(sessions, skip)
             self.captured = self.published(sessions)
             for index, load in enumerate(self.loads):
+                if index in skip:
+                    continue
                 started = time.monotonic()
                 table = load.plan.destination_table
                 state, doubt = states.get(table, {}), doubts.get(table)
@@ -239,15 +214,27 @@ class TableReads:
         release_memory()
         return read
 
-    def definitions(self, sessions: SourceSessions) -> dict[int, str]:
-        """The partitions and enum labels of the merged tables (`tuple_versions.definitions`),
-        one query; none when it cannot be asked (each table's read then says why)."""
-        oids = [load.plan.table.oid for load in self.loads if load.plan.loadable
+    def definitions(self, sessions: SourceSessions, skip: Collection[int] = ()
+                    ) -> dict[int, str]:
+        """The partitions and enum labels of the merged tables to read (not `skip`'s,
+        `tuple_versions.definitions`), one query; none when it cannot be asked (each table's
+        read then says why)."""
+        oids = [load.plan.table.oid for index, load in enumerate(self.loads)
+                if index not in skip and load.plan.loadable
                 and load.plan.disposition == "merge" and load.plan.table.oid is not None]
         if not oids or not self.record_state:
             return {}
+        def query_all(sql: str) -> list[tuple]:
+            session = sessions.get()
+            try:
+                with session.stream(sql) as reader:
+                    table = reader.read_all()
+            finally:
+                session.rollback()
+            return list(zip(*(column.to_pylist() for column in table.columns), strict=True))
+
         try:
-            return tuple_versions.definitions(sessions.get(), oids)  # type: ignore[arg-type]
+            return tuple_versions.definitions(query_all, oids)  # type: ignore[arg-type]
         except Exception as exc:  # noqa: BLE001 - the reads fail on their own, with retries
             sessions.discard()
             log.info("the merged tables' partitions and enum labels were not read: %s",

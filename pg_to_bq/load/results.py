@@ -8,15 +8,17 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pg_to_bq.checks.fingerprint import Fingerprint, Scope
 from pg_to_bq.checks.outcomes import CheckOutcome, matches_source
-from pg_to_bq.load.cursor_window import WindowTracker
 from pg_to_bq.planning.errors import describe, is_transient
 from pg_to_bq.planning.evolution import Evolution
 from pg_to_bq.planning.tables import TablePlan
-from pg_to_bq.postgres.reader import TableReader
+
+if TYPE_CHECKING:
+    from pg_to_bq.load.cursor_window import WindowTracker
+    from pg_to_bq.postgres.reader import TableReader
 
 
 class EmptyTableError(ValueError):

@@ -27,18 +27,13 @@ from pg_to_bq.destinations.state_table import (
     read_states,
     write_states,
 )
-from pg_to_bq.load.cursor_window import (
-    state_value,
-)
+from pg_to_bq.load.cursor import CURSOR_STATE_KEY, state_value
 from pg_to_bq.load.results import LoadResult, TableRead
 from pg_to_bq.planning.errors import describe
 from pg_to_bq.planning.evolution import Evolution
 from pg_to_bq.planning.tables import TablePlan
 
 log = logging.getLogger(__name__)
-
-
-CURSOR_STATE_KEY = "pg_to_bq_cursor"
 
 
 WINDOW_STATE_KEY = "pg_to_bq_window"

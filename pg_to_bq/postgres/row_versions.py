@@ -21,15 +21,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from pg_to_bq.postgres.sql import qualified_name
 
 if TYPE_CHECKING:
     from pg_to_bq.planning.tables import TablePlan
     from pg_to_bq.postgres.reader import TableReader
-    from pg_to_bq.postgres.session import AdbcSession
 
 # Ordinary and partitioned tables and materialized views have row versions; views do not.
 KINDS = frozenset({"r", "p", "m"})
@@ -75,14 +74,22 @@ def applies(plan: TablePlan) -> bool:
 def token(reader: TableReader, plan: TablePlan, hash_salt: bytes | None) -> str:
     """This table's row versions and everything else its loaded values depend on, read in
     the reader's snapshot (inside `with reader:`)."""
-    rows = reader.query_one(_ROWS.format(table=qualified_name(plan)))
-    catalog = reader.query_one(_CATALOG.format(oid=_dollar_quoted(qualified_name(plan))))
+    return token_and_rows(reader.query_one, plan, hash_salt)[0]
+
+
+def token_and_rows(query_one: Callable[[str], tuple | None], plan: TablePlan,
+                   hash_salt: bytes | None) -> tuple[str, int]:
+    """`token`, and the table's rows, asked with `query_one` (one row of a query, in the
+    snapshot the caller holds): the values are compared as text, so a driver that returns
+    numerics as text and one that returns `Decimal`s give the same token."""
+    rows = query_one(_ROWS.format(table=qualified_name(plan)))
+    catalog = query_one(_CATALOG.format(oid=_dollar_quoted(qualified_name(plan))))
     reading = [(c.source.name, c.source.type, c.name, c.select_sql, c.logical, c.transform,
                 c.precision, c.scale) for c in plan.columns]
     salt = hashlib.sha256(hash_salt).hexdigest() if hash_salt and plan.hashed else None
     text = json.dumps([[str(v) for v in rows or ()], [str(v) for v in catalog or ()],
                        reading, salt], default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
+    return hashlib.sha256(text.encode()).hexdigest(), int(rows[0]) if rows else 0
 
 
 def _dollar_quoted(text: str) -> str:
@@ -112,20 +119,13 @@ FROM (SELECT c.oid FROM pg_catalog.pg_class c WHERE c.oid IN ({oids})) AS t
 """
 
 
-def definitions(session: AdbcSession, oids: Sequence[int]) -> dict[int, str]:
+def definitions(query_all: Callable[[str], Sequence[Sequence[Any]]], oids: Sequence[int]
+                ) -> dict[int, str]:
     """Each table's partitions and enum labels (see `_DEFINITIONS`) as one string, by object
-    id; a table that no longer exists is left out. Read in a transaction of its own."""
+    id, asked with `query_all` (every row of a query); a table that no longer exists is left
+    out."""
     if not oids:
         return {}
-    found: dict[int, str] = {}
-    try:
-        with session.stream(_DEFINITIONS.format(oids=", ".join(str(int(o)) for o in oids))
-                            ) as reader:
-            for batch in reader:
-                for oid, partitions, labels in zip(*(c.to_pylist() for c in batch.columns),
-                                                   strict=True):
-                    found[int(oid)] = hashlib.sha256(
-                        json.dumps([partitions, labels]).encode()).hexdigest()
-    finally:
-        session.rollback()
-    return found
+    rows = query_all(_DEFINITIONS.format(oids=", ".join(str(int(o)) for o in oids)))
+    return {int(oid): hashlib.sha256(json.dumps([partitions, labels]).encode()).hexdigest()
+            for oid, partitions, labels in rows}

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import adbc_driver_manager
 import adbc_driver_postgresql
-import pyarrow as pa
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 BATCH_SIZE_HINT = "adbc.postgresql.batch_size_hint_bytes"
 
@@ -52,7 +54,10 @@ class AdbcSession:
 
     @contextlib.contextmanager
     def stream(self, sql: str, batch_bytes: int | None = None) -> Iterator[pa.RecordBatchReader]:
-        """The query's result as a record batch reader of about `batch_bytes` per batch."""
+        """The query's result as a record batch reader of about `batch_bytes` per batch
+        (pyarrow is imported here: a connection that only checks it can connect needs none)."""
+        import pyarrow as pa
+
         with self._statement(sql) as statement:
             if batch_bytes:
                 statement.set_options(**{BATCH_SIZE_HINT: str(batch_bytes)})

@@ -7,8 +7,7 @@ from __future__ import annotations
 from datetime import date, datetime
 
 from pg_to_bq.planning.tables import TablePlan
-from pg_to_bq.planning.types import quote_ident
-from pg_to_bq.postgres.values import guarded
+from pg_to_bq.planning.types import ColumnMapping, quote_ident
 
 # Session settings every reading transaction uses, so text forms never depend on the
 # server's or the role's defaults (interval and date styles, time zone, float digits).
@@ -19,6 +18,11 @@ SESSION = (
     "SET LOCAL extra_float_digits = 3",
     "SET LOCAL bytea_output = 'hex'",
 )
+
+
+def guarded(plan: TablePlan) -> list[ColumnMapping]:
+    """The columns read with a guard (`ColumnMapping.guard_sql`) beside their value."""
+    return [c for c in plan.columns if c.guard_sql]
 
 
 def qualified_name(plan: TablePlan) -> str:

@@ -13,6 +13,7 @@ import pyarrow.compute as pc
 from pg_to_bq.planning.errors import LossyValueError
 from pg_to_bq.planning.tables import TablePlan
 from pg_to_bq.planning.types import ColumnMapping
+from pg_to_bq.postgres.sql import guarded
 
 # BigQuery's DATE/DATETIME/TIMESTAMP span years 1 to 9999; infinity sentinels fall outside.
 _MIN_DAY = (date(1, 1, 1) - date(1970, 1, 1)).days
@@ -35,10 +36,6 @@ def arrow_schema(plan: TablePlan) -> pa.Schema:
     a parquet file whose nullability differs from the table's)."""
     return pa.schema([pa.field(c.name, c.arrow_type, nullable=c.dlt_hint()["nullable"])
                       for c in plan.columns])
-
-
-def guarded(plan: TablePlan) -> list[ColumnMapping]:
-    return [c for c in plan.columns if c.guard_sql]
 
 
 def convert_batch(

@@ -1,5 +1,6 @@
 """pg_to_bq's own DuckDB connection (`pg_to_bq.destinations.duckdb_session`): it must ask
-exactly what dlt's client would, and an unchanged sync must not need dlt at all.
+exactly what dlt's client would, and an unchanged sync must not need dlt at all (nor
+Arrow: its tables are found unchanged before any read, `pg_to_bq.load.unchanged`).
 
 Tier 1 (pure, against dlt's own code): the names, literals and types it writes without
 dlt are dlt's. Tier 2 (real PostgreSQL, real DuckDB file, whole `pg-to-bq sync`
@@ -144,7 +145,8 @@ _PROBE = """
 import sys
 from pg_to_bq.cli.main import main
 code = main(["sync"])
-print("IMPORTED", sorted({m.split(".")[0] for m in sys.modules} & {"dlt", "requests"}))
+print("IMPORTED", sorted({m.split(".")[0] for m in sys.modules}
+                         & {"dlt", "requests", "pyarrow"}))
 sys.exit(code)
 """
 
@@ -158,8 +160,9 @@ def _sync(env: dict[str, str]) -> tuple[int, str]:
 def test_an_unchanged_sync_needs_no_dlt_and_a_changed_one_loads(pg_url: str, settings_env,
                                                                   tmp_path: Path) -> None:
     """Whole `pg-to-bq sync` processes: the first loads (dlt), the second finds both tables
-    unchanged, checks them (figures and counts through pg_to_bq's own connection, compared
-    with what dlt's wrote) and imports no dlt; after a change, dlt loads again."""
+    unchanged by their row versions before any read, checks them (figures and counts
+    through pg_to_bq's own connection, compared with what dlt's wrote) and imports neither
+    dlt nor pyarrow; after a change, dlt loads again."""
     run_sql(pg_url, """
         CREATE TABLE items (id int PRIMARY KEY, at timestamptz, note text,
                             updated_at timestamptz NOT NULL DEFAULT now());
@@ -172,7 +175,7 @@ def test_an_unchanged_sync_needs_no_dlt_and_a_changed_one_loads(pg_url: str, set
     env = dict(os.environ)
     code, out = _sync(env)
     assert code == 0, out
-    assert "IMPORTED ['dlt', 'requests']" in out
+    assert "IMPORTED ['dlt', 'pyarrow', 'requests']" in out
     code, out = _sync(env)
     assert code == 0, out
     assert out.count(": unchanged") == 2, out
@@ -189,5 +192,5 @@ def test_an_unchanged_sync_needs_no_dlt_and_a_changed_one_loads(pg_url: str, set
     assert "IMPORTED []" in out, out
     run_sql(pg_url, "UPDATE items SET note = 'changed', updated_at = now() WHERE id = 8")
     code, out = _sync(env)
-    assert "IMPORTED ['dlt', 'requests']" in out, out
+    assert "IMPORTED ['dlt', 'pyarrow', 'requests']" in out, out
     assert duck_rows(path, "SELECT note FROM raw.items WHERE id = 8") == [("changed",)]

@@ -10,8 +10,8 @@ from pg_to_bq.load.changes import (
     absent_keys_sql,
     key_condition,
     read_whole,
-    spool_batches,
 )
+from pg_to_bq.load.spool_rows import spool_batches
 from pg_to_bq.planning.catalog import Column, Table
 from pg_to_bq.planning.tables import plan_table
 from pg_to_bq.postgres.cdc.keys import KeyChange

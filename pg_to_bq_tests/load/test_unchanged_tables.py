@@ -136,3 +136,23 @@ def test_odd_table_names_are_quoted_in_the_catalog_query(pg_url: str, tmp_path: 
     run_sql(pg_url, 'CREATE TABLE "it\'s $q$ odd" (n int); INSERT INTO "it\'s $q$ odd" VALUES (1);')
     assert _load(pg_url, "it's $q$ odd", tmp_path).rows == 1
     _assert_skipped(_load(pg_url, "it's $q$ odd", tmp_path))
+
+
+@pytest.mark.parametrize("rows", ["", "INSERT INTO \"Mixed 'Case'\" SELECT g, -g * 1000003 "
+                                      "FROM generate_series(1, 300) g"])
+def test_the_token_before_the_read_is_the_reads_own(pg_url: str, rows: str) -> None:
+    """The step looks for unchanged tables over psycopg before any read
+    (`pg_to_bq.load.unchanged`); the read computes the token over the ADBC driver, which
+    returns numerics as text where psycopg returns `Decimal`s. Both must give one token (and
+    the same row count), or no table would ever be found unchanged before its read."""
+    from pg_to_bq.postgres.reader import TableReader
+    from pg_to_bq.postgres.row_versions import token, token_and_rows
+
+    run_sql(pg_url, f"CREATE TABLE \"Mixed 'Case'\" (n int, v bigint); {rows}")
+    with psycopg.connect(pg_url) as conn:
+        catalog = discover(conn, schemas=["public"], table="Mixed 'Case'")
+        (plan,) = build_plans(catalog, "duckdb")
+        before, counted = token_and_rows(lambda sql: conn.execute(sql).fetchone(), plan, None)
+    with TableReader(pg_url, plan) as reader:
+        assert token(reader, plan, None) == before
+        assert reader.stats.snapshot_rows == counted == (300 if rows else 0)

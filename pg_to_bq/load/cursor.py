@@ -1,0 +1,56 @@
+"""Which rows a table's read asks for: the whole table, one partition, or the rows at or
+after its stored cursor (minus the lookback). Plain values and SQL, no Arrow: a step decides
+this for every table, also for those it then finds unchanged and never reads."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from pg_to_bq.planning.tables import TablePlan
+from pg_to_bq.planning.types import quote_ident
+from pg_to_bq.postgres.sql import literal
+
+if TYPE_CHECKING:
+    from pg_to_bq.load.results import Window
+
+# The stored cursor in a table's state (`pg_to_bq.load.state`).
+CURSOR_STATE_KEY = "pg_to_bq_cursor"
+
+
+def lookback_of(plan: TablePlan) -> timedelta | None:
+    """The lookback applied to the cursor (only timestamp and date cursors have one)."""
+    assert plan.cursor is not None
+    pg_type = plan.table.column(plan.cursor).type
+    if plan.lookback and pg_type.startswith(("timestamp", "date")):
+        return timedelta(seconds=int(plan.lookback.total_seconds()))
+    return None
+
+
+
+
+def state_value(value: Any) -> Any:
+    return value.isoformat() if hasattr(value, "isoformat") else value
+
+
+def choose_mode(
+    plan: TablePlan, state: dict[str, Any], full_refresh: bool, window: Window | None
+) -> tuple[str, str | None, Any]:
+    if full_refresh or plan.disposition == "replace":
+        return "full", None, None
+    if window is not None:
+        column = quote_ident(window.column)
+        pg_type = plan.table.column(window.column).type
+        where = (f"{column} >= {literal(window.start, pg_type)} AND "
+                 f"{column} < {literal(window.end, pg_type)}")
+        return "window", where, window.start
+    previous = state.get(CURSOR_STATE_KEY)
+    if previous is None or plan.cursor is None:
+        return "full", None, None
+    pg_type = plan.table.column(plan.cursor).type
+    bound = literal(previous, pg_type)
+    if lookback_of(plan):
+        bound = f"{bound} - {literal(f'{int(plan.lookback.total_seconds())} seconds', 'interval')}"
+    return "incremental", f"{quote_ident(plan.cursor)} >= {bound}", previous
+
+
