@@ -64,8 +64,7 @@ def settle_unchanged(loads: Sequence[TableLoad], states: Mapping[str, Mapping[st
                         or state.get(DEFINITION_STATE_KEY) != definitions.get(plan.table.oid)):
                     continue  # (a partition or an enum label may have changed: its read says)
                 try:
-                    for statement in SESSION:
-                        conn.execute(statement)
+                    conn.execute("; ".join(SESSION))  # (one round trip)
 
                     def query_one(sql: str) -> tuple | None:
                         return conn.execute(sql).fetchone()
