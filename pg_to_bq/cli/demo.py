@@ -7,6 +7,7 @@ start reuses it all.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -229,15 +230,46 @@ def _wait_for_ui(url: str, process: subprocess.Popen, timeout: float = 180) -> b
     return False
 
 
-def _stop_process_group(process: subprocess.Popen) -> None:
-    if process.poll() is not None:
-        return
-    try:
-        os.killpg(process.pid, signal.SIGINT)
-        process.wait(timeout=30)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
+def _stop_process_group(process: subprocess.Popen, grace_s: float = 15) -> None:
+    """Stop `dg dev` and every process of its group (Dagster's webserver and code servers):
+    they end on the same SIGINT, the code servers a moment after their leader, so the
+    group is waited for (up to `grace_s`), then whatever is left is killed."""
+    if process.poll() is None:
         try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
+            os.killpg(process.pid, signal.SIGINT)
+            process.wait(timeout=30)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=10)
+    deadline = time.monotonic() + grace_s
+    while _group_members(process.pid):
+        if time.monotonic() > deadline:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
             return
-        process.wait(timeout=10)
+        time.sleep(0.1)
+
+
+def _group_members(pgid: int) -> bool:
+    """Whether a process of group `pgid` still runs (a zombie, which only waits to be
+    reaped, does not count). Without /proc, whether the group has any process at all."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2:].split()
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            return True
+    return False
