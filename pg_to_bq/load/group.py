@@ -263,10 +263,10 @@ class _GroupRun:
 
         # The tables whose row versions are those of their last load, found without reading
         # (`pg_to_bq.load.unchanged`); the others are read.
-        found = settle_unchanged(
+        found, tokens = settle_unchanged(
             self.loads, states, evolutions, doubts, source_url=self.source_url,
             statement_timeout_s=self.statement_timeout_s, hash_salt=self.hash_salt) \
-            if capture is None and self.record_state else {}
+            if capture is None and self.record_state else ({}, {})
         for index, result in found.items():
             settle_read(index, result)
         read: list[tuple[int, TableRead]] = []
@@ -280,7 +280,7 @@ class _GroupRun:
                 raise_errors=self.raise_errors, fingerprint_rows=self.fingerprint_rows,
                 destination_name=queries.destination.destination_name,
                 files=files_dir(self.work_dir, self.pipeline_name),
-                capture=capture)
+                capture=capture, tokens=tokens)
             read = reads.read_all(states, evolutions, doubts, settle_read, skip=set(found))
         failures: dict[str, str] = {}
         loaded: list[tuple[int, TableRead]] = []

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -167,6 +167,10 @@ class TableReads:
     capture: CaptureState | None = None
     # The tables the publication captures (source names), read when the step starts.
     captured: frozenset[str] = frozenset()
+    # Row-version tokens found before the reads (`pg_to_bq.load.unchanged`), by destination
+    # table, of tables found changed: each read keeps its table's instead of scanning the
+    # row headers again.
+    tokens: Mapping[str, str] = field(default_factory=dict)
 
     def read_all(self, states: dict[str, dict[str, Any]], evolutions: dict[str, Evolution],
                  doubts: dict[str, str], settle: Callable[[int, LoadResult], None],
@@ -227,11 +231,9 @@ class TableReads:
         def query_all(sql: str) -> list[tuple]:
             session = sessions.get()
             try:
-                with session.stream(sql) as reader:
-                    table = reader.read_all()
+                return session.fetchall(sql)
             finally:
                 session.rollback()
-            return list(zip(*(column.to_pylist() for column in table.columns), strict=True))
 
         try:
             return tuple_versions.definitions(query_all, oids)  # type: ignore[arg-type]
@@ -247,13 +249,12 @@ class TableReads:
             return frozenset()
         session = sessions.get()
         try:
-            with session.stream(
-                    "SELECT schemaname || '.' || tablename FROM pg_catalog.pg_publication_tables "
-                    f"WHERE pubname = {literal(self.capture.publication, 'text')}") as rows:
-                names = rows.read_all().column(0).to_pylist()
+            rows = session.fetchall(
+                "SELECT schemaname || '.' || tablename FROM pg_catalog.pg_publication_tables "
+                f"WHERE pubname = {literal(self.capture.publication, 'text')}")
         finally:
             session.rollback()
-        return frozenset(names)
+        return frozenset(name for (name,) in rows)
 
     def not_captured(self, plan: TablePlan) -> str | None:
         """Why change capture, on, does not follow `plan` (None: it does, or it is off)."""
@@ -354,7 +355,8 @@ class TableReads:
         with reader:
             versions = None
             if mode in ("full", "incremental") and tuple_versions.applies(plan):
-                versions = tuple_versions.token(reader, plan, self.hash_salt)
+                versions = self.tokens.get(plan.destination_table) \
+                    or tuple_versions.token(reader, plan, self.hash_salt)
                 if versions == state.get(VERSIONS_STATE_KEY) and not load.full_refresh \
                         and evolution.exists and not evolution.changed and not fill:
                     # Not one row version changed since the last load: nothing to read.

@@ -10,9 +10,12 @@ snapshot is the next run's, as it is for a read.
 
 Only what the read itself would find unchanged by its row versions is settled here, and
 less when in doubt: a table is left to its read (`pg_to_bq.load.read.TableReads`), which
-computes and compares the token again, whenever change capture is on, its state is not
+computes and compares the token itself, whenever change capture is on, its state is not
 trusted or lacks a token, a fill is owed, its columns changed, it is refreshed, or one
-partition is asked for, or when anything here fails.
+partition is asked for, or when anything here fails. A table whose token differs is read,
+and its read stores the token found here rather than scanning its row headers again: taken
+before the read's snapshot, it can only make the next run read the table once more (a
+change in between differs from it), never miss a change.
 """
 
 from __future__ import annotations
@@ -38,16 +41,18 @@ log = logging.getLogger(__name__)
 def settle_unchanged(loads: Sequence[TableLoad], states: Mapping[str, Mapping[str, Any]],
                      evolutions: Mapping[str, Evolution], doubts: Mapping[str, str], *,
                      source_url: str, statement_timeout_s: int, hash_salt: bytes | None
-                     ) -> dict[int, LoadResult]:
+                     ) -> tuple[dict[int, LoadResult], dict[str, str]]:
     """The `unchanged` result of each of `loads` (by index) whose row versions are those
-    of its last load; the others are left to their reads."""
+    of its last load, and the token found for each table found changed (by destination
+    table, for its read); the others are left to their reads."""
     candidates = [(index, load, mode, where, cursor_from)
                   for index, load in enumerate(loads)
                   if (chosen := _candidate(load, states, evolutions, doubts)) is not None
                   for mode, where, cursor_from in [chosen]]
-    if not candidates:
-        return {}
     found: dict[int, LoadResult] = {}
+    tokens: dict[str, str] = {}
+    if not candidates:
+        return found, tokens
     try:
         import psycopg
 
@@ -72,6 +77,7 @@ def settle_unchanged(loads: Sequence[TableLoad], states: Mapping[str, Mapping[st
                     versions, table_rows = row_versions.token_and_rows(query_one, plan,
                                                                         hash_salt)
                     if versions != state[VERSIONS_STATE_KEY]:
+                        tokens[plan.destination_table] = versions
                         continue
                     snapshot_rows = table_rows
                     if where is not None:
@@ -90,7 +96,7 @@ def settle_unchanged(loads: Sequence[TableLoad], states: Mapping[str, Mapping[st
     except Exception as exc:  # noqa: BLE001 - the reads find out, with their retries
         log.info("unchanged tables were not looked for before the reads (%s): each read "
                  "compares its own row versions", describe(exc))
-    return found
+    return found, tokens
 
 
 def _candidate(load: TableLoad, states: Mapping[str, Mapping[str, Any]],

@@ -140,6 +140,8 @@ class SourceDatabase(dg.ConfigurableResource):
 
 # dlt destinations made in this process, by the `Destination` configuration they serve.
 _destinations: dict[str, Any] = {}
+# ... and the `LazyDestination`s that make them (`Destination.for_loads`).
+_loads_destinations: dict[str, Any] = {}
 
 
 class Destination(dg.ConfigurableResource):
@@ -184,18 +186,26 @@ class Destination(dg.ConfigurableResource):
 
     def for_loads(self) -> Any:
         """The destination as a group's load takes it (`pg_to_bq.destinations.lazy`): dlt's
-        destination is made only when a table has rows to load."""
-        from pg_to_bq.destinations.lazy import LazyDestination, check_settings
+        destination is made only when a table has rows to load. Made (and the user's DuckDB
+        settings checked) once per process for this configuration, as `dlt_destination`."""
+        key = self.model_dump_json()
+        destination = _loads_destinations.get(key)
+        if destination is None:
+            from pg_to_bq.destinations.lazy import LazyDestination, check_settings
 
-        if self.kind == "duckdb" and not self.duckdb_path:
-            raise ValueError("destination duckdb needs a file path (PG_TO_BQ_DESTINATION)")
-        if self.kind == "duckdb":
-            Path(self.duckdb_path).parent.mkdir(parents=True, exist_ok=True)
-            if self.duckdb_settings:
+            path = self._duckdb_file() if self.kind == "duckdb" else None
+            if path and self.duckdb_settings:
                 check_settings(self.duckdb_settings)
-        return LazyDestination(self.kind, self.dlt_destination,
-                               self.duckdb_path if self.kind == "duckdb" else None,
-                               dict(self.duckdb_settings or {}))
+            destination = _loads_destinations[key] = LazyDestination(
+                self.kind, self.dlt_destination, path, dict(self.duckdb_settings or {}))
+        return destination
+
+    def _duckdb_file(self) -> str:
+        """The DuckDB file's path, its folder made."""
+        if not self.duckdb_path:
+            raise ValueError("destination duckdb needs a file path (PG_TO_BQ_DESTINATION)")
+        Path(self.duckdb_path).parent.mkdir(parents=True, exist_ok=True)
+        return self.duckdb_path
 
     def dlt_destination(self) -> Any:
         """The dlt destination, made once per process for this configuration (dlt resolves a
@@ -209,12 +219,9 @@ class Destination(dg.ConfigurableResource):
 
     def _make_dlt_destination(self) -> Any:
         if self.kind == "duckdb":
-            if not self.duckdb_path:
-                raise ValueError("destination duckdb needs a file path (PG_TO_BQ_DESTINATION)")
-            Path(self.duckdb_path).parent.mkdir(parents=True, exist_ok=True)
             from pg_to_bq.destinations.duckdb_file import duckdb_destination
 
-            return duckdb_destination(self.duckdb_path, self.duckdb_settings)
+            return duckdb_destination(self._duckdb_file(), self.duckdb_settings)
         if self.kind == "bigquery":
             from pg_to_bq.destinations.dlt_config import bigquery_destination
 

@@ -160,9 +160,7 @@ class TableReader:
     def query_all(self, sql: str) -> list[tuple]:
         """Every row of `sql`, in the reader's snapshot (after `batches`, before exiting)."""
         assert self._conn is not None, "use TableReader as a context manager"
-        with self._conn.stream(sql) as rows:
-            table = rows.read_all()
-        return list(zip(*(column.to_pylist() for column in table.columns), strict=True))
+        return self._conn.fetchall(sql)
 
     def server_encoding(self) -> str:
         """The database's `server_encoding`, asked once per session."""

@@ -52,6 +52,12 @@ class AdbcSession:
             return None
         return tuple(column[0].as_py() for column in table.columns)
 
+    def fetchall(self, sql: str) -> list[tuple[Any, ...]]:
+        """Every row, by position."""
+        with self.stream(sql) as reader:
+            table = reader.read_all()
+        return list(zip(*(column.to_pylist() for column in table.columns), strict=True))
+
     @contextlib.contextmanager
     def stream(self, sql: str, batch_bytes: int | None = None) -> Iterator[pa.RecordBatchReader]:
         """The query's result as a record batch reader of about `batch_bytes` per batch

@@ -156,3 +156,27 @@ def test_the_token_before_the_read_is_the_reads_own(pg_url: str, rows: str) -> N
     with TableReader(pg_url, plan) as reader:
         assert token(reader, plan, None) == before
         assert reader.stats.snapshot_rows == counted == (300 if rows else 0)
+
+
+def test_a_changed_table_keeps_the_token_found_before_its_read(
+        pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A table found changed before the reads (`pg_to_bq.load.unchanged`) is read without
+    scanning its row headers again: its read stores the token found then, which the next
+    run finds unchanged; a change after it is still loaded."""
+    from pg_to_bq.postgres import row_versions
+
+    run_sql(pg_url, KEYLESS)
+    assert _load(pg_url, "notes", tmp_path).status == "loaded"
+    run_sql(pg_url, "UPDATE notes SET body = 'edited' WHERE n = 7")
+
+    def no_second_scan(*args: object) -> str:
+        raise AssertionError("the read scanned the row headers again")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(row_versions, "token", no_second_scan)
+        assert _load(pg_url, "notes", tmp_path).status == "loaded"
+    _assert_skipped(_load(pg_url, "notes", tmp_path))
+    run_sql(pg_url, "UPDATE notes SET body = 'again' WHERE n = 8")
+    assert _load(pg_url, "notes", tmp_path).status == "loaded"
+    assert duck_rows(tmp_path / "dest.duckdb", "SELECT body FROM raw.notes WHERE n IN (7, 8) "
+                                               "ORDER BY n") == [("edited",), ("again",)]
