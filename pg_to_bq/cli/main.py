@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from pg_to_bq.destinations.writer_lock import kept
 from pg_to_bq.planning.catalog import Catalog
 from pg_to_bq.planning.naming import SOFT_DELETE_COLUMN
 from pg_to_bq.planning.overrides import OverridesError
@@ -247,7 +248,10 @@ def cmd_sync(
     runs: dict[str | None, list[TablePlan]] = {}
     for plan in chosen:
         runs.setdefault(plan.partition.granularity if plan.partition else None, []).append(plan)
-    with progress.listening(report.table, lambda line: print(line, flush=True)):
+    # The DuckDB file stays open from one step to the next (`writer_lock.kept`): the steps
+    # run one after another in this process, and another process that waits for the file
+    # gets it between two of them.
+    with progress.listening(report.table, lambda line: print(line, flush=True)), kept():
         for granularity, run_plans in runs.items():
             keys = [destination_key(p, ctx) for p in run_plans]
             if granularity is None and (not names or settings.cdc):

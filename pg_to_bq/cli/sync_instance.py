@@ -44,6 +44,8 @@ class OneConnectionEventLog(InMemoryEventLogStorage):
     """
 
     def __init__(self) -> None:
+        self._tables: dict[str, bool] = {}
+        self._asset_key_columns: dict[str, bool] = {}
         super().__init__()
         self._directory = tempfile.mkdtemp(prefix="pg_to_bq_events_")
         atexit.register(shutil.rmtree, self._directory, True)
@@ -61,6 +63,23 @@ class OneConnectionEventLog(InMemoryEventLogStorage):
         self._held_conn.close()
         self._engine.dispose()
         self._engine, self._held_conn = engine, one
+
+    def has_table(self, table_name: str) -> bool:
+        # Dagster asks before storing each asset event and check evaluation, on a connection
+        # of its own (a new SQLite connection each time here); the tables, made above, do
+        # not change.
+        known = self._tables.get(table_name)
+        if known is None:
+            known = self._tables[table_name] = super().has_table(table_name)
+        return known
+
+    def _has_asset_key_col_on_connection(self, conn: Any, column_name: str) -> bool:
+        # (asked, by inspecting the table, for each asset event)
+        known = self._asset_key_columns.get(column_name)
+        if known is None:
+            known = self._asset_key_columns[column_name] = \
+                super()._has_asset_key_col_on_connection(conn, column_name)
+        return known
 
     @contextmanager
     def _connect(self) -> Iterator[Any]:

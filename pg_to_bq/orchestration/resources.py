@@ -176,12 +176,21 @@ class Destination(dg.ConfigurableResource):
 
     def writing(self, on_wait: Callable[[float], None] | None = None) -> AbstractContextManager:
         """Held while a table loads. DuckDB takes one writing process at a time, so a DuckDB
-        file is locked for the load (other loads wait, `on_wait` tells); BigQuery needs no
-        lock."""
+        file is locked for the load (other loads wait, `on_wait` tells); inside
+        `pg_to_bq.destinations.writer_lock.kept()` the lock and the open file outlive the
+        block. BigQuery needs no lock."""
         if self.kind == "duckdb" and self.duckdb_path:
             from pg_to_bq.destinations.writer_lock import exclusive
 
-            return exclusive(Path(self.duckdb_path), on_wait)
+            path, settings = self.duckdb_path, self.duckdb_settings
+
+            def keep() -> Any:
+                from pg_to_bq.destinations.duckdb_session import KeptFile
+                from pg_to_bq.destinations.lazy import duckdb_global_config
+
+                return KeptFile(path, duckdb_global_config(settings)["memory_limit"])
+
+            return exclusive(Path(path), on_wait, keep=keep)
         return contextlib.nullcontext()
 
     def for_loads(self) -> Any:

@@ -22,6 +22,7 @@ from typing import Any
 
 import dagster as dg
 
+from pg_to_bq.destinations.writer_lock import kept
 from pg_to_bq.load.group import load_group
 from pg_to_bq.load.results import CAPTURED, NOT_CAPTURED, LoadResult, TableLoad, Window
 from pg_to_bq.orchestration import progress
@@ -109,6 +110,9 @@ def run_step(
 
     snapshots = {plan.name: plan for plan in plans}
     failed: list[LoadResult] = []
+    # Every table's materialization first, then the checks: a check's evaluation names the
+    # materialization it checked, which Dagster looks up in its storage per table unless it
+    # is known (`_look_up_materializations`).
     for load, result in zip(loads, results, strict=True):
         if not result.ok:
             failed.append(result)
@@ -118,11 +122,18 @@ def run_step(
             context.log_event(dg.AssetObservation(
                 asset_key=destination_key(load.plan, ctx),
                 metadata={"pg_to_bq/load_failed": result.error or "failed"}))
+            continue
+        yield _materialization(load.plan, snapshots[load.plan.name], result, ctx)
+    _look_up_materializations(context, [destination_key(load.plan, ctx)
+                                        for load, result in zip(loads, results, strict=True)
+                                        if result.ok and result.check is not None])
+    for load, result in zip(loads, results, strict=True):
+        if not result.ok:
             progress.publish(progress.TableOutcome(
                 load.plan.name, "failed", mode=result.mode, seconds=result.duration_s,
                 error=result.error, trace=result.trace))
             continue
-        yield from _materialized(context, load.plan, snapshots[load.plan.name], result, ctx)
+        yield from _checked(context, load.plan, result, ctx)
     if failed:
         names = ", ".join(r.table for r in failed)
         raise dg.Failure(
@@ -148,16 +159,17 @@ def load_with(context: dg.OpExecutionContext | dg.AssetExecutionContext,
                          f"another load is writing ({seconds:.0f} s so far)")
 
     hashing = any(load.plan.hashed for load in loads)
-    return load_group(
-        loads, pipeline_name=pipeline_name, source_url=url,
-        destination=destination.for_loads(), dataset=destination.dataset,
-        work_dir=destination.work_path, batch_bytes=source.batch_bytes,
-        hash_salt=source.resolved_hash_salt() if hashing else None,
-        statement_timeout_s=source.statement_timeout_s, on_batch=_Progress(context),
-        destination_lock=lambda: destination.writing(on_wait=waiting),
-        fingerprint_rows=ctx.fingerprint_rows if ctx.fingerprint else None,
-        drift_max_rows=ctx.drift_max_rows or None, cdc_publication=ctx.cdc_publication,
-        run_id=context.run.run_id)
+    with kept():  # the file stays open between the group's sections
+        return load_group(
+            loads, pipeline_name=pipeline_name, source_url=url,
+            destination=destination.for_loads(), dataset=destination.dataset,
+            work_dir=destination.work_path, batch_bytes=source.batch_bytes,
+            hash_salt=source.resolved_hash_salt() if hashing else None,
+            statement_timeout_s=source.statement_timeout_s, on_batch=_Progress(context),
+            destination_lock=lambda: destination.writing(on_wait=waiting),
+            fingerprint_rows=ctx.fingerprint_rows if ctx.fingerprint else None,
+            drift_max_rows=ctx.drift_max_rows or None, cdc_publication=ctx.cdc_publication,
+            run_id=context.run.run_id)
 
 
 def _window(context: dg.AssetExecutionContext, plans: Sequence[TablePlan]) -> Window | None:
@@ -185,29 +197,50 @@ def _report_gone(context: dg.AssetExecutionContext, plan: TablePlan, ctx: AssetC
     progress.publish(progress.TableOutcome(plan.name, "gone", error=message))
 
 
-def _materialized(
-    context: dg.AssetExecutionContext,
-    plan: TablePlan,
-    snapshot_plan: TablePlan,
-    result: LoadResult,
-    ctx: AssetContext,
-) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
-    """The table's materialization and its check. The data version is the dlt load that
-    wrote the table's rows: an unchanged table keeps its last load's, so Dagster (and
-    automation downstream) sees no new data, while its freshness is renewed. A failed ERROR
-    check (rows or values lost or changed) is blocking: the step fails once every table is
-    reported (Dagster raises after the step's last event), downstream assets do not run on
-    the table, and the CLI reports the table as failed."""
-    key = destination_key(plan, ctx)
+def _materialization(plan: TablePlan, snapshot_plan: TablePlan, result: LoadResult,
+                     ctx: AssetContext) -> dg.MaterializeResult:
+    """The table's materialization. The data version is the dlt load that wrote the table's
+    rows: an unchanged table keeps its last load's, so Dagster (and automation downstream)
+    sees no new data, while its freshness is renewed."""
     metadata = materialization_metadata(plan, snapshot_plan, result, ctx,
                                         result.destination_rows, result.deleted)
+    return dg.MaterializeResult(
+        asset_key=destination_key(plan, ctx), metadata=metadata,
+        data_version=dg.DataVersion(result.load_id) if result.load_id else None)
+
+
+def _look_up_materializations(context: dg.AssetExecutionContext,
+                              keys: Sequence[dg.AssetKey]) -> None:
+    """Look up, 100 at a time, the materializations just recorded for `keys`, which their
+    checks' evaluations name (Dagster's `AssetCheckResult` asks its storage one asset at a
+    time: 3 s of an unchanged 1,000-table run). This fills the step's own cache with what
+    Dagster's per-asset lookup finds (its `DataVersionCache`, private: where it is not what
+    this expects, nothing is done and Dagster looks each one up itself)."""
+    step = getattr(context.op_execution_context, "_step_execution_context", None)
+    cache = getattr(step, "_data_version_cache", None)
+    known = getattr(cache, "input_asset_version_info", None)
+    fetch = getattr(cache, "_fetch_input_asset_version_info", None)
+    if not isinstance(known, dict) or not callable(fetch):
+        return
+    missing = [key for key in keys if key not in known]
+    if missing:
+        fetch(missing)
+
+
+def _checked(
+    context: dg.AssetExecutionContext,
+    plan: TablePlan,
+    result: LoadResult,
+    ctx: AssetContext,
+) -> Iterator[dg.AssetCheckResult]:
+    """The table's check, after its materialization, and its outcome for the CLI. A failed
+    ERROR check (rows or values lost or changed) is blocking: the step fails once every
+    table is reported (Dagster raises after the step's last event), downstream assets do not
+    run on the table, and the CLI reports the table as failed."""
+    key = destination_key(plan, ctx)
     notes = [*result.changes, *_notes(plan)]
     if result.extra.get(NOT_CAPTURED):
         notes.append(result.extra[NOT_CAPTURED])
-    yield dg.MaterializeResult(
-        asset_key=key, metadata=metadata,
-        data_version=dg.DataVersion(result.load_id) if result.load_id else None)
-
     outcomes = [result.check] if result.check is not None else []
     wanted = context.selected_asset_check_keys
     failed_checks, lost = [], []

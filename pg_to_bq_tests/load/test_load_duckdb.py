@@ -279,3 +279,37 @@ def test_uuid_and_bytes(pg_url: str, settings_env) -> None:
     assert materialize_all(build_definitions(Settings.from_env())).success
     assert duck_rows(path, "SELECT u, raw FROM raw.b ORDER BY id") == \
         [(str(value), b"\x00\xff\x10"), (None, None)]
+
+
+def test_each_check_names_its_tables_materialization_of_this_run(sample_db_url: str,
+                                                                 settings_env) -> None:
+    """A step's checks are evaluated after all its tables' materializations, which are looked
+    up in one batch (`steps._look_up_materializations`): each evaluation must still name its
+    own table's materialization of this run (the UI links the check to it), and Dagster must
+    not have looked the tables up one by one. The instance's `get_asset_records` is wrapped
+    to count calls, and passes every call through."""
+    settings_env(sample_db_url, INCLUDE="public.orders,public.customers,public.products,"
+                                        "public.audit_log")
+    defs = build_definitions(Settings.from_env())
+    instance = dg.DagsterInstance.ephemeral()
+    asked: list[list[dg.AssetKey]] = []
+    lookup = instance.get_asset_records
+
+    def counted(keys=None):
+        asked.append(list(keys or []))
+        return lookup(keys)
+
+    instance.get_asset_records = counted  # type: ignore[method-assign]
+    result = materialize_all(defs, instance=instance)
+    assert result.success
+    evaluations = result.get_asset_check_evaluations()
+    materialized = {e.asset_key for e in result.get_asset_materialization_events()}
+    assert len(materialized) == 4
+    assert {e.asset_key for e in evaluations} == materialized
+    for evaluation in evaluations:
+        [record] = instance.fetch_materializations(evaluation.asset_key, limit=1).records
+        target = evaluation.target_materialization_data
+        assert target is not None, evaluation.asset_key
+        assert (target.storage_id, target.run_id) == (record.storage_id, result.run_id)
+    one_by_one = [keys for keys in asked if len(keys) == 1 and keys[0] in materialized]
+    assert one_by_one == []
