@@ -27,7 +27,38 @@ USER_ERRORS = (SettingsError, SourceUnreachable, SecretError, OverridesError, Pl
 
 def run() -> NoReturn:
     """The `pg-to-bq` console script: `main`, then `exit_now` with its status."""
+    sys.stdout = _ClosedPipeTolerant(sys.stdout)
     exit_now(main())
+
+
+class _ClosedPipeTolerant:
+    """Standard output that drops what is written once its reader has gone (`pg-to-bq sync |
+    head`): the lines are the run's report, not its work, so the loads go on and the exit
+    status is still theirs. Writing to the closed pipe raised BrokenPipeError inside the
+    step that published a table's outcome, which failed that step's tables."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._drop()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._drop()
+
+    def _drop(self) -> None:
+        # (what is still buffered for the closed pipe is dropped with it)
+        self._stream = open(os.devnull, "w")  # noqa: SIM115 - standard output from now on
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
 
 
 def exit_now(code: int) -> NoReturn:

@@ -15,7 +15,7 @@ import duckdb
 import pytest
 
 from pg_to_bq.cli.main import main
-from pg_to_bq_tests.conftest import run_sql
+from pg_to_bq_tests.conftest import duck_rows, run_sql
 
 
 def test_discover_prints_the_plan_and_saves_the_snapshot(sample_db_url: str, settings_env,
@@ -177,6 +177,25 @@ def test_the_console_script_exits_with_its_status_its_output_and_its_cleanup(
     assert unknown.returncode == 2
     assert unknown.stderr == "error: no table 'public.nosuch' in the catalog\n"
     assert not list(scratch.glob("pg_to_bq_events_*"))
+
+
+def test_a_reader_that_stops_reading_does_not_stop_the_loads(pg_url: str, settings_env) -> None:
+    """`pg-to-bq sync | head -1`: the reader goes after the first line, before any table is
+    loaded. The loads go on to the end, the status is theirs, and no BrokenPipeError
+    traceback appears (it used to fail the step that published a table's line, and exit 1)."""
+    names = [f"t{i}" for i in range(6)]
+    run_sql(pg_url, "".join(f"CREATE TABLE {n} (id int PRIMARY KEY, v text); INSERT INTO {n} "
+                            "SELECT g, 'v' || g FROM generate_series(1, 20) g; " for n in names))
+    path = settings_env(pg_url)
+    script = Path(sys.executable).parent / "pg-to-bq"
+    proc = subprocess.Popen([str(script), "sync"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().startswith("loading 6 table(s)")
+    proc.stdout.close()
+    assert proc.wait(timeout=300) == 0
+    assert "BrokenPipeError" not in proc.stderr.read()
+    for name in names:
+        assert duck_rows(path, f"SELECT count(*) FROM raw.{name}") == [(20,)]
 
 
 @pytest.mark.parametrize("argv", [["demo", "--help"], ["sync", "--help"]])
