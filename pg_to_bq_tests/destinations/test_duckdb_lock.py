@@ -114,10 +114,10 @@ def _keep(database: Path) -> Any:
     return lambda: KeptFile(str(database), "88MB")
 
 
-def _held_elsewhere(database: Path) -> bool:
-    """Whether another open file description fails to take the writer lock (without
-    announcing a wait)."""
-    fd = os.open(lock_path(database), os.O_RDWR)
+def _busy(path: Path) -> bool:
+    """Whether another open file description fails to take an exclusive lock on `path`
+    (without waiting, and without announcing a wait)."""
+    fd = os.open(path, os.O_RDWR)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -125,6 +125,10 @@ def _held_elsewhere(database: Path) -> bool:
     finally:
         os.close(fd)
     return False
+
+
+def _held_elsewhere(database: Path) -> bool:
+    return _busy(lock_path(database))
 
 
 OPEN_ELSEWHERE = ("import sys, duckdb\n"
@@ -208,22 +212,11 @@ def test_a_process_waiting_during_a_section_gets_the_lock_when_it_ends(tmp_path:
                                       stdout=subprocess.PIPE, text=True)
             assert waiter.stdout.readline().strip() == "started"
             deadline = time.monotonic() + 60
-            while not Path(waiting_path(database)).exists() or not _announced(database):
+            while not waiting_path(database).exists() or not _busy(waiting_path(database)):
                 assert time.monotonic() < deadline, "the waiter never announced itself"
                 time.sleep(0.05)
         assert waiter.wait(timeout=60) == 0
         assert waiter.stdout.read().strip() == "wrote"
-
-
-def _announced(database: Path) -> bool:
-    fd = os.open(waiting_path(database), os.O_RDWR)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
 
 
 def test_a_kept_file_lets_its_cached_blocks_go_after_each_section(tmp_path: Path) -> None:
