@@ -110,6 +110,7 @@ def run_step(
 
     snapshots = {plan.name: plan for plan in plans}
     failed: list[LoadResult] = []
+    checked: list[dg.AssetKey] = []
     # Every table's materialization first, then the checks: a check's evaluation names the
     # materialization it checked, which Dagster looks up in its storage per table unless it
     # is known (`_look_up_materializations`).
@@ -124,9 +125,9 @@ def run_step(
                 metadata={"pg_to_bq/load_failed": result.error or "failed"}))
             continue
         yield _materialization(load.plan, snapshots[load.plan.name], result, ctx)
-    _look_up_materializations(context, [destination_key(load.plan, ctx)
-                                        for load, result in zip(loads, results, strict=True)
-                                        if result.ok and result.check is not None])
+        if result.check is not None:
+            checked.append(destination_key(load.plan, ctx))
+    _look_up_materializations(context, checked)
     for load, result in zip(loads, results, strict=True):
         if not result.ok:
             progress.publish(progress.TableOutcome(
