@@ -27,6 +27,9 @@ USER_ERRORS = (SettingsError, SourceUnreachable, SecretError, OverridesError, Pl
 
 def run() -> NoReturn:
     """The `pg-to-bq` console script: `main`, then `exit_now` with its status."""
+    from pg_to_bq import collector
+
+    collector.short_lived_process()
     sys.stdout = _ClosedPipeTolerant(sys.stdout)
     exit_now(main())
 
@@ -218,61 +221,67 @@ def cmd_sync(
     apply_deletes: bool = False, verbose: bool = False,
 ) -> int:
     """Materialize the selected tables' assets in one Dagster run, in this process."""
-    import dagster as dg
+    from pg_to_bq import collector
 
-    from pg_to_bq.orchestration import progress
-    from pg_to_bq.orchestration.code_location import (
-        asset_context,
-        build_definitions,
-        load_catalog,
-        plans_for,
-        resolve_source_url,
-    )
-    from pg_to_bq.orchestration.names import (
-        APPLY_DELETES_TAG,
-        CATALOG_STEP,
-        FULL_REFRESH_TAG,
-        catalog_key,
-        destination_key,
-    )
-    from pg_to_bq.planning.settings import Settings
-    from pg_to_bq.planning.tables import select_plans
-    from pg_to_bq.postgres.connect import check_reachable
+    # What the run starts with (modules, settings, definitions) lives to the process's end:
+    # the collector waits, then leaves it out (`collector.long_lived`).
+    with collector.long_lived():
+        import dagster as dg
 
-    settings = Settings.from_env()
-    # One line (exit 2) for a source no table can reach (TLS, login, network), before any
-    # table is tried: the catalog snapshot alone would not notice.
-    check_reachable(resolve_source_url(settings))
-    loaded = load_catalog(settings, refresh=refresh, empty_when_unreachable=False)
-    if loaded.warning:
-        print(f"warning: {loaded.warning}", file=sys.stderr)
-    plans = plans_for(settings, loaded.catalog)
-    chosen = select_plans(plans, names) if names else plans
-    skipped = [p for p in chosen if not p.columns and p.error is None]
-    chosen = [p for p in chosen if p.columns or p.error]
-    for plan in skipped:
-        print(f"skip  {plan.name}: {'; '.join(plan.notes) or 'no loadable columns'}")
-    if not chosen:
-        print("nothing to load")
-        return 1 if skipped or names else 0
-    for plan in chosen:
-        if plan.partition is not None and partition is None:
-            raise SettingsError(f"table {plan.name} is partitioned by {plan.partition.granularity}:"
-                                " pass --partition KEY (e.g. --partition 2026-11-01)")
-    defs = build_definitions(settings)
-    ctx = asset_context(settings)
-    if os.environ.get("DAGSTER_HOME"):
-        # Runs are recorded where the UI reads them; a new home is created, not an error.
-        Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
-        instance = dg.DagsterInstance.get()
-    else:
-        from pg_to_bq.cli.sync_instance import ephemeral_instance
+        from pg_to_bq.orchestration import progress
+        from pg_to_bq.orchestration.code_location import (
+            asset_context,
+            build_definitions,
+            load_catalog,
+            plans_for,
+            resolve_source_url,
+        )
+        from pg_to_bq.orchestration.names import (
+            APPLY_DELETES_TAG,
+            CATALOG_STEP,
+            FULL_REFRESH_TAG,
+            catalog_key,
+            destination_key,
+        )
+        from pg_to_bq.planning.settings import Settings
+        from pg_to_bq.planning.tables import select_plans
+        from pg_to_bq.postgres.connect import check_reachable
 
-        instance = ephemeral_instance()
-    assets = list(defs.assets or [])
-    report = _Report(len(chosen), verbose)
-    print(f"loading {len(chosen)} table(s) into {settings.destination.describe()} "
-          f"dataset {settings.dataset}", flush=True)
+        settings = Settings.from_env()
+        # One line (exit 2) for a source no table can reach (TLS, login, network), before any
+        # table is tried: the catalog snapshot alone would not notice.
+        check_reachable(resolve_source_url(settings))
+        loaded = load_catalog(settings, refresh=refresh, empty_when_unreachable=False)
+        if loaded.warning:
+            print(f"warning: {loaded.warning}", file=sys.stderr)
+        plans = plans_for(settings, loaded.catalog)
+        chosen = select_plans(plans, names) if names else plans
+        skipped = [p for p in chosen if not p.columns and p.error is None]
+        chosen = [p for p in chosen if p.columns or p.error]
+        for plan in skipped:
+            print(f"skip  {plan.name}: {'; '.join(plan.notes) or 'no loadable columns'}")
+        if not chosen:
+            print("nothing to load")
+            return 1 if skipped or names else 0
+        for plan in chosen:
+            if plan.partition is not None and partition is None:
+                raise SettingsError(
+                    f"table {plan.name} is partitioned by {plan.partition.granularity}: pass "
+                    "--partition KEY (e.g. --partition 2026-11-01)")
+        defs = build_definitions(settings)
+        ctx = asset_context(settings)
+        if os.environ.get("DAGSTER_HOME"):
+            # Runs are recorded where the UI reads them; a new home is created, not an error.
+            Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
+            instance = dg.DagsterInstance.get()
+        else:
+            from pg_to_bq.cli.sync_instance import ephemeral_instance
+
+            instance = ephemeral_instance()
+        assets = list(defs.assets or [])
+        report = _Report(len(chosen), verbose)
+        print(f"loading {len(chosen)} table(s) into {settings.destination.describe()} "
+              f"dataset {settings.dataset}", flush=True)
     tags = {**({FULL_REFRESH_TAG: "true"} if full_refresh else {}),
             **({APPLY_DELETES_TAG: "true"} if apply_deletes else {})}
     # One run for the unpartitioned tables, one per kind of partitions (a run has one key).

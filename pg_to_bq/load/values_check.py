@@ -135,9 +135,9 @@ def destination_figures(pipeline: Any, tables: Mapping[str, Sequence[tuple[str, 
         def ask(chunk: list[tuple[str, Sequence[tuple[str, str]]]]) -> None:
             sql = drift.figures_sql(kind, [(rows_of(client, t, t in live), columns)
                                            for t, columns in chunk])
-            for index, text in client.execute_sql(sql) or []:
+            for index, answer in client.execute_sql(sql) or []:
                 table, columns = chunk[int(index)]
-                found[table] = drift.parse(name, text, [c for c, _ in columns])
+                found[table] = drift.parse(name, answer, [c for c, _ in columns])
 
         for start in range(0, len(items), drift.QUERY_TABLES):
             chunk = items[start:start + drift.QUERY_TABLES]

@@ -151,3 +151,43 @@ def test_a_bigquery_table_changed_by_hand_is_found_the_next_run(pg_url: str, set
     out = capsys.readouterr().out
     assert "public.accounts: FAILED" in out and "score: values changed" in out, out
     assert "name:" not in out and "balance:" not in out, out
+
+
+def test_figures_stored_by_earlier_versions_equal_todays() -> None:
+    """The DuckDB figures query changed shape (a list of numbers, not one text; each hash
+    summed as DuckDB sums UBIGINTs, not cast to HUGEINT first): figures that earlier versions
+    stored must equal today's for the same rows, or every table would show drift after an
+    upgrade. Compared on a real DuckDB table of many types, NULLs and hashes near 2^64."""
+    from pg_to_bq.checks import drift
+
+    conn = duckdb.connect()
+    conn.execute("""
+        CREATE SCHEMA raw;
+        CREATE TABLE raw.t AS SELECT i AS id, 'v' || i AS name,
+            CASE WHEN i % 3 = 0 THEN NULL ELSE i * 1.25 END::DECIMAL(12,2) AS amount,
+            i % 2 = 0 AS flag, TIMESTAMPTZ '2024-01-01 00:00:00+00' + i * INTERVAL 1 MINUTE AS at,
+            CASE WHEN i % 5 = 0 THEN NULL ELSE ('{"k": ' || i || '}')::JSON END AS doc
+        FROM range(20000) r(i);
+        CREATE TABLE raw.empty (id INT, name VARCHAR);
+    """)
+    columns = {"raw.t": [("id", "integer"), ("name", "text"), ("amount", "decimal"),
+                         ("flag", "bool"), ("at", "timestamp"), ("doc", "json")],
+               "raw.empty": [("id", "integer"), ("name", "text")]}
+
+    def earlier(table: str, names: list[str]) -> str:
+        parts = ["count(*)"] + [p for n in names for p in (
+            f'count("{n}")', f'coalesce(sum(CAST(hash("{n}") AS HUGEINT)), 0)')]
+        listed = ", ".join(f"CAST({p} AS VARCHAR)" for p in parts)
+        return conn.execute(f"SELECT concat_ws(',', {listed}) FROM {table}").fetchone()[0]
+
+    items = list(columns.items())
+    answers = dict(conn.execute(drift.figures_sql("duckdb", items)).fetchall())
+    for index, (table, pairs) in enumerate(items):
+        names = [n for n, _ in pairs]
+        then = drift.parse("duckdb", earlier(table, names), names)
+        now = drift.parse("duckdb", answers[index], names)
+        assert now == then, table
+        assert drift.changes(then, now) == []
+    big = drift.parse("duckdb", answers[0], [n for n, _ in columns["raw.t"]])
+    assert big.rows == 20000 and big.columns["amount"][0] == 20000 - 6667
+    assert max(total for _, total in big.columns.values()) > 2**64  # sums past 64 bits
