@@ -22,6 +22,7 @@ from dlt.common.schema import Schema
 from pg_to_bq.destinations import soft_deletes
 from pg_to_bq.destinations.bigquery import bigquery_hints
 from pg_to_bq.destinations.lazy import duckdb_global_config
+from pg_to_bq.load import loader_imports
 from pg_to_bq.load.pipelines import pipelines_dir
 from pg_to_bq.load.results import TableRead
 from pg_to_bq.planning.errors import describe
@@ -57,6 +58,7 @@ def group_pipeline(name: str, destination: Any, dataset: str, work_dir: Path) ->
     dlt's telemetry is off unless `RUNTIME__DLTHUB_TELEMETRY` says otherwise (set only while
     the pipeline is made: the process's environment, which child processes inherit, stays
     as it was)."""
+    loader_imports.finish()
     if TELEMETRY_SETTING in os.environ:
         return _pipeline(name, destination, dataset, work_dir)
     os.environ[TELEMETRY_SETTING] = "false"

@@ -19,6 +19,7 @@ from typing import Any
 import pyarrow as pa
 
 from pg_to_bq.destinations.state_table import LOAD_ID_KEY
+from pg_to_bq.load import loader_imports
 from pg_to_bq.load.changes import CaptureState, absent_keys_sql, key_condition
 from pg_to_bq.load.cursor import choose_mode
 from pg_to_bq.load.cursor_window import WindowTracker, max_of, window_digest
@@ -383,6 +384,8 @@ class TableReads:
                     report(batch.num_rows)
                     yield batch
 
+            # This table has rows to load: what its load imports is imported while it is read.
+            loader_imports.start(self.destination_name)
             path, _ = write_table_file(batches(), reader.schema, files,
                                        self.destination_name)
             source_fingerprint = None

@@ -227,6 +227,9 @@ class Destination(dg.ConfigurableResource):
         return destination
 
     def _make_dlt_destination(self) -> Any:
+        from pg_to_bq.load import loader_imports
+
+        loader_imports.finish()  # (dlt may be being imported for this process's first load)
         if self.kind == "duckdb":
             from pg_to_bq.destinations.duckdb_file import duckdb_destination
 

@@ -194,3 +194,35 @@ def test_an_unchanged_sync_needs_no_dlt_and_a_changed_one_loads(pg_url: str, set
     code, out = _sync(env)
     assert "IMPORTED ['dlt', 'pyarrow', 'requests']" in out, out
     assert duck_rows(path, "SELECT note FROM raw.items WHERE id = 8") == [("changed",)]
+
+
+_BACKGROUND_PROBE = """
+import sys, threading
+from pg_to_bq.cli.main import main
+from pg_to_bq.load import loader_imports
+code = main(["sync"])
+from dlt.common.configuration.container import Container
+thread = loader_imports._thread
+print("BACKGROUND", thread is not None and thread.name, not (thread and thread.is_alive()))
+print("DLT MAIN", Container._MAIN_THREAD_ID == threading.main_thread().ident)
+sys.exit(code)
+"""
+
+
+def test_dlt_is_imported_while_the_first_table_is_read(pg_url: str, settings_env) -> None:
+    """A whole process whose table has rows to load imports dlt in a thread of its own while
+    the table streams into its file; the load then runs as if the main thread had imported
+    dlt (dlt notes its main thread at import: its global contexts are that thread's)."""
+    run_sql(pg_url, """
+        CREATE TABLE big (id int PRIMARY KEY, note text);
+        INSERT INTO big SELECT g, repeat('x', 200) FROM generate_series(1, 50000) g;
+    """)
+    path = settings_env(pg_url)
+    result = subprocess.run([sys.executable, "-c", _BACKGROUND_PROBE], env=dict(os.environ),
+                            capture_output=True, text=True, timeout=300)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out
+    assert "public.big: ok, 50,000 rows (full)" in out, out
+    assert "BACKGROUND pg_to_bq-loader-imports True" in out, out
+    assert "DLT MAIN True" in out, out
+    assert duck_rows(path, "SELECT count(*), count(DISTINCT id) FROM raw.big") == [(50000, 50000)]
