@@ -12,6 +12,7 @@ by ~35 KB a table: 1,000 tables, peak RSS 354 → 319 MB of an unchanged re-sync
 from __future__ import annotations
 
 import atexit
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -38,16 +39,18 @@ class OneConnectionEventLog(InMemoryEventLogStorage):
 
     In memory, the log grew by ~35 KB a table (35 MB of a 1,000-table run's peak); a file
     with SQLite's page cache keeps the process's memory independent of the table count.
-    Nothing is kept: no fsync, no journal on disk, and the file goes when the process ends.
-    Every statement runs on the one connection, under Dagster's lock (steps log from the
-    threads a load starts).
+    Nothing is kept: no fsync, no journal on disk, and the file goes when the process ends;
+    the folder of a process that was killed goes when the next one starts
+    (`remove_orphans`). Every statement runs on the one connection, under Dagster's lock
+    (steps log from the threads a load starts).
     """
 
     def __init__(self) -> None:
         self._tables: dict[str, bool] = {}
         self._asset_key_columns: dict[str, bool] = {}
         super().__init__()
-        self._directory = tempfile.mkdtemp(prefix="pg_to_bq_events_")
+        remove_orphans(Path(tempfile.gettempdir()))
+        self._directory = tempfile.mkdtemp(prefix=f"{EVENTS_PREFIX}{os.getpid()}_")
         atexit.register(shutil.rmtree, self._directory, True)
         engine = sa.create_engine(f"sqlite:///{Path(self._directory) / 'events.db'}",
                                   poolclass=NullPool, connect_args={"check_same_thread": False})
@@ -89,6 +92,35 @@ class OneConnectionEventLog(InMemoryEventLogStorage):
     def dispose(self) -> None:
         super().dispose()
         shutil.rmtree(self._directory, ignore_errors=True)
+
+
+# A sync's event log folder: this prefix, its process id, "_", a random part.
+EVENTS_PREFIX = "pg_to_bq_events_"
+
+
+def remove_orphans(directory: Path) -> list[Path]:
+    """Remove the event log folders in `directory` whose process no longer runs (a sync
+    killed before its exit handlers ran); returns them. A folder of a running process, of
+    another user's, or not named by this version is left alone."""
+    removed = []
+    for path in directory.glob(f"{EVENTS_PREFIX}*_*"):
+        pid = path.name[len(EVENTS_PREFIX):].partition("_")[0]
+        if not pid.isdigit() or _running(int(pid)):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        if not path.exists():
+            removed.append(path)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # (another user's process)
+        return True
+    return True
 
 
 def ephemeral_instance() -> dg.DagsterInstance:

@@ -33,6 +33,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+# A wait is announced (`on_wait`) once it has lasted this long, then every WAIT_LOG_EVERY_S:
+# waiting for another process's section to end usually takes well under a second, and a
+# line for each such wait was noise.
+WAIT_FIRST_REPORT_S = 2.0
 WAIT_LOG_EVERY_S = 30.0
 _POLL_S = 0.1
 
@@ -56,7 +60,7 @@ def _lock(database: Path, on_wait: Callable[[float], None] | None) -> int:
     announced: int | None = None
     try:
         started = time.monotonic()
-        next_report = started
+        next_report = started + WAIT_FIRST_REPORT_S
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import duckdb
@@ -177,6 +178,37 @@ def test_the_console_script_exits_with_its_status_its_output_and_its_cleanup(
     assert unknown.returncode == 2
     assert unknown.stderr == "error: no table 'public.nosuch' in the catalog\n"
     assert not list(scratch.glob("pg_to_bq_events_*"))
+
+
+def test_a_killed_syncs_event_log_folder_goes_with_the_next_sync(
+        pg_url: str, settings_env, tmp_path: Path) -> None:
+    """A sync killed (SIGKILL) before its exit handlers ran leaves its temporary event log
+    folder behind; the next sync removes it, and leaves a running process's folder alone."""
+    run_sql(pg_url, "CREATE TABLE t (id int PRIMARY KEY, v text); "
+                    "INSERT INTO t SELECT g, repeat('v', 100) FROM generate_series(1, 300000) g")
+    settings_env(pg_url)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {**os.environ, "TMPDIR": str(scratch)}
+    script = Path(sys.executable).parent / "pg-to-bq"
+    killed = subprocess.Popen([str(script), "sync"], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(scratch.glob("pg_to_bq_events_*")) and killed.poll() is None \
+                and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        killed.kill()
+        killed.wait()
+    [left] = list(scratch.glob("pg_to_bq_events_*"))
+    assert left.name.startswith(f"pg_to_bq_events_{killed.pid}_")
+    running = scratch / f"pg_to_bq_events_{os.getpid()}_running"
+    running.mkdir()
+    done = subprocess.run([str(script), "sync"], capture_output=True, text=True, timeout=300,
+                          env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert list(scratch.glob("pg_to_bq_events_*")) == [running]
 
 
 def test_a_reader_that_stops_reading_does_not_stop_the_loads(pg_url: str, settings_env) -> None:

@@ -22,7 +22,13 @@ from typing import Any
 import duckdb
 
 from pg_to_bq.destinations.duckdb_session import KeptFile
-from pg_to_bq.destinations.writer_lock import exclusive, kept, lock_path, waiting_path
+from pg_to_bq.destinations.writer_lock import (
+    WAIT_FIRST_REPORT_S,
+    exclusive,
+    kept,
+    lock_path,
+    waiting_path,
+)
 from pg_to_bq.orchestration.resources import Destination
 from pg_to_bq_tests.conftest import run_sql
 
@@ -90,7 +96,7 @@ def test_the_lock_is_released_when_its_holder_dies(tmp_path: Path) -> None:
         waits: list[float] = []
         blocked = threading.Thread(target=lambda: _acquire(database, waits), daemon=True)
         blocked.start()
-        blocked.join(timeout=1.0)
+        blocked.join(timeout=WAIT_FIRST_REPORT_S + 1.0)  # (a wait is announced after that)
         assert blocked.is_alive() and waits, "the lock was not held by the other process"
     finally:
         holder.kill()
@@ -98,6 +104,29 @@ def test_the_lock_is_released_when_its_holder_dies(tmp_path: Path) -> None:
     blocked.join(timeout=30)
     assert not blocked.is_alive()
     assert lock_path(database).exists()
+
+
+def test_a_short_wait_is_not_announced(tmp_path: Path) -> None:
+    """Waiting for another process's section to end usually takes well under a second: the
+    waiter gets the lock without a line in its log (each such wait logged one, noise)."""
+    database = tmp_path / "d.duckdb"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import time; from pathlib import Path; "
+         "from pg_to_bq.destinations.writer_lock import exclusive\n"
+         f"with exclusive(Path({str(database)!r})):\n"
+         "    print('held', flush=True); time.sleep(0.3)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        waits: list[float] = []
+        started = time.monotonic()
+        _acquire(database, waits)
+        waited = time.monotonic() - started
+    finally:
+        holder.kill()
+        holder.wait()
+    assert waited < WAIT_FIRST_REPORT_S, "the holder held the lock longer than expected"
+    assert waits == []
 
 
 def _acquire(database: Path, waits: list[float]) -> None:
