@@ -85,14 +85,8 @@ def test_a_load_waits_while_another_process_writes_the_duckdb_file(pg_url: str, 
 def test_the_lock_is_released_when_its_holder_dies(tmp_path: Path) -> None:
     """A load killed mid-write must not leave the file locked for every later load."""
     database = tmp_path / "d.duckdb"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from pathlib import Path; "
-         "from pg_to_bq.destinations.writer_lock import exclusive\n"
-         f"with exclusive(Path({str(database)!r})):\n"
-         "    print('held', flush=True); time.sleep(600)"],
-        stdout=subprocess.PIPE, text=True)
+    holder = _holder(database, seconds=600)
     try:
-        assert holder.stdout.readline().strip() == "held"
         waits: list[float] = []
         blocked = threading.Thread(target=lambda: _acquire(database, waits), daemon=True)
         blocked.start()
@@ -110,14 +104,8 @@ def test_a_short_wait_is_not_announced(tmp_path: Path) -> None:
     """Waiting for another process's section to end usually takes well under a second: the
     waiter gets the lock without a line in its log (each such wait logged one, noise)."""
     database = tmp_path / "d.duckdb"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import time; from pathlib import Path; "
-         "from pg_to_bq.destinations.writer_lock import exclusive\n"
-         f"with exclusive(Path({str(database)!r})):\n"
-         "    print('held', flush=True); time.sleep(0.3)"],
-        stdout=subprocess.PIPE, text=True)
+    holder = _holder(database, seconds=0.3)
     try:
-        assert holder.stdout.readline().strip() == "held"
         waits: list[float] = []
         started = time.monotonic()
         _acquire(database, waits)
@@ -127,6 +115,18 @@ def test_a_short_wait_is_not_announced(tmp_path: Path) -> None:
         holder.wait()
     assert waited < WAIT_FIRST_REPORT_S, "the holder held the lock longer than expected"
     assert waits == []
+
+
+def _holder(database: Path, seconds: float) -> subprocess.Popen:
+    """Another process holding `database`'s writer lock for `seconds`, once it holds it."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import time; from pathlib import Path; "
+         "from pg_to_bq.destinations.writer_lock import exclusive\n"
+         f"with exclusive(Path({str(database)!r})):\n"
+         f"    print('held', flush=True); time.sleep({seconds})"],
+        stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    return holder
 
 
 def _acquire(database: Path, waits: list[float]) -> None:
