@@ -4,9 +4,12 @@ the ones of their last load (`pg_to_bq.postgres.row_versions`).
 A table found here is settled `unchanged` without the COPY reader, so a step whose tables
 are all unchanged never imports Arrow or the ADBC driver (~45 MB and ~0.2 s of a process).
 Each table's token, its row counts and (merged tables) its partitions and enum labels are
-read over one psycopg connection, each table in a REPEATABLE READ snapshot of its own with
-the reader's session settings, as its read would read them: a change committed after that
-snapshot is the next run's, as it is for a read.
+read over one psycopg connection, the step's tables in one REPEATABLE READ snapshot with
+the reader's session settings, as a read would read them: a change committed after that
+snapshot is the next run's, as it is for a read. The database's part of the tokens (its
+enum labels and composite types) is asked once for that snapshot, not once a table
+(~0.7 ms a table at 1,000 tables, with a round trip for the snapshot's settings and one to
+end it).
 
 Only what the read itself would find unchanged by its row versions is settled here, and
 less when in doubt: a table is left to its read (`pg_to_bq.load.read.TableReads`), which
@@ -61,21 +64,23 @@ def settle_unchanged(loads: Sequence[TableLoad], states: Mapping[str, Mapping[st
             definitions = _definitions(conn, [load.plan for _, load, *_ in candidates
                                               if load.plan.disposition == "merge"])
             conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-            for index, load, mode, where, cursor_from in candidates:
-                plan, started = load.plan, time.monotonic()
-                state = states[plan.destination_table]
-                if plan.disposition == "merge" and (
-                        state.get(DEFINITION_STATE_KEY) is None
-                        or state.get(DEFINITION_STATE_KEY) != definitions.get(plan.table.oid)):
-                    continue  # (a partition or an enum label may have changed: its read says)
-                try:
-                    conn.execute("; ".join(SESSION))  # (one round trip)
 
-                    def query_one(sql: str) -> tuple | None:
-                        return conn.execute(sql).fetchone()
+            def query_one(sql: str) -> tuple | None:
+                return conn.execute(sql).fetchone()
 
+            try:
+                conn.execute("; ".join(SESSION))  # (one round trip)
+                database = row_versions.database_catalog(query_one)
+                for index, load, mode, where, cursor_from in candidates:
+                    plan, started = load.plan, time.monotonic()
+                    state = states[plan.destination_table]
+                    if plan.disposition == "merge" and (
+                            state.get(DEFINITION_STATE_KEY) is None
+                            or state.get(DEFINITION_STATE_KEY)
+                            != definitions.get(plan.table.oid)):
+                        continue  # (a partition or an enum label may have changed: its read says)
                     versions, table_rows = row_versions.token_and_rows(query_one, plan,
-                                                                        hash_salt)
+                                                                        hash_salt, database)
                     if versions != state[VERSIONS_STATE_KEY]:
                         tokens[plan.destination_table] = versions
                         continue
@@ -84,15 +89,15 @@ def settle_unchanged(loads: Sequence[TableLoad], states: Mapping[str, Mapping[st
                         row = query_one(f"SELECT count(*) FROM {qualified_name(plan)} "
                                         f"WHERE {where}")
                         snapshot_rows = int(row[0]) if row else 0
-                finally:
-                    conn.rollback()
-                result = LoadResult(
-                    table=plan.name, destination_table=plan.destination_table, rows=0,
-                    snapshot_rows=snapshot_rows, load_id=state.get(LOAD_ID_KEY),
-                    duration_s=time.monotonic() - started, mode=mode,
-                    cursor_from=cursor_from, table_rows=table_rows, status="unchanged")
-                result.extra["unchanged"] = "versions"
-                found[index] = result
+                    result = LoadResult(
+                        table=plan.name, destination_table=plan.destination_table, rows=0,
+                        snapshot_rows=snapshot_rows, load_id=state.get(LOAD_ID_KEY),
+                        duration_s=time.monotonic() - started, mode=mode,
+                        cursor_from=cursor_from, table_rows=table_rows, status="unchanged")
+                    result.extra["unchanged"] = "versions"
+                    found[index] = result
+            finally:
+                conn.rollback()
     except Exception as exc:  # noqa: BLE001 - the reads find out, with their retries
         log.info("unchanged tables were not looked for before the reads (%s): each read "
                  "compares its own row versions", describe(exc))

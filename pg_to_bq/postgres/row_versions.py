@@ -46,19 +46,20 @@ FROM {{table}} AS t
 """
 
 # The table's own catalog rows (any ALTER updates them; a rewrite changes relfilenode) and
-# every enum label and composite type attribute of the database.
-_CATALOG = """
-SELECT (SELECT c.xmin::text || ':' || c.relfilenode::text FROM pg_catalog.pg_class c
+# every enum label and composite type attribute of the database. The database's part is the
+# same for every table: a caller asking for many tables in one snapshot asks it once
+# (`database_catalog`), and the token is the same either way.
+_TABLE_CATALOG = """(SELECT c.xmin::text || ':' || c.relfilenode::text FROM pg_catalog.pg_class c
         WHERE c.oid = {oid}::regclass),
        (SELECT string_agg(a.attnum::text || ':' || a.xmin::text, ',' ORDER BY a.attnum)
-        FROM pg_catalog.pg_attribute a WHERE a.attrelid = {oid}::regclass),
-       (SELECT string_agg(e.oid::text || ':' || e.xmin::text, ',' ORDER BY e.oid)
+        FROM pg_catalog.pg_attribute a WHERE a.attrelid = {oid}::regclass)"""
+_DATABASE_CATALOG = """(SELECT string_agg(e.oid::text || ':' || e.xmin::text, ',' ORDER BY e.oid)
         FROM pg_catalog.pg_enum e),
        (SELECT string_agg(a.attrelid::text || ':' || a.attnum::text || ':' || a.xmin::text, ','
                           ORDER BY a.attrelid, a.attnum)
         FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
-        WHERE c.relkind = 'c')
-"""
+        WHERE c.relkind = 'c')"""
+_CATALOG = f"SELECT {_TABLE_CATALOG},\n       {_DATABASE_CATALOG}"
 
 
 def applies(plan: TablePlan) -> bool:
@@ -77,13 +78,22 @@ def token(reader: TableReader, plan: TablePlan, hash_salt: bytes | None) -> str:
     return token_and_rows(reader.query_one, plan, hash_salt)[0]
 
 
+def database_catalog(query_one: Callable[[str], tuple | None]) -> tuple:
+    """The database's part of every table's token (its enum labels and composite types),
+    in the snapshot the caller holds: for `token_and_rows` of tables in that snapshot."""
+    return tuple(query_one(f"SELECT {_DATABASE_CATALOG}") or ())
+
+
 def token_and_rows(query_one: Callable[[str], tuple | None], plan: TablePlan,
-                   hash_salt: bytes | None) -> tuple[str, int]:
+                   hash_salt: bytes | None, database: tuple | None = None) -> tuple[str, int]:
     """`token`, and the table's rows, asked with `query_one` (one row of a query, in the
-    snapshot the caller holds): the values are compared as text, so a driver that returns
-    numerics as text and one that returns `Decimal`s give the same token."""
+    snapshot the caller holds; `database`, if given, from `database_catalog` in that same
+    snapshot): the values are compared as text, so a driver that returns numerics as text
+    and one that returns `Decimal`s give the same token."""
     rows = query_one(_ROWS.format(table=qualified_name(plan)))
-    catalog = query_one(_CATALOG.format(oid=_dollar_quoted(qualified_name(plan))))
+    oid = _dollar_quoted(qualified_name(plan))
+    catalog = query_one(_CATALOG.format(oid=oid)) if database is None else (
+        *(query_one(f"SELECT {_TABLE_CATALOG.format(oid=oid)}") or (None, None)), *database)
     reading = [(c.source.name, c.source.type, c.name, c.select_sql, c.logical, c.transform,
                 c.precision, c.scale) for c in plan.columns]
     salt = hashlib.sha256(hash_salt).hexdigest() if hash_salt and plan.hashed else None

@@ -180,3 +180,27 @@ def test_a_changed_table_keeps_the_token_found_before_its_read(
     assert _load(pg_url, "notes", tmp_path).status == "loaded"
     assert duck_rows(tmp_path / "dest.duckdb", "SELECT body FROM raw.notes WHERE n IN (7, 8) "
                                                "ORDER BY n") == [("edited",), ("again",)]
+
+
+def test_a_token_asked_with_the_databases_part_once_equals_one_asked_alone(
+        pg_url: str, tmp_path: Path) -> None:
+    """A step asks the database's part of its tables' tokens (enum labels, composite types)
+    once for all of them; the tokens must equal those a read computes alone in the same
+    snapshot, or every stored token would differ and every table be read again."""
+    from pg_to_bq.postgres import row_versions
+
+    run_sql(pg_url, KEYLESS + "CREATE TYPE pair AS (a int, b text);")
+    with psycopg.connect(pg_url) as conn:
+        catalog = discover(conn, schemas=["public"], table="notes")
+    (plan,) = build_plans(catalog, "duckdb")
+    with psycopg.connect(pg_url) as conn:
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+
+        def query_one(sql: str) -> tuple | None:
+            return conn.execute(sql).fetchone()
+
+        alone = row_versions.token_and_rows(query_one, plan, None)
+        database = row_versions.database_catalog(query_one)
+        assert len(database) == 2 and all(database)
+        assert row_versions.token_and_rows(query_one, plan, None, database) == alone
+        assert alone[1] == 50
