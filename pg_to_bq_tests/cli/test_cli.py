@@ -18,6 +18,9 @@ import pytest
 from pg_to_bq.cli.main import main
 from pg_to_bq_tests.conftest import duck_rows, run_sql
 
+# The console script, next to the interpreter running the tests (the venv's bin/).
+SCRIPT = Path(sys.executable).parent / "pg-to-bq"
+
 
 def test_discover_prints_the_plan_and_saves_the_snapshot(sample_db_url: str, settings_env,
                                                          tmp_path: Path, capsys) -> None:
@@ -141,9 +144,7 @@ def test_bad_setting_fails_before_anything_loads(settings_env, capsys) -> None:
 
 
 def test_console_script_is_installed() -> None:
-    # The script lands next to the interpreter running the tests (the venv's bin/).
-    script = Path(sys.executable).parent / "pg-to-bq"
-    result = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([str(SCRIPT), "--help"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0
     for command in ("demo", "discover", "sync"):
         assert command in result.stdout
@@ -161,10 +162,9 @@ def test_the_console_script_exits_with_its_status_its_output_and_its_cleanup(
     settings_env(pg_url)
     scratch = tmp_path / "tmp"
     scratch.mkdir()
-    script = Path(sys.executable).parent / "pg-to-bq"
 
     def sync(*names: str) -> subprocess.CompletedProcess:
-        return subprocess.run([str(script), "sync", *names], capture_output=True, text=True,
+        return subprocess.run([str(SCRIPT), "sync", *names], capture_output=True, text=True,
                               timeout=300, env={**os.environ, "TMPDIR": str(scratch)})
 
     loaded = sync("public.t")
@@ -190,8 +190,7 @@ def test_a_killed_syncs_event_log_folder_goes_with_the_next_sync(
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     env = {**os.environ, "TMPDIR": str(scratch)}
-    script = Path(sys.executable).parent / "pg-to-bq"
-    killed = subprocess.Popen([str(script), "sync"], env=env, stdout=subprocess.DEVNULL,
+    killed = subprocess.Popen([str(SCRIPT), "sync"], env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
@@ -205,7 +204,7 @@ def test_a_killed_syncs_event_log_folder_goes_with_the_next_sync(
     assert left.name.startswith(f"pg_to_bq_events_{killed.pid}_")
     running = scratch / f"pg_to_bq_events_{os.getpid()}_running"
     running.mkdir()
-    done = subprocess.run([str(script), "sync"], capture_output=True, text=True, timeout=300,
+    done = subprocess.run([str(SCRIPT), "sync"], capture_output=True, text=True, timeout=300,
                           env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     assert list(scratch.glob("pg_to_bq_events_*")) == [running]
@@ -219,8 +218,7 @@ def test_a_reader_that_stops_reading_does_not_stop_the_loads(pg_url: str, settin
     run_sql(pg_url, "".join(f"CREATE TABLE {n} (id int PRIMARY KEY, v text); INSERT INTO {n} "
                             "SELECT g, 'v' || g FROM generate_series(1, 20) g; " for n in names))
     path = settings_env(pg_url)
-    script = Path(sys.executable).parent / "pg-to-bq"
-    proc = subprocess.Popen([str(script), "sync"], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([str(SCRIPT), "sync"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     assert proc.stdout.readline().startswith("loading 6 table(s)")
     proc.stdout.close()
@@ -245,8 +243,7 @@ def test_demo_with_a_bad_setting_says_so_and_leaves_no_postgresql_running() -> N
     try:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PG_TO_BQ_", "DAGSTER_"))}
         env["PG_TO_BQ_PARALLEL_STREAMS"] = "0"
-        script = Path(sys.executable).parent / "pg-to-bq"
-        result = subprocess.run([str(script), "demo", "--dir", str(root / "demo"), "--no-ui"],
+        result = subprocess.run([str(SCRIPT), "demo", "--dir", str(root / "demo"), "--no-ui"],
                                 capture_output=True, text=True, timeout=300, env=env)
         assert result.returncode == 2, result.stdout + result.stderr
         assert "error: PG_TO_BQ_PARALLEL_STREAMS='0' must be a positive whole number" in result.stderr
