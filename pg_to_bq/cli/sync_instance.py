@@ -33,6 +33,8 @@ from dagster._core.storage.runs import InMemoryRunStorage
 from dagster._core.storage.sql import get_alembic_config, stamp_alembic_rev
 from sqlalchemy.pool import NullPool
 
+from pg_to_bq.processes import alive
+
 
 class OneConnectionEventLog(InMemoryEventLogStorage):
     """Dagster's ephemeral event log, in a temporary SQLite file on one held connection.
@@ -105,22 +107,12 @@ def remove_orphans(directory: Path) -> list[Path]:
     removed = []
     for path in directory.glob(f"{EVENTS_PREFIX}*_*"):
         pid = path.name[len(EVENTS_PREFIX):].partition("_")[0]
-        if not pid.isdigit() or _running(int(pid)):
+        if not pid.isdigit() or alive(int(pid)):
             continue
         shutil.rmtree(path, ignore_errors=True)
         if not path.exists():
             removed.append(path)
     return removed
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # (another user's process)
-        return True
-    return True
 
 
 def ephemeral_instance() -> dg.DagsterInstance:

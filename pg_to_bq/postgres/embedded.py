@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pg_to_bq.processes import alive
+
 log = logging.getLogger(__name__)
 
 SERVICE_USER = "pg_to_bq_pg"
@@ -40,21 +42,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie child still answers signal 0; reap it if it is ours.
-    with contextlib.suppress(ChildProcessError):
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done == pid:
-            return False
-    return True
 
 
 def _ensure_service_user() -> pwd.struct_passwd:
@@ -218,7 +205,7 @@ class EmbeddedPostgres:
                 os.kill(pid, sig)
             deadline = time.monotonic() + timeout / 3
             while time.monotonic() < deadline:
-                if not _alive(pid):
+                if not alive(pid):
                     return
                 time.sleep(0.1)
         raise RuntimeError(f"embedded PostgreSQL (pid {pid}) did not stop")
@@ -226,7 +213,7 @@ class EmbeddedPostgres:
     def _postmaster_pid(self) -> int | None:
         with contextlib.suppress(OSError, ValueError, IndexError):
             pid = int((self.pgdata / "postmaster.pid").read_text().splitlines()[0])
-            return pid if _alive(pid) else None
+            return pid if alive(pid) else None
         return None
 
     def destroy(self) -> None:
