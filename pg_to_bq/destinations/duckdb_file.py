@@ -66,7 +66,6 @@ class ReplaceInTransactionJob(DuckDbCopyJob):
 
     def run(self) -> None:
         self._sql_client = self._job_client.sql_client
-        _check_single_file(self._file_path)
         table = self._sql_client.make_qualified_table_name(self.load_table_name)
         with self._sql_client.begin_transaction():
             self._sql_client.execute_sql(f"DELETE FROM {table}")
@@ -108,9 +107,15 @@ class AtomicReplaceDuckDbClient(DuckDbClient):
 
     def create_load_job(self, table: PreparedTableSchema, file_path: str, load_id: str,
                         restore: bool = False) -> LoadJob:
-        job = ReplaceInTransactionJob(file_path) \
-            if replaces_in_place(table) and file_path.endswith(".parquet") \
-            else super().create_load_job(table, file_path, load_id, restore)
+        if replaces_in_place(table) and file_path.endswith(".parquet"):
+            # Checked here, in the loader's main thread, before the job is started: only that
+            # thread moves a package's files, so it sees all of them. A job's own thread saw
+            # a file of the same table leave `started_jobs` for `new_jobs` (dlt retries a
+            # failed job there) after it had listed `new_jobs`, missed it, and loaded.
+            _check_single_file(file_path)
+            job: LoadJob = ReplaceInTransactionJob(file_path)
+        else:
+            job = super().create_load_job(table, file_path, load_id, restore)
         if isinstance(job, RunnableLoadJob):
             job.run = _retried_with_more_memory(job, table["name"])  # type: ignore[method-assign]
         return job

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pg_to_bq.destinations.duckdb_file import duckdb_destination
+from pg_to_bq.destinations.duckdb_file import ReplaceInTransactionJob, duckdb_destination
 from pg_to_bq.load.group import load_table
 from pg_to_bq.planning.tables import TablePlan, build_plans
 from pg_to_bq.postgres.discovery import discover
@@ -72,11 +72,26 @@ def test_a_replace_that_fails_in_duckdb_keeps_the_old_rows(pg_url: str, tmp_path
     assert duck_rows(path, "SELECT count(*), min(n), max(n) FROM raw.amounts") == [(100, 1, 100)]
 
 
-def test_a_replace_split_over_two_files_is_refused_and_keeps_the_old_rows(tmp_path: Path) -> None:
+def test_a_replace_split_over_two_files_is_refused_and_keeps_the_old_rows(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """pg_to_bq writes one file per table; should a package ever hold two for a replaced table
     (another writer, a dlt file size setting), loading the second would delete the first one's
-    rows, so the destination refuses. Driven through dlt directly with two imported files."""
+    rows, so the destination refuses, before either file's job runs. Driven through dlt directly
+    with two imported files.
+
+    When each job checked for itself in its own thread, one of them could miss the other's file
+    while dlt's main thread moved that file back from `started_jobs` to `new_jobs` (dlt retries
+    a failed job there): it loaded its 10 rows over the old 2,000 (CI saw it once). Counting the
+    jobs that ran holds the check to the main thread, where no file moves beside it."""
     path = tmp_path / "dest.duckdb"
+    ran: list[str] = []
+    job_run = ReplaceInTransactionJob.run
+
+    def counted_run(job: ReplaceInTransactionJob) -> None:
+        ran.append(job.load_table_name)
+        job_run(job)
+
+    monkeypatch.setattr(ReplaceInTransactionJob, "run", counted_run)
 
     def files(*chunks: range):
         def resource():
@@ -91,9 +106,11 @@ def test_a_replace_split_over_two_files_is_refused_and_keeps_the_old_rows(tmp_pa
                             pipelines_dir=str(tmp_path / "pipelines"))
     pipeline.run(files(range(2000)), loader_file_format="parquet").raise_on_failed_jobs()
     assert duck_rows(path, "SELECT count(*) FROM raw.split") == [(2000,)]
+    assert ran == ["split"]
     with pytest.raises(Exception, match="arrived in 2 files"):
         pipeline.run(files(range(10), range(10, 20)), loader_file_format="parquet")
     assert duck_rows(path, "SELECT count(*) FROM raw.split") == [(2000,)]
+    assert ran == ["split"], "a job of the split table ran"
 
 
 def test_the_table_file_is_loaded_as_written(pg_url: str, tmp_path: Path) -> None:
@@ -140,7 +157,7 @@ def test_a_loading_process_never_imports_pandas_or_sqlalchemy(pg_url: str, tmp_p
 import sys
 from pathlib import Path
 from pg_to_bq.postgres.discovery import discover
-from pg_to_bq.destinations.duckdb_file import duckdb_destination
+from pg_to_bq.destinations.duckdb_file import ReplaceInTransactionJob, duckdb_destination
 from pg_to_bq.load.group import load_table
 from pg_to_bq.planning.tables import build_plans
 from pg_to_bq.postgres.connect import connect
