@@ -33,10 +33,11 @@ from dagster._core.storage.runs import InMemoryRunStorage
 from dagster._core.storage.sql import get_alembic_config, stamp_alembic_rev
 from sqlalchemy.pool import NullPool
 
+from pg_to_bq.cli.event_statements import StatementsBuiltOnce
 from pg_to_bq.processes import alive
 
 
-class OneConnectionEventLog(InMemoryEventLogStorage):
+class OneConnectionEventLog(InMemoryEventLogStorage, StatementsBuiltOnce):
     """Dagster's ephemeral event log, in a temporary SQLite file on one held connection.
 
     In memory, the log grew by ~35 KB a table (35 MB of a 1,000-table run's peak); a file
