@@ -86,6 +86,16 @@ def test_the_cli_event_log_stores_what_dagsters_stores(events: list[Any]) -> Non
         assert len(expected["asset_keys"]) == 4  # (orders, items, broken, watched)
         for name, rows in expected.items():
             assert got[name] == rows, f"table {name} differs"
+        # Observations, which the CLI's log answers without a query for an asset it never saw
+        # observed (a source table).
+        for key in ("watched", "orders", "a_source_table"):
+            for cursor in (None, ours.fetch_observations(dg.AssetKey(key), 1).cursor):
+                theirs = dagsters.fetch_observations(dg.AssetKey(key), 5, cursor)
+                mine = ours.fetch_observations(dg.AssetKey(key), 5, cursor)
+                assert [r.storage_id for r in mine.records] == \
+                    [r.storage_id for r in theirs.records]
+                assert (mine.cursor, mine.has_more) == (theirs.cursor, theirs.has_more)
+        assert len(ours.fetch_observations(dg.AssetKey("watched"), 5).records) == 1
     finally:
         ours.dispose()
         dagsters.dispose()
