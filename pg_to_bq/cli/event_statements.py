@@ -17,6 +17,7 @@ dagster-postgres writes it, where Dagster's SQLite code inserts and, when that f
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any
 
 import sqlalchemy as sa
@@ -57,17 +58,16 @@ class StatementsBuiltOnce(SqlEventLogStorage):
     """`SqlEventLogStorage`'s writes of a run's events, each statement built once (see the
     module's docstring). For a SQLite database."""
 
-    _serialized: tuple[Any, str] | None = None
-    _observed: set[Any] | None = None
+    # The event being stored and its text, per thread (steps log from the threads a load
+    # starts, and each thread stores its own events).
+    _being_stored = threading.local()
 
     def store_event(self, event: Any) -> None:
         row = self._event_to_row(event)
         if event.dagster_event_type == DagsterEventType.ASSET_OBSERVATION:
-            if self._observed is None:
-                self._observed = set()
-            self._observed.add(event.dagster_event.asset_key)
+            self._observed().add(event.dagster_event.asset_key)
         # The event's own text, for its asset check row below (the same event, not a copy).
-        self._serialized = (event, row["event"])
+        self._being_stored.event, self._being_stored.text = event, row["event"]
         try:
             with self.run_connection(event.run_id) as conn:
                 event_id = conn.execute(_INSERT_EVENT, row).inserted_primary_key[0]
@@ -80,7 +80,7 @@ class StatementsBuiltOnce(SqlEventLogStorage):
             if event.dagster_event_type in ASSET_CHECK_EVENTS:
                 self.store_asset_check_event(event, event_id)
         finally:
-            self._serialized = None
+            self._being_stored.event = self._being_stored.text = None
 
     def fetch_observations(self, records_filter: Any, limit: int, cursor: str | None = None,
                            ascending: bool = False) -> Any:
@@ -88,18 +88,27 @@ class StatementsBuiltOnce(SqlEventLogStorage):
         query. Dagster asks it for each source table a step's assets depend on, to find its
         data version; in `pg-to-bq sync`'s log no source table is ever observed."""
         key = records_filter if isinstance(records_filter, AssetKey) else None
-        if key is not None and (self._observed is None or key not in self._observed):
+        if key is not None and key not in self._observed():
             return EventRecordsResult(records=[], cursor=cursor or
                                       EventLogCursor.from_storage_id(-1).to_string(),
                                       has_more=limit == 0)
         return super().fetch_observations(records_filter, limit, cursor, ascending)
 
+    def _observed(self) -> set[Any]:
+        """The assets this log stored an observation of."""
+        return self.__dict__.setdefault("_observed_assets", set())  # (one set, in any thread)
+
     def _serialized_event(self, event: Any) -> str:
         from dagster._serdes import serialize_value
 
-        if self._serialized is not None and self._serialized[0] is event:
-            return self._serialized[1]
-        return serialize_value(event)
+        text = self._text_of(event)
+        return text if text is not None else serialize_value(event)
+
+    def _text_of(self, event: Any) -> str | None:
+        """The text of `event` when this thread is storing it."""
+        if getattr(self._being_stored, "event", None) is event:
+            return self._being_stored.text
+        return None
 
     def _store_asset_event(self, conn: Any, event: Any, event_id: int) -> None:
         if not (event.dagster_event and event.dagster_event.asset_key):
@@ -111,15 +120,12 @@ class StatementsBuiltOnce(SqlEventLogStorage):
 
     def _get_asset_entry_values(self, event: Any, event_id: int,
                                 has_asset_key_index_cols: bool) -> dict[str, Any]:
-        values = super()._get_asset_entry_values(  # (serializes the materialization's record)
-            event, event_id, has_asset_key_index_cols) \
-            if not event.dagster_event.is_step_materialization or self._serialized is None \
-            or self._serialized[0] is not event else None
-        if values is not None:
-            return values
+        text = self._text_of(event)
+        if not event.dagster_event.is_step_materialization or text is None:
+            return super()._get_asset_entry_values(event, event_id, has_asset_key_index_cols)
         # Dagster's values for a materialization, its record's text made from the event's
         # (`serialize_value(EventLogRecord(storage_id=event_id, event_log_entry=event))`).
-        values = {"last_materialization": _RECORD.format(event=self._serialized[1],
+        values = {"last_materialization": _RECORD.format(event=text,
                                                          storage_id=json.dumps(event_id)),
                   "last_run_id": event.run_id}
         if has_asset_key_index_cols:

@@ -120,3 +120,37 @@ def test_the_cli_event_log_reads_back_the_last_materialization(events: list[Any]
             "column note differs"
     finally:
         ours.dispose()
+
+
+def test_events_stored_from_several_threads_keep_their_own_texts(events: list[Any]) -> None:
+    """Steps log from the threads a load starts. Each asset's and check's row must hold the
+    text of the event stored under its storage id, never another thread's event."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from dagster._serdes import deserialize_value, serialize_value
+
+    runs: dict[str, list[Any]] = {}
+    for entry in events:
+        runs.setdefault(entry.run_id, []).append(entry)
+    ours = OneConnectionEventLog()
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            for _ in range(5):
+                list(pool.map(lambda run: [ours.store_event(e) for e in run], runs.values()))
+        with ours.index_connection() as conn:
+            texts = dict(conn.exec_driver_sql("SELECT id, event FROM event_logs").fetchall())
+            assets = conn.exec_driver_sql(
+                "SELECT last_materialization FROM asset_keys "
+                "WHERE last_materialization IS NOT NULL").fetchall()
+            checks = conn.exec_driver_sql(
+                "SELECT evaluation_event, evaluation_event_storage_id "
+                "FROM asset_check_executions").fetchall()
+        assert len(texts) == 5 * len(events)
+        assert len(assets) == 3 and len(checks) == 5 * 5  # (orders, items, watched)
+        for (text,) in assets:
+            record = deserialize_value(text)
+            assert serialize_value(record.event_log_entry) == texts[record.storage_id]
+        for text, storage_id in checks:
+            assert text == texts[storage_id]
+    finally:
+        ours.dispose()
