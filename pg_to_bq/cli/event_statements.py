@@ -7,7 +7,7 @@ those values to find the compiled SQL: building and keying took about half of th
 re-sync). Here each statement is built once and the values are passed as parameters; the
 rows written are Dagster's, value for value (`pg_to_bq_tests/cli/test_event_statements.py`
 stores a real run's events through both and compares every table). The event is also
-serialized once, not again for its asset check row.
+serialized once, not again for its asset's row or its check's row.
 
 These are the write paths of `SqlEventLogStorage` (dagster 1.13, pinned) that a run takes:
 the event row, its asset's row and its asset check's row. The asset's row is one upsert, as
@@ -31,6 +31,7 @@ from dagster._core.storage.event_log.schema import (
     SqlEventLogStorageTable,
 )
 from dagster._core.storage.event_log.sql_event_log import SqlEventLogStorage
+from dagster._serdes import serialize_value
 from dagster._time import datetime_from_timestamp
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -99,8 +100,6 @@ class StatementsBuiltOnce(SqlEventLogStorage):
         return self.__dict__.setdefault("_observed_assets", set())  # (one set, in any thread)
 
     def _serialized_event(self, event: Any) -> str:
-        from dagster._serdes import serialize_value
-
         text = self._text_of(event)
         return text if text is not None else serialize_value(event)
 

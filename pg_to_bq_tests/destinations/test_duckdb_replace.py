@@ -157,7 +157,7 @@ def test_a_loading_process_never_imports_pandas_or_sqlalchemy(pg_url: str, tmp_p
 import sys
 from pathlib import Path
 from pg_to_bq.postgres.discovery import discover
-from pg_to_bq.destinations.duckdb_file import ReplaceInTransactionJob, duckdb_destination
+from pg_to_bq.destinations.duckdb_file import duckdb_destination
 from pg_to_bq.load.group import load_table
 from pg_to_bq.planning.tables import build_plans
 from pg_to_bq.postgres.connect import connect
