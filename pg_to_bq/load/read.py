@@ -346,6 +346,9 @@ class TableReads:
             sessions.url, plan, where=where, batch_bytes=self.batch_bytes,
             hash_salt=self.hash_salt, statement_timeout_s=self.statement_timeout_s,
             streams=load.streams, count_table=True, session=sessions.get(),
+            # A table read whole counts its rows and its row versions in one query.
+            versions=mode == "full" and tuple_versions.applies(plan)
+            and plan.destination_table not in self.tokens,
         )
         tracker = WindowTracker(plan, mode) if plan.cursor is not None and mode != "window" \
             else None

@@ -28,6 +28,7 @@ import pyarrow as pa
 
 from pg_to_bq.planning.tables import TablePlan
 from pg_to_bq.planning.types import quote_ident
+from pg_to_bq.postgres import row_versions
 from pg_to_bq.postgres.connect import SourceUnreachable, describe, with_options
 from pg_to_bq.postgres.session import AdbcSession
 from pg_to_bq.postgres.sql import SESSION, qualified_name, select_sql
@@ -68,7 +69,9 @@ class TableReader:
 
     Use as a context manager; iterate `batches()`; `stats` fills as batches arrive.
     `count_table` also counts the whole table in the same snapshot (`stats.table_rows`), what
-    a merged destination table should hold once these rows are merged.
+    a merged destination table should hold once these rows are merged. `versions` counts a
+    read without `where` with the inputs of the table's row-version token in one query
+    (`versions_row`, which `row_versions.token` then uses).
     With `streams > 1` the table is split into that many ranges (of its single-column
     integer primary key, else of ctid blocks) read in parallel by connections sharing the
     exported snapshot; batches arrive interleaved, at most `QUEUE_DEPTH` (or `streams`)
@@ -92,6 +95,7 @@ class TableReader:
         streams: int = 1,
         min_rows_per_stream: int = MIN_ROWS_PER_STREAM,
         session: AdbcSession | None = None,
+        versions: bool = False,
     ) -> None:
         if streams < 1:
             raise ValueError(f"streams must be at least 1, not {streams}")
@@ -106,6 +110,9 @@ class TableReader:
         self.application_name = application_name
         self.streams = streams
         self.min_rows_per_stream = min_rows_per_stream
+        self.versions = versions
+        # The row of `row_versions.versions_sql`, when the count was asked with it.
+        self.versions_row: tuple | None = None
         self.stats = ExtractStats()
         self.schema = arrow_schema(plan)
         self._conn: AdbcSession | None = None
@@ -124,7 +131,12 @@ class TableReader:
         self._conn = session = self._lent or self._connect()
         try:
             _begin(session)
-            if self.count_rows:
+            if self.count_rows and self.versions and self.where is None:
+                # The count and the row versions' token, in one scan and one round trip.
+                self.versions_row = session.fetchone(row_versions.versions_sql(self.plan))
+                (count, *_) = self.versions_row or (0,)
+                self.stats.snapshot_rows = int(count)
+            elif self.count_rows:
                 (count,) = session.fetchone(
                     f"SELECT count(*) FROM {qualified_name(self.plan)}{self._where()}")
                 self.stats.snapshot_rows = int(count)
@@ -290,12 +302,13 @@ class TableReader:
 
 
 def _begin(session: AdbcSession, snapshot: str | None = None) -> None:
-    """Start the read-only snapshot transaction (the driver has opened it: autocommit off)."""
-    session.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-    if snapshot is not None:
-        session.execute("SET TRANSACTION SNAPSHOT '" + snapshot.replace("'", "''") + "'")
-    for statement in SESSION:
-        session.execute(statement)
+    """Start the read-only snapshot transaction (the driver has opened it: autocommit off),
+    its settings in one round trip (a table of a group is read in a transaction of its own)."""
+    session.execute("; ".join((
+        "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+        *(["SET TRANSACTION SNAPSHOT '" + snapshot.replace("'", "''") + "'"]
+          if snapshot is not None else []),
+        *SESSION)))
 
 
 def _integer_key(plan: TablePlan) -> str | None:

@@ -38,12 +38,10 @@ KINDS = frozenset({"r", "p", "m"})
 MERGE_MAX_BYTES = 32 * 1024 * 1024
 
 _VERSION = "t.tableoid::text || ':' || t.ctid::text || ':' || t.xmin::text"
-_ROWS = f"""
-SELECT count(*),
+_ROW_VERSIONS = f"""count(*),
        coalesce(sum(hashtextextended({_VERSION}, 0)::numeric), 0),
-       coalesce(sum(hashtextextended({_VERSION}, 1)::numeric), 0)
-FROM {{table}} AS t
-"""
+       coalesce(sum(hashtextextended({_VERSION}, 1)::numeric), 0)"""
+_ROWS = f"SELECT {_ROW_VERSIONS}\nFROM {{table}} AS t"
 
 # The table's own catalog rows (any ALTER updates them; a rewrite changes relfilenode) and
 # every enum label and composite type attribute of the database. The database's part is the
@@ -59,7 +57,6 @@ _DATABASE_CATALOG = """(SELECT string_agg(e.oid::text || ':' || e.xmin::text, ',
                           ORDER BY a.attrelid, a.attnum)
         FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
         WHERE c.relkind = 'c')"""
-_CATALOG = f"SELECT {_TABLE_CATALOG},\n       {_DATABASE_CATALOG}"
 
 
 def applies(plan: TablePlan) -> bool:
@@ -74,7 +71,10 @@ def applies(plan: TablePlan) -> bool:
 
 def token(reader: TableReader, plan: TablePlan, hash_salt: bytes | None) -> str:
     """This table's row versions and everything else its loaded values depend on, read in
-    the reader's snapshot (inside `with reader:`)."""
+    the reader's snapshot (inside `with reader:`; by the reader's count, when it was asked
+    with `versions=True`)."""
+    if reader.versions_row is not None:
+        return token_of_row(reader.versions_row, plan, hash_salt)[0]
     return token_and_rows(reader.query_one, plan, hash_salt)[0]
 
 
@@ -90,10 +90,33 @@ def token_and_rows(query_one: Callable[[str], tuple | None], plan: TablePlan,
     snapshot the caller holds; `database`, if given, from `database_catalog` in that same
     snapshot): the values are compared as text, so a driver that returns numerics as text
     and one that returns `Decimal`s give the same token."""
+    if database is None:
+        return token_of_row(query_one(versions_sql(plan)), plan, hash_salt)
     rows = query_one(_ROWS.format(table=qualified_name(plan)))
     oid = _dollar_quoted(qualified_name(plan))
-    catalog = query_one(_CATALOG.format(oid=oid)) if database is None else (
-        *(query_one(f"SELECT {_TABLE_CATALOG.format(oid=oid)}") or (None, None)), *database)
+    catalog = (*(query_one(f"SELECT {_TABLE_CATALOG.format(oid=oid)}") or (None, None)),
+               *database)
+    return _token(rows, catalog, plan, hash_salt)
+
+
+def versions_sql(plan: TablePlan) -> str:
+    """One query for everything a table's token depends on in PostgreSQL, its row count
+    first (a reader's count and the token's inputs in one scan and one round trip):
+    `token_of_row` makes the token of its row."""
+    table = qualified_name(plan)
+    return (f"SELECT {_ROW_VERSIONS},\n       {_TABLE_CATALOG.format(oid=_dollar_quoted(table))},"
+            f"\n       {_DATABASE_CATALOG}\nFROM {table} AS t")
+
+
+def token_of_row(row: tuple | None, plan: TablePlan, hash_salt: bytes | None
+                 ) -> tuple[str, int]:
+    """The token and the row count from the row of `versions_sql`."""
+    row = tuple(row or ())
+    return _token(row[:3], row[3:], plan, hash_salt)
+
+
+def _token(rows: Sequence[Any] | None, catalog: Sequence[Any] | None, plan: TablePlan,
+           hash_salt: bytes | None) -> tuple[str, int]:
     reading = [(c.source.name, c.source.type, c.name, c.select_sql, c.logical, c.transform,
                 c.precision, c.scale) for c in plan.columns]
     salt = hashlib.sha256(hash_salt).hexdigest() if hash_salt and plan.hashed else None

@@ -144,9 +144,11 @@ def test_the_token_before_the_read_is_the_reads_own(pg_url: str, rows: str) -> N
     """The step looks for unchanged tables over psycopg before any read
     (`pg_to_bq.load.unchanged`); the read computes the token over the ADBC driver, which
     returns numerics as text where psycopg returns `Decimal`s. Both must give one token (and
-    the same row count), or no table would ever be found unchanged before its read."""
+    the same row count), or no table would ever be found unchanged before its read; so must
+    a whole read, which asks its count and its token in one query."""
     from pg_to_bq.postgres.reader import TableReader
     from pg_to_bq.postgres.row_versions import token, token_and_rows
+    from pg_to_bq.postgres.session import AdbcSession
 
     run_sql(pg_url, f"CREATE TABLE \"Mixed 'Case'\" (n int, v bigint); {rows}")
     with psycopg.connect(pg_url) as conn:
@@ -156,6 +158,19 @@ def test_the_token_before_the_read_is_the_reads_own(pg_url: str, rows: str) -> N
     with TableReader(pg_url, plan) as reader:
         assert token(reader, plan, None) == before
         assert reader.stats.snapshot_rows == counted == (300 if rows else 0)
+    # A whole read counts its rows and its token's inputs in one query.
+    session = AdbcSession(pg_url)
+    asked: list[str] = []
+    one_row = session.fetchone
+    session.fetchone = lambda sql: asked.append(sql) or one_row(sql)  # type: ignore[method-assign]
+    try:
+        with TableReader(pg_url, plan, versions=True, count_table=True,
+                         session=session) as reader:
+            assert token(reader, plan, None) == before
+            assert reader.stats.snapshot_rows == reader.stats.table_rows == counted
+    finally:
+        session.close()
+    assert len(asked) == 1, asked
 
 
 def test_a_changed_table_keeps_the_token_found_before_its_read(
