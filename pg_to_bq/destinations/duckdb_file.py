@@ -40,7 +40,7 @@ from dlt.destinations.impl.duckdb.configuration import (
     DuckDbClientConfiguration,
     DuckDbCredentials,
 )
-from dlt.destinations.impl.duckdb.duck import DuckDbClient, DuckDbCopyJob
+from dlt.destinations.impl.duckdb.duck import DuckDbClient
 
 from pg_to_bq.destinations.dlt_config import ResolvedOnce
 from pg_to_bq.destinations.lazy import check_settings
@@ -61,8 +61,18 @@ def replaces_in_place(table: PreparedTableSchema) -> bool:
         table.get("x-replace-strategy") == REPLACE_STRATEGY  # type: ignore[comparison-overlap]
 
 
-class ReplaceInTransactionJob(DuckDbCopyJob):
-    """Empties the destination table and inserts the file's rows in one transaction."""
+class ReplaceInTransactionJob(RunnableLoadJob):
+    """Empties the destination table and inserts the file's rows in one transaction.
+
+    Not a `HasFollowupJobs` (dlt's `DuckDbCopyJob` is): a table replaced in place has no
+    follow-up job (`AtomicReplaceDuckDbClient._create_replace_followup_jobs`), and dlt looks
+    for one after each such job by listing every job of the package: work that grew with
+    the square of a step's tables (0.66 s of 2.0 s loading 100 small tables, profiled).
+    """
+
+    def __init__(self, file_path: str) -> None:
+        super().__init__(file_path)
+        self._job_client: DuckDbClient = None  # type: ignore[assignment]  # set by dlt
 
     def run(self) -> None:
         self._sql_client = self._job_client.sql_client

@@ -173,3 +173,33 @@ print(modes, "pandas" in sys.modules, "sqlalchemy" in sys.modules)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "['full', 'incremental'] False False"
+
+
+def test_a_step_of_replaced_tables_never_lists_its_package_per_job(
+        pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A table replaced in place has no follow-up job, so its job is not one dlt completes
+    by listing every job of the package (work that grew with the square of a step's
+    tables); the tables still load, each exactly."""
+    from dlt.common.storages.load_package import PackageStorage
+
+    from pg_to_bq.load.group import load_group
+    from pg_to_bq.load.results import TableLoad
+
+    names = [f"t{i}" for i in range(6)]
+    run_sql(pg_url, "".join(f"CREATE TABLE {n} (id int PRIMARY KEY, v text);"
+                            f"INSERT INTO {n} SELECT g, '{n}' || g FROM generate_series(1, {i + 1}) g;"
+                            for i, n in enumerate(names)))
+    listings: list[str] = []
+    listing = PackageStorage.list_all_jobs_with_states
+    monkeypatch.setattr(PackageStorage, "list_all_jobs_with_states",
+                        lambda self, load_id: listings.append(load_id) or listing(self, load_id))
+    path = tmp_path / "dest.duckdb"
+    results = load_group([TableLoad(_plan(pg_url, n), full_refresh=True) for n in names],
+                         pipeline_name="replaced", source_url=pg_url,
+                         destination=duckdb_destination(str(path)), dataset="raw",
+                         work_dir=tmp_path / "work")
+    assert [(r.status, r.rows) for r in results] == [("loaded", i + 1) for i in range(6)]
+    for i, n in enumerate(names):
+        assert duck_rows(path, f"SELECT count(*), min(v) FROM raw.{n}") == [(i + 1, f"{n}1")]
+    # One listing at most: the job of dlt's own state row, not one per table.
+    assert len(listings) <= 1, listings
