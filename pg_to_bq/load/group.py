@@ -63,7 +63,7 @@ from pg_to_bq.load.state import CDC_STATE_KEY, ROWS_KEY, commit_states, stored_f
 from pg_to_bq.load.unchanged import settle_unchanged
 from pg_to_bq.load.values_check import compare_fingerprints, destination_figures, engine
 from pg_to_bq.planning.errors import describe
-from pg_to_bq.planning.settings import DEFAULT_DRIFT_MAX_ROWS
+from pg_to_bq.planning.settings import DEFAULT_DRIFT_MAX_ROWS, DEFAULT_PARALLEL_STREAMS
 from pg_to_bq.planning.tables import TablePlan
 
 log = logging.getLogger(__name__)
@@ -129,6 +129,7 @@ def load_group(
     drift_max_rows: int | None = DEFAULT_DRIFT_MAX_ROWS,
     cdc_publication: str | None = None,
     run_id: str | None = None,
+    read_connections: int = DEFAULT_PARALLEL_STREAMS,
 ) -> list[LoadResult]:
     """Load `loads` with the dlt pipeline `pipeline_name`; a result per table, in order.
 
@@ -150,6 +151,7 @@ def load_group(
     the tables it publishes are loaded from the keys the capture spooled (`pg_to_bq.load.
     changes`): only their changed rows are read; a table with no change is not read at all.
     `run_id` (the Dagster run's) tells whether this run read the slot (its marker).
+    `read_connections` tables are read at once, each over a connection of its own.
     """
     run = _GroupRun(
         loads=loads, source_url=source_url, dataset=dataset, work_dir=work_dir,
@@ -158,7 +160,8 @@ def load_group(
         raise_errors=raise_errors, destination_lock=destination_lock,
         record_state=record_state, fingerprint_rows=fingerprint_rows,
         drift_max_rows=drift_max_rows, cdc_publication=cdc_publication, run_id=run_id,
-        pipeline_name=pipeline_name, destination=lazy(destination))
+        pipeline_name=pipeline_name, destination=lazy(destination),
+        read_connections=read_connections)
     with exclusive(pipelines_dir(work_dir) / pipeline_name, _waiting_for(pipeline_name)), \
             contextlib.ExitStack() as run.exits:
         run.queries = run.destination.queries(dataset)
@@ -205,6 +208,7 @@ class _GroupRun:
     run_id: str | None = None
     pipeline_name: str = ""
     destination: LazyDestination | None = None
+    read_connections: int = DEFAULT_PARALLEL_STREAMS
     # The group's dlt pipeline, made when it first has rows to load (`loader`).
     pipeline: Any = None
     # What the group asks the destination through: pg_to_bq's own connection until the
@@ -280,7 +284,7 @@ class _GroupRun:
                 raise_errors=self.raise_errors, fingerprint_rows=self.fingerprint_rows,
                 destination_name=queries.destination.destination_name,
                 files=files_dir(self.work_dir, self.pipeline_name),
-                capture=capture, tokens=tokens)
+                capture=capture, tokens=tokens, connections=self.read_connections)
             read = reads.read_all(states, evolutions, doubts, settle_read, skip=set(found))
         failures: dict[str, str] = {}
         loaded: list[tuple[int, TableRead]] = []

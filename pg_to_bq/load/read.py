@@ -10,8 +10,10 @@ are those of its last load (`pg_to_bq.postgres.row_versions`) is not read.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,7 @@ from pg_to_bq.load.state import (
 from pg_to_bq.load.values_check import source_side_fingerprint
 from pg_to_bq.planning.errors import describe, is_transient
 from pg_to_bq.planning.evolution import Change, Evolution
+from pg_to_bq.planning.settings import DEFAULT_PARALLEL_STREAMS
 from pg_to_bq.planning.tables import TablePlan
 from pg_to_bq.postgres import row_versions as tuple_versions
 from pg_to_bq.postgres.connect import SourceUnreachable, login_role, with_options
@@ -58,6 +61,12 @@ from pg_to_bq.postgres.sql import literal
 log = logging.getLogger(__name__)
 
 
+# Tables of a step read at once, each over a connection of its own (by default as many as
+# a large table's COPY streams, `PG_TO_BQ_PARALLEL_STREAMS`): a small table's read mostly
+# waits for PostgreSQL (its queries, its COPY), so a second connection works while the
+# first waits (100 tables of 1,000 rows: 1.0 s of reads over one connection, 0.57 s over
+# two, no faster over three).
+READ_CONNECTIONS = DEFAULT_PARALLEL_STREAMS
 # A table's read is tried this many times when it fails in a way that can pass (a dropped
 # connection, a serialization failure), waiting RETRY_DELAY_S, then twice that, between.
 READ_ATTEMPTS = 3
@@ -116,6 +125,12 @@ def batch_reporter(on_batch: Callable[..., None] | None, plan: TablePlan) -> Cal
     return (lambda rows: on_batch(plan.name, rows)) if two else on_batch  # type: ignore[misc,return-value]
 
 
+def _with_own_sessions(read_some: Callable[[SourceSessions], None], url: str,
+                       statement_timeout_s: int) -> None:
+    with SourceSessions(url, statement_timeout_s) as sessions:
+        read_some(sessions)
+
+
 class SourceSessions:
     """One source connection shared by the group's reads (each in its own transaction),
     opened when first needed and opened again after a failure."""
@@ -172,52 +187,91 @@ class TableReads:
     # table, of tables found changed: each read keeps its table's instead of scanning the
     # row headers again.
     tokens: Mapping[str, str] = field(default_factory=dict)
+    # Tables read at once, each over a connection of its own (`read_all`).
+    connections: int = READ_CONNECTIONS
 
     def read_all(self, states: dict[str, dict[str, Any]], evolutions: dict[str, Evolution],
                  doubts: dict[str, str], settle: Callable[[int, LoadResult], None],
                  skip: Collection[int] = ()) -> list[tuple[int, TableRead]]:
         """Read each table (but those of `skip`, by index: settled already) into a parquet
-        file over one connection (each table in its own snapshot); tables that fail are
-        settled at once, the others returned to be loaded."""
+        file, each table in its own snapshot, over `connections` connections at once;
+        tables that fail are settled at once (one at a time), the others returned, in the
+        order of `loads`, to be loaded."""
         files = self.files
         for stale in remove_stale_files(files):
             log.info("removed %s, left by an extraction that did not finish", stale)
+        todo = [(index, load) for index, load in enumerate(self.loads) if index not in skip]
         read: list[tuple[int, TableRead]] = []
+        lock = threading.Lock()
+        stop = threading.Event()
+
+        def settled(index: int, result: LoadResult) -> None:
+            with lock:
+                settle(index, result)
+
+        def read_some(sessions: SourceSessions) -> None:
+            try:
+                while not stop.is_set():
+                    with lock:
+                        if not todo:
+                            return
+                        index, load = todo.pop(0)
+                    item = self.read_one(index, load, states, evolutions, doubts, definitions,
+                                         sessions, settled)
+                    if item is not None:
+                        with lock:
+                            read.append((index, item))
+            except BaseException:
+                stop.set()  # (`settle` raised: the caller asked for the first failure)
+                raise
+
         with SourceSessions(self.source_url, self.statement_timeout_s) as sessions:
             definitions = self.definitions(sessions, skip)
             self.captured = self.published(sessions)
-            for index, load in enumerate(self.loads):
-                if index in skip:
-                    continue
-                started = time.monotonic()
-                table = load.plan.destination_table
-                state, doubt = states.get(table, {}), doubts.get(table)
-                definition = definitions.get(load.plan.table.oid)  # type: ignore[arg-type]
-                stored = state.get(DEFINITION_STATE_KEY)
-                if load.plan.disposition == "merge" and stored is not None \
-                        and stored != definition:
-                    state, doubt = {}, ("a partition was attached or detached, or a label of "
-                                        "an enum it uses changed, since its last load")
-                try:
-                    item = self.read_with_retries(
-                        load, state, evolutions.get(table), sessions, files, doubt)
-                    if isinstance(item, TableRead):
-                        item.definition = definition
-                except Exception as exc:  # noqa: BLE001 - one table's failure is its own
-                    settle(index, failure_result(load.plan, exc, started, self.raise_errors,
-                                                  login_role(self.source_url)))
-                    continue
-                note = self.not_captured(load.plan)
-                if note and isinstance(item, LoadResult):
-                    item.extra[NOT_CAPTURED] = note
-                elif note:
-                    item.not_captured = note
-                if isinstance(item, LoadResult):
-                    settle(index, item)
-                else:
-                    read.append((index, item))
+            more = min(self.connections, len(todo)) - 1
+            if more < 1:
+                read_some(sessions)
+            else:
+                with ThreadPoolExecutor(more, thread_name_prefix="pg_to_bq-read") as pool:
+                    others = [pool.submit(_with_own_sessions, read_some, self.source_url,
+                                          self.statement_timeout_s) for _ in range(more)]
+                    read_some(sessions)
+                    for other in others:
+                        other.result()  # (raises what a connection's reads raised)
         release_memory()
-        return read
+        return sorted(read, key=lambda item: item[0])
+
+    def read_one(self, index: int, load: TableLoad, states: dict[str, dict[str, Any]],
+                 evolutions: dict[str, Evolution], doubts: dict[str, str],
+                 definitions: dict[int, str], sessions: SourceSessions,
+                 settle: Callable[[int, LoadResult], None]) -> TableRead | None:
+        """Read one table of `read_all`: its file to load, or None when it was settled."""
+        started = time.monotonic()
+        table = load.plan.destination_table
+        state, doubt = states.get(table, {}), doubts.get(table)
+        definition = definitions.get(load.plan.table.oid)  # type: ignore[arg-type]
+        stored = state.get(DEFINITION_STATE_KEY)
+        if load.plan.disposition == "merge" and stored is not None and stored != definition:
+            state, doubt = {}, ("a partition was attached or detached, or a label of an enum "
+                                "it uses changed, since its last load")
+        try:
+            item = self.read_with_retries(
+                load, state, evolutions.get(table), sessions, self.files, doubt)
+            if isinstance(item, TableRead):
+                item.definition = definition
+        except Exception as exc:  # noqa: BLE001 - one table's failure is its own
+            settle(index, failure_result(load.plan, exc, started, self.raise_errors,
+                                         login_role(self.source_url)))
+            return None
+        note = self.not_captured(load.plan)
+        if note and isinstance(item, LoadResult):
+            item.extra[NOT_CAPTURED] = note
+        elif note:
+            item.not_captured = note
+        if isinstance(item, LoadResult):
+            settle(index, item)
+            return None
+        return item
 
     def definitions(self, sessions: SourceSessions, skip: Collection[int] = ()
                     ) -> dict[int, str]:

@@ -96,7 +96,8 @@ class SourceDatabase(dg.ConfigurableResource):
         batch_bytes: Target size of one Arrow batch; bounds the extractor's memory.
         hash_salt: Salt for hashed columns (set through `dg.EnvVar`).
         hash_salt_secret_id: Or a secret holding the salt.
-        parallel_streams: COPY streams for one large table (each is one more connection).
+        parallel_streams: COPY streams for one large table (each is one more connection),
+            and the small tables a step reads at once (each over a connection of its own).
         parallel_min_bytes: Tables smaller than this on disk are read with one stream.
     """
 

@@ -170,7 +170,9 @@ def load_with(context: dg.OpExecutionContext | dg.AssetExecutionContext,
             destination_lock=lambda: destination.writing(on_wait=waiting),
             fingerprint_rows=ctx.fingerprint_rows if ctx.fingerprint else None,
             drift_max_rows=ctx.drift_max_rows or None, cdc_publication=ctx.cdc_publication,
-            run_id=context.run.run_id)
+            run_id=context.run.run_id,
+            # A step of small tables reads as many at once as a large table has streams.
+            read_connections=source.parallel_streams)
 
 
 def _window(context: dg.AssetExecutionContext, plans: Sequence[TablePlan]) -> Window | None:
