@@ -41,7 +41,6 @@ _VERSION = "t.tableoid::text || ':' || t.ctid::text || ':' || t.xmin::text"
 _ROW_VERSIONS = f"""count(*),
        coalesce(sum(hashtextextended({_VERSION}, 0)::numeric), 0),
        coalesce(sum(hashtextextended({_VERSION}, 1)::numeric), 0)"""
-_ROWS = f"SELECT {_ROW_VERSIONS}\nFROM {{table}} AS t"
 
 # The table's own catalog rows (any ALTER updates them; a rewrite changes relfilenode) and
 # every enum label and composite type attribute of the database. The database's part is the
@@ -92,20 +91,19 @@ def token_and_rows(query_one: Callable[[str], tuple | None], plan: TablePlan,
     and one that returns `Decimal`s give the same token."""
     if database is None:
         return token_of_row(query_one(versions_sql(plan)), plan, hash_salt)
-    rows = query_one(_ROWS.format(table=qualified_name(plan)))
-    oid = _dollar_quoted(qualified_name(plan))
-    catalog = (*(query_one(f"SELECT {_TABLE_CATALOG.format(oid=oid)}") or (None, None)),
-               *database)
-    return _token(rows, catalog, plan, hash_salt)
+    row = tuple(query_one(versions_sql(plan, with_database=False)) or ())
+    return _token(row[:3], (*row[3:], *database), plan, hash_salt)
 
 
-def versions_sql(plan: TablePlan) -> str:
-    """One query for everything a table's token depends on in PostgreSQL, its row count
-    first (a reader's count and the token's inputs in one scan and one round trip):
-    `token_of_row` makes the token of its row."""
+def versions_sql(plan: TablePlan, with_database: bool = True) -> str:
+    """One query for everything a table's token depends on in PostgreSQL (but the database's
+    part, `database_catalog`, without `with_database`), its row count first (a reader's
+    count and the token's inputs in one scan and one round trip): `token_of_row` makes the
+    token of its row."""
     table = qualified_name(plan)
-    return (f"SELECT {_ROW_VERSIONS},\n       {_TABLE_CATALOG.format(oid=_dollar_quoted(table))},"
-            f"\n       {_DATABASE_CATALOG}\nFROM {table} AS t")
+    database = f",\n       {_DATABASE_CATALOG}" if with_database else ""
+    return (f"SELECT {_ROW_VERSIONS},\n       {_TABLE_CATALOG.format(oid=_dollar_quoted(table))}"
+            f"{database}\nFROM {table} AS t")
 
 
 def token_of_row(row: tuple | None, plan: TablePlan, hash_salt: bytes | None
