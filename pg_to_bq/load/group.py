@@ -36,6 +36,7 @@ import contextlib
 import logging
 import traceback
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -249,13 +250,22 @@ class _GroupRun:
         plans = [load.plan for load in self.loads if load.plan.loadable]
         counting = self.count_rows or self.record_state
         queries = self.queries
-        with self.destination_lock(), one_connection(queries):
-            evolutions, columns_now = evolutions_of(queries, plans)
-            self.live = live_tables(columns_now)
-            states, doubts = trusted_states(queries, plans, evolutions, self.live) \
-                if self.record_state else ({}, {})
-            before = self.figures_before(states, columns_now)
-            capture = self.capture_state(states)
+        with ThreadPoolExecutor(1, thread_name_prefix="pg_to_bq-unchanged") as pool:
+            with self.destination_lock(), one_connection(queries):
+                evolutions, columns_now = evolutions_of(queries, plans)
+                self.live = live_tables(columns_now)
+                states, doubts = trusted_states(queries, plans, evolutions, self.live) \
+                    if self.record_state else ({}, {})
+                capture = self.capture_state(states)
+                # The tables whose row versions are those of their last load, found without
+                # reading (`pg_to_bq.load.unchanged`): PostgreSQL is asked while the
+                # destination computes its figures (the others are read).
+                looking = pool.submit(
+                    settle_unchanged, self.loads, states, evolutions, doubts,
+                    source_url=self.source_url, statement_timeout_s=self.statement_timeout_s,
+                    hash_salt=self.hash_salt) if capture is None and self.record_state else None
+                before = self.figures_before(states, columns_now)
+            found, tokens = looking.result() if looking is not None else ({}, {})
         unchanged: list[tuple[int, LoadResult]] = []
 
         def settle_read(index: int, result: LoadResult) -> None:
@@ -265,12 +275,6 @@ class _GroupRun:
             else:
                 self.settle(index, result)
 
-        # The tables whose row versions are those of their last load, found without reading
-        # (`pg_to_bq.load.unchanged`); the others are read.
-        found, tokens = settle_unchanged(
-            self.loads, states, evolutions, doubts, source_url=self.source_url,
-            statement_timeout_s=self.statement_timeout_s, hash_salt=self.hash_salt) \
-            if capture is None and self.record_state else ({}, {})
         for index, result in found.items():
             settle_read(index, result)
         read: list[tuple[int, TableRead]] = []
