@@ -24,6 +24,7 @@ machine's, or its container's limit). A limit the user set in
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -273,21 +274,36 @@ def _check_single_file(file_path: str) -> None:
     delete the first one's rows."""
     parsed = ParsedLoadJobFileName.parse(file_path)
     package = os.path.dirname(os.path.dirname(file_path))
-    files = set()
-    for folder in _JOB_FOLDERS:
-        path = os.path.join(package, folder)
-        if not os.path.isdir(path):
-            continue
-        for name in os.listdir(path):
-            if name.startswith(parsed.table_name + ".") and name.endswith(".parquet"):
-                other = ParsedLoadJobFileName.parse(name)
-                if other.table_name == parsed.table_name:
-                    files.add(other.file_id)
+    files = _package_files(package).get(parsed.table_name, set()) | {parsed.file_id}
     if len(files) > 1:
         raise DestinationTerminalException(
             f"table {parsed.table_name} arrived in {len(files)} files; its replace loads one "
             "file inside the transaction that empties the table (set no data_writer file size)"
         )
+
+
+# The parquet files of the package being loaded, by table (`_package_files`).
+_listed: dict[str, dict[str, set[str]]] = {}
+
+
+def _package_files(package: str) -> dict[str, set[str]]:
+    """The file ids of each table's parquet files in `package`, in any of its job folders,
+    listed once per package: every file of a package is there before its load starts (dlt
+    only moves them between folders, keeping their ids, and adds no parquet file), so one
+    listing holds them all; listing for each job took time growing with the square of a
+    step's tables."""
+    found = _listed.get(package)
+    if found is None:
+        found = {}
+        for folder in _JOB_FOLDERS:
+            with contextlib.suppress(FileNotFoundError):
+                for name in os.listdir(os.path.join(package, folder)):
+                    if name.endswith(".parquet"):
+                        job = ParsedLoadJobFileName.parse(name)
+                        found.setdefault(job.table_name, set()).add(job.file_id)
+        _listed.clear()  # (the package loaded before this one is done)
+        _listed[package] = found
+    return found
 
 
 def _sql_string(text: str) -> str:
