@@ -127,7 +127,14 @@ def batch_reporter(on_batch: Callable[..., None] | None, plan: TablePlan) -> Cal
 
 def _with_own_sessions(read_some: Callable[[SourceSessions], None], url: str,
                        statement_timeout_s: int) -> None:
+    """`read_some` over a connection of its own; none if it cannot connect (a connection
+    limit reached, say): the other connections read its share, no table fails for it."""
     with SourceSessions(url, statement_timeout_s) as sessions:
+        try:
+            sessions.get()
+        except SourceUnreachable as exc:
+            log.info("reading over one connection fewer: %s", exc)
+            return
         read_some(sessions)
 
 

@@ -103,3 +103,25 @@ def test_a_step_reads_over_as_many_connections_as_it_is_given(
                              read_connections=connections)
         assert [(r.status, r.rows) for r in results] == [("loaded", i + 1) for i in range(4)]
         assert len(opened) == connections
+
+
+def test_a_role_allowed_one_connection_still_loads_every_table(pg_url: str,
+                                                              tmp_path: Path) -> None:
+    """A role whose connection limit leaves no room for a second reading connection: the
+    step reads every table over its first one, and no table fails for it."""
+    role = f"one_conn_{pg_url.rsplit('_', 1)[1]}"
+    run_sql(pg_url, "".join(f"CREATE TABLE c{i} (id int PRIMARY KEY);"
+                            f"INSERT INTO c{i} SELECT generate_series(1, {i + 1});"
+                            for i in range(4))
+            + f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 1;"
+              f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role};")
+    try:
+        plans = _plans(pg_url, "c0", "c1", "c2", "c3")
+        results = load_group([TableLoad(plan, full_refresh=True) for plan in plans],
+                             pipeline_name="limited",
+                             source_url=pg_url.replace("postgres@", f"{role}@", 1),
+                             destination=duckdb_destination(str(tmp_path / "dest.duckdb")),
+                             dataset="raw", work_dir=tmp_path / "work", read_connections=2)
+        assert [(r.status, r.rows) for r in results] == [("loaded", i + 1) for i in range(4)]
+    finally:
+        run_sql(pg_url, f"DROP OWNED BY {role}; DROP ROLE {role}")
