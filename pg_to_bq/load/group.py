@@ -21,7 +21,8 @@ The order of a group's load, and why:
 
 1. the destination's tables and each table's state, trusted only while the destination
    holds the rows it covers (`pg_to_bq.load.state`);
-2. the reads, over one source connection, each table in its own snapshot;
+2. the reads, `read_connections` tables at once, each over a source connection of its own
+   and in its own snapshot;
 3. the schema changes owed before the load (`pg_to_bq.load.schema_changes`), the load,
    the fills of new columns (`pg_to_bq.load.fill`) and the delete pass
    (`pg_to_bq.load.deletes`), then the destination's row counts and the values check;

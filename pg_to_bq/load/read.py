@@ -1,5 +1,5 @@
-"""Reading a step's tables: each in its own snapshot, over one connection, into a parquet
-file — or found unchanged since its last load, and not read at all.
+"""Reading a step's tables: each in its own snapshot, a few at once over connections of
+their own, into a parquet file — or found unchanged since its last load, and not read at all.
 
 An incremental run re-reads the rows inside the lookback window of the last cursor. When
 it reads back exactly the rows the last load recorded for that window (and nothing
