@@ -61,12 +61,6 @@ from pg_to_bq.postgres.sql import literal
 log = logging.getLogger(__name__)
 
 
-# Tables of a step read at once, each over a connection of its own (by default as many as
-# a large table's COPY streams, `PG_TO_BQ_PARALLEL_STREAMS`): a small table's read mostly
-# waits for PostgreSQL (its queries, its COPY), so a second connection works while the
-# first waits (100 tables of 1,000 rows: 1.0 s of reads over one connection, 0.57 s over
-# two, no faster over three).
-READ_CONNECTIONS = DEFAULT_PARALLEL_STREAMS
 # A table's read is tried this many times when it fails in a way that can pass (a dropped
 # connection, a serialization failure), waiting RETRY_DELAY_S, then twice that, between.
 READ_ATTEMPTS = 3
@@ -194,8 +188,12 @@ class TableReads:
     # table, of tables found changed: each read keeps its table's instead of scanning the
     # row headers again.
     tokens: Mapping[str, str] = field(default_factory=dict)
-    # Tables read at once, each over a connection of its own (`read_all`).
-    connections: int = READ_CONNECTIONS
+    # Tables read at once, each over a connection of its own (`read_all`); by default as
+    # many as a large table's COPY streams (`PG_TO_BQ_PARALLEL_STREAMS`). A small table's
+    # read mostly waits for PostgreSQL (its queries, its COPY), so a second connection works
+    # while the first waits (100 tables of 1,000 rows: 1.0 s of reads over one connection,
+    # 0.57 s over two, no faster over three).
+    connections: int = DEFAULT_PARALLEL_STREAMS
 
     def read_all(self, states: dict[str, dict[str, Any]], evolutions: dict[str, Evolution],
                  doubts: dict[str, str], settle: Callable[[int, LoadResult], None],

@@ -1,6 +1,6 @@
 """Tier 2: a step reads its tables over more than one connection — real PostgreSQL, DuckDB.
 
-A small table's read mostly waits for PostgreSQL, so a step reads `READ_CONNECTIONS` tables
+A small table's read mostly waits for PostgreSQL, so a step reads `PG_TO_BQ_PARALLEL_STREAMS` (2) tables
 at once (`pg_to_bq.load.read.TableReads.read_all`). Nothing about one table may stop or slow
 another: a table whose read waits (on a lock, a slow query) must not hold up the others.
 """
@@ -15,8 +15,8 @@ import pytest
 
 from pg_to_bq.destinations.duckdb_file import duckdb_destination
 from pg_to_bq.load.group import load_group
-from pg_to_bq.load.read import READ_CONNECTIONS
 from pg_to_bq.load.results import TableLoad
+from pg_to_bq.planning.settings import DEFAULT_PARALLEL_STREAMS
 from pg_to_bq.planning.tables import build_plans
 from pg_to_bq.postgres.discovery import discover
 from pg_to_bq_tests.conftest import duck_rows, run_sql
@@ -31,7 +31,7 @@ def _plans(url: str, *tables: str) -> list:
 
 def test_a_table_waiting_on_a_lock_does_not_hold_up_the_others(pg_url: str,
                                                                 tmp_path: Path) -> None:
-    assert READ_CONNECTIONS >= 2
+    assert DEFAULT_PARALLEL_STREAMS >= 2  # (what `load_group` reads with by default)
     run_sql(pg_url, """
         CREATE TABLE locked (id int PRIMARY KEY, v text);
         INSERT INTO locked SELECT g, 'l' || g FROM generate_series(1, 10) g;
