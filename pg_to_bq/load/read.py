@@ -234,6 +234,13 @@ class TableReads:
             definitions = self.definitions(sessions, skip)
             self.captured = self.published(sessions)
             more = min(self.connections, len(todo)) - 1
+            if more >= 1:
+                # This connection first: with a connection limit, the one it cannot exceed
+                # is taken by the reader of first resort, not by a second reader.
+                try:
+                    sessions.get()
+                except SourceUnreachable:
+                    more = 0  # (each table's read says why, with its retries)
             if more < 1:
                 read_some(sessions)
             else:
