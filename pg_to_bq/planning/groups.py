@@ -5,11 +5,12 @@ pipeline's configuration, state restore, load package and schema update) than on
 rows; a step of many small tables pays those once (`pg_to_bq.load.group.load_group`). Large
 tables keep a step of their own, so they load in parallel and retry alone.
 
-Grouping must be stable: a table's incremental cursor lives in its group's dlt pipeline,
-and op names show in the UI's run history. A small table's group is therefore chosen by
-a hash of its name into a number of buckets that is a power of two, which changes only
-when the number of small tables crosses one. A table that changes group (the buckets
-doubled, or it grew past the size limit) reads its rows once more in full.
+Grouping is stable, because op names show in the UI's run history: a small table's group
+is chosen by a hash of its name into a number of buckets that is a power of two, which
+changes only when the number of small tables crosses one. A table that changes group (the
+buckets doubled, it grew past the size limit, or `PG_TO_BQ_STEP_TABLES` changed) keeps its
+state, which is kept by table in the destination (`pg_to_bq.load.state`): it is not read
+again for the move.
 """
 
 from __future__ import annotations
@@ -19,10 +20,9 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from pg_to_bq.planning.settings import DEFAULT_STEP_TABLES
 from pg_to_bq.planning.tables import TablePlan
 
-# Tables a step loads at most, on average (measured: benchmarks/many_tables.py).
-DEFAULT_STEP_TABLES = 50
 # Tables at least this large on disk (or this many rows) load in a step of their own.
 DEFAULT_OWN_STEP_BYTES = 64 * 1024**2
 OWN_STEP_ROWS = 500_000

@@ -16,7 +16,7 @@ import duckdb
 import pytest
 
 from pg_to_bq.cli.main import main
-from pg_to_bq_tests.conftest import duck_rows, run_sql
+from pg_to_bq_tests.conftest import duck_rows, pg_rows, run_sql
 
 # The console script, next to the interpreter running the tests (the venv's bin/).
 SCRIPT = Path(sys.executable).parent / "pg-to-bq"
@@ -104,6 +104,44 @@ def test_a_table_the_role_cannot_read_is_one_line_with_its_fix(pg_url: str, sett
         assert "public.open_table: ok, 1 rows" in out and "1 loaded, 1 failed" in out
     finally:
         run_sql(pg_url, f"DROP OWNED BY {role}; DROP ROLE {role};")
+
+
+def test_a_table_that_moves_to_another_step_keeps_its_state_and_loses_nothing(
+        pg_url: str, settings_env, monkeypatch, capsys) -> None:
+    """Changing `PG_TO_BQ_STEP_TABLES` (or its default, between versions) moves tables to
+    other steps, each with a dlt pipeline of its own. A table's state is kept by table, not
+    by step: after the move an unchanged table is still skipped, and every change made
+    before the move (an update behind a cursor, a delete, an insert) arrives exactly."""
+    run_sql(pg_url, """
+        CREATE TABLE orders (id int PRIMARY KEY, note text, updated_at timestamptz);
+        INSERT INTO orders SELECT g, 'o' || g, '2026-01-01'::timestamptz + g * interval '1 h'
+            FROM generate_series(1, 40) g;
+        CREATE TABLE notes (n int, body text);
+        INSERT INTO notes SELECT g, 'n' || g FROM generate_series(1, 30) g;
+        CREATE TABLE kinds (code text PRIMARY KEY, label text);
+        INSERT INTO kinds VALUES ('a', 'A'), ('b', 'B');
+        CREATE TABLE tags (id int PRIMARY KEY, tag text);
+        INSERT INTO tags SELECT g, 't' || g FROM generate_series(1, 20) g;
+    """)
+    path = settings_env(pg_url, step_tables="1")
+    assert main(["sync"]) == 0
+    assert "4 loaded, 0 failed" in capsys.readouterr().out
+    run_sql(pg_url, """
+        UPDATE orders SET note = 'edited', updated_at = now() WHERE id = 7;
+        DELETE FROM notes WHERE n = 3;
+        INSERT INTO tags VALUES (21, 't21');
+    """)
+    monkeypatch.setenv("PG_TO_BQ_STEP_TABLES", "100")  # three steps become one
+    assert main(["sync"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"public\.kinds: unchanged", out), out
+    for table in ("orders", "notes", "tags"):
+        assert re.search(rf"public\.{table}: ok", out), out
+    for table, order in (("orders", "id"), ("notes", "n"), ("kinds", "code"), ("tags", "id")):
+        columns = {"orders": "id, note, updated_at", "notes": "n, body",
+                   "kinds": "code, label", "tags": "id, tag"}[table]
+        assert duck_rows(path, f"SELECT {columns} FROM raw.{table} ORDER BY {order}") == \
+            pg_rows(pg_url, f"SELECT {columns} FROM {table} ORDER BY {order}"), table
 
 
 def test_unknown_table_is_a_clear_error(sample_db_url: str, settings_env, capsys) -> None:
