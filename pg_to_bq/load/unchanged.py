@@ -9,7 +9,10 @@ the reader's session settings, as a read would read them: a change committed aft
 snapshot is the next run's, as it is for a read. The database's part of the tokens (its
 enum labels and composite types) is asked once for that snapshot, not once a table
 (~0.7 ms a table at 1,000 tables, with a round trip for the snapshot's settings and one to
-end it).
+end it), and the tables' own questions are sent together (psycopg's pipeline mode): one
+round trip for the step's tokens, one for the row counts of those merged by a cursor
+(1,000 unchanged tables: 2.33-2.61 → 1.93-2.03 s on loopback, 2.82-2.96 → 2.28-2.36 s
+through a 0.36 ms round trip). When any of them fails, nothing is settled here.
 
 Only what the read itself would find unchanged by its row versions is settled here, and
 less when in doubt: a table is left to its read (`pg_to_bq.load.read.TableReads`), which
@@ -71,29 +74,38 @@ def settle_unchanged(loads: Sequence[TableLoad], states: Mapping[str, Mapping[st
             try:
                 conn.execute("; ".join(SESSION))  # (one round trip)
                 database = row_versions.database_catalog(query_one)
-                for index, load, mode, where, cursor_from in candidates:
-                    plan, started = load.plan, time.monotonic()
-                    state = states[plan.destination_table]
-                    if plan.disposition == "merge" and (
-                            state.get(DEFINITION_STATE_KEY) is None
-                            or state.get(DEFINITION_STATE_KEY)
-                            != definitions.get(plan.table.oid)):
-                        continue  # (a partition or an enum label may have changed: its read says)
-                    versions, table_rows = row_versions.token_and_rows(query_one, plan,
-                                                                        hash_salt, database)
-                    if versions != state[VERSIONS_STATE_KEY]:
+                started = time.monotonic()
+                asked = [(index, load, mode, where, cursor_from)
+                         for index, load, mode, where, cursor_from in candidates
+                         if _definition_unchanged(load.plan, states, definitions)]
+                rows = _pipelined(conn, [row_versions.versions_sql(load.plan, with_database=False)
+                                         for _, load, *_ in asked])
+                same = []
+                for (index, load, mode, where, cursor_from), row in zip(asked, rows, strict=True):
+                    plan = load.plan
+                    versions, table_rows = row_versions.token_of_row(row, plan, hash_salt,
+                                                                     database)
+                    if versions != states[plan.destination_table][VERSIONS_STATE_KEY]:
                         tokens[plan.destination_table] = versions
                         continue
+                    same.append((index, load, mode, where, cursor_from, table_rows))
+                counted = iter(_pipelined(conn, [
+                    f"SELECT count(*) FROM {qualified_name(load.plan)} WHERE {where}"
+                    for _, load, _, where, *_ in same if where is not None]))
+                # The tables were asked together: each is given an equal share of the time.
+                share = (time.monotonic() - started) / max(1, len(asked))
+                for index, load, mode, where, cursor_from, table_rows in same:
+                    plan = load.plan
                     snapshot_rows = table_rows
                     if where is not None:
-                        row = query_one(f"SELECT count(*) FROM {qualified_name(plan)} "
-                                        f"WHERE {where}")
+                        row = next(counted)
                         snapshot_rows = int(row[0]) if row else 0
                     result = LoadResult(
                         table=plan.name, destination_table=plan.destination_table, rows=0,
-                        snapshot_rows=snapshot_rows, load_id=state.get(LOAD_ID_KEY),
-                        duration_s=time.monotonic() - started, mode=mode,
-                        cursor_from=cursor_from, table_rows=table_rows, status="unchanged")
+                        snapshot_rows=snapshot_rows,
+                        load_id=states[plan.destination_table].get(LOAD_ID_KEY),
+                        duration_s=share, mode=mode, cursor_from=cursor_from,
+                        table_rows=table_rows, status="unchanged")
                     result.extra["unchanged"] = "versions"
                     found[index] = result
             finally:
@@ -102,6 +114,27 @@ def settle_unchanged(loads: Sequence[TableLoad], states: Mapping[str, Mapping[st
         log.info("unchanged tables were not looked for before the reads (%s): each read "
                  "compares its own row versions", describe(exc))
     return found, tokens
+
+
+def _definition_unchanged(plan: Any, states: Mapping[str, Mapping[str, Any]],
+                          definitions: Mapping[int, str]) -> bool:
+    """False for a merged table whose partitions or enum labels may have changed since its
+    last load (its read says what changed)."""
+    if plan.disposition != "merge":
+        return True
+    stored = states[plan.destination_table].get(DEFINITION_STATE_KEY)
+    return stored is not None and stored == definitions.get(plan.table.oid)
+
+
+def _pipelined(conn: Any, statements: Sequence[str]) -> list[tuple | None]:
+    """The first row of each of `statements`, sent together in psycopg's pipeline mode: one
+    round trip for a step's tables rather than one a table (over a network to a managed
+    PostgreSQL, a round trip is ~0.5-1 ms; 1,000 tables ask 1,000-2,000 questions)."""
+    if not statements:
+        return []
+    with conn.pipeline():
+        cursors = [conn.execute(sql) for sql in statements]
+    return [cursor.fetchone() for cursor in cursors]
 
 
 def _candidate(load: TableLoad, states: Mapping[str, Mapping[str, Any]],

@@ -91,8 +91,8 @@ def token_and_rows(query_one: Callable[[str], tuple | None], plan: TablePlan,
     and one that returns `Decimal`s give the same token."""
     if database is None:
         return token_of_row(query_one(versions_sql(plan)), plan, hash_salt)
-    row = tuple(query_one(versions_sql(plan, with_database=False)) or ())
-    return _token(row[:3], (*row[3:], *database), plan, hash_salt)
+    return token_of_row(query_one(versions_sql(plan, with_database=False)), plan, hash_salt,
+                        database)
 
 
 def versions_sql(plan: TablePlan, with_database: bool = True) -> str:
@@ -106,11 +106,12 @@ def versions_sql(plan: TablePlan, with_database: bool = True) -> str:
             f"{database}\nFROM {table} AS t")
 
 
-def token_of_row(row: tuple | None, plan: TablePlan, hash_salt: bytes | None
-                 ) -> tuple[str, int]:
-    """The token and the row count from the row of `versions_sql`."""
+def token_of_row(row: tuple | None, plan: TablePlan, hash_salt: bytes | None,
+                 database: tuple | None = None) -> tuple[str, int]:
+    """The token and the row count from the row of `versions_sql` (asked without the
+    database's part when `database`, from `database_catalog` in the same snapshot, is given)."""
     row = tuple(row or ())
-    return _token(row[:3], row[3:], plan, hash_salt)
+    return _token(row[:3], (*row[3:], *(database or ())), plan, hash_salt)
 
 
 def _token(rows: Sequence[Any] | None, catalog: Sequence[Any] | None, plan: TablePlan,

@@ -20,7 +20,7 @@ from pg_to_bq.planning.overrides import load_overrides
 from pg_to_bq.planning.tables import build_plans
 from pg_to_bq.postgres.discovery import discover
 from pg_to_bq.postgres.row_versions import _dollar_quoted
-from pg_to_bq_tests.conftest import duck_rows, run_sql
+from pg_to_bq_tests.conftest import duck_rows, pg_rows, run_sql
 
 
 def _load(url: str, table: str, tmp_path: Path, **kwargs) -> LoadResult:
@@ -219,3 +219,101 @@ def test_a_token_asked_with_the_databases_part_once_equals_one_asked_alone(
         assert len(database) == 2 and all(database)
         assert row_versions.token_and_rows(query_one, plan, None, database) == alone
         assert alone[1] == 50
+
+
+STEP = '''
+    CREATE TABLE notes (n int, body text);
+    INSERT INTO notes SELECT g, 'note ' || g FROM generate_series(1, 40) g;
+    CREATE TABLE orders (id int PRIMARY KEY, total numeric(10, 2), updated_at timestamptz);
+    INSERT INTO orders SELECT g, g * 1.25, '2026-01-01'::timestamptz + g * interval '1 h'
+        FROM generate_series(1, 60) g;
+    CREATE TABLE kinds (code text PRIMARY KEY, label text);
+    INSERT INTO kinds VALUES ('a', 'A'), ('b', 'B');
+    CREATE TABLE "Odd ""Name""" (k int PRIMARY KEY, v text, updated_at timestamptz);
+    INSERT INTO "Odd ""Name""" SELECT g, 'v' || g, '2026-02-01' FROM generate_series(1, 5) g;
+'''
+STEP_TABLES = ("notes", "orders", "kinds", 'Odd "Name"')
+STEP_COLUMNS = {"notes": ("n, body", "n, body"),
+                "orders": ("id, total, updated_at", "id, total, updated_at"),
+                "kinds": ("code, label", "code, label"),
+                'Odd "Name"': ("k, v, updated_at", "k")}
+
+
+def _step(url: str, tmp_path: Path, source_url: str | None = None) -> dict[str, LoadResult]:
+    from pg_to_bq.load.group import load_group
+    from pg_to_bq.load.results import TableLoad
+
+    with psycopg.connect(url) as conn:
+        catalog = discover(conn, schemas=["public"])
+    plans = {plan.table.name: plan for plan in build_plans(catalog, "duckdb")}
+    results = load_group([TableLoad(plans[name]) for name in STEP_TABLES], pipeline_name="step",
+                         source_url=source_url or url,
+                         destination=duckdb_destination(str(tmp_path / "dest.duckdb")),
+                         dataset="raw", work_dir=tmp_path / "work")
+    return {plans[name].table.name: result for name, result in zip(STEP_TABLES, results,
+                                                                     strict=True)}
+
+
+def _assert_step_matches_source(url: str, tmp_path: Path,
+                                results: dict[str, LoadResult]) -> None:
+    for table, (columns, order) in STEP_COLUMNS.items():
+        quoted = '"' + table.replace('"', '""') + '"'
+        loaded = '"' + results[table].destination_table.replace('"', '""') + '"'
+        assert duck_rows(tmp_path / "dest.duckdb",
+                         f"SELECT {columns} FROM raw.{loaded} ORDER BY {order}") == \
+            pg_rows(url, f"SELECT {columns} FROM public.{quoted} ORDER BY {order}"), table
+
+
+def test_a_step_asks_its_tables_together_and_reads_each_changed_one(
+        pg_url: str, tmp_path: Path) -> None:
+    """A step asks the row versions of all its candidate tables together (one round trip,
+    `pg_to_bq.load.unchanged`): each answer must go to its own table. Unchanged tables —
+    replaced, merged by a cursor, an odd name — are skipped; a table updated, one with a
+    row inserted past its cursor are read, and the destination equals the source."""
+    run_sql(pg_url, STEP)
+    assert {t: r.status for t, r in _step(pg_url, tmp_path).items()} == \
+        dict.fromkeys(STEP_TABLES, "loaded")
+    again = _step(pg_url, tmp_path)
+    for result in again.values():
+        _assert_skipped(result)
+    # (A table merged by its cursor counts the rows its read would: its lookback window.)
+    assert {t: (r.mode, r.snapshot_rows) for t, r in again.items()} == \
+        {"notes": ("full", 40), "orders": ("incremental", 1), "kinds": ("full", 2),
+         'Odd "Name"': ("incremental", 5)}
+
+    run_sql(pg_url, """
+        UPDATE notes SET body = 'edited' WHERE n = 7;
+        INSERT INTO orders VALUES (61, 99.99, '2026-03-01');
+    """)
+    third = _step(pg_url, tmp_path)
+    assert {t: r.status for t, r in third.items()} == \
+        {"notes": "loaded", "orders": "loaded", "kinds": "unchanged", 'Odd "Name"': "unchanged"}
+    assert third['Odd "Name"'].snapshot_rows == 5
+    # (The incremental read starts at its cursor, inclusive: the last row loaded and the new one.)
+    assert (third["notes"].rows, third["orders"].rows) == (40, 2)
+    _assert_step_matches_source(pg_url, tmp_path, third)
+
+
+def test_a_table_whose_row_versions_cannot_be_asked_fails_alone(pg_url: str,
+                                                                 tmp_path: Path) -> None:
+    """When asking one table's row versions fails (here the role lost its SELECT), the step
+    looks for no unchanged table before its reads: every table is read and compares its
+    own, the one that cannot be read fails with PostgreSQL's reason, and the others load
+    exactly."""
+    role = "versions_" + pg_url.rsplit("/", 1)[1]
+    run_sql(pg_url, STEP + f"CREATE ROLE {role} LOGIN; "
+                           f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role};")
+    as_role = pg_url.replace("postgres@", f"{role}@", 1)
+    try:
+        assert {r.status for r in _step(pg_url, tmp_path, as_role).values()} == {"loaded"}
+        run_sql(pg_url, f"REVOKE SELECT ON kinds FROM {role}; "
+                        "UPDATE notes SET body = 'edited' WHERE n = 3;")
+        results = _step(pg_url, tmp_path, as_role)
+        assert results["kinds"].status == "failed"
+        assert "permission denied for table kinds" in (results["kinds"].error or "")
+        assert all(results[t].status in ("loaded", "unchanged")
+                   for t in STEP_TABLES if t != "kinds")
+        assert results["notes"].status == "loaded"
+        _assert_step_matches_source(pg_url, tmp_path, results)
+    finally:
+        run_sql(pg_url, f"DROP OWNED BY {role}; DROP ROLE {role};")
