@@ -38,8 +38,9 @@ DEFAULT_PARALLEL_MIN_BYTES = 256 * 1024**2
 DEFAULT_FRESHNESS_BUDGET = timedelta(hours=3)
 # Tables up to this many rows have their destination's figures compared every run.
 DEFAULT_DRIFT_MAX_ROWS = 10_000_000
-# Tables a step loads at most, on average (measured: benchmarks/many_tables.py). 1,000
-# tables load in 16 steps of ~62 (35.4-35.9 s) rather than 32 of ~31 (37.8-38.6 s under 50):
+# Tables a step loads at most, on average. 1,000 tables (benchmarks/many_tables.py's) load in
+# 16 steps of ~62 in 35.4-35.9 s rather than 32 of ~31 in 37.8-38.6 s under 50 (whole
+# `pg-to-bq sync` processes, alternated):
 # a step's own costs (its Dagster step, dlt pipeline, load package, schema update, queries
 # for its figures and states, the file's checkpoint) outweigh what grows with its size.
 DEFAULT_STEP_TABLES = 100
