@@ -19,10 +19,13 @@ import dagster as dg
 
 from pg_to_bq.checks import outcomes as checks
 from pg_to_bq.planning.catalog import Table
-from pg_to_bq.planning.groups import DEFAULT_OWN_STEP_BYTES
 from pg_to_bq.planning.naming import dagster_name
 from pg_to_bq.planning.overrides import Overrides
-from pg_to_bq.planning.settings import DEFAULT_DRIFT_MAX_ROWS, DEFAULT_STEP_TABLES
+from pg_to_bq.planning.settings import (
+    DEFAULT_DRIFT_MAX_ROWS,
+    DEFAULT_OWN_STEP_BYTES,
+    DEFAULT_STEP_TABLES,
+)
 from pg_to_bq.planning.tables import TablePlan
 
 # An asset-key part keeps the name when it is made of (Unicode) letters, digits, `_`, `-`

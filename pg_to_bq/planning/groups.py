@@ -20,11 +20,10 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pg_to_bq.planning.settings import DEFAULT_STEP_TABLES
+from pg_to_bq.planning.settings import DEFAULT_OWN_STEP_BYTES, DEFAULT_STEP_TABLES
 from pg_to_bq.planning.tables import TablePlan
 
-# Tables at least this large on disk (or this many rows) load in a step of their own.
-DEFAULT_OWN_STEP_BYTES = 64 * 1024**2
+# Tables of this many rows (or `DEFAULT_OWN_STEP_BYTES` on disk) load in a step of their own.
 OWN_STEP_ROWS = 500_000
 
 

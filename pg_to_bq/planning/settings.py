@@ -38,12 +38,14 @@ DEFAULT_PARALLEL_MIN_BYTES = 256 * 1024**2
 DEFAULT_FRESHNESS_BUDGET = timedelta(hours=3)
 # Tables up to this many rows have their destination's figures compared every run.
 DEFAULT_DRIFT_MAX_ROWS = 10_000_000
-# Tables a step loads at most, on average. 1,000 tables (benchmarks/many_tables.py's) load in
-# 16 steps of ~62 in 35.4-35.9 s rather than 32 of ~31 in 37.8-38.6 s under 50 (whole
-# `pg-to-bq sync` processes, alternated):
-# a step's own costs (its Dagster step, dlt pipeline, load package, schema update, queries
-# for its figures and states, the file's checkpoint) outweigh what grows with its size.
+# Tables a step loads at most, on average: a step's own costs (its Dagster step, dlt
+# pipeline, load package, schema update, queries for its figures and states, the file's
+# checkpoint) outweigh what grows with its size. 1,000 tables (benchmarks/many_tables.py's)
+# load in 16 steps of ~62 in 35.4-35.9 s rather than 32 of ~31 in 37.8-38.6 s under 50
+# (whole `pg-to-bq sync` processes, alternated).
 DEFAULT_STEP_TABLES = 100
+# Tables at least this large on disk load in a step of their own (`PG_TO_BQ_OWN_STEP_BYTES`).
+DEFAULT_OWN_STEP_BYTES = 64 * 1024**2
 _DATASET_RE = re.compile(r"^[A-Za-z0-9_]{1,1024}$")
 
 
@@ -107,7 +109,7 @@ class Settings:
     hash_salt_set: bool = False
     hash_salt_secret: str | None = None
     step_tables: int = DEFAULT_STEP_TABLES
-    own_step_bytes: int = 64 * 1024**2
+    own_step_bytes: int = DEFAULT_OWN_STEP_BYTES
     fingerprint: bool = True
     fingerprint_rows: int = 5_000
     # Change capture from PostgreSQL's logical replication (`pg_to_bq.postgres.cdc`): off
@@ -256,7 +258,7 @@ class Settings:
             hash_salt_set=get("HASH_SALT") is not None,
             hash_salt_secret=get("HASH_SALT_SECRET"),
             step_tables=_positive_int(get("STEP_TABLES", str(DEFAULT_STEP_TABLES)), "STEP_TABLES"),
-            own_step_bytes=_non_negative_int(get("OWN_STEP_BYTES", str(64 * 1024**2)),
+            own_step_bytes=_non_negative_int(get("OWN_STEP_BYTES", str(DEFAULT_OWN_STEP_BYTES)),
                                              "OWN_STEP_BYTES"),
             fingerprint=_bool(get("FINGERPRINT", "true"), "FINGERPRINT"),
             fingerprint_rows=_non_negative_int(get("FINGERPRINT_ROWS", "5000"),

@@ -191,7 +191,7 @@ def test_every_scheduled_table_has_a_freshness_policy_from_its_schedule(
 
 def test_large_and_partitioned_tables_have_a_step_of_their_own(snapshot_env, tmp_path,
                                                                 monkeypatch) -> None:
-    from pg_to_bq.planning.groups import DEFAULT_OWN_STEP_BYTES
+    from pg_to_bq.planning.settings import DEFAULT_OWN_STEP_BYTES
 
     big = Table(schema="public", name="events_big", size_bytes=DEFAULT_OWN_STEP_BYTES,
                 columns=(Column("id", "bigint", "int8", nullable=False),), primary_key=("id",))
