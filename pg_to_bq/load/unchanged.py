@@ -38,6 +38,7 @@ from pg_to_bq.load.results import LoadResult, TableLoad
 from pg_to_bq.load.state import DEFINITION_STATE_KEY, PENDING_FILL_STATE_KEY, VERSIONS_STATE_KEY
 from pg_to_bq.planning.errors import describe
 from pg_to_bq.planning.evolution import Evolution
+from pg_to_bq.planning.tables import TablePlan
 from pg_to_bq.postgres import row_versions
 from pg_to_bq.postgres.connect import connect
 from pg_to_bq.postgres.sql import SESSION, qualified_name
@@ -117,7 +118,7 @@ def settle_unchanged(loads: Sequence[TableLoad], states: Mapping[str, Mapping[st
     return found, tokens
 
 
-def _definition_unchanged(plan: Any, states: Mapping[str, Mapping[str, Any]],
+def _definition_unchanged(plan: TablePlan, states: Mapping[str, Mapping[str, Any]],
                           definitions: Mapping[int, str]) -> bool:
     """False for a merged table whose partitions or enum labels may have changed since its
     last load (its read says what changed)."""
