@@ -8,8 +8,10 @@ from typing import Any
 from pg_to_bq.planning.tables import TablePlan
 
 
-def bigquery_hints(resource: Any, plan: TablePlan) -> Any:
-    """Table description from the PostgreSQL comment; the table's partitioning and clustering.
+def bigquery_hints(plan: TablePlan, columns: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Mark the partitioning and clustering columns among `columns` (dlt column hints by
+    name, changed in place) and return the table's own hints: its description from the
+    PostgreSQL comment and its clustering.
 
     Set as dlt hints directly: `bigquery_adapter` replaces the resource's column hints with
     only its own, which would drop every column's type and description.
@@ -21,7 +23,6 @@ def bigquery_hints(resource: Any, plan: TablePlan) -> Any:
         TABLE_DESCRIPTION_HINT,
     )
 
-    columns = {c.name: c.dlt_hint() for c in plan.columns}
     table_hints: dict[str, Any] = {}
     if plan.table.comment:
         table_hints[TABLE_DESCRIPTION_HINT] = plan.table.comment
@@ -32,6 +33,4 @@ def bigquery_hints(resource: Any, plan: TablePlan) -> Any:
         for name in names:
             columns[name][CLUSTER_HINT] = True
         table_hints[CLUSTER_COLUMNS_HINT] = names
-    resource.apply_hints(columns=list(columns.values()),
-                         additional_table_hints=table_hints or None)
-    return resource
+    return table_hints

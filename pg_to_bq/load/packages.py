@@ -18,6 +18,7 @@ from typing import Any
 
 import dlt
 from dlt.common.schema import Schema
+from dlt.common.schema.utils import new_table
 
 from pg_to_bq.destinations import soft_deletes
 from pg_to_bq.destinations.bigquery import bigquery_hints
@@ -142,8 +143,8 @@ def load_files(pipeline: dlt.Pipeline, read: list[TableRead]) -> tuple[dict[str,
 
 def _load_package(pipeline: dlt.Pipeline, read: list[TableRead], refresh: bool = False
                   ) -> tuple[dict[str, str], str | None]:
-    resources = [_resource(pipeline, item) for item in read]
     schema = Schema(pipeline.pipeline_name, normalizers={"names": "direct"})
+    resources = [_resource(pipeline, item, schema) for item in read]
     # extract, normalize and load rather than `run`: `run` would query the destination's
     # state a second time, and with a package left over from an interrupted run it loads
     # only that package and returns without reading the tables. `drop_resources` drops the
@@ -222,37 +223,62 @@ def job_error(failed_message: str | None) -> str:
     return lines[-1].strip()[:2000] if lines else "the load job failed"
 
 
-def _resource(pipeline: dlt.Pipeline, item: TableRead) -> Any:
+def _columns(pipeline: dlt.Pipeline, item: TableRead) -> tuple[dict[str, dict[str, Any]],
+                                                              dict[str, Any]]:
+    """The dlt hints of `item`'s columns (by name, in the table's order) and its table's own
+    hints (BigQuery's description and clustering)."""
+    plan = item.plan
+    columns = {c.name: c.dlt_hint() for c in plan.columns}
+    if plan.soft_deletes:
+        # Absent from the file: dlt writes it NULL for every row it loads (a row inserted
+        # again under a deleted key is live again). A whole read of a table holding rows
+        # marked deleted merges (`merges_whole`): replacing the table would drop them.
+        columns[soft_deletes.HINT["name"]] = dict(soft_deletes.HINT)
+    table_hints: dict[str, Any] = {}
+    if pipeline.destination.destination_name == "bigquery":
+        table_hints = bigquery_hints(plan, columns)
+    return columns, table_hints
+
+
+def _resource(pipeline: dlt.Pipeline, item: TableRead, schema: Schema) -> Any:
+    """`item`'s file as a dlt resource; its columns go into `schema`, the package's.
+
+    The columns are declared in the package's schema, not as the resource's hints: dlt
+    validates a resource's hints and writes them out as YAML for its metrics on every
+    extract, which for 1,000 tables of 12 columns took ~10% of a first sync. The key
+    columns stay on the resource, so that dlt applies the key as it always does (replacing
+    the old key, if it changed, rather than adding to it)."""
     plan = item.plan
     path = item.path
+    table = plan.destination_table
+    columns, table_hints = _columns(pipeline, item)
+    disposition = "replace" if item.mode == "full" and not item.merges_whole else "merge"
+    schema.update_table(new_table(table, write_disposition=disposition,
+                                  columns=list(columns.values()), resource=table,
+                                  file_format="parquet"))
+    key = list(plan.destination_primary_key)
 
     def table_file() -> Iterator[Any]:
         # An empty file still has the columns: dlt creates (or, on replace, empties) the table.
         yield dlt.mark.with_file_import(str(path), "parquet",
                                         items_count=item.reader.stats.rows)
 
-    columns = [c.dlt_hint() for c in plan.columns]
-    if plan.soft_deletes:
-        # Absent from the file: dlt writes it NULL for every row it loads (a row inserted
-        # again under a deleted key is live again). A whole read of a table holding rows
-        # marked deleted merges (`merges_whole`): replacing the table would drop them.
-        columns.append(soft_deletes.HINT)
     resource = dlt.resource(
         table_file,
-        name=plan.destination_table,
+        name=table,
         # A file holds each key once (one snapshot of a table whose key PostgreSQL keeps
         # unique), so dlt's merge skips its deduplication: a window over every staged row,
         # which under DuckDB's small buffer pool took 6.5 of a 1M-row merge's ~8 s. (Under a
         # key the tables file declares and the data does not keep, every row is loaded;
         # deduplicating kept one of them, and the table failed its check every run.)
-        write_disposition="replace" if item.mode == "full" and not item.merges_whole
+        write_disposition="replace" if disposition == "replace"
         else {"disposition": "merge", "deduplicated": True},
-        primary_key=list(plan.destination_primary_key) or None,
-        columns=columns,
+        primary_key=key or None,
+        columns=[columns[name] for name in key if name in columns] or None,
         file_format="parquet",
     )
-    if pipeline.destination.destination_name == "bigquery":
-        resource = bigquery_hints(resource, plan)
+    if table_hints:
+        resource.apply_hints(additional_table_hints=table_hints)
     return resource
 
 
