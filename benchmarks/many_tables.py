@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/many_tables.py --shapes 100x1000,1000x1000
 
-For each shape (TABLESxROWS) it builds a database of that many 7-column tables (named like an
+For each shape (TABLESxROWS, or groups joined by `+`: `1000x1000+2x1000000` is 1,000 small
+tables with two 1M-row tables among them) it builds a database of that many 7-column tables (named like an
 application's: most in `public`, some in a second schema `billing`, some with mixed-case names
 or spaces that need quoting) in an embedded PostgreSQL 18 (or on --pg-url), then loads ALL of
 them into a fresh DuckDB file once per path, each path a fresh process driven as a user
@@ -40,6 +41,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -127,14 +129,31 @@ def database_url(url: str, database: str) -> str:
     return urlunsplit(parts._replace(path="/" + database))
 
 
-def build_database(admin_url: str, tables: int, rows: int, reuse: bool, log=print) -> dict:
+def shape_label(groups: list[tuple[int, int]]) -> str:
+    """`1000x1000`, or `1000x1000+2x1000000` for groups of tables of different sizes."""
+    return "+".join(f"{tables}x{rows}" for tables, rows in groups)
+
+
+def row_counts(groups: list[tuple[int, int]]) -> list[int]:
+    """Each table's rows, in `table_names` order: the groups one after the other (the last
+    groups' tables, the big ones, get the last names, in `public` and `billing` alike)."""
+    return [rows for tables, rows in groups for _ in range(tables)]
+
+
+def build_database(admin_url: str, tables: int, rows: int, reuse: bool, log=print,
+                   groups: list[tuple[int, int]] | None = None) -> dict:
     """Create database `many_tables_{tables}x{rows}` (or reuse it when `reuse` and it was
-    built by this version for this shape): the tables, 50 a round trip, then VACUUM ANALYZE."""
+    built by this version for this shape): the tables, 50 a round trip, then VACUUM ANALYZE.
+    `groups` ((tables, rows), ...) replaces `tables` and `rows` for a shape of several sizes
+    (database `many_tables_1000x1000_2x1000000`)."""
     import psycopg
     from psycopg import sql
 
-    database = f"many_tables_{tables}x{rows}"
-    comment = f"{BUILD_VERSION} {tables}x{rows}"
+    groups = groups or [(tables, rows)]
+    counts = row_counts(groups)
+    tables, label = len(counts), shape_label(groups)
+    database = "many_tables_" + label.replace("+", "_")
+    comment = f"{BUILD_VERSION} {label}"
     url = database_url(admin_url, database)
     with psycopg.connect(admin_url, autocommit=True) as conn:
         existing = conn.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database "
@@ -145,10 +164,10 @@ def build_database(admin_url: str, tables: int, rows: int, reuse: bool, log=prin
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
                 sql.Identifier(database)))
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
-            _fill(url, tables, rows, log)
+            _fill(url, counts, log)
             conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(
                 sql.Identifier(database), sql.Literal(comment)))
-            log(f"  built {tables:,} tables × {rows:,} rows in {time.monotonic() - started:.1f}s")
+            log(f"  built {describe_groups(groups)} in {time.monotonic() - started:.1f}s")
         else:
             log(f"  reusing database {database}")
     with psycopg.connect(url, autocommit=True) as conn:
@@ -161,22 +180,29 @@ def build_database(admin_url: str, tables: int, rows: int, reuse: bool, log=prin
         _warm_up(conn, table_names(tables))
     if stats[0] != tables:
         raise RuntimeError(f"{database}: {stats[0]} tables, {tables} expected")
-    return {"database": database, "url": url, "tables": tables, "rows": rows,
+    return {"database": database, "url": url, "tables": tables, "rows": sum(counts),
+            "counts": counts, "groups": groups, "label": label,
             "total_bytes": stats[1], "server_version": version,
             "max_connections": max_connections}
 
 
-def _fill(url: str, tables: int, rows: int, log) -> None:
+def describe_groups(groups: list[tuple[int, int]]) -> str:
+    return " + ".join(f"{tables:,} table{'s' * (tables != 1)} × {rows:,} rows"
+                      for tables, rows in groups)
+
+
+def _fill(url: str, counts: list[int], log) -> None:
     import psycopg
     from psycopg import sql
 
+    tables = len(counts)
     names = table_names(tables)
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(SECOND_SCHEMA)))
         for start in range(0, tables, 50):
             script = "".join(
                 CREATE_SQL.format(table=sql.Identifier(schema, name).as_string(conn),
-                                  seed=start + offset, rows=int(rows))
+                                  seed=start + offset, rows=counts[start + offset])
                 for offset, (schema, name) in enumerate(names[start:start + 50]))
             conn.execute(script)  # one round trip: a multi-statement simple query
             if tables > 200 and (start + 50) % 200 == 0:
@@ -348,10 +374,11 @@ def verify(m: Measurement, duckdb_path: Path, shape: dict) -> None:
         return
     if m.tables != shape["tables"]:
         m.problems.append(f"{m.tables} tables in DuckDB, {shape['tables']} in PostgreSQL")
-    short = sum(c != shape["rows"] for c in counts)
-    if m.rows != shape["tables"] * shape["rows"] or short:
-        m.problems.append(f"{m.rows:,} rows in DuckDB, {shape['tables'] * shape['rows']:,} in "
-                          f"PostgreSQL ({short} table(s) without exactly {shape['rows']:,})")
+    # Tables are counted in the destination's name order: compared as multisets of sizes.
+    short = (Counter(shape["counts"]) - Counter(counts)).total()
+    if m.rows != shape["rows"] or short:
+        m.problems.append(f"{m.rows:,} rows in DuckDB, {shape['rows']:,} in PostgreSQL "
+                          f"({short} table(s) without their source's row count)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -374,7 +401,7 @@ def pg_to_bq_env(url: str, work: Path, dagster_home: Path | None = None) -> dict
 def measure_shape(shape: dict, paths: list[str], args: argparse.Namespace,
                   pg_cpu: PostgresCpu | None, rep: int) -> list[Measurement]:
     """One repetition: every chosen path once, in order, each into fresh directories."""
-    tag = f"{shape['tables']}x{shape['rows']}"
+    tag = shape["label"]
     base = args.data_dir / "work" / tag / str(rep)
     logs = args.data_dir / "logs" / tag / str(rep)
     shutil.rmtree(base, ignore_errors=True)
@@ -495,11 +522,11 @@ def render_shape(shape: dict, runs: list[Measurement], paths: list[str]) -> list
     second = sum(schema == SECOND_SCHEMA for schema, _ in names)
     camel = sum(name[0].isupper() for _, name in names)
     spaces = sum(" " in name for _, name in names)
-    lines = [f"### {shape['tables']:,} tables × {shape['rows']:,} rows",
+    lines = [f"### {describe_groups(shape['groups'])}",
              "",
              f"{shape['tables']:,} tables ({shape['tables'] - second:,} in `public`, {second:,} in "
              f"`{SECOND_SCHEMA}`; {camel:,} with CamelCase and {spaces:,} with spaced names), "
-             f"{shape['tables'] * shape['rows']:,} rows, "
+             f"{shape['rows']:,} rows, "
              f"{shape['total_bytes'] / 2**20:.0f} MB on disk (database `{shape['database']}`).",
              "",
              "| path | what runs | tables | rows | wall (s), median (min–max) | "
@@ -607,13 +634,17 @@ def dlt_settings() -> dict[str, str]:
             if "__" in k and k.split("__")[0] in DLT_SECTIONS}
 
 
-def parse_shapes(text: str) -> list[tuple[int, int]]:
+def parse_shapes(text: str) -> list[list[tuple[int, int]]]:
+    """`100x1000,1000x1000+2x1000000` -> [[(100, 1000)], [(1000, 1000), (2, 1000000)]]."""
     shapes = []
     for item in text.split(","):
-        tables, _, rows = item.strip().lower().partition("x")
-        shapes.append((int(tables), int(rows)))
-        if shapes[-1][0] < 1 or shapes[-1][1] < 1:
-            raise ValueError(item)
+        groups = []
+        for group in item.strip().lower().split("+"):
+            tables, _, rows = group.partition("x")
+            groups.append((int(tables), int(rows)))
+            if groups[-1][0] < 1 or groups[-1][1] < 1:
+                raise ValueError(item)
+        shapes.append(groups)
     return shapes
 
 
@@ -624,7 +655,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shapes", default="100x1000,1000x1000",
-                        help="comma-separated TABLESxROWS (rows per table)")
+                        help="comma-separated TABLESxROWS (rows per table); groups of "
+                             "several sizes joined by + (1000x1000+2x1000000)")
     parser.add_argument("--paths", default=",".join(ALL_PATHS),
                         help=f"comma-separated subset of {','.join(ALL_PATHS)}")
     parser.add_argument("--repeat", type=int, default=1, help="runs per path (median reported)")
@@ -644,7 +676,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         shapes_wanted = parse_shapes(args.shapes)
     except ValueError:
-        parser.error(f"--shapes {args.shapes!r}: expected e.g. 100x1000,1000x1000")
+        parser.error(f"--shapes {args.shapes!r}: expected e.g. 100x1000,1000x1000+2x1000000")
     import run  # benchmarks/run.py: what the benchmarks share
 
     wanted = run.chosen_paths(parser, args.paths, ALL_PATHS)
@@ -656,11 +688,11 @@ def main(argv: list[str] | None = None) -> int:
     shapes: list[dict] = []
     runs: dict[str, list[Measurement]] = {}
     with run.postgres(args, info) as admin_url:
-        for tables, rows in shapes_wanted:
-            print(f"{tables:,} tables × {rows:,} rows: building (reused with --keep-db) ...",
+        for groups in shapes_wanted:
+            print(f"{describe_groups(groups)}: building (reused with --keep-db) ...",
                   flush=True)
-            shape = build_database(admin_url, tables, rows, reuse=args.keep_db,
-                                   log=lambda m: print(m, flush=True))
+            shape = build_database(admin_url, 0, 0, reuse=args.keep_db,
+                                   log=lambda m: print(m, flush=True), groups=groups)
             shapes.append(shape)
             runs[shape["database"]] = []
             pg_cpu = PostgresCpu(admin_url, shape["database"])

@@ -20,7 +20,7 @@ PATHS = ("pg_to_bq_discover", "pg_to_bq_cli", "pg_to_bq_cli_resync", "pg_to_bq_j
 def test_every_many_tables_path_runs(pg_url: str, tmp_path: Path) -> None:
     out = tmp_path / "many-tables.md"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "many_tables.py"), "--shapes", "4x50",
+        [sys.executable, str(ROOT / "benchmarks" / "many_tables.py"), "--shapes", "3x50+1x70",
          "--paths", ",".join(PATHS), "--pg-url", pg_url, "--data-dir", str(tmp_path / "data"),
          "--timeout-s", "600", "--out", str(out)],
         capture_output=True, text=True, timeout=900, cwd=ROOT,
@@ -34,10 +34,12 @@ def test_every_many_tables_path_runs(pg_url: str, tmp_path: Path) -> None:
         line = rows[f"`{path}`"]
         assert line.endswith(" | ok |"), line
         if path != "pg_to_bq_discover":  # discover loads nothing
-            assert " | 4 | 200 | " in line, line
+            # three tables of 50 rows and one of 70, each checked by the script
+            assert " | 4 | 220 | " in line, line
     assert " | 1.00× | 1.00× | " in rows["`pg_to_bq_cli`"]
     # the shape covers every kind of name: a second schema, CamelCase, spaces
     assert "(3 in `public`, 1 in `billing`; 1 with CamelCase and 1 with spaced names)" in results
-    assert "Command: `python benchmarks/many_tables.py --shapes 4x50" in results
+    assert "### 3 tables × 50 rows + 1 table × 70 rows" in results
+    assert "Command: `python benchmarks/many_tables.py --shapes 3x50+1x70" in results
     # the script's own printout has the same table
     assert "| `dlt_pyarrow` |" in proc.stdout
