@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -142,6 +143,39 @@ def test_a_table_that_moves_to_another_step_keeps_its_state_and_loses_nothing(
                    "kinds": "code, label", "tags": "id, tag"}[table]
         assert duck_rows(path, f"SELECT {columns} FROM raw.{table} ORDER BY {order}") == \
             pg_rows(pg_url, f"SELECT {columns} FROM {table} ORDER BY {order}"), table
+
+
+def test_a_table_whose_key_moves_to_another_column_merges_by_the_new_key(
+        pg_url: str, settings_env, capsys) -> None:
+    """The primary key moves from `id` to `code`, then a row's `id` changes behind its
+    cursor: the copy must hold that row once, under the new key, and equal PostgreSQL; the
+    destination's key (dlt's schema, which its merge uses) is `code` alone, not both."""
+    run_sql(pg_url, """
+        CREATE TABLE items (id int PRIMARY KEY, code text NOT NULL, note text,
+                            updated_at timestamptz NOT NULL);
+        INSERT INTO items SELECT g, 'c' || g, 'n' || g,
+                                 '2026-01-01'::timestamptz + g * interval '1 h'
+            FROM generate_series(1, 10) g;
+    """)
+    path = settings_env(pg_url)
+    assert main(["sync"]) == 0
+    assert "1 loaded, 0 failed" in capsys.readouterr().out
+    run_sql(pg_url, """
+        ALTER TABLE items DROP CONSTRAINT items_pkey;
+        ALTER TABLE items ADD PRIMARY KEY (code);
+        UPDATE items SET id = 100, note = 'moved', updated_at = now() WHERE code = 'c3';
+    """)
+    assert main(["sync"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"public\.items: ok", out), out
+    columns = "id, code, note, updated_at"
+    assert duck_rows(path, f"SELECT {columns} FROM raw.items ORDER BY code") == \
+        pg_rows(pg_url, f"SELECT {columns} FROM items ORDER BY code")
+    stored = duck_rows(path, "SELECT schema FROM raw._dlt_version "
+                             "ORDER BY inserted_at DESC LIMIT 1")[0][0]
+    columns_kept = json.loads(stored)["tables"]["items"]["columns"]
+    assert [name for name, column in columns_kept.items() if column.get("primary_key")] \
+        == ["code"]
 
 
 def test_unknown_table_is_a_clear_error(sample_db_url: str, settings_env, capsys) -> None:
