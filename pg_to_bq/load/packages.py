@@ -245,9 +245,10 @@ def _resource(pipeline: dlt.Pipeline, item: TableRead, schema: Schema) -> Any:
 
     The columns are declared in the package's schema, not as the resource's hints: dlt
     validates a resource's hints and writes them out as YAML for its metrics on every
-    extract, which for 1,000 tables of 12 columns took ~10% of a first sync. The key
-    columns stay on the resource, so that dlt applies the key as it always does (replacing
-    the old key, if it changed, rather than adding to it)."""
+    extract (a 100-table step's extract: 0.41-0.67 s of CPU with the hints on the
+    resources, 0.30-0.34 s in the schema). The key columns stay on the resource, so that
+    dlt applies the key as it always does (replacing the old key, if it changed, rather
+    than adding to it)."""
     plan = item.plan
     path = item.path
     table = plan.destination_table
