@@ -290,7 +290,8 @@ def main() -> int:
             runs += measure(big, scratch, admin, "postgres", True, log)
         if args.tables:
             log(f"{args.tables:,} small tables")
-            built = many_tables.build_database(admin, args.tables, 1000, reuse=False, log=log)
+            built = many_tables.build_database(admin, [(args.tables, 1000)], reuse=False,
+                                                log=log)
             facts["small"] = built
             small = Shape(f"{args.tables} small tables", built["url"],
                           many_tables.table_names(args.tables), 1000)

@@ -140,16 +140,14 @@ def row_counts(groups: list[tuple[int, int]]) -> list[int]:
     return [rows for tables, rows in groups for _ in range(tables)]
 
 
-def build_database(admin_url: str, tables: int, rows: int, reuse: bool, log=print,
-                   groups: list[tuple[int, int]] | None = None) -> dict:
-    """Create database `many_tables_{tables}x{rows}` (or reuse it when `reuse` and it was
-    built by this version for this shape): the tables, 50 a round trip, then VACUUM ANALYZE.
-    `groups` ((tables, rows), ...) replaces `tables` and `rows` for a shape of several sizes
-    (database `many_tables_1000x1000_2x1000000`)."""
+def build_database(admin_url: str, groups: list[tuple[int, int]], reuse: bool,
+                   log=print) -> dict:
+    """Create database `many_tables_{tables}x{rows}` for `groups` [(tables, rows)] (for
+    several sizes, `many_tables_1000x1000_2x1000000`), or reuse it when `reuse` and it was
+    built by this version for this shape: the tables, 50 a round trip, then VACUUM ANALYZE."""
     import psycopg
     from psycopg import sql
 
-    groups = groups or [(tables, rows)]
     counts = row_counts(groups)
     tables, label = len(counts), shape_label(groups)
     database = "many_tables_" + label.replace("+", "_")
@@ -691,8 +689,8 @@ def main(argv: list[str] | None = None) -> int:
         for groups in shapes_wanted:
             print(f"{describe_groups(groups)}: building (reused with --keep-db) ...",
                   flush=True)
-            shape = build_database(admin_url, 0, 0, reuse=args.keep_db,
-                                   log=lambda m: print(m, flush=True), groups=groups)
+            shape = build_database(admin_url, groups, reuse=args.keep_db,
+                                   log=lambda m: print(m, flush=True))
             shapes.append(shape)
             runs[shape["database"]] = []
             pg_cpu = PostgresCpu(admin_url, shape["database"])
