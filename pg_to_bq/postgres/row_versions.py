@@ -79,20 +79,16 @@ def token(reader: TableReader, plan: TablePlan, hash_salt: bytes | None) -> str:
 
 def database_catalog(query_one: Callable[[str], tuple | None]) -> tuple:
     """The database's part of every table's token (its enum labels and composite types),
-    in the snapshot the caller holds: for `token_and_rows` of tables in that snapshot."""
+    in the snapshot the caller holds: for `token_of_row` of tables in that snapshot."""
     return tuple(query_one(f"SELECT {_DATABASE_CATALOG}") or ())
 
 
 def token_and_rows(query_one: Callable[[str], tuple | None], plan: TablePlan,
-                   hash_salt: bytes | None, database: tuple | None = None) -> tuple[str, int]:
+                   hash_salt: bytes | None) -> tuple[str, int]:
     """`token`, and the table's rows, asked with `query_one` (one row of a query, in the
-    snapshot the caller holds; `database`, if given, from `database_catalog` in that same
-    snapshot): the values are compared as text, so a driver that returns numerics as text
-    and one that returns `Decimal`s give the same token."""
-    if database is None:
-        return token_of_row(query_one(versions_sql(plan)), plan, hash_salt)
-    return token_of_row(query_one(versions_sql(plan, with_database=False)), plan, hash_salt,
-                        database)
+    snapshot the caller holds): the values are compared as text, so a driver that returns
+    numerics as text and one that returns `Decimal`s give the same token."""
+    return token_of_row(query_one(versions_sql(plan)), plan, hash_salt)
 
 
 def versions_sql(plan: TablePlan, with_database: bool = True) -> str:
