@@ -44,6 +44,9 @@ class WindowTracker:
         self.max: Any = None
         self.kept: list[pa.RecordBatch] = []
         self.overflow = False
+        # What the next incremental run must read back to skip its load (or None), once
+        # the table is read (`finish`).
+        self.window: dict[str, Any] | None = None
 
     def add(self, batch: pa.RecordBatch) -> None:
         column = batch.column(self.column)
@@ -66,8 +69,15 @@ class WindowTracker:
         values, bound = _comparable(batch.column(self.column), _minus(self.max, self.lookback))
         return batch.filter(pc.greater_equal(values, bound))
 
-    def digest(self, schema: pa.Schema) -> dict[str, Any] | None:
-        """What the next incremental run must read back to skip its load, or None."""
+    def finish(self, schema: pa.Schema) -> None:
+        """The table is read: digest the kept rows (`window`) and let them go. Called in the
+        thread that read the table, so that DuckDB digests while other tables are read
+        (digesting 1,000 small tables' windows after their load took ~1.3 s of a step's
+        main thread)."""
+        self.window = self._digest(schema)
+        self.kept = []
+
+    def _digest(self, schema: pa.Schema) -> dict[str, Any] | None:
         if self.overflow or (self.max is None and self.mode != "incremental"):
             return None
         # (An incremental run that read nothing keeps its cursor: the next run reads the

@@ -442,6 +442,9 @@ class TableReads:
                     report(reader.stats.rows)
                     unchanged = TableRead(plan, mode, cursor_from, None, reader, Path(), started)
                     result = unchanged.result(state.get(LOAD_ID_KEY), status="unchanged")
+                    # (read back, not loaded: the materialization's `rows_loaded` and the
+                    # CLI's line say 0, as for a table whose row versions were unchanged)
+                    result.rows = 0
                     result.cursor_to = max_of(ahead, plan)
                     result.extra["unchanged"] = True
                     return result
@@ -457,6 +460,8 @@ class TableReads:
             loader_imports.start(self.destination_name)
             path, _ = write_table_file(batches(), reader.schema, files,
                                        self.destination_name)
+            if tracker is not None:
+                tracker.finish(reader.schema)
             source_fingerprint = None
             if self.fingerprint_rows is not None:
                 source_fingerprint = source_side_fingerprint(plan, reader, mode,

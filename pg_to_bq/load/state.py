@@ -130,7 +130,7 @@ def commit_states(queries: Any, loaded: list[TableRead],
             state[CURSOR_STATE_KEY] = state_value(tracker.max)
         elif item.mode == "full":
             state.pop(CURSOR_STATE_KEY, None)
-        window = tracker.digest(item.reader.schema) if tracker is not None else None
+        window = tracker.window if tracker is not None else None
         if window is None:
             state.pop(WINDOW_STATE_KEY, None)
         else:

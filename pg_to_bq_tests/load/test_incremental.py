@@ -327,3 +327,26 @@ def test_a_declared_key_the_data_does_not_keep_loses_no_row(pg_url: str, setting
     assert main(["sync"]) == 0, capsys.readouterr().out
     assert duck_rows(path, "SELECT count(*) FROM raw.visits WHERE k = 7") == [(3,)]
     assert_mirrored_in_duckdb(pg_url, path, "visits")
+
+
+def test_a_lookback_window_read_back_as_last_loaded_is_not_loaded_again(
+        pg_url: str, settings_env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A merged table too big for its row versions to be asked (`row_versions.applies`) reads
+    its lookback window each run; the window's digest, taken in the thread that read the
+    table (`WindowTracker.finish`) and stored with the state, says when those rows are the
+    ones last loaded. Then nothing is loaded; a change inside the window is."""
+    monkeypatch.setattr("pg_to_bq.postgres.row_versions.MERGE_MAX_BYTES", 0)
+    run_sql(pg_url, ORDERS_SQL)
+    path = settings_env(pg_url)
+    defs = build_definitions(Settings.from_env())
+    assert metadata_of(materialize(defs))["load_mode"] == "full"
+
+    again = metadata_of(materialize(defs))
+    assert again["load_mode"] == "incremental" and again["rows_loaded"] == 0
+    assert again["unchanged"] == "the rows of the lookback window read back as last loaded"
+
+    run_sql(pg_url, "UPDATE orders SET status = 'paid' WHERE id = 1000")
+    changed = metadata_of(materialize(defs))
+    assert changed["load_mode"] == "incremental" and changed["rows_loaded"] >= 1
+    assert "unchanged" not in changed
+    assert duck_rows(path, "SELECT status FROM raw.orders WHERE id = 1000") == [("paid",)]
