@@ -25,6 +25,7 @@ from pg_to_bq.checks.fingerprint import (
     split_many,
 )
 from pg_to_bq.checks.outcomes import FINGERPRINT, CheckOutcome, not_computed
+from pg_to_bq.destinations import query_threads
 from pg_to_bq.destinations.soft_deletes import rows_of
 from pg_to_bq.planning.errors import describe
 from pg_to_bq.planning.tables import TablePlan
@@ -88,14 +89,27 @@ def compare_fingerprints(pipeline: Any, loaded: list[TableRead], live: Collectio
     if not ready:
         return outcomes
     kind = pipeline.destination.destination_name
+
+    def failed(items: Sequence[TableRead], exc: Exception) -> None:
+        for item in items:
+            outcomes.setdefault(item.plan.destination_table, not_computed(
+                FINGERPRINT, f"values not computed: the destination side failed ({describe(exc)})"))
+
     try:
         with pipeline.sql_client() as client:
-            for start in range(0, len(ready), FINGERPRINT_QUERY_TABLES):
-                chunk = ready[start:start + FINGERPRINT_QUERY_TABLES]
-                items = [(r.plan, rows_of(client, r.plan.destination_table,
-                                          r.plan.destination_table in live),
-                          r.fingerprint[0]) for r in chunk]  # type: ignore[index]
-                rows = split_many(client.execute_sql(destination_sql_many(items, kind)) or [])
+            parts = query_threads.chunks(ready, FINGERPRINT_QUERY_TABLES,
+                                         query_threads.ways(client))
+            statements = [destination_sql_many(
+                [(r.plan, rows_of(client, r.plan.destination_table,
+                                  r.plan.destination_table in live),
+                  r.fingerprint[0]) for r in chunk], kind)  # type: ignore[index]
+                for chunk in parts]
+            for chunk, answer in zip(parts, query_threads.answers(client, statements),
+                                     strict=True):
+                if isinstance(answer, Exception):
+                    failed(chunk, answer)
+                    continue
+                rows = split_many(answer)
                 for index, item in enumerate(chunk):
                     scope, source = item.fingerprint  # type: ignore[misc]
                     destination = parse(item.plan, rows[index], scope)
@@ -103,9 +117,7 @@ def compare_fingerprints(pipeline: Any, loaded: list[TableRead], live: Collectio
                         source, destination, skipped=not_compared(item.plan),
                         disposition=item.plan.disposition)
     except Exception as exc:  # noqa: BLE001 - the loads stand; the check says why it did not run
-        for item in ready:
-            outcomes.setdefault(item.plan.destination_table, not_computed(
-                FINGERPRINT, f"values not computed: the destination side failed ({describe(exc)})"))
+        failed(ready, exc)
     return outcomes
 
 
@@ -132,21 +144,25 @@ def destination_figures(pipeline: Any, tables: Mapping[str, Sequence[tuple[str, 
     name = engine(pipeline)
     items = list(tables.items())
     with pipeline.sql_client() as client:
-        def ask(chunk: list[tuple[str, Sequence[tuple[str, str]]]]) -> None:
-            sql = drift.figures_sql(kind, [(rows_of(client, t, t in live), columns)
-                                           for t, columns in chunk])
-            for index, answer in client.execute_sql(sql) or []:
+        def sql(chunk: Sequence[tuple[str, Sequence[tuple[str, str]]]]) -> str:
+            return drift.figures_sql(kind, [(rows_of(client, t, t in live), columns)
+                                            for t, columns in chunk])
+
+        def take(chunk: Sequence[tuple[str, Sequence[tuple[str, str]]]],
+                 rows: Sequence[tuple]) -> None:
+            for index, answer in rows:
                 table, columns = chunk[int(index)]
                 found[table] = drift.parse(name, answer, [c for c, _ in columns])
 
-        for start in range(0, len(items), drift.QUERY_TABLES):
-            chunk = items[start:start + drift.QUERY_TABLES]
-            try:
-                ask(chunk)
-            except Exception:  # noqa: BLE001 - narrowed to the table below
-                for item in chunk:
-                    try:
-                        ask([item])
-                    except Exception as exc:  # noqa: BLE001 - this table is not compared
-                        log.info("no figures for %s: %s", item[0], describe(exc))
+        parts = query_threads.chunks(items, drift.QUERY_TABLES, query_threads.ways(client))
+        for chunk, answer in zip(parts, query_threads.answers(client, [sql(c) for c in parts]),
+                                 strict=True):
+            if not isinstance(answer, Exception):
+                take(chunk, answer)
+                continue
+            for item in chunk:  # narrowed to the table
+                try:
+                    take([item], client.execute_sql(sql([item])) or [])
+                except Exception as exc:  # noqa: BLE001 - this table is not compared
+                    log.info("no figures for %s: %s", item[0], describe(exc))
     return found
