@@ -97,8 +97,7 @@ def compare_fingerprints(pipeline: Any, loaded: list[TableRead], live: Collectio
 
     try:
         with pipeline.sql_client() as client:
-            parts = query_threads.chunks(ready, FINGERPRINT_QUERY_TABLES,
-                                         query_threads.ways(client))
+            parts = query_threads.chunks_for(client, ready, FINGERPRINT_QUERY_TABLES)
             statements = [destination_sql_many(
                 [(r.plan, rows_of(client, r.plan.destination_table,
                                   r.plan.destination_table in live),
@@ -154,7 +153,7 @@ def destination_figures(pipeline: Any, tables: Mapping[str, Sequence[tuple[str, 
                 table, columns = chunk[int(index)]
                 found[table] = drift.parse(name, answer, [c for c, _ in columns])
 
-        parts = query_threads.chunks(items, drift.QUERY_TABLES, query_threads.ways(client))
+        parts = query_threads.chunks_for(client, items, drift.QUERY_TABLES)
         for chunk, answer in zip(parts, query_threads.answers(client, [sql(c) for c in parts]),
                                  strict=True):
             if not isinstance(answer, Exception):
