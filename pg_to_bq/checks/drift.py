@@ -27,7 +27,7 @@ from typing import Any
 
 from pg_to_bq.checks.fingerprint.scope import quote_for
 
-# Tables one figures query covers.
+# Tables one figures query covers (in DuckDB, fewer: `pg_to_bq.destinations.query_threads`).
 QUERY_TABLES = 50
 
 

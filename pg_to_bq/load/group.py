@@ -390,7 +390,7 @@ class _GroupRun:
     def figures_before(self, states: Mapping[str, Mapping[str, Any]],
                        columns_now: Mapping[str, Mapping[str, Any]]) -> dict[str, drift.Figures]:
         """The destination's figures now of each table whose trusted state holds the figures
-        its last load left (one query per 50 tables): only columns that are still there are
+        its last load left (one query for many tables): only columns that are still there are
         asked; a column gone from the destination shows as a difference."""
         if self.drift_max_rows is None or not states:
             return {}

@@ -70,7 +70,8 @@ def source_side_fingerprint(plan: TablePlan, reader: TableReader, mode: str, ful
         return f"not computed: the PostgreSQL side failed ({describe(exc)})"
 
 
-# Tables whose destination side one query computes.
+# Tables whose destination side one query computes (BigQuery: each query is a round trip;
+# DuckDB asks fewer at a time, `query_threads.DUCKDB_QUERY_TABLES`).
 FINGERPRINT_QUERY_TABLES = 50
 
 
@@ -133,9 +134,10 @@ def engine(pipeline: Any) -> str:
 def destination_figures(pipeline: Any, tables: Mapping[str, Sequence[tuple[str, str]]],
                         live: Collection[str] = ()) -> dict[str, drift.Figures]:
     """The whole-table figures (`pg_to_bq.checks.drift`) of `tables` (destination table ->
-    its (column, logical type) pairs), one query per `drift.QUERY_TABLES` tables. A chunk
-    whose query fails (a column dropped by hand) is asked table by table; a table that still
-    fails has no figures (logged): it is not compared this run."""
+    its (column, logical type) pairs), one query per `drift.QUERY_TABLES` tables (fewer in
+    DuckDB, two at a time: `pg_to_bq.destinations.query_threads`). A chunk whose query fails
+    (a column dropped by hand) is asked table by table; a table that still fails has no
+    figures (logged): it is not compared this run."""
     found: dict[str, drift.Figures] = {}
     if not tables:
         return found
