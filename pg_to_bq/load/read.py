@@ -442,9 +442,6 @@ class TableReads:
                     report(reader.stats.rows)
                     unchanged = TableRead(plan, mode, cursor_from, None, reader, Path(), started)
                     result = unchanged.result(state.get(LOAD_ID_KEY), status="unchanged")
-                    # (read back, not loaded: the materialization's `rows_loaded` and the
-                    # CLI's line say 0, as for a table whose row versions were unchanged)
-                    result.rows = 0
                     result.cursor_to = max_of(ahead, plan)
                     result.extra["unchanged"] = True
                     return result

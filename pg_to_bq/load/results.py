@@ -199,7 +199,10 @@ class TableRead:
         stats = self.reader.stats
         return LoadResult(
             table=self.plan.name, destination_table=self.plan.destination_table,
-            rows=stats.rows, snapshot_rows=stats.snapshot_rows, load_id=load_id,
+            # An unchanged table loaded nothing, whatever it read back to find out (its
+            # lookback window): the materialization's `rows_loaded` and the CLI say 0.
+            rows=0 if status == "unchanged" else stats.rows,
+            snapshot_rows=stats.snapshot_rows, load_id=load_id,
             duration_s=time.monotonic() - self.started, mode=self.mode,
             cursor_from=self.cursor_from, cursor_to=self.tracker.max if self.tracker else None,
             batches=stats.batches, table_rows=stats.table_rows, streams=stats.streams,
