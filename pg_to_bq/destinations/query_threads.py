@@ -60,10 +60,8 @@ def chunks_for(client: Any, items: Sequence[T], most: int) -> list[Sequence[T]]:
 def duckdb_connection(client: Any) -> Any | None:
     """The DuckDB connection under `client`, pg_to_bq's (`DuckDBClient.connection`) or dlt's
     (`native_connection`), or None for any other client."""
-    try:
-        import duckdb
-    except ImportError:  # pragma: no cover - DuckDB is a dependency
-        return None
+    import duckdb
+
     for name in ("connection", "native_connection"):
         connection = getattr(client, name, None)
         if isinstance(connection, duckdb.DuckDBPyConnection):
