@@ -47,6 +47,7 @@ from pg_to_bq.checks.outcomes import CheckOutcome, row_count_outcome
 from pg_to_bq.destinations.lazy import LazyDestination, lazy
 from pg_to_bq.destinations.row_counts import destination_counts, one_connection
 from pg_to_bq.destinations.soft_deletes import add_column, live_tables
+from pg_to_bq.destinations.state_table import read_states
 from pg_to_bq.destinations.writer_lock import exclusive
 from pg_to_bq.load.changes import CaptureState, capture_state, delete_keys
 from pg_to_bq.load.memory import release_memory
@@ -253,10 +254,11 @@ class _GroupRun:
         queries = self.queries
         with ThreadPoolExecutor(1, thread_name_prefix="pg_to_bq-unchanged") as pool:
             with self.destination_lock(), one_connection(queries):
-                evolutions, columns_now = evolutions_of(queries, plans)
+                stored = read_states(queries, [p.destination_table for p in plans]) \
+                    if self.record_state else {}
+                evolutions, columns_now = evolutions_of(queries, plans, stored)
                 self.live = live_tables(columns_now)
-                states, doubts = trusted_states(queries, plans, evolutions, self.live) \
-                    if self.record_state else ({}, {})
+                states, doubts = trusted_states(queries, plans, evolutions, stored, self.live)
                 capture = self.capture_state(states)
                 # The tables whose row versions are those of their last load, found without
                 # reading (`pg_to_bq.load.unchanged`): PostgreSQL is asked while the

@@ -4,7 +4,7 @@ first), the columns changed in place."""
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from pg_to_bq.destinations.schema import (
@@ -21,24 +21,29 @@ from pg_to_bq.destinations.state_table import (
     write_states,
 )
 from pg_to_bq.load.results import TableRead
-from pg_to_bq.load.state import PENDING_FILL_STATE_KEY
+from pg_to_bq.load.state import CREATED_TYPES_STATE_KEY, PENDING_FILL_STATE_KEY
 from pg_to_bq.planning.errors import describe
 from pg_to_bq.planning.evolution import Evolution, StoredColumn, diff
 from pg_to_bq.planning.tables import TablePlan
 
 
-def evolutions_of(queries: Any, plans: Sequence[TablePlan]
+def evolutions_of(queries: Any, plans: Sequence[TablePlan],
+                  states: Mapping[str, Mapping[str, Any]]
                   ) -> tuple[dict[str, Evolution], dict[str, dict[str, StoredColumn]]]:
     """What each table's load must do about schema changes (`pg_to_bq.planning.evolution`),
     and the columns each table has in the destination now (one query; `queries`: a dlt
-    pipeline, or pg_to_bq's own connection, `pg_to_bq.destinations.duckdb_session`)."""
+    pipeline, or pg_to_bq's own connection, `pg_to_bq.destinations.duckdb_session`).
+    `states`: the tables' stored states, whose types the last load created speak where the
+    destination reports a type without its parameters."""
     if not plans:
         return {}, {}
     stored = stored_columns(queries, [p.destination_table for p in plans])
     kind = queries.destination.destination_name
-    return {p.destination_table: diff(planned_types(p, kind), stored.get(p.destination_table),
-                                      kind, frozenset(p.destination_primary_key))
-            for p in plans}, stored
+    return {p.destination_table: diff(
+        planned_types(p, kind), stored.get(p.destination_table), kind,
+        frozenset(p.destination_primary_key),
+        created=states.get(p.destination_table, {}).get(CREATED_TYPES_STATE_KEY))
+        for p in plans}, stored
 
 
 def prepare(pipeline: Any, read: list[TableRead], states: dict[str, dict[str, Any]],

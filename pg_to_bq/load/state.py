@@ -16,6 +16,7 @@ from typing import Any
 
 from pg_to_bq.checks.drift import Figures
 from pg_to_bq.destinations.row_counts import destination_counts
+from pg_to_bq.destinations.schema import planned_types
 from pg_to_bq.destinations.state_table import (
     INVALIDATED_KEY,
     LOAD_ID_KEY,
@@ -24,7 +25,6 @@ from pg_to_bq.destinations.state_table import (
     SOURCE_OID_KEY,
     doubt,
     invalidated,
-    read_states,
     write_states,
 )
 from pg_to_bq.load.cursor import CURSOR_STATE_KEY, state_value
@@ -61,17 +61,25 @@ COLUMNS_STATE_KEY = "columns"
 LOADED_COLUMNS_STATE_KEY = "loaded_columns"
 
 
+# The parameterized destination types (`NUMERIC(10,2)`) the last load gave the columns, by
+# destination name: where the destination reports a type without its parameters (the
+# BigQuery emulator), they show what a change of precision or scale changes
+# (`pg_to_bq.planning.evolution.diff`).
+CREATED_TYPES_STATE_KEY = "created_types"
+
+
 def trusted_states(queries: Any, plans: Sequence[TablePlan],
-                    evolutions: Mapping[str, Evolution], live: Collection[str] = ()
+                    evolutions: Mapping[str, Evolution], stored: Mapping[str, dict[str, Any]],
+                    live: Collection[str] = ()
                     ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
-    """Each table's stored state (`pg_to_bq.destinations.state_table`) when the destination
-    table still holds the rows it covers, and why not for the others (whose state is then
-    empty, so they are read whole). One query for the group's row counts and loads.
+    """Of each table's `stored` state (`pg_to_bq.destinations.state_table.read_states`), the
+    ones whose destination table still holds the rows they cover, and why not for the others
+    (whose state is then empty, so they are read whole). One query for the group's row
+    counts and loads.
 
     A state still marked as loading belongs to a load killed before it recorded its rows:
     its cursor is behind them (which only re-reads rows), but its figures describe the
     table before that load, so they are dropped (not compared) this run."""
-    stored = read_states(queries, [p.destination_table for p in plans])
     if not stored:
         return {}, {}
     oids = {p.destination_table: p.table.oid for p in plans}
@@ -107,6 +115,7 @@ def commit_states(queries: Any, loaded: list[TableRead],
     next run reads it whole. A failure here leaves the previous states, which no longer match
     the tables' rows: the next run reads those tables whole."""
     states: dict[str, dict[str, Any]] = {}
+    kind = queries.destination.destination_name
     for result in results:
         table = result.destination_table
         if result.lost:
@@ -153,6 +162,12 @@ def commit_states(queries: Any, loaded: list[TableRead],
             state[DEFINITION_STATE_KEY] = item.definition
         state[COLUMNS_STATE_KEY] = {c.source.name: c.source.type for c in item.plan.columns}
         state[LOADED_COLUMNS_STATE_KEY] = [c.name for c in item.plan.columns]
+        created = {name: type_ for name, type_ in planned_types(item.plan, kind).items()
+                   if "(" in type_}
+        if created:
+            state[CREATED_TYPES_STATE_KEY] = created
+        else:
+            state.pop(CREATED_TYPES_STATE_KEY, None)
         state.pop(PENDING_FILL_STATE_KEY, None)  # done: the load and its fill succeeded
         _set_figures(state, figures.get(table))
         states[table] = state

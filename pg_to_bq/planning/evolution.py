@@ -96,9 +96,13 @@ def normalize_type(type_: str) -> str:
 
 
 def diff(planned: Mapping[str, str], stored: Mapping[str, StoredColumn] | None,
-         kind: str, keys: frozenset[str] = frozenset()) -> Evolution:
+         kind: str, keys: frozenset[str] = frozenset(),
+         created: Mapping[str, str] | None = None) -> Evolution:
     """Compare the planned columns (destination name → destination type) with the stored
-    table (None: it does not exist). `keys` are the primary key's destination columns."""
+    table (None: it does not exist). `keys` are the primary key's destination columns.
+    `created`: the parameterized types (`NUMERIC(10,2)`) pg_to_bq gave the columns at the
+    table's last load, which speak for a destination that reports a type without its
+    parameters."""
     if not stored:
         return Evolution(exists=False)
     by_folded = {name.casefold(): column for name, column in stored.items()}
@@ -109,10 +113,16 @@ def diff(planned: Mapping[str, str], stored: Mapping[str, StoredColumn] | None,
             added.append(name)
             continue
         old, new = normalize_type(column.type), normalize_type(type_)
+        remembered = normalize_type((created or {}).get(name, ""))
+        if _unparameterized(old) and remembered.split("(")[0] == old:
+            # The destination reports the type without its parameters (the BigQuery
+            # emulator's INFORMATION_SCHEMA says NUMERIC for NUMERIC(12,2), and keeps the
+            # scale: a value of more decimals would be rounded); the type the column was
+            # created with at the last load says them.
+            old = remembered
         if old == new or _unparameterized(old) == new.split("(")[0]:
-            # A destination that reports a type without its parameters (the BigQuery
-            # emulator's INFORMATION_SCHEMA says NUMERIC for NUMERIC(12,2)) cannot show a
-            # change of them; BigQuery itself reports them.
+            # Without a type remembered, a change of parameters cannot be seen there
+            # (BigQuery itself reports them).
             continue
         if widens(old, new, kind):
             widened.append(Change("widened", name, old, new))

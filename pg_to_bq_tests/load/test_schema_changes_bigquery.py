@@ -1,10 +1,10 @@
 """BigQuery tier: schema changes through dlt's real BigQuery destination into the emulator.
 
-As far as the emulator goes: its INFORMATION_SCHEMA reports NUMERIC without the precision
-and scale BigQuery reports (`NUMERIC(12, 2)`), so an in-place widening of a decimal cannot
-be seen there (it is tested against DuckDB, and `pg_to_bq.planning.evolution.widens` knows
-BigQuery's rules); a new column filled by key (UPDATE … FROM), a dropped column kept, and a
-type change reloading the table are tested here, row for row.
+The emulator's INFORMATION_SCHEMA (and its tables API) reports NUMERIC without the
+precision and scale BigQuery reports (`NUMERIC(12, 2)`), while it keeps the scale the column
+was created with: the widening of a decimal is found from the types the last load created,
+kept in the table's state, and tested here. A new column filled by key (UPDATE … FROM), a
+dropped column kept, and a type change reloading the table are tested here too, row for row.
 """
 
 from __future__ import annotations
@@ -120,3 +120,28 @@ def test_a_table_emptied_while_its_columns_changed_into_bigquery(
                                     f"SELECT column_name FROM `{project}.emptied`."
                                     "INFORMATION_SCHEMA.COLUMNS WHERE table_name = 'plain'")}
     assert {"a", "b", "c3"} <= columns
+
+
+def test_a_decimal_widened_in_postgresql_keeps_its_new_decimals_in_bigquery(
+        pg_url: str, settings_env, tmp_path, bigquery_emulator, capsys) -> None:
+    """numeric(10,2) → numeric(14,4), then a value of four decimals: the column is widened in
+    place and the value arrives exact. The emulator reports the column as NUMERIC either way
+    and rounds a value to the scale it was created with; before the types the last load
+    created were kept in the table's state, the widening went unseen there and the value
+    arrived as 3656.30 (the check then failed the table on every run). Found by the
+    migration fuzzer (`test_migration_fuzzer.py`, a random seed)."""
+    run_sql(pg_url, "CREATE TABLE prices (id bigint PRIMARY KEY, w numeric(10,2),"
+                    " updated_at timestamptz NOT NULL);"
+                    "INSERT INTO prices VALUES (1, 1.5, now()), (2, 2.25, now())")
+    settings_env(pg_url, destination="bigquery", bigquery_project=bigquery_emulator.project_id,
+                 bigquery_key_file=str(bigquery_emulator.key_file(tmp_path)), dataset="widened")
+    assert main(["sync", "--refresh-catalog"]) == 0
+    run_sql(pg_url, "ALTER TABLE prices ALTER COLUMN w TYPE numeric(14,4);"
+                    "INSERT INTO prices VALUES (3, 3656.2994, now())")
+    capsys.readouterr()
+    assert main(["sync"]) == 0, capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "column w changed type: widened in place (NUMERIC(10,2) → NUMERIC(14,4))" in out
+    project = bigquery_emulator.project_id
+    assert bq(bigquery_emulator, f"SELECT id, w FROM `{project}.widened.prices` ORDER BY id") \
+        == [(1, Decimal("1.5")), (2, Decimal("2.25")), (3, Decimal("3656.2994"))]
