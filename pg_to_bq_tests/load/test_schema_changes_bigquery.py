@@ -24,6 +24,23 @@ def bq(emulator, sql: str) -> list[tuple]:
     return [tuple(row.values()) for row in emulator.client().query_and_wait(sql)]
 
 
+def first_sync_into(emulator, dataset: str, pg_url: str, settings_env, tmp_path) -> None:
+    """Settings for the emulator's `dataset`, and a first `pg-to-bq sync`."""
+    settings_env(pg_url, destination="bigquery", bigquery_project=emulator.project_id,
+                 bigquery_key_file=str(emulator.key_file(tmp_path)), dataset=dataset)
+    assert main(["sync", "--refresh-catalog"]) == 0
+
+
+def sync_after(pg_url: str, statements: str, capsys) -> str:
+    """Run `statements` in PostgreSQL, then `pg-to-bq sync`, which must succeed: its output."""
+    run_sql(pg_url, statements)
+    capsys.readouterr()
+    status = main(["sync"])
+    out = capsys.readouterr().out
+    assert status == 0, out
+    return out
+
+
 def test_schema_changes_load_themselves_into_bigquery(pg_url: str, settings_env, tmp_path,
                                                       bigquery_emulator, capsys) -> None:
     run_sql(pg_url, """
@@ -107,13 +124,9 @@ def test_a_table_emptied_while_its_columns_changed_into_bigquery(
     load job: its old rows go, a column added is created (dlt made no job before)."""
     run_sql(pg_url, "CREATE TABLE plain (a int, b text);"
                     "INSERT INTO plain SELECT g, 'b' || g FROM generate_series(1, 50) g")
-    settings_env(pg_url, destination="bigquery", bigquery_project=bigquery_emulator.project_id,
-                 bigquery_key_file=str(bigquery_emulator.key_file(tmp_path)), dataset="emptied")
-    assert main(["sync", "--refresh-catalog"]) == 0
-    run_sql(pg_url, "DELETE FROM plain; ALTER TABLE plain DROP COLUMN a;"
-                    "ALTER TABLE plain ADD COLUMN c3 int")
-    capsys.readouterr()
-    assert main(["sync"]) == 0, capsys.readouterr().out
+    first_sync_into(bigquery_emulator, "emptied", pg_url, settings_env, tmp_path)
+    sync_after(pg_url, "DELETE FROM plain; ALTER TABLE plain DROP COLUMN a;"
+                       "ALTER TABLE plain ADD COLUMN c3 int", capsys)
     project = bigquery_emulator.project_id
     assert bq(bigquery_emulator, f"SELECT count(*) FROM `{project}.emptied.plain`") == [(0,)]
     columns = {row[0] for row in bq(bigquery_emulator,
@@ -133,14 +146,9 @@ def test_a_decimal_widened_in_postgresql_keeps_its_new_decimals_in_bigquery(
     run_sql(pg_url, "CREATE TABLE prices (id bigint PRIMARY KEY, w numeric(10,2),"
                     " updated_at timestamptz NOT NULL);"
                     "INSERT INTO prices VALUES (1, 1.5, now()), (2, 2.25, now())")
-    settings_env(pg_url, destination="bigquery", bigquery_project=bigquery_emulator.project_id,
-                 bigquery_key_file=str(bigquery_emulator.key_file(tmp_path)), dataset="widened")
-    assert main(["sync", "--refresh-catalog"]) == 0
-    run_sql(pg_url, "ALTER TABLE prices ALTER COLUMN w TYPE numeric(14,4);"
-                    "INSERT INTO prices VALUES (3, 3656.2994, now())")
-    capsys.readouterr()
-    assert main(["sync"]) == 0, capsys.readouterr().out
-    out = capsys.readouterr().out
+    first_sync_into(bigquery_emulator, "widened", pg_url, settings_env, tmp_path)
+    out = sync_after(pg_url, "ALTER TABLE prices ALTER COLUMN w TYPE numeric(14,4);"
+                             "INSERT INTO prices VALUES (3, 3656.2994, now())", capsys)
     assert "column w changed type: widened in place (NUMERIC(10,2) → NUMERIC(14,4))" in out
     project = bigquery_emulator.project_id
     assert bq(bigquery_emulator, f"SELECT id, w FROM `{project}.widened.prices` ORDER BY id") \
