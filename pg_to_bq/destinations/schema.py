@@ -95,6 +95,17 @@ def alter_statements(pipeline: Any, plan: TablePlan, evolution: Evolution,
     return statements
 
 
+def drop_table(pipeline: Any, table: str) -> None:
+    """Drop `table` and its staging copy, where they exist. dlt's own drop (`refresh=
+    "drop_resources"`) drops only the tables its pipeline's schema holds: a table another
+    pipeline loaded (one found new in PostgreSQL, or one that moved to another step) would be
+    kept, with its columns' old types."""
+    with pipeline.sql_client() as client:
+        client.drop_tables(table)
+        with contextlib.suppress(Exception), client.with_staging_dataset():
+            client.drop_tables(table)  # (no staging dataset: nothing to drop)
+
+
 def apply(pipeline: Any, statements: Sequence[tuple[str, str]]) -> None:
     """Run each statement on the table; on its staging copy too, where there is one."""
     with pipeline.sql_client() as client:

@@ -10,6 +10,7 @@ from typing import Any
 from pg_to_bq.destinations.schema import (
     alter_statements,
     apply,
+    drop_table,
     forget_stored_schema,
     planned_types,
     stored_columns,
@@ -74,9 +75,14 @@ def prepare(pipeline: Any, read: list[TableRead], states: dict[str, dict[str, An
     if pending:
         write_states(pipeline, pending)
         states.update(pending)
-    if any(not item.evolution.exists for item in read):
+    reloads = [i for i in read if i.refresh]
+    failures = keep_aside_before_reload(pipeline, reloads, live)
+    failures.update(drop_before_reload(
+        pipeline, [i for i in reloads if i.plan.destination_table not in failures]))
+    if any(not item.evolution.exists for item in read) or reloads:
+        # (dlt then compares every table of the package with the destination, and creates
+        # the ones dropped, under their new types)
         forget_stored_schema(pipeline)
-    failures = keep_aside_before_reload(pipeline, [i for i in read if i.refresh], live)
     for item in read:
         evolution = item.evolution
         if item.refresh or not (evolution.widened or evolution.relax):
@@ -88,6 +94,21 @@ def prepare(pipeline: Any, read: list[TableRead], states: dict[str, dict[str, An
             failures[item.plan.destination_table] = (
                 f"table {item.plan.name}: the destination refused to change its columns in "
                 f"place ({describe(exc)}); a full refresh (--full-refresh) loads it again")
+    return failures
+
+
+def drop_before_reload(pipeline: Any, reloads: Sequence[TableRead]) -> dict[str, str]:
+    """Drop each table about to be loaded again under a new column type (its state was
+    invalidated first, and its soft-deleted rows kept aside); a table that could not be
+    dropped fails, left as it was."""
+    failures = {}
+    for item in reloads:
+        try:
+            drop_table(pipeline, item.plan.destination_table)
+        except Exception as exc:  # noqa: BLE001 - this table's own failure
+            failures[item.plan.destination_table] = (
+                f"table {item.plan.name}: could not be dropped before its reload under a new "
+                f"column type ({describe(exc)}); the table is left as it was")
     return failures
 
 

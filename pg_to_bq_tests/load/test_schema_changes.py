@@ -252,6 +252,30 @@ def test_a_new_table_is_loaded_by_the_next_sync_and_becomes_its_own_asset(evolvi
     assert "[new]" not in out and "public.invoices: unchanged" in out
 
 
+def test_a_column_of_a_table_first_loaded_as_new_is_retyped_by_its_reload(evolving,
+                                                                          capsys) -> None:
+    """A table found new in PostgreSQL (here: renamed) is loaded by a pipeline of its own;
+    from the next sync it loads with its step's. A type change then reloads it under the new
+    type: pg_to_bq drops the table itself. Before, the reload relied on dlt's drop, which
+    drops only what its pipeline's schema holds: the table was kept with its old column type,
+    the text values were cast back into DECIMAL(12,2), and one that was not a number failed
+    the table on every run (found by the migration fuzzer with a random seed). A table that
+    moves to another step (`PG_TO_BQ_STEP_TABLES`) loads with another pipeline the same way."""
+    url, path = evolving
+    run_sql(url, "ALTER TABLE events RENAME TO events_v2")
+    assert "[new] public.events_v2: ok, 20,000 rows (full)" in sync(capsys)
+    assert "public.events_v2: unchanged" in sync(capsys)
+    run_sql(url, "ALTER TABLE events_v2 ALTER COLUMN amount TYPE text USING amount::text;"
+                 "UPDATE events_v2 SET amount = 'n/a', updated_at = now() WHERE id = 7")
+    out = sync(capsys)
+    assert "public.events_v2: column amount changed type (DECIMAL(12,2) → VARCHAR): table " \
+           "reloaded under the new type" in out
+    assert columns_of(path, "events_v2")["amount"] == "VARCHAR"
+    assert_equal(url, path, "events_v2", ["id", "title", "amount", "n", "code"], "id")
+    assert duck_rows(path, "SELECT amount FROM raw.events_v2 WHERE id IN (7, 8) ORDER BY id") \
+        == [("n/a",), ("12.00",)]
+
+
 def test_a_table_emptied_while_a_column_was_dropped_is_empty(evolving, capsys) -> None:
     """A column dropped (kept in the destination) makes dlt rewrite the table's file; an
     empty file had nothing to rewrite, so dlt made no load job: the destination kept the
