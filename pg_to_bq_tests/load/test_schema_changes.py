@@ -56,6 +56,18 @@ def sync(capsys, *args: str) -> str:
     return capsys.readouterr().out
 
 
+def amount_to_text(url: str, path: Path, table: str, capsys, marker: str, marker_id: int) -> str:
+    """`amount` becomes text in PostgreSQL and one row's is set to `marker`: the next sync
+    loads the table under VARCHAR, every row equal to the source's. The sync's output."""
+    run_sql(url, f"ALTER TABLE {table} ALTER COLUMN amount TYPE text USING amount::text;"
+                 f"UPDATE {table} SET amount = '{marker}', updated_at = now() "
+                 f"WHERE id = {marker_id}")
+    out = sync(capsys)
+    assert columns_of(path, table)["amount"] == "VARCHAR"
+    assert_equal(url, path, table, ["id", "title", "amount", "n", "code"], "id")
+    return out
+
+
 @pytest.fixture
 def evolving(pg_url: str, settings_env, capsys):
     run_sql(pg_url, EVENTS)
@@ -123,13 +135,9 @@ def test_types_widen_in_place_and_other_changes_reload(evolving, capsys) -> None
     assert_equal(url, path, "events", ["id", "title", "amount", "n", "code"], "id")
 
     # numeric to text cannot be widened: the table is loaded again under the new type.
-    run_sql(url, "ALTER TABLE events ALTER COLUMN amount TYPE text;"
-                 "UPDATE events SET amount = 'abc', updated_at = now() WHERE id = 6")
-    out = sync(capsys)
+    out = amount_to_text(url, path, "events", capsys, marker="abc", marker_id=6)
     assert "column amount changed type (DECIMAL(14,4) → VARCHAR): table reloaded under the new " \
            "type; PostgreSQL numeric(14,4) → text" in out
-    assert columns_of(path, "events")["amount"] == "VARCHAR"
-    assert_equal(url, path, "events", ["id", "title", "amount", "n", "code"], "id")
 
 
 def test_two_changes_in_one_night_then_the_scheduled_job(evolving, capsys) -> None:
@@ -265,13 +273,9 @@ def test_a_column_of_a_table_first_loaded_as_new_is_retyped_by_its_reload(evolvi
     run_sql(url, "ALTER TABLE events RENAME TO events_v2")
     assert "[new] public.events_v2: ok, 20,000 rows (full)" in sync(capsys)
     assert "public.events_v2: unchanged" in sync(capsys)
-    run_sql(url, "ALTER TABLE events_v2 ALTER COLUMN amount TYPE text USING amount::text;"
-                 "UPDATE events_v2 SET amount = 'n/a', updated_at = now() WHERE id = 7")
-    out = sync(capsys)
+    out = amount_to_text(url, path, "events_v2", capsys, marker="n/a", marker_id=7)
     assert "public.events_v2: column amount changed type (DECIMAL(12,2) → VARCHAR): table " \
            "reloaded under the new type" in out
-    assert columns_of(path, "events_v2")["amount"] == "VARCHAR"
-    assert_equal(url, path, "events_v2", ["id", "title", "amount", "n", "code"], "id")
     assert duck_rows(path, "SELECT amount FROM raw.events_v2 WHERE id IN (7, 8) ORDER BY id") \
         == [("n/a",), ("12.00",)]
 
