@@ -76,9 +76,7 @@ def prepare(pipeline: Any, read: list[TableRead], states: dict[str, dict[str, An
         write_states(pipeline, pending)
         states.update(pending)
     reloads = [i for i in read if i.refresh]
-    failures = keep_aside_before_reload(pipeline, reloads, live)
-    failures.update(drop_before_reload(
-        pipeline, [i for i in reloads if i.plan.destination_table not in failures]))
+    failures = clear_for_reload(pipeline, reloads, live)
     if any(not item.evolution.exists for item in read) or reloads:
         # (dlt then compares every table of the package with the destination, and creates
         # the ones dropped, under their new types)
@@ -97,34 +95,21 @@ def prepare(pipeline: Any, read: list[TableRead], states: dict[str, dict[str, An
     return failures
 
 
-def drop_before_reload(pipeline: Any, reloads: Sequence[TableRead]) -> dict[str, str]:
+def clear_for_reload(pipeline: Any, reloads: Sequence[TableRead],
+                     live: Collection[str]) -> dict[str, str]:
     """Drop each table about to be loaded again under a new column type (its state was
-    invalidated first, and its soft-deleted rows kept aside); a table that could not be
-    dropped fails, left as it was."""
-    failures = {}
-    for item in reloads:
-        try:
-            drop_table(pipeline, item.plan.destination_table)
-        except Exception as exc:  # noqa: BLE001 - this table's own failure
-            failures[item.plan.destination_table] = (
-                f"table {item.plan.name}: could not be dropped before its reload under a new "
-                f"column type ({describe(exc)}); the table is left as it was")
-    return failures
-
-
-def keep_aside_before_reload(pipeline: Any, reloads: Sequence[TableRead],
-                             live: Collection[str]) -> dict[str, str]:
-    """Copy the soft-deleted rows of each table about to be dropped and loaded again into a
-    table of their own (`pg_to_bq.destinations.soft_deletes.keep_aside`), said in its line;
-    a table whose rows could not be copied is not dropped: it fails."""
+    invalidated first). Of one among `live` (the tables that keep soft-deleted rows), those
+    rows are first copied into a table of their own (`pg_to_bq.destinations.soft_deletes.
+    keep_aside`), said in its line. A table whose rows could not be copied, or that could
+    not be dropped, fails, left as it was."""
     failures = {}
     for item in reloads:
         table = item.plan.destination_table
-        if table not in live:
-            continue
+        kept = None
         try:
-            with pipeline.sql_client() as client:
-                kept = keep_aside(client, table)
+            if table in live:
+                with pipeline.sql_client() as client:
+                    kept = keep_aside(client, table)
         except Exception as exc:  # noqa: BLE001 - this table's own failure
             failures[table] = (f"table {item.plan.name}: its soft-deleted rows could not be "
                                f"kept before its reload under a new column type "
@@ -133,4 +118,10 @@ def keep_aside_before_reload(pipeline: Any, reloads: Sequence[TableRead],
         if kept is not None:
             item.changes.append(f"its {kept[1]:,} soft-deleted row(s) kept in table {kept[0]} "
                                 "(the table is loaded again under a new column type)")
+        try:
+            drop_table(pipeline, table)
+        except Exception as exc:  # noqa: BLE001 - this table's own failure
+            failures[table] = (f"table {item.plan.name}: could not be dropped before its "
+                               f"reload under a new column type ({describe(exc)}); the table "
+                               "is left as it was")
     return failures
