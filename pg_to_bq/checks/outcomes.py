@@ -1,7 +1,8 @@
 """Pure checks on a load. A table has one check, `matches_source`: its rows (counted in the
 snapshot the rows were read in), its values (`pg_to_bq.checks.fingerprint`, where they
-were compared this run) and its drift (`pg_to_bq.checks.drift`: whether the destination
-changed behind pg_to_bq's back since the last load), in one evaluation that names
+were compared this run), its column types (`pg_to_bq.checks.column_types`, after a load
+that created or changed them) and its drift (`pg_to_bq.checks.drift`: whether the
+destination changed behind pg_to_bq's back since the last load), in one evaluation that names
 everything that differs. The step turns it into Dagster's check result."""
 
 from __future__ import annotations
@@ -102,10 +103,10 @@ def not_computed(name: str, why: str) -> CheckOutcome:
 
 
 def matches_source(parts: Sequence[CheckOutcome], drift: Sequence[str] = ()) -> CheckOutcome:
-    """The table's one check: `parts` (the row count and the values, those that ran) and
-    `drift` (what changed in the destination since the last load) together.
+    """The table's one check: `parts` (the row count, values and column types, those that
+    ran) and `drift` (what changed in the destination since the last load) together.
 
-    It fails with ERROR when rows or values are lost or changed, and with WARN when the
+    It fails with ERROR when rows, values or types are lost or changed, and with WARN when the
     only difference is rows the delete pass will remove (a merged table keeps rows deleted
     in PostgreSQL until then). Its description names every difference; its metadata holds
     each part's figures.

@@ -384,7 +384,8 @@ class _Report:
             print(f"  FAILED {outcome.table}: {outcome.error}")
         for outcome in gone:
             print(f"  NOT LOADED {outcome.table}: {outcome.error}")
-        noted = [o for o in loaded if o.notes]
+        # (a table that failed its check after loading says what its load changed, too)
+        noted = [o for o in outcomes if o.notes and o.status != "gone"]
         if noted:
             print("notes:")
             for outcome in noted:

@@ -61,7 +61,7 @@ from pg_to_bq.load.results import (
     Window,
     no_columns,
 )
-from pg_to_bq.load.schema_changes import evolutions_of, prepare
+from pg_to_bq.load.schema_changes import compare_types, evolutions_of, prepare
 from pg_to_bq.load.state import CDC_STATE_KEY, ROWS_KEY, commit_states, stored_figures, trusted_states
 from pg_to_bq.load.unchanged import settle_unchanged
 from pg_to_bq.load.values_check import compare_fingerprints, destination_figures, engine
@@ -333,11 +333,13 @@ class _GroupRun:
                                                    [r.destination_table for _, r in results],
                                                    live=self.live)
                 checked = compare_fingerprints(queries, [r for _, r in loaded], self.live)
+                typed = compare_types(queries, [r for _, r in loaded])
                 self.compare_figures(results, states, before)
                 after = self.figures_after(results, counts)
                 for index, result in results:
                     result.destination_rows = counts.get(result.destination_table)
                     result.fingerprint = checked.get(result.destination_table)
+                    result.types = typed.get(result.destination_table)
                     result.row_count = row_count_outcome(
                         mode=result.mode, disposition=self.loads[index].plan.disposition,
                         destination_rows=result.destination_rows,

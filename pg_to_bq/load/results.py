@@ -85,6 +85,9 @@ class LoadResult:
     fingerprint: CheckOutcome | None = None
     # The row count check, when the destination's rows were counted.
     row_count: CheckOutcome | None = None
+    # The column types check, after a load that created the table or changed its columns
+    # (`pg_to_bq.checks.column_types`).
+    types: CheckOutcome | None = None
     # What changed in the destination since the last load, not by pg_to_bq
     # (`pg_to_bq.checks.drift`), in words.
     drift: tuple[str, ...] = ()
@@ -101,9 +104,9 @@ class LoadResult:
 
     @property
     def check(self) -> CheckOutcome | None:
-        """The table's one check, `matches_source` (its rows, values and drift), when any
-        part of it ran."""
-        parts = [c for c in (self.row_count, self.fingerprint) if c is not None]
+        """The table's one check, `matches_source` (its rows, values, column types and
+        drift), when any part of it ran."""
+        parts = [c for c in (self.row_count, self.fingerprint, self.types) if c is not None]
         if not parts and not self.drift:
             return None
         return matches_source(parts, self.drift)

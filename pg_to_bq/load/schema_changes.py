@@ -1,12 +1,15 @@
 """What a step's load does about schema changes before its tables load: the changes found
 (`pg_to_bq.planning.evolution`), the fills owed, the reloads announced (their state invalidated
-first), the columns changed in place."""
+first), the columns changed in place; and after the load, whether the columns it created or
+changed have the planned types (`pg_to_bq.checks.column_types`)."""
 
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
+from pg_to_bq.checks.column_types import TYPES, types_outcome
+from pg_to_bq.checks.outcomes import CheckOutcome, not_computed
 from pg_to_bq.destinations.schema import (
     alter_statements,
     apply,
@@ -125,3 +128,24 @@ def clear_for_reload(pipeline: Any, reloads: Sequence[TableRead],
                                f"reload under a new column type ({describe(exc)}); the table "
                                "is left as it was")
     return failures
+
+
+def compare_types(queries: Any, loaded: Sequence[TableRead]) -> dict[str, CheckOutcome]:
+    """The column types part of the check of each loaded table whose load created it (new,
+    reloaded, or dropped by hand) or changed its columns: its columns asked again (one query
+    for the step) and compared with the planned types. A table whose columns did not change
+    needs no question: the comparison this load started with found them as planned."""
+    changed = [item for item in loaded
+               if not item.evolution.exists or item.evolution.changed]
+    if not changed:
+        return {}
+    kind = queries.destination.destination_name
+    try:
+        stored = stored_columns(queries, [item.plan.destination_table for item in changed])
+    except Exception as exc:  # noqa: BLE001 - the load stands; the check says why it did not run
+        return {item.plan.destination_table: not_computed(
+            TYPES, f"column types not computed: the destination failed ({describe(exc)})")
+            for item in changed}
+    return {item.plan.destination_table: types_outcome(
+        planned_types(item.plan, kind), stored.get(item.plan.destination_table), kind)
+        for item in changed}

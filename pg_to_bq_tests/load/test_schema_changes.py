@@ -280,6 +280,40 @@ def test_a_column_of_a_table_first_loaded_as_new_is_retyped_by_its_reload(evolvi
         == [("n/a",), ("12.00",)]
 
 
+def test_a_reload_that_left_the_old_column_type_fails_the_check(evolving, capsys,
+                                                              monkeypatch) -> None:
+    """After a load that changed a table's columns, the check asks the destination's column
+    types again. A reload that left the table under its old type (as dlt's drop did for a
+    table its pipeline never loaded, until pg_to_bq dropped tables itself) fails
+    `matches_source`, naming the column and both types, although every value, cast back into
+    DECIMAL(12,2), prints as PostgreSQL's text and the values part passes. The stale drop is
+    injected (pg_to_bq's `drop_table` made a no-op; dlt's own drop does not know a table
+    first loaded as new): a healthy product never leaves one, which is why a check must say
+    so if it ever does. The next run, without the fault, reloads the table under the new type."""
+    url, path = evolving
+    run_sql(url, "ALTER TABLE events RENAME TO events_v2")
+    assert "[new] public.events_v2: ok, 20,000 rows (full)" in sync(capsys)
+    assert "public.events_v2: unchanged" in sync(capsys)
+    with monkeypatch.context() as patched:
+        patched.setattr("pg_to_bq.load.schema_changes.drop_table",
+                        lambda pipeline, table: None)
+        run_sql(url, "ALTER TABLE events_v2 ALTER COLUMN amount TYPE text USING amount::text;"
+                     "UPDATE events_v2 SET updated_at = now() WHERE id = 7")
+        assert main(["sync"]) == 1
+        out = capsys.readouterr().out
+        assert "public.events_v2: column amount changed type (DECIMAL(12,2) → VARCHAR): table " \
+               "reloaded under the new type" in out
+        assert "public.events_v2: FAILED: table public.events_v2: loaded, but the destination " \
+               "differs from the source: matches_source (1 column type(s) differ from the plan: " \
+               "amount is DECIMAL(12,2) where VARCHAR was planned)" in out
+        assert columns_of(path, "events_v2")["amount"] == "DECIMAL(12,2)"
+    out = sync(capsys)
+    assert "public.events_v2: column amount changed type (DECIMAL(12,2) → VARCHAR)" in out
+    assert "public.events_v2: ok, 20,000 rows (full" in out and "checks failed" not in out
+    assert columns_of(path, "events_v2")["amount"] == "VARCHAR"
+    assert_equal(url, path, "events_v2", ["id", "title", "amount", "n", "code"], "id")
+
+
 def test_a_table_emptied_while_a_column_was_dropped_is_empty(evolving, capsys) -> None:
     """A column dropped (kept in the destination) makes dlt rewrite the table's file; an
     empty file had nothing to rewrite, so dlt made no load job: the destination kept the
