@@ -98,6 +98,18 @@ class AtomicReplaceDuckDbClient(DuckDbClient):
             return False
         return super().should_load_data_to_staging_dataset(table_name)
 
+    def _get_info_schema_columns_query(self, catalog_name: str | None, schema_name: str,
+                                       folded_table_names: list[str]) -> tuple[str, list[Any]]:
+        """dlt's, with the tables looked up as one list (`pg_to_bq.destinations.schema.
+        in_list`): dlt asks this for every table of a package whose schema is new to it."""
+        query, params = super()._get_info_schema_columns_query(catalog_name, schema_name,
+                                                               folded_table_names)
+        listed = "table_name IN (" + ",".join(["%s"] * len(folded_table_names)) + ")"
+        if not folded_table_names or listed not in query:
+            return query, params
+        return (query.replace(listed, "table_name IN (SELECT unnest(%s))"),
+                [*params[:len(params) - len(folded_table_names)], list(folded_table_names)])
+
     def _delete_schema_in_storage(self, schema: Any) -> None:
         """dlt's, except that a dataset without a version table has nothing to delete (dlt
         says it "fails silently if versions table does not exist", but DuckDB raises). The
