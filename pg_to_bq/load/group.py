@@ -25,7 +25,8 @@ The order of a group's load, and why:
    and in its own snapshot;
 3. the schema changes owed before the load (`pg_to_bq.load.schema_changes`), the load,
    the fills of new columns (`pg_to_bq.load.fill`) and the delete pass
-   (`pg_to_bq.load.deletes`), then the destination's row counts and the values check;
+   (`pg_to_bq.load.deletes`), then the destination's row counts, the values check and,
+   for the tables whose load created or changed their columns, the column types;
 4. the tables' states, written after the rows they cover: a table that failed keeps its
    previous state, and a run killed before this write leaves states that no longer match
    the tables' rows, which the next run notices.
