@@ -27,11 +27,10 @@ def types_outcome(planned: Mapping[str, str], stored: Mapping[str, StoredColumn]
         return CheckOutcome(TYPES, False, "ERROR",
                             "the table is missing from the destination after its load")
     found = diff(planned, stored, kind)
-    wrong = {change.column: {"destination": change.old_type, "planned": change.new_type}
-             for change in (*found.widened, *found.retyped)}
-    wrong.update({name: {"destination": None, "planned": planned[name]}
-                  for name in found.added})
-    wrong = {name: wrong[name] for name in planned if name in wrong}  # the table's order
+    reported = {change.column: change.old_type for change in (*found.widened, *found.retyped)}
+    # (in the table's order; a missing column is reported as None)
+    wrong = {name: {"destination": reported.get(name), "planned": type_}
+             for name, type_ in planned.items() if name in reported or name in found.added}
     if not wrong:
         return CheckOutcome(TYPES, True, "ERROR",
                             f"column types as planned ({len(planned)} column(s) asked after "
