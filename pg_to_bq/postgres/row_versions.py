@@ -38,9 +38,12 @@ KINDS = frozenset({"r", "p", "m"})
 MERGE_MAX_BYTES = 32 * 1024 * 1024
 
 _VERSION = "t.tableoid::text || ':' || t.ctid::text || ':' || t.xmin::text"
+# The hashes are bigints, summed exactly: PostgreSQL's sum of bigints is a numeric, added up
+# in 128-bit integers, the same number as a sum of each cast to numeric first, which took
+# ~15% longer (1,000-row tables).
 _ROW_VERSIONS = f"""count(*),
-       coalesce(sum(hashtextextended({_VERSION}, 0)::numeric), 0),
-       coalesce(sum(hashtextextended({_VERSION}, 1)::numeric), 0)"""
+       coalesce(sum(hashtextextended({_VERSION}, 0)), 0),
+       coalesce(sum(hashtextextended({_VERSION}, 1)), 0)"""
 
 # The table's own catalog rows (any ALTER updates them; a rewrite changes relfilenode) and
 # every enum label and composite type attribute of the database. The database's part is the
