@@ -63,9 +63,21 @@ from pg_to_bq.load.results import (
     no_columns,
 )
 from pg_to_bq.load.schema_changes import compare_types, evolutions_of, prepare
-from pg_to_bq.load.state import CDC_STATE_KEY, ROWS_KEY, commit_states, stored_figures, trusted_states
+from pg_to_bq.load.state import (
+    CDC_STATE_KEY,
+    FIGURES_STATE_KEY,
+    ROWS_KEY,
+    commit_states,
+    stored_figures,
+    trusted_states,
+)
 from pg_to_bq.load.unchanged import settle_unchanged
-from pg_to_bq.load.values_check import compare_fingerprints, destination_figures, engine
+from pg_to_bq.load.values_check import (
+    compare_fingerprints,
+    destination_figures,
+    destination_row_figures,
+    engine,
+)
 from pg_to_bq.planning.errors import describe
 from pg_to_bq.planning.settings import DEFAULT_DRIFT_MAX_ROWS, DEFAULT_PARALLEL_STREAMS
 from pg_to_bq.planning.tables import TablePlan
@@ -260,6 +272,9 @@ class _GroupRun:
                 evolutions, columns_now = evolutions_of(queries, plans, stored)
                 self.live = live_tables(columns_now)
                 states, doubts = trusted_states(queries, plans, evolutions, stored, self.live)
+                for table, reason in self.figures_doubts(states).items():
+                    del states[table]
+                    doubts[table] = reason
                 capture = self.capture_state(states)
                 # The tables whose row versions are those of their last load, found without
                 # reading (`pg_to_bq.load.unchanged`): PostgreSQL is asked while the
@@ -336,7 +351,8 @@ class _GroupRun:
                 checked = compare_fingerprints(queries, [r for _, r in loaded], self.live)
                 typed = compare_types(queries, [r for _, r in loaded])
                 self.compare_figures(results, states, before)
-                after = self.figures_after(results, counts)
+                after = {**self.upgraded_figures(results, states, before),
+                         **self.figures_after(results, counts)}
                 for index, result in results:
                     result.destination_rows = counts.get(result.destination_table)
                     result.fingerprint = checked.get(result.destination_table)
@@ -392,23 +408,75 @@ class _GroupRun:
         logical = {c.name: c.logical for c in plan.columns}
         return [(name, logical.get(name, "text")) for name in names]
 
+    def figures_doubts(self, states: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+        """The tables whose state holds figures another destination engine computed (a
+        DuckDB upgrade may hash differently), with why: no figures of theirs can be compared
+        with this engine's, so, rather than leave them unchecked until they change in
+        PostgreSQL, they are read whole once (their check compares the source, and their
+        new figures are compared from the next run)."""
+        if self.drift_max_rows is None or not self.record_state or not states:
+            return {}
+        name = engine(self.queries)
+        doubts = {}
+        for table, state in states.items():
+            figures = state.get(FIGURES_STATE_KEY) or {}
+            if figures.get("engine") not in (None, name):
+                doubts[table] = (f"its figures were computed by {figures['engine']}, which "
+                                 f"{name} cannot compare (read whole once, to check it "
+                                 "against the source)")
+        return doubts
+
     def figures_before(self, states: Mapping[str, Mapping[str, Any]],
                        columns_now: Mapping[str, Mapping[str, Any]]) -> dict[str, drift.Figures]:
         """The destination's figures now of each table whose trusted state holds the figures
-        its last load left (one query for many tables): only columns that are still there are
-        asked; a column gone from the destination shows as a difference."""
+        its last load left: only columns that are still there are asked; a column gone from
+        the destination shows as a difference. A table whose stored figures have the row
+        figure is asked only its rows and that figure first (`drift.figures_sql(rows_only=
+        True)`, a third of the cost): when they are those stored, so are its figures; the
+        others are asked column by column."""
         if self.drift_max_rows is None or not states:
             return {}
         name = engine(self.queries)
-        wanted = {}
+        whole, quick, stored_of = {}, {}, {}
         for load in self.loads:
             table = load.plan.destination_table
             stored = stored_figures(states.get(table, {}), name)
             if stored is None or stored.rows > self.drift_max_rows:
                 continue
             present = [c for c in stored.columns if c in columns_now.get(table, {})]
-            wanted[table] = self.drift_columns(load.plan, present)
-        return destination_figures(self.queries, wanted, self.live)
+            asked = self.drift_columns(load.plan, present)
+            if stored.row is not None and len(present) == len(stored.columns):
+                quick[table], stored_of[table] = asked, stored
+            else:
+                whole[table] = asked
+        found: dict[str, drift.Figures] = {}
+        answered = destination_row_figures(self.queries, quick, self.live) if quick else {}
+        for table, asked in quick.items():
+            rows_and_row = answered.get(table)
+            if rows_and_row is not None and stored_of[table].same_rows(*rows_and_row):
+                found[table] = stored_of[table]
+            else:
+                whole[table] = asked
+        found.update(destination_figures(self.queries, whole, self.live))
+        return found
+
+    def upgraded_figures(self, results: list[tuple[int, LoadResult]],
+                         states: Mapping[str, Mapping[str, Any]],
+                         before: Mapping[str, drift.Figures]) -> dict[str, drift.Figures]:
+        """The figures to store for unchanged tables whose stored ones lack the row figure
+        (stored by an earlier version) and that were found, column by column, as their last
+        load left them: the figures asked now, which have it (the next run asks that alone)."""
+        name = engine(self.queries)
+        upgraded = {}
+        for _, result in results:
+            table = result.destination_table
+            now = before.get(table)
+            stored = stored_figures(states.get(table, {}), name)
+            if result.status == "unchanged" and not result.drift and not result.deleted \
+                    and now is not None and stored is not None and stored.row is None \
+                    and now.row is not None and set(now.columns) == set(stored.columns):
+                upgraded[table] = now
+        return upgraded
 
     def compare_figures(self, results: list[tuple[int, LoadResult]],
                         states: Mapping[str, Mapping[str, Any]],

@@ -110,7 +110,8 @@ def commit_states(queries: Any, loaded: list[TableRead],
     """Store the state of the tables that loaded (see the module's docstring), with the
     destination's rows after the load (`counts`), which the next run checks before trusting
     it, and its whole-table `figures`, which the next run's check compares; an unchanged
-    table whose delete pass removed rows has its count and figures updated. A table whose
+    table whose delete pass removed rows has its count and figures updated, one given
+    `figures` has them stored. A table whose
     check says rows or values are missing or changed gets an invalidated state instead: the
     next run reads it whole. A failure here leaves the previous states, which no longer match
     the tables' rows: the next run reads those tables whole."""
@@ -126,6 +127,11 @@ def commit_states(queries: Any, loaded: list[TableRead],
                 and table in previous:
             states[table] = {**previous[table], ROWS_KEY: counts[table]}
             _set_figures(states[table], figures.get(table))
+        elif result.status == "unchanged" and table in figures and table in previous:
+            # (figures of an earlier version's form, found as stored: stored with the row
+            # figure, `_GroupRun.upgraded_figures`)
+            states[table] = dict(previous[table])
+            _set_figures(states[table], figures[table])
     for item in loaded:
         table = item.plan.destination_table
         if table in states or table not in counts:

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Collection, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pg_to_bq.checks import drift
 from pg_to_bq.checks.fingerprint import (
@@ -33,6 +33,8 @@ from pg_to_bq.planning.tables import TablePlan
 if TYPE_CHECKING:
     from pg_to_bq.load.results import TableRead
     from pg_to_bq.postgres.reader import TableReader
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -138,9 +140,49 @@ def destination_figures(pipeline: Any, tables: Mapping[str, Sequence[tuple[str, 
     DuckDB, two at a time: `pg_to_bq.destinations.query_threads`). A chunk whose query fails
     (a column dropped by hand) is asked table by table; a table that still fails has no
     figures (logged): it is not compared this run."""
-    found: dict[str, drift.Figures] = {}
+    name = engine(pipeline)
+    return _asked(pipeline, tables, live, False,
+                  lambda answer, columns: drift.parse(name, answer, columns))
+
+
+def destination_row_figures(pipeline: Any, tables: Mapping[str, Sequence[tuple[str, str]]],
+                            live: Collection[str] = ()) -> dict[str, tuple[int, int]]:
+    """Of DuckDB `tables`, as `destination_figures` asks them, only the rows and the row
+    figure (`drift.figures_sql(rows_only=True)`)."""
+    return _asked(pipeline, tables, live, True, lambda answer, _: drift.parse_rows(answer))
+
+
+def _asked(pipeline: Any, tables: Mapping[str, Sequence[tuple[str, str]]],
+           live: Collection[str], rows_only: bool,
+           parse: Callable[[Any, list[str]], T]) -> dict[str, T]:
+    found: dict[str, T] = {}
     if not tables:
         return found
+    kind = pipeline.destination.destination_name
+    items = list(tables.items())
+    with pipeline.sql_client() as client:
+        def sql(chunk: Sequence[tuple[str, Sequence[tuple[str, str]]]]) -> str:
+            return drift.figures_sql(kind, [(rows_of(client, t, t in live), columns)
+                                            for t, columns in chunk], rows_only)
+
+        def take(chunk: Sequence[tuple[str, Sequence[tuple[str, str]]]],
+                 rows: Sequence[tuple]) -> None:
+            for index, answer in rows:
+                table, columns = chunk[int(index)]
+                found[table] = parse(answer, [c for c, _ in columns])
+
+        parts = query_threads.chunks_for(client, items, drift.QUERY_TABLES)
+        for chunk, answer in zip(parts, query_threads.answers(client, [sql(c) for c in parts]),
+                                 strict=True):
+            if not isinstance(answer, Exception):
+                take(chunk, answer)
+                continue
+            for item in chunk:  # narrowed to the table
+                try:
+                    take([item], client.execute_sql(sql([item])) or [])
+                except Exception as exc:  # noqa: BLE001 - this table is not compared
+                    log.info("no figures for %s: %s", item[0], describe(exc))
+    return found
     kind = pipeline.destination.destination_name
     name = engine(pipeline)
     items = list(tables.items())
