@@ -413,14 +413,16 @@ class _GroupRun:
         DuckDB upgrade may hash differently), with why: no figures of theirs can be compared
         with this engine's, so, rather than leave them unchecked until they change in
         PostgreSQL, they are read whole once (their check compares the source, and their
-        new figures are compared from the next run)."""
+        new figures are compared from the next run). Not those above `drift_max_rows`,
+        whose figures would not be compared anyway."""
         if self.drift_max_rows is None or not self.record_state or not states:
             return {}
         name = engine(self.queries)
         doubts = {}
         for table, state in states.items():
             figures = state.get(FIGURES_STATE_KEY) or {}
-            if figures.get("engine") not in (None, name):
+            if figures.get("engine") not in (None, name) \
+                    and int(state.get(ROWS_KEY) or 0) <= self.drift_max_rows:
                 doubts[table] = (f"its figures were computed by {figures['engine']}, which "
                                  f"{name} cannot compare (read whole once, to check it "
                                  "against the source)")

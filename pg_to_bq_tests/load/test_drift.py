@@ -281,3 +281,20 @@ def test_figures_of_another_duckdb_version_make_the_table_read_whole(loaded, cap
     assert_mirrored_in_duckdb(url, path, "accounts")
     assert main(["sync"]) == 0
     assert "public.accounts: unchanged" in capsys.readouterr().out
+
+
+def test_a_table_above_the_drift_limit_is_not_read_again_for_its_figures(loaded, capsys,
+                                                                         monkeypatch) -> None:
+    """Figures of another DuckDB version on a table above `PG_TO_BQ_DRIFT_MAX_ROWS`: they
+    would not be compared anyway, so the table is not read whole for them."""
+    url, path = loaded
+    for table in ("accounts", "tags"):
+        state = _state(path, table)
+        _set_state(path, table, {**state, "figures": {**state["figures"],
+                                                      "engine": "duckdb 0.9.2"}})
+    monkeypatch.setenv("PG_TO_BQ_DRIFT_MAX_ROWS", "5000")
+    assert main(["sync"]) == 0
+    out = capsys.readouterr().out
+    assert "public.accounts: unchanged" in out, out
+    assert "public.tags: ok, 2,000 rows (full: its figures were computed by duckdb 0.9.2" \
+        in out, out
