@@ -71,7 +71,7 @@ from pg_to_bq.load.state import (
     stored_figures,
     trusted_states,
 )
-from pg_to_bq.load.unchanged import settle_unchanged
+from pg_to_bq.load.unchanged import settle_unchanged, still_unchanged
 from pg_to_bq.load.values_check import (
     compare_fingerprints,
     destination_figures,
@@ -269,6 +269,17 @@ class _GroupRun:
             with self.destination_lock(), one_connection(queries):
                 stored = read_states(queries, [p.destination_table for p in plans]) \
                     if self.record_state else {}
+                # The tables whose row versions are those of their last load, found without
+                # reading (`pg_to_bq.load.unchanged`): PostgreSQL is asked, for every table
+                # with a stored state, while the destination is asked its schema, whether the
+                # states can be trusted and its figures; what is found is kept only for the
+                # tables those answers leave unchanged (`still_unchanged`; the others are
+                # read).
+                looking = pool.submit(
+                    settle_unchanged, self.loads, stored, None, {},
+                    source_url=self.source_url, statement_timeout_s=self.statement_timeout_s,
+                    hash_salt=self.hash_salt,
+                ) if self.cdc_publication is None and self.record_state and stored else None
                 evolutions, columns_now = evolutions_of(queries, plans, stored)
                 self.live = live_tables(columns_now)
                 states, doubts = trusted_states(queries, plans, evolutions, stored, self.live)
@@ -276,15 +287,9 @@ class _GroupRun:
                     del states[table]
                     doubts[table] = reason
                 capture = self.capture_state(states)
-                # The tables whose row versions are those of their last load, found without
-                # reading (`pg_to_bq.load.unchanged`): PostgreSQL is asked while the
-                # destination computes its figures (the others are read).
-                looking = pool.submit(
-                    settle_unchanged, self.loads, states, evolutions, doubts,
-                    source_url=self.source_url, statement_timeout_s=self.statement_timeout_s,
-                    hash_salt=self.hash_salt) if capture is None and self.record_state else None
                 before = self.figures_before(states, columns_now)
             found, tokens = looking.result() if looking is not None else ({}, {})
+            found = still_unchanged(found, self.loads, states, evolutions, doubts)
         unchanged: list[tuple[int, LoadResult]] = []
 
         def settle_read(index: int, result: LoadResult) -> None:

@@ -81,11 +81,15 @@ def describe_changes(plan: TablePlan, evolution: Evolution, state: dict[str, Any
     source_names = {c.name: c.source for c in plan.columns}
     before = state.get(COLUMNS_STATE_KEY, {})
     changes = []
+    previously = state.get(LOADED_COLUMNS_STATE_KEY)
     for name in evolution.added:
         action = ("its values filled for the rows loaded before" if name in fill
                   else "loaded with every row")
-        changes.append(Change("added", name).describe(action))
-    previously = state.get(LOADED_COLUMNS_STATE_KEY)
+        if previously is not None and name in previously:  # (the last load wrote it)
+            changes.append(f"column {name} was missing from the destination (dropped there, "
+                           f"not in PostgreSQL): added back, {action}")
+        else:
+            changes.append(Change("added", name).describe(action))
     for name in evolution.dropped:
         if evolution.reload:
             changes.append(f"column {name} dropped in PostgreSQL: not in the reloaded table")

@@ -80,9 +80,12 @@ def prepare(pipeline: Any, read: list[TableRead], states: dict[str, dict[str, An
         states.update(pending)
     reloads = [i for i in read if i.refresh]
     failures = clear_for_reload(pipeline, reloads, live)
-    if any(not item.evolution.exists for item in read) or reloads:
-        # (dlt then compares every table of the package with the destination, and creates
-        # the ones dropped, under their new types)
+    if any(not item.evolution.exists or item.evolution.added for item in read) or reloads:
+        # (dlt then compares every table of the package with the destination: it creates
+        # the ones dropped, under their new types, and adds the columns missing. A column
+        # new in PostgreSQL changes dlt's schema, which makes it compare anyway; one
+        # dropped from the destination by hand does not, and every load of the table
+        # failed on it.)
         forget_stored_schema(pipeline)
     for item in read:
         evolution = item.evolution

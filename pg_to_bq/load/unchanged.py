@@ -47,12 +47,14 @@ log = logging.getLogger(__name__)
 
 
 def settle_unchanged(loads: Sequence[TableLoad], states: Mapping[str, Mapping[str, Any]],
-                     evolutions: Mapping[str, Evolution], doubts: Mapping[str, str], *,
+                     evolutions: Mapping[str, Evolution] | None, doubts: Mapping[str, str], *,
                      source_url: str, statement_timeout_s: int, hash_salt: bytes | None
                      ) -> tuple[dict[int, LoadResult], dict[str, str]]:
     """The `unchanged` result of each of `loads` (by index) whose row versions are those
     of its last load, and the token found for each table found changed (by destination
-    table, for its read); the others are left to their reads."""
+    table, for its read); the others are left to their reads. Without `evolutions` (asked
+    before the destination's schema is known), every table with a state is asked: the
+    caller then keeps what `still_unchanged` keeps."""
     candidates = [(index, load, mode, where, cursor_from)
                   for index, load in enumerate(loads)
                   if (chosen := _candidate(load, states, evolutions, doubts)) is not None
@@ -139,15 +141,30 @@ def _pipelined(conn: Any, statements: Sequence[str]) -> list[tuple | None]:
     return [cursor.fetchone() for cursor in cursors]
 
 
+def still_unchanged(found: Mapping[int, LoadResult], loads: Sequence[TableLoad],
+                    states: Mapping[str, Mapping[str, Any]], evolutions: Mapping[str, Evolution],
+                    doubts: Mapping[str, str]) -> dict[int, LoadResult]:
+    """Of `found` (`settle_unchanged` asked without `evolutions`), the tables that are
+    still candidates now that the destination's schema and the trusted `states` are known,
+    read as they were asked (same mode and cursor); the others are read."""
+    kept = {}
+    for index, result in found.items():
+        chosen = _candidate(loads[index], states, evolutions, doubts)
+        if chosen is not None and (chosen[0], chosen[2]) == (result.mode, result.cursor_from):
+            kept[index] = result
+    return kept
+
+
 def _candidate(load: TableLoad, states: Mapping[str, Mapping[str, Any]],
-               evolutions: Mapping[str, Evolution], doubts: Mapping[str, str]
+               evolutions: Mapping[str, Evolution] | None, doubts: Mapping[str, str]
                ) -> tuple[str, str | None, Any] | None:
     """The read's mode, condition and cursor for a table the read could find unchanged by
-    its row versions (see the module's docstring), or None."""
+    its row versions (see the module's docstring), or None. Without `evolutions`, whatever
+    the destination's schema."""
     plan = load.plan
     table = plan.destination_table
     state = states.get(table)
-    evolution = evolutions.get(table)
+    evolution = evolutions.get(table) if evolutions is not None else Evolution(exists=True)
     if not plan.loadable or plan.error is not None or load.full_refresh \
             or load.window is not None or not state or table in doubts \
             or VERSIONS_STATE_KEY not in state or state.get(PENDING_FILL_STATE_KEY) \

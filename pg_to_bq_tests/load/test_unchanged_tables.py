@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import duckdb
 import psycopg
 import pytest
 
@@ -324,6 +325,71 @@ def test_a_step_asks_its_tables_together_and_reads_each_changed_one(
     # (The incremental read starts at its cursor, inclusive: the last row loaded and the new one.)
     assert (third["notes"].rows, third["orders"].rows) == (40, 2)
     _assert_step_matches_source(pg_url, tmp_path, third)
+
+
+
+def test_what_postgresql_finds_unchanged_is_kept_only_where_the_destination_agrees(
+        pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """PostgreSQL is asked about every table with a stored state while the destination is
+    asked its schema and whether each state can be trusted: a table unchanged in
+    PostgreSQL is still read when the destination says otherwise — a column dropped by
+    hand (its schema changed: the column is added back; every load of the table failed on
+    it before), rows deleted by hand (its state is no longer trusted) — and the destination
+    equals the source again."""
+    from pg_to_bq.load import group
+
+    run_sql(pg_url, STEP)
+    assert {t: r.status for t, r in _step(pg_url, tmp_path).items()} == \
+        dict.fromkeys(STEP_TABLES, "loaded")
+    asked: list[set[str]] = []
+
+    def spy(loads, states, evolutions, doubts, **kwargs):
+        found, tokens = settle(loads, states, evolutions, doubts, **kwargs)
+        asked.append({loads[i].plan.table.name for i in found})
+        return found, tokens
+
+    settle = group.settle_unchanged
+    monkeypatch.setattr(group, "settle_unchanged", spy)
+    with duckdb.connect(str(tmp_path / "dest.duckdb")) as conn:
+        conn.execute("ALTER TABLE raw.notes DROP COLUMN body")
+        conn.execute("DELETE FROM raw.kinds WHERE code = 'a'")
+    again = _step(pg_url, tmp_path)
+    assert asked == [set(STEP_TABLES)]  # (all four unchanged in PostgreSQL)
+    assert {t: r.status for t, r in again.items()} == \
+        {"notes": "loaded", "orders": "unchanged", "kinds": "loaded", 'Odd "Name"': "unchanged"}
+    assert again["kinds"].mode == "full" and "holds 1 row(s)" in (again["kinds"].reason or "")
+    assert again["notes"].changes == (
+        "column body was missing from the destination (dropped there, not in PostgreSQL): "
+        "added back, loaded with every row",)
+    _assert_step_matches_source(pg_url, tmp_path, again)
+
+
+
+def test_a_column_dropped_by_hand_from_a_merged_table_is_added_back_and_filled(
+        pg_url: str, tmp_path: Path) -> None:
+    """A table merged by its cursor reads only recent rows: the column dropped from the
+    destination by hand is added back and its values filled for every row loaded before.
+    The change by hand is still reported (the check's drift names the column), so the next
+    run reads the table whole, as after any change by hand; then it is unchanged."""
+    run_sql(pg_url, STEP)
+    _step(pg_url, tmp_path)
+    with duckdb.connect(str(tmp_path / "dest.duckdb")) as conn:
+        conn.execute("ALTER TABLE raw.orders DROP COLUMN total")
+    again = _step(pg_url, tmp_path)["orders"]
+    assert again.status == "loaded", again.error
+    assert again.changes == (
+        "column total was missing from the destination (dropped there, not in PostgreSQL): "
+        "added back, its values filled for the rows loaded before",
+        "filled total for 60 existing row(s)")
+    assert again.drift == ("total: no longer in the destination table",)
+    assert again.lost and not again.check.passed
+    assert duck_rows(tmp_path / "dest.duckdb", "SELECT id, total FROM raw.orders ORDER BY id") \
+        == pg_rows(pg_url, "SELECT id, total FROM orders ORDER BY id")
+    third = _step(pg_url, tmp_path)
+    assert (third["orders"].status, third["orders"].mode) == ("loaded", "full")
+    assert third["orders"].check.passed
+    _assert_step_matches_source(pg_url, tmp_path, third)
+    assert _step(pg_url, tmp_path)["orders"].status == "unchanged"
 
 
 def test_a_table_whose_row_versions_cannot_be_asked_fails_alone(pg_url: str,
