@@ -20,7 +20,9 @@ package before anything is asked; BigQuery is asked through dlt's client.
 The order of a group's load, and why:
 
 1. the destination's tables and each table's state, trusted only while the destination
-   holds the rows it covers (`pg_to_bq.load.state`);
+   holds the rows it covers (`pg_to_bq.load.state`), and meanwhile PostgreSQL's row
+   versions of every table with a state (`pg_to_bq.load.unchanged`): those unchanged there
+   and in the destination are not read;
 2. the reads, `read_connections` tables at once, each over a source connection of its own
    and in its own snapshot;
 3. the schema changes owed before the load (`pg_to_bq.load.schema_changes`), the load,
