@@ -155,6 +155,8 @@ def destination_row_figures(pipeline: Any, tables: Mapping[str, Sequence[tuple[s
 def _asked(pipeline: Any, tables: Mapping[str, Sequence[tuple[str, str]]],
            live: Collection[str], rows_only: bool,
            parse: Callable[[Any, list[str]], T]) -> dict[str, T]:
+    """Each of `tables`' answer to `drift.figures_sql`, read by `parse` (the answer and the
+    columns asked), by table (see `destination_figures`)."""
     found: dict[str, T] = {}
     if not tables:
         return found
@@ -170,32 +172,6 @@ def _asked(pipeline: Any, tables: Mapping[str, Sequence[tuple[str, str]]],
             for index, answer in rows:
                 table, columns = chunk[int(index)]
                 found[table] = parse(answer, [c for c, _ in columns])
-
-        parts = query_threads.chunks_for(client, items, drift.QUERY_TABLES)
-        for chunk, answer in zip(parts, query_threads.answers(client, [sql(c) for c in parts]),
-                                 strict=True):
-            if not isinstance(answer, Exception):
-                take(chunk, answer)
-                continue
-            for item in chunk:  # narrowed to the table
-                try:
-                    take([item], client.execute_sql(sql([item])) or [])
-                except Exception as exc:  # noqa: BLE001 - this table is not compared
-                    log.info("no figures for %s: %s", item[0], describe(exc))
-    return found
-    kind = pipeline.destination.destination_name
-    name = engine(pipeline)
-    items = list(tables.items())
-    with pipeline.sql_client() as client:
-        def sql(chunk: Sequence[tuple[str, Sequence[tuple[str, str]]]]) -> str:
-            return drift.figures_sql(kind, [(rows_of(client, t, t in live), columns)
-                                            for t, columns in chunk])
-
-        def take(chunk: Sequence[tuple[str, Sequence[tuple[str, str]]]],
-                 rows: Sequence[tuple]) -> None:
-            for index, answer in rows:
-                table, columns = chunk[int(index)]
-                found[table] = drift.parse(name, answer, [c for c, _ in columns])
 
         parts = query_threads.chunks_for(client, items, drift.QUERY_TABLES)
         for chunk, answer in zip(parts, query_threads.answers(client, [sql(c) for c in parts]),
