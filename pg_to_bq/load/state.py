@@ -110,11 +110,11 @@ def commit_states(queries: Any, loaded: list[TableRead],
     """Store the state of the tables that loaded (see the module's docstring), with the
     destination's rows after the load (`counts`), which the next run checks before trusting
     it, and its whole-table `figures`, which the next run's check compares; an unchanged
-    table whose delete pass removed rows has its count and figures updated, one given
-    `figures` has them stored. A table whose
-    check says rows or values are missing or changed gets an invalidated state instead: the
-    next run reads it whole. A failure here leaves the previous states, which no longer match
-    the tables' rows: the next run reads those tables whole."""
+    table whose delete pass removed rows has its count and figures updated, another one
+    given `figures` has them stored. A table whose check says rows or values are missing or
+    changed gets an invalidated state instead: the next run reads it whole. A failure here
+    leaves the previous states, which no longer match the tables' rows: the next run reads
+    those tables whole."""
     states: dict[str, dict[str, Any]] = {}
     kind = queries.destination.destination_name
     for result in results:
