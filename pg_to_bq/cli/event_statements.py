@@ -230,16 +230,15 @@ class _Compiled:
                      for name in self.names)
 
 
-_COMPILED: dict[tuple[int, tuple[str, ...]], tuple[Any, _Compiled]] = {}
+# By statement (DML statements compare and hash by identity) and the columns given.
+_COMPILED: dict[tuple[Any, tuple[str, ...]], _Compiled] = {}
 
 
 def _run(conn: Any, statement: Any, values: dict[str, Any]) -> Any:
     """Execute `statement` with `values` on `conn`'s DBAPI connection (inside the transaction
     `conn` has begun); returns the DBAPI cursor (`lastrowid`, `rowcount`)."""
     keys = tuple(sorted(values))
-    known = _COMPILED.get((id(statement), keys))
-    if known is None or known[0] is not statement:
-        known = _COMPILED[(id(statement), keys)] = (statement,
-                                                    _Compiled(statement, conn.dialect, keys))
-    compiled = known[1]
+    compiled = _COMPILED.get((statement, keys))
+    if compiled is None:
+        compiled = _COMPILED[(statement, keys)] = _Compiled(statement, conn.dialect, keys)
     return conn.connection.dbapi_connection.execute(compiled.sql, compiled.parameters(values))

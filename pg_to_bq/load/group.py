@@ -357,9 +357,8 @@ class _GroupRun:
                                                    live=self.live)
                 checked = compare_fingerprints(queries, [r for _, r in loaded], self.live)
                 typed = compare_types(queries, [r for _, r in loaded])
-                self.compare_figures(results, states, before)
-                after = {**self.upgraded_figures(results, states, before),
-                         **self.figures_after(results, counts)}
+                upgraded = self.compare_figures(results, states, before)
+                after = {**upgraded, **self.figures_after(results, counts)}
                 for index, result in results:
                     result.destination_rows = counts.get(result.destination_table)
                     result.fingerprint = checked.get(result.destination_table)
@@ -469,10 +468,12 @@ class _GroupRun:
         found.update(destination_figures(self.queries, whole, self.live))
         return found
 
-    def upgraded_figures(self, results: list[tuple[int, LoadResult]],
-                         states: Mapping[str, Mapping[str, Any]],
-                         before: Mapping[str, drift.Figures]) -> dict[str, drift.Figures]:
-        """The figures to store for unchanged tables whose stored ones lack the row figure
+    def compare_figures(self, results: list[tuple[int, LoadResult]],
+                        states: Mapping[str, Mapping[str, Any]],
+                        before: Mapping[str, drift.Figures]) -> dict[str, drift.Figures]:
+        """Each result's drift: what changed in the destination since the last load, for a
+        table not read whole this run (a whole read replaces what drifted). Returns the
+        figures to store for the unchanged tables whose stored ones lack the row figure
         (stored by an earlier version) and that were found, column by column, as their last
         load left them: the figures asked now, which have it (the next run asks that alone)."""
         name = engine(self.queries)
@@ -481,24 +482,15 @@ class _GroupRun:
             table = result.destination_table
             now = before.get(table)
             stored = stored_figures(states.get(table, {}), name)
+            if now is None or stored is None \
+                    or (result.status != "unchanged" and result.mode == "full"):
+                continue
+            result.drift = tuple(drift.changes(stored, now))
             if result.status == "unchanged" and not result.drift and not result.deleted \
-                    and now is not None and stored is not None and stored.row is None \
-                    and now.row is not None and set(now.columns) == set(stored.columns):
+                    and stored.row is None and now.row is not None \
+                    and set(now.columns) == set(stored.columns):
                 upgraded[table] = now
         return upgraded
-
-    def compare_figures(self, results: list[tuple[int, LoadResult]],
-                        states: Mapping[str, Mapping[str, Any]],
-                        before: Mapping[str, drift.Figures]) -> None:
-        """Each result's drift: what changed in the destination since the last load, for a
-        table not read whole this run (a whole read replaces what drifted)."""
-        name = engine(self.queries)
-        for _, result in results:
-            now = before.get(result.destination_table)
-            stored = stored_figures(states.get(result.destination_table, {}), name)
-            if now is not None and stored is not None \
-                    and (result.status == "unchanged" or result.mode != "full"):
-                result.drift = tuple(drift.changes(stored, now))
 
     def figures_after(self, results: list[tuple[int, LoadResult]], counts: Mapping[str, int]
                       ) -> dict[str, drift.Figures]:

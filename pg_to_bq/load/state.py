@@ -129,7 +129,7 @@ def commit_states(queries: Any, loaded: list[TableRead],
             _set_figures(states[table], figures.get(table))
         elif result.status == "unchanged" and table in figures and table in previous:
             # (figures of an earlier version's form, found as stored: stored with the row
-            # figure, `_GroupRun.upgraded_figures`)
+            # figure, `_GroupRun.compare_figures`)
             states[table] = dict(previous[table])
             _set_figures(states[table], figures[table])
     for item in loaded:
