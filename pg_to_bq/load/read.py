@@ -88,13 +88,22 @@ def describe_changes(plan: TablePlan, evolution: Evolution, state: dict[str, Any
         if previously is not None and name in previously:  # (the last load wrote it)
             changes.append(f"column {name} was missing from the destination (dropped there, "
                            f"not in PostgreSQL): added back, {action}")
+        elif name in evolution.again:
+            changes.append(f"column {name} is loaded again (dropped in PostgreSQL or left "
+                           f"out before; the destination kept the column): {action}")
         else:
             changes.append(Change("added", name).describe(action))
     for name in evolution.dropped:
         if evolution.reload:
             changes.append(f"column {name} dropped in PostgreSQL: not in the reloaded table")
-        elif previously is None or name in previously:  # said once, at the first load after
+        elif previously is not None and name in previously:  # the first load after the drop
             changes.append(Change("dropped", name).describe(""))
+        elif previously is None:  # no state says where it came from
+            changes.append(f"column {name} is in the destination table, not in PostgreSQL: "
+                           "kept, NULL for rows loaded from now on")
+        else:
+            changes.append(f"column {name} is in the destination table, not in PostgreSQL, "
+                           "and pg_to_bq never wrote it (added there by hand): left as it is")
     for change in (*evolution.widened, *evolution.retyped):
         source = source_names.get(change.column)
         text = change.describe("")

@@ -25,7 +25,12 @@ from pg_to_bq.destinations.state_table import (
     write_states,
 )
 from pg_to_bq.load.results import TableRead
-from pg_to_bq.load.state import CREATED_TYPES_STATE_KEY, PENDING_FILL_STATE_KEY
+from pg_to_bq.load.state import (
+    CREATED_TYPES_STATE_KEY,
+    KEPT_COLUMNS_STATE_KEY,
+    LOADED_COLUMNS_STATE_KEY,
+    PENDING_FILL_STATE_KEY,
+)
 from pg_to_bq.planning.errors import describe
 from pg_to_bq.planning.evolution import Evolution, StoredColumn, diff
 from pg_to_bq.planning.tables import TablePlan
@@ -43,11 +48,17 @@ def evolutions_of(queries: Any, plans: Sequence[TablePlan],
         return {}, {}
     stored = stored_columns(queries, [p.destination_table for p in plans])
     kind = queries.destination.destination_name
-    return {p.destination_table: diff(
-        planned_types(p, kind), stored.get(p.destination_table), kind,
-        frozenset(p.destination_primary_key),
-        created=states.get(p.destination_table, {}).get(CREATED_TYPES_STATE_KEY))
-        for p in plans}, stored
+    return {p.destination_table: _diff(p, kind, stored.get(p.destination_table),
+                                       states.get(p.destination_table, {}))
+            for p in plans}, stored
+
+
+def _diff(plan: TablePlan, kind: str, stored: dict[str, StoredColumn] | None,
+          state: Mapping[str, Any]) -> Evolution:
+    return diff(planned_types(plan, kind), stored, kind, frozenset(plan.destination_primary_key),
+                created=state.get(CREATED_TYPES_STATE_KEY),
+                loaded=state.get(LOADED_COLUMNS_STATE_KEY),
+                kept=state.get(KEPT_COLUMNS_STATE_KEY))
 
 
 def prepare(pipeline: Any, read: list[TableRead], states: dict[str, dict[str, Any]],

@@ -59,6 +59,9 @@ COLUMNS_STATE_KEY = "columns"
 
 
 LOADED_COLUMNS_STATE_KEY = "loaded_columns"
+# The columns the last load found in the destination table and left as they were: dropped
+# in PostgreSQL (or never in it), not written (`pg_to_bq.planning.evolution.diff`).
+KEPT_COLUMNS_STATE_KEY = "kept_columns"
 
 
 # The parameterized destination types (`NUMERIC(10,2)`) the last load gave the columns, by
@@ -168,6 +171,9 @@ def commit_states(queries: Any, loaded: list[TableRead],
             state[DEFINITION_STATE_KEY] = item.definition
         state[COLUMNS_STATE_KEY] = {c.source.name: c.source.type for c in item.plan.columns}
         state[LOADED_COLUMNS_STATE_KEY] = [c.name for c in item.plan.columns]
+        evolution = item.evolution
+        state[KEPT_COLUMNS_STATE_KEY] = [] if item.refresh or not evolution.exists \
+            else [*evolution.dropped, *evolution.kept]
         created = {name: type_ for name, type_ in planned_types(item.plan, kind).items()
                    if "(" in type_}
         if created:

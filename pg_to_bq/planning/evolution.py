@@ -10,7 +10,14 @@ decision never depends on a snapshot or on anything a killed run may have left h
   equals the source. Until that succeeds, a marker in the table's state makes every later
   run do it again.
 - **dropped column**: no longer read; kept in the destination (its history) and made
-  nullable, so rows loaded from now on hold NULL there.
+  nullable, so rows loaded from now on hold NULL there. Said once: from the next load on it
+  is `kept`, which asks nothing of a load (a table whose rows did not change stays
+  unchanged).
+- **column added back** (dropped in PostgreSQL, or left out, and later loaded again under
+  the same name): the destination column holds values PostgreSQL no longer has, so it is
+  handled as a new column (every row's value loaded again), never taken as loaded.
+- **column in the destination that pg_to_bq never wrote** (added there by hand): left as it
+  is, said once, then `kept`.
 - **type change** the destination can hold without touching a value (`widens`): the column
   is widened in place (`ALTER ... SET DATA TYPE`).
 - **any other type change**: the table is dropped and loaded whole under the new type. A
@@ -23,7 +30,7 @@ makes without changing the destination type (`varchar(20)` → `text`) needs not
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 from pg_to_bq.planning.naming import SOFT_DELETE_COLUMN
@@ -77,6 +84,10 @@ class Evolution:
     retyped: tuple[Change, ...] = ()
     # Columns the destination declares NOT NULL that rows loaded from now on may leave NULL.
     relax: tuple[str, ...] = ()
+    # Columns not loaded any more that an earlier load already left in the destination.
+    kept: tuple[str, ...] = ()
+    # Of `added`, those the destination has, with values the last load did not write.
+    again: tuple[str, ...] = ()
 
     @property
     def reload(self) -> bool:
@@ -85,7 +96,9 @@ class Evolution:
 
     @property
     def changed(self) -> bool:
-        return bool(self.added or self.dropped or self.widened or self.retyped)
+        """Whether the load must do something about the table's columns (a change seen
+        before and already dealt with, `kept`, is not one)."""
+        return bool(self.added or self.dropped or self.widened or self.retyped or self.relax)
 
 
 def normalize_type(type_: str) -> str:
@@ -97,21 +110,30 @@ def normalize_type(type_: str) -> str:
 
 def diff(planned: Mapping[str, str], stored: Mapping[str, StoredColumn] | None,
          kind: str, keys: frozenset[str] = frozenset(),
-         created: Mapping[str, str] | None = None) -> Evolution:
+         created: Mapping[str, str] | None = None, loaded: Collection[str] | None = None,
+         kept: Collection[str] | None = None) -> Evolution:
     """Compare the planned columns (destination name → destination type) with the stored
     table (None: it does not exist). `keys` are the primary key's destination columns.
     `created`: the parameterized types (`NUMERIC(10,2)`) pg_to_bq gave the columns at the
     table's last load, which speak for a destination that reports a type without its
-    parameters."""
+    parameters. `loaded` and `kept`: the columns the table's last load wrote, and those it
+    found in the destination and left as they were (None: a state from before they were
+    stored)."""
     if not stored:
         return Evolution(exists=False)
     by_folded = {name.casefold(): column for name, column in stored.items()}
-    added, widened, retyped = [], [], []
+    wrote = None if loaded is None else {name.casefold() for name in loaded}
+    added, again, widened, retyped = [], [], [], []
     for name, type_ in planned.items():
         column = by_folded.get(name.casefold())
         if column is None:
             added.append(name)
             continue
+        if wrote is not None and name.casefold() not in wrote:
+            # Present with values the last load did not write (the column was dropped in
+            # PostgreSQL, or left out, and is back): every row's value is loaded again.
+            added.append(name)
+            again.append(name)
         old, new = normalize_type(column.type), normalize_type(type_)
         remembered = normalize_type((created or {}).get(name, ""))
         if _unparameterized(old) and remembered.split("(")[0] == old:
@@ -129,13 +151,20 @@ def diff(planned: Mapping[str, str], stored: Mapping[str, StoredColumn] | None,
         else:
             retyped.append(Change("retyped", name, old, new))
     planned_folded = {name.casefold() for name in planned}
-    dropped = [c.name for c in stored.values() if c.name.casefold() not in planned_folded
-               and not c.name.startswith("_dlt_") and c.name != SOFT_DELETE_COLUMN]
-    relax = [name for name in dropped if not by_folded[name.casefold()].nullable]
-    return Evolution(exists=True, added=tuple(added), dropped=tuple(dropped),
+    others = [c.name for c in stored.values() if c.name.casefold() not in planned_folded
+              and not c.name.startswith("_dlt_") and c.name != SOFT_DELETE_COLUMN]
+    left = None if kept is None else {name.casefold() for name in kept}
+    # Dealt with by an earlier load: not written by it, and found there by it (where the
+    # state says; a column it did not find was added by hand since, and is said once).
+    earlier = {name for name in others if wrote is not None and name.casefold() not in wrote
+               and (left is None or name.casefold() in left)}
+    relax = [name for name in others if not by_folded[name.casefold()].nullable]
+    return Evolution(exists=True, added=tuple(added),
+                     dropped=tuple(n for n in others if n not in earlier),
                      widened=tuple(widened), retyped=tuple(retyped),
                      relax=tuple(n for n in relax if n.casefold() not in
-                                 {k.casefold() for k in keys}))
+                                 {k.casefold() for k in keys}),
+                     kept=tuple(n for n in others if n in earlier), again=tuple(again))
 
 
 def _unparameterized(type_: str) -> str | None:

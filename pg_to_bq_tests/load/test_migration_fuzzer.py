@@ -127,6 +127,8 @@ class Table:
     # Keys deleted in PostgreSQL since the last delete pass (merged tables keep them).
     deleted: set[int] = field(default_factory=set)
     partitions: int = 1
+    # Names of columns dropped or renamed away: the destination keeps a column of each.
+    gone: list[str] = field(default_factory=list)
 
     @property
     def merged(self) -> bool:
@@ -323,6 +325,20 @@ def make_machine(pg_server, destination: Destination, runner: str, cdc: bool = F
                 self.sql(f'ALTER TABLE "{table.name}" DROP COLUMN "{column}"')
                 del table.columns[column]
                 table.not_null.discard(column)
+                table.gone.append(column)
+
+        @rule(data=st.data(), type_=st.sampled_from(NEW_COLUMN_TYPES), default=st.booleans())
+        def add_column_back(self, data, type_: str, default: bool) -> None:
+            """A name dropped (or renamed away) before, added again: the destination's
+            column of that name holds values PostgreSQL no longer has."""
+            table = self.pick(data, lambda t: bool(t.gone))
+            if table is None:
+                return
+            name = data.draw(st.sampled_from(table.gone))
+            clause = f" DEFAULT {DEFAULTS[type_]}" if default else ""
+            self.sql(f'ALTER TABLE "{table.name}" ADD COLUMN "{name}" {type_}{clause}')
+            table.gone.remove(name)
+            table.columns[name] = type_
 
         @rule(data=st.data())
         def rename_column(self, data) -> None:
@@ -332,6 +348,7 @@ def make_machine(pg_server, destination: Destination, runner: str, cdc: bool = F
                 name = self.new_name("r")
                 self.sql(f'ALTER TABLE "{table.name}" RENAME COLUMN "{column}" TO "{name}"')
                 table.columns[name] = table.columns.pop(column)
+                table.gone.append(column)
                 if column in table.not_null:
                     table.not_null = (table.not_null - {column}) | {name}
 

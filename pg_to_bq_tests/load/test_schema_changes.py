@@ -119,6 +119,62 @@ def test_dropped_column_is_kept_nullable_and_said_once(evolving, capsys) -> None
     assert duck_rows(path, "SELECT n, title FROM raw.events WHERE id = 7") == [(-1, None)]
 
 
+def test_a_dropped_column_asks_nothing_of_later_runs(evolving, capsys) -> None:
+    """Said once, dealt with once: from the run after, a table whose rows did not change is
+    unchanged (before, the kept column counted as a change at every run: the table was read
+    again every night and its column types asked again)."""
+    url, path = evolving
+    run_sql(url, "ALTER TABLE events DROP COLUMN code; ALTER TABLE plain DROP COLUMN b")
+    out = sync(capsys)
+    assert "public.events: column code dropped in PostgreSQL" in out
+    assert "public.plain: column b dropped in PostgreSQL" in out
+    out = sync(capsys)
+    assert "public.events: unchanged" in out and "public.plain: unchanged" in out, out
+    assert "notes:" not in out
+
+
+def test_a_column_dropped_and_added_back_is_loaded_again(evolving, capsys) -> None:
+    """A column dropped in PostgreSQL keeps its old values in the destination; added back
+    under the same name (with a default, which PostgreSQL stores without touching a row),
+    every row's value is PostgreSQL's again. Before, the destination's column was taken
+    for the loaded one: the merged table kept the old titles of 20,000 rows for good, its
+    check passing."""
+    url, path = evolving
+    run_sql(url, "ALTER TABLE events DROP COLUMN title; ALTER TABLE plain DROP COLUMN b")
+    sync(capsys)
+    sync(capsys)
+    run_sql(url, "ALTER TABLE events ADD COLUMN title text DEFAULT 'back';"
+                 "ALTER TABLE plain ADD COLUMN b text DEFAULT 'back'")
+    out = sync(capsys)
+    assert "public.events: column title is loaded again (dropped in PostgreSQL or left out " \
+           "before; the destination kept the column): its values filled for the rows " \
+           "loaded before" in out, out
+    assert "public.plain: column b is loaded again" in out
+    assert duck_rows(path, "SELECT count(*) FILTER (WHERE title = 'back') FROM raw.events") \
+        == [(20000,)]
+    assert_equal(url, path, "events", ["id", "title", "amount", "n", "code"], "id")
+    assert_equal(url, path, "plain", ["a", "b"], "a")
+    out = sync(capsys)
+    assert "public.events: unchanged" in out and "notes:" not in out, out
+
+
+def test_a_column_added_by_hand_to_the_destination_is_said_once_and_left(evolving,
+                                                                          capsys) -> None:
+    """Not PostgreSQL's, never written by pg_to_bq: left as it is (rows loaded from now on
+    get its default), said by the first run that finds it; then the table is unchanged."""
+    url, path = evolving
+    with duckdb.connect(str(path)) as conn:
+        conn.execute("ALTER TABLE raw.plain ADD COLUMN mine INTEGER DEFAULT 5")
+    out = sync(capsys)
+    assert "public.plain: column mine is in the destination table, not in PostgreSQL, and " \
+           "pg_to_bq never wrote it (added there by hand): left as it is" in out, out
+    assert duck_rows(path, "SELECT count(*), count(*) FILTER (WHERE mine = 5) FROM raw.plain") \
+        == [(100, 100)]
+    assert_equal(url, path, "plain", ["a", "b"], "a")
+    out = sync(capsys)
+    assert "public.plain: unchanged" in out and "notes:" not in out, out
+
+
 def test_types_widen_in_place_and_other_changes_reload(evolving, capsys) -> None:
     url, path = evolving
     run_sql(url, "ALTER TABLE events ALTER COLUMN n TYPE bigint;"

@@ -46,3 +46,49 @@ def test_a_reported_type_with_parameters_wins_over_a_remembered_one() -> None:
     evolution = diff({"w": "DECIMAL(14,4)"}, stored(w="DECIMAL(14,4)"), "duckdb",
                      created={"w": "DECIMAL(10,2)"})
     assert not evolution.changed
+
+
+def test_a_drop_is_a_change_once_then_kept() -> None:
+    """A column the last load wrote and PostgreSQL no longer has is dropped (the load makes
+    it nullable and says so); from the next load on it is kept, which asks nothing."""
+    now = stored(id="BIGINT", title="VARCHAR")
+    first = diff({"id": "BIGINT"}, now, "duckdb", loaded=["id", "title"], kept=[])
+    assert (first.dropped, first.kept, first.changed) == (("title",), (), True)
+    later = diff({"id": "BIGINT"}, now, "duckdb", loaded=["id"], kept=["title"])
+    assert (later.dropped, later.kept, later.changed) == ((), ("title",), False)
+    # A state from before the columns were stored: every such column is a change, as before.
+    assert diff({"id": "BIGINT"}, now, "duckdb").dropped == ("title",)
+
+
+def test_a_kept_column_made_not_null_again_is_a_change() -> None:
+    now = {"id": StoredColumn("id", "BIGINT", False), "title": StoredColumn("title", "VARCHAR",
+                                                                            False)}
+    evolution = diff({"id": "BIGINT"}, now, "duckdb", keys=frozenset({"id"}), loaded=["id"],
+                     kept=["title"])
+    assert (evolution.kept, evolution.relax, evolution.changed) == (("title",), ("title",), True)
+
+
+def test_a_column_loaded_again_is_added_though_the_destination_has_it() -> None:
+    """Dropped in PostgreSQL (kept in the destination with its old values) and added back
+    under the same name: its values must be loaded again, never taken as loaded."""
+    evolution = diff({"id": "BIGINT", "title": "VARCHAR"}, stored(id="BIGINT", title="VARCHAR"),
+                     "duckdb", loaded=["id"], kept=["title"])
+    assert (evolution.added, evolution.again, evolution.kept) == (("title",), ("title",), ())
+    assert evolution.changed and not evolution.reload
+    # Back under another type: loaded again and retyped (the table is reloaded).
+    retyped = diff({"id": "BIGINT", "title": "BIGINT"}, stored(id="BIGINT", title="VARCHAR"),
+                   "duckdb", loaded=["id"], kept=["title"])
+    assert retyped.again == ("title",) and retyped.reload
+    # The columns of the last load, as case-insensitive as the destination's names.
+    assert not diff({"ID": "BIGINT"}, stored(id="BIGINT"), "duckdb", loaded=["id"]).changed
+
+
+def test_a_column_no_load_wrote_or_found_was_added_by_hand() -> None:
+    """Not planned, not written by the last load and not found by it: added in the
+    destination since. A change (said once, by the load that finds it), then kept."""
+    evolution = diff({"id": "BIGINT"}, stored(id="BIGINT", extra="INTEGER"), "duckdb",
+                     loaded=["id"], kept=[])
+    assert (evolution.dropped, evolution.kept, evolution.changed) == (("extra",), (), True)
+    # A state that did not record what it found: taken as dealt with.
+    assert diff({"id": "BIGINT"}, stored(id="BIGINT", extra="INTEGER"), "duckdb",
+                loaded=["id"]).kept == ("extra",)
