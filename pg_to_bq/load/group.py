@@ -282,7 +282,8 @@ class _GroupRun:
                     source_url=self.source_url, statement_timeout_s=self.statement_timeout_s,
                     hash_salt=self.hash_salt,
                 ) if self.cdc_publication is None and self.record_state and stored else None
-                evolutions, columns_now = evolutions_of(queries, plans, stored)
+                evolutions, columns_now = evolutions_of(queries, plans, stored,
+                                                            self.hash_salt)
                 self.live = live_tables(columns_now)
                 states, doubts = trusted_states(queries, plans, evolutions, stored, self.live)
                 for table, reason in self.figures_doubts(states).items():

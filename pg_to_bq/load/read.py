@@ -82,10 +82,14 @@ def describe_changes(plan: TablePlan, evolution: Evolution, state: dict[str, Any
     before = state.get(COLUMNS_STATE_KEY, {})
     changes = []
     previously = state.get(LOADED_COLUMNS_STATE_KEY)
+    rederived = dict(evolution.rederived)
     for name in evolution.added:
         action = ("its values filled for the rows loaded before" if name in fill
                   else "loaded with every row")
-        if previously is not None and name in previously:  # (the last load wrote it)
+        if name in rederived:
+            if not evolution.reload:  # (else the whole table is, as its line says)
+                changes.append(f"column {name} is loaded again ({rederived[name]}): {action}")
+        elif previously is not None and name in previously:  # (the last load wrote it)
             changes.append(f"column {name} was missing from the destination (dropped there, "
                            f"not in PostgreSQL): added back, {action}")
         elif name in evolution.again:

@@ -27,38 +27,43 @@ from pg_to_bq.destinations.state_table import (
 from pg_to_bq.load.results import TableRead
 from pg_to_bq.load.state import (
     CREATED_TYPES_STATE_KEY,
+    DERIVED_STATE_KEY,
     KEPT_COLUMNS_STATE_KEY,
     LOADED_COLUMNS_STATE_KEY,
     PENDING_FILL_STATE_KEY,
 )
+from pg_to_bq.planning.derivation import derivations
 from pg_to_bq.planning.errors import describe
 from pg_to_bq.planning.evolution import Evolution, StoredColumn, diff
 from pg_to_bq.planning.tables import TablePlan
 
 
 def evolutions_of(queries: Any, plans: Sequence[TablePlan],
-                  states: Mapping[str, Mapping[str, Any]]
+                  states: Mapping[str, Mapping[str, Any]], salt: bytes | None = None
                   ) -> tuple[dict[str, Evolution], dict[str, dict[str, StoredColumn]]]:
     """What each table's load must do about schema changes (`pg_to_bq.planning.evolution`),
     and the columns each table has in the destination now (one query; `queries`: a dlt
     pipeline, or pg_to_bq's own connection, `pg_to_bq.destinations.duckdb_session`).
     `states`: the tables' stored states, whose types the last load created speak where the
-    destination reports a type without its parameters."""
+    destination reports a type without its parameters, and which say what the last load
+    wrote and how (`salt`: the hash salt of this run's reads)."""
     if not plans:
         return {}, {}
     stored = stored_columns(queries, [p.destination_table for p in plans])
     kind = queries.destination.destination_name
     return {p.destination_table: _diff(p, kind, stored.get(p.destination_table),
-                                       states.get(p.destination_table, {}))
+                                       states.get(p.destination_table, {}), salt)
             for p in plans}, stored
 
 
 def _diff(plan: TablePlan, kind: str, stored: dict[str, StoredColumn] | None,
-          state: Mapping[str, Any]) -> Evolution:
+          state: Mapping[str, Any], salt: bytes | None) -> Evolution:
+    before = state.get(DERIVED_STATE_KEY)
     return diff(planned_types(plan, kind), stored, kind, frozenset(plan.destination_primary_key),
                 created=state.get(CREATED_TYPES_STATE_KEY),
                 loaded=state.get(LOADED_COLUMNS_STATE_KEY),
-                kept=state.get(KEPT_COLUMNS_STATE_KEY))
+                kept=state.get(KEPT_COLUMNS_STATE_KEY),
+                derived=None if before is None else (before, derivations(plan, salt)))
 
 
 def prepare(pipeline: Any, read: list[TableRead], states: dict[str, dict[str, Any]],

@@ -29,6 +29,7 @@ from pg_to_bq.destinations.state_table import (
 )
 from pg_to_bq.load.cursor import CURSOR_STATE_KEY, state_value
 from pg_to_bq.load.results import LoadResult, TableRead
+from pg_to_bq.planning.derivation import derivations
 from pg_to_bq.planning.errors import describe
 from pg_to_bq.planning.evolution import Evolution
 from pg_to_bq.planning.tables import TablePlan
@@ -62,6 +63,8 @@ LOADED_COLUMNS_STATE_KEY = "loaded_columns"
 # The columns the last load found in the destination table and left as they were: dropped
 # in PostgreSQL (or never in it), not written (`pg_to_bq.planning.evolution.diff`).
 KEPT_COLUMNS_STATE_KEY = "kept_columns"
+# How the last load derived each column it wrote (`pg_to_bq.planning.derivation`).
+DERIVED_STATE_KEY = "derived"
 
 
 # The parameterized destination types (`NUMERIC(10,2)`) the last load gave the columns, by
@@ -171,6 +174,7 @@ def commit_states(queries: Any, loaded: list[TableRead],
             state[DEFINITION_STATE_KEY] = item.definition
         state[COLUMNS_STATE_KEY] = {c.source.name: c.source.type for c in item.plan.columns}
         state[LOADED_COLUMNS_STATE_KEY] = [c.name for c in item.plan.columns]
+        state[DERIVED_STATE_KEY] = derivations(item.plan, item.reader.hash_salt)
         evolution = item.evolution
         state[KEPT_COLUMNS_STATE_KEY] = [] if item.refresh or not evolution.exists \
             else [*evolution.dropped, *evolution.kept]

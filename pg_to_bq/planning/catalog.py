@@ -68,6 +68,11 @@ class Table:
     columns: tuple[Column, ...] = ()
     primary_key: tuple[str, ...] = ()
     foreign_keys: tuple[ForeignKey, ...] = ()
+    # Each column's attribute number, in the order of `columns` (empty in a snapshot written
+    # before they were discovered). It stays when a column is renamed or changes type, and
+    # is new when a column is dropped and one of the same name added
+    # (`pg_to_bq.planning.derivation`).
+    column_numbers: tuple[int, ...] = ()
 
     @property
     def qualified_name(self) -> str:
@@ -78,6 +83,15 @@ class Table:
     def kind_label(self) -> str:
         return {"r": "table", "p": "partitioned table", "v": "view", "m": "materialized view",
                 "f": "foreign table"}.get(self.kind, self.kind)
+
+    def column_number(self, name: str) -> int | None:
+        """The attribute number of column `name`, when discovered."""
+        if len(self.column_numbers) != len(self.columns):
+            return None
+        for column, number in zip(self.columns, self.column_numbers, strict=True):
+            if column.name == name:
+                return number
+        return None
 
     def column(self, name: str) -> Column:
         for column in self.columns:
@@ -101,6 +115,7 @@ class Table:
             estimated_rows=data.get("estimated_rows"),
             size_bytes=data.get("size_bytes"),
             columns=tuple(_column(c, columns) for c in data.get("columns") or ()),
+            column_numbers=tuple(int(n) for n in data.get("column_numbers") or ()),
             primary_key=tuple(data.get("primary_key") or ()),
             foreign_keys=tuple(
                 ForeignKey(

@@ -16,6 +16,9 @@ decision never depends on a snapshot or on anything a killed run may have left h
 - **column added back** (dropped in PostgreSQL, or left out, and later loaded again under
   the same name): the destination column holds values PostgreSQL no longer has, so it is
   handled as a new column (every row's value loaded again), never taken as loaded.
+- **column derived another way** (another PostgreSQL column under its name, hashed or cast
+  by the tables file, or hashed with another salt; `pg_to_bq.planning.derivation`): every
+  row's value is loaded again, as for a new column.
 - **column in the destination that pg_to_bq never wrote** (added there by hand): left as it
   is, said once, then `kept`.
 - **type change** the destination can hold without touching a value (`widens`): the column
@@ -32,7 +35,9 @@ from __future__ import annotations
 import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
+from typing import Any
 
+from pg_to_bq.planning.derivation import what_changed
 from pg_to_bq.planning.naming import SOFT_DELETE_COLUMN
 
 # Integer types by width, as DuckDB names them; BigQuery has only INT64.
@@ -88,6 +93,9 @@ class Evolution:
     kept: tuple[str, ...] = ()
     # Of `added`, those the destination has, with values the last load did not write.
     again: tuple[str, ...] = ()
+    # Of `added`, those the last load wrote, derived another way now, and why
+    # (`pg_to_bq.planning.derivation`).
+    rederived: tuple[tuple[str, str], ...] = ()
 
     @property
     def reload(self) -> bool:
@@ -111,29 +119,39 @@ def normalize_type(type_: str) -> str:
 def diff(planned: Mapping[str, str], stored: Mapping[str, StoredColumn] | None,
          kind: str, keys: frozenset[str] = frozenset(),
          created: Mapping[str, str] | None = None, loaded: Collection[str] | None = None,
-         kept: Collection[str] | None = None) -> Evolution:
+         kept: Collection[str] | None = None,
+         derived: tuple[Mapping[str, Mapping[str, Any]], Mapping[str, Mapping[str, Any]]]
+         | None = None) -> Evolution:
     """Compare the planned columns (destination name → destination type) with the stored
     table (None: it does not exist). `keys` are the primary key's destination columns.
     `created`: the parameterized types (`NUMERIC(10,2)`) pg_to_bq gave the columns at the
     table's last load, which speak for a destination that reports a type without its
     parameters. `loaded` and `kept`: the columns the table's last load wrote, and those it
     found in the destination and left as they were (None: a state from before they were
-    stored)."""
+    stored). `derived`: each column's derivation at the last load and now (by destination
+    name; None, or a column missing from the first, compares none)."""
     if not stored:
         return Evolution(exists=False)
     by_folded = {name.casefold(): column for name, column in stored.items()}
     wrote = None if loaded is None else {name.casefold() for name in loaded}
-    added, again, widened, retyped = [], [], [], []
+    added, again, rederived, widened, retyped = [], [], [], [], []
+    before, now = derived or ({}, {})
     for name, type_ in planned.items():
         column = by_folded.get(name.casefold())
         if column is None:
             added.append(name)
             continue
+        why = None if name not in before or name not in now \
+            else what_changed(before[name], now[name])
         if wrote is not None and name.casefold() not in wrote:
             # Present with values the last load did not write (the column was dropped in
             # PostgreSQL, or left out, and is back): every row's value is loaded again.
             added.append(name)
             again.append(name)
+        elif why is not None:
+            # Written by the last load, derived another way now: loaded again too.
+            added.append(name)
+            rederived.append((name, why))
         old, new = normalize_type(column.type), normalize_type(type_)
         remembered = normalize_type((created or {}).get(name, ""))
         if _unparameterized(old) and remembered.split("(")[0] == old:
@@ -164,7 +182,8 @@ def diff(planned: Mapping[str, str], stored: Mapping[str, StoredColumn] | None,
                      widened=tuple(widened), retyped=tuple(retyped),
                      relax=tuple(n for n in relax if n.casefold() not in
                                  {k.casefold() for k in keys}),
-                     kept=tuple(n for n in others if n in earlier), again=tuple(again))
+                     kept=tuple(n for n in others if n in earlier), again=tuple(again),
+                     rederived=tuple(rederived))
 
 
 def _unparameterized(type_: str) -> str | None:

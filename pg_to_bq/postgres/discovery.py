@@ -48,7 +48,8 @@ cols AS (
             'dimensions', a.attndims,
             'nullable', NOT a.attnotnull,
             'comment', cd.description
-        ) ORDER BY a.attnum) AS columns
+        ) ORDER BY a.attnum) AS columns,
+        json_agg(a.attnum ORDER BY a.attnum) AS column_numbers
     FROM rels r
     JOIN pg_catalog.pg_attribute a ON a.attrelid = r.oid
     JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
@@ -81,6 +82,7 @@ SELECT json_build_object(
         WHEN r.relkind IN ('r', 'm') THEN pg_catalog.pg_total_relation_size(r.oid)
         ELSE NULL END,
     'columns', COALESCE(cols.columns, '[]'::json),
+    'column_numbers', COALESCE(cols.column_numbers, '[]'::json),
     'primary_key', (
         SELECT json_agg(a.attname ORDER BY k.ord)
         FROM pg_catalog.pg_constraint con

@@ -341,6 +341,22 @@ def make_machine(pg_server, destination: Destination, runner: str, cdc: bool = F
             table.columns[name] = type_
 
         @rule(data=st.data())
+        def rename_column_to_a_gone_name(self, data) -> None:
+            """A column renamed to the name of one dropped or renamed away before (columns
+            swapping names): the destination's column of that name held another's values."""
+            table = self.pick(data, lambda t: bool(t.gone))
+            column = table and self.column(data, table)
+            if not column:
+                return
+            name = data.draw(st.sampled_from(table.gone))
+            self.sql(f'ALTER TABLE "{table.name}" RENAME COLUMN "{column}" TO "{name}"')
+            table.gone.remove(name)
+            table.gone.append(column)
+            table.columns[name] = table.columns.pop(column)
+            if column in table.not_null:
+                table.not_null = (table.not_null - {column}) | {name}
+
+        @rule(data=st.data())
         def rename_column(self, data) -> None:
             table = self.pick(data)
             column = self.column(data, table)

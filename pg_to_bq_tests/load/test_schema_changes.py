@@ -7,6 +7,7 @@ destination, value for value.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from decimal import Decimal
 from pathlib import Path
@@ -173,6 +174,53 @@ def test_a_column_added_by_hand_to_the_destination_is_said_once_and_left(evolvin
     assert_equal(url, path, "plain", ["a", "b"], "a")
     out = sync(capsys)
     assert "public.plain: unchanged" in out and "notes:" not in out, out
+
+
+def test_a_column_hashed_now_is_hashed_in_every_row_of_a_merged_table(
+        evolving, capsys, monkeypatch, tmp_path: Path) -> None:
+    """Hashing a column of a merged table through the tables file (its type stays VARCHAR),
+    changing the salt, then hashing it no more: each time every row's value is derived the
+    new way. Before, only the rows the cursor read again were: a column the user had
+    hashed kept its plain values in 19,000 rows, and a new salt left old hashes beside new
+    ones (a join on them silently matched nothing)."""
+    url, path = evolving
+    tables = tmp_path / "tables.yaml"
+    tables.write_text("tables:\n  public.events:\n    columns:\n      title: {hash: true}\n")
+    monkeypatch.setenv("PG_TO_BQ_TABLES_FILE", str(tables))
+    for salt in ("pepper", "paprika"):
+        monkeypatch.setenv("PG_TO_BQ_HASH_SALT", salt)
+        out = sync(capsys)
+        why = "hashed now" if salt == "pepper" else "the hash salt changed"
+        assert f"public.events: column title is loaded again ({why}): its values filled for " \
+               "the rows loaded before" in out, out
+        expected = [(i, hashlib.sha256(salt.encode() + f"t{i}".encode()).hexdigest())
+                    for i in range(1, 20001)]
+        assert duck_rows(path, "SELECT id, title FROM raw.events ORDER BY id") == expected
+    out = sync(capsys)
+    assert "public.events: unchanged" in out and "loaded again" not in out, out
+    tables.write_text("tables: {}\n")
+    out = sync(capsys)
+    assert "public.events: column title is loaded again (no longer hashed)" in out, out
+    assert_equal(url, path, "events", ["id", "title", "amount", "n", "code"], "id")
+
+
+def test_columns_that_swapped_names_are_loaded_again(evolving, capsys) -> None:
+    """Two columns of one type swap names (three renames, no row written: PostgreSQL keeps
+    each column's attribute number). The destination's `title` must hold what PostgreSQL's
+    `title` holds now, in every row of the merged table."""
+    url, path = evolving
+    run_sql(url, "ALTER TABLE events ALTER COLUMN code TYPE text;")
+    sync(capsys)
+    run_sql(url, "ALTER TABLE events RENAME COLUMN title TO swap;"
+                 "ALTER TABLE events RENAME COLUMN code TO title;"
+                 "ALTER TABLE events RENAME COLUMN swap TO code;")
+    out = sync(capsys)
+    for column in ("title", "code"):
+        assert f"public.events: column {column} is loaded again (another PostgreSQL column " \
+               "has its name now (dropped and added again, or renamed)): its values filled " \
+               "for the rows loaded before" in out, out
+    assert_equal(url, path, "events", ["id", "title", "amount", "n", "code"], "id")
+    assert "public.events: unchanged" in sync(capsys)
 
 
 def test_types_widen_in_place_and_other_changes_reload(evolving, capsys) -> None:

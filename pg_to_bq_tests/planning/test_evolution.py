@@ -92,3 +92,49 @@ def test_a_column_no_load_wrote_or_found_was_added_by_hand() -> None:
     # A state that did not record what it found: taken as dealt with.
     assert diff({"id": "BIGINT"}, stored(id="BIGINT", extra="INTEGER"), "duckdb",
                 loaded=["id"]).kept == ("extra",)
+
+
+def test_a_column_derived_another_way_is_loaded_again() -> None:
+    """`derived`: how the last load derived each column, and how this one would
+    (`pg_to_bq.planning.derivation`); a column derived another way is loaded again."""
+    now = stored(id="BIGINT", email="VARCHAR")
+    plain = {"id": {"number": 1}, "email": {"number": 2}}
+    hashed = {"id": {"number": 1}, "email": {"number": 2, "hash": "aaa"}}
+    evolution = diff({"id": "BIGINT", "email": "VARCHAR"}, now, "duckdb", loaded=["id", "email"],
+                     derived=(plain, hashed))
+    assert (evolution.added, evolution.rederived, evolution.again) == \
+        (("email",), (("email", "hashed now"),), ())
+    same = diff({"id": "BIGINT", "email": "VARCHAR"}, now, "duckdb", loaded=["id", "email"],
+                derived=(hashed, hashed))
+    assert not same.changed
+    # A column the last state does not describe is not compared.
+    assert not diff({"id": "BIGINT", "email": "VARCHAR"}, now, "duckdb",
+                    loaded=["id", "email"], derived=({"id": {"number": 1}}, hashed)).changed
+
+
+@pytest.mark.parametrize("before, now, expected", [
+    ({"number": 3}, {"number": 3}, None),
+    ({"number": 3}, {"number": 5},
+     "another PostgreSQL column has its name now (dropped and added again, or renamed)"),
+    # A state or a snapshot from before the numbers were kept: not compared.
+    ({}, {"number": 5}, None),
+    ({"number": 3}, {}, None),
+    ({"number": 3}, {"number": 3, "hash": "a1"}, "hashed now"),
+    ({"number": 3, "hash": "a1"}, {"number": 3}, "no longer hashed"),
+    ({"number": 3, "hash": "a1"}, {"number": 3, "hash": "b2"}, "the hash salt changed"),
+    ({"number": 3}, {"number": 3, "cast": "text"}, "cast to text now"),
+    ({"number": 3, "cast": "json"}, {"number": 3, "cast": "text"}, "cast to text now"),
+    ({"number": 3, "cast": "json"}, {"number": 3}, "no longer cast"),
+])
+def test_what_changed_in_a_derivation(before, now, expected) -> None:
+    from pg_to_bq.planning.derivation import what_changed
+
+    assert what_changed(before, now) == expected
+
+
+def test_the_salt_is_told_apart_and_never_kept() -> None:
+    from pg_to_bq.planning.derivation import salt_mark
+
+    one, other = salt_mark(b"pepper"), salt_mark(b"paprika")
+    assert one and other and one != other and salt_mark(b"pepper") == one
+    assert "pepper" not in one and salt_mark(None) is None and salt_mark(b"") is None
