@@ -4,7 +4,8 @@ The emulator's INFORMATION_SCHEMA (and its tables API) reports NUMERIC without t
 precision and scale BigQuery reports (`NUMERIC(12, 2)`), while it keeps the scale the column
 was created with: the widening of a decimal is found from the types the last load created,
 kept in the table's state, and tested here. A new column filled by key (UPDATE … FROM), a
-dropped column kept, and a type change reloading the table are tested here too, row for row.
+dropped column kept (and added back), and a type change reloading the table are tested here
+too, row for row.
 """
 
 from __future__ import annotations
@@ -66,6 +67,16 @@ def test_schema_changes_load_themselves_into_bigquery(pg_url: str, settings_env,
     assert bq(bigquery_emulator, f"SELECT count(*), count(extra), "
                                  f"countif(extra = 'new'), count(title) FROM {table}") \
         == [(2000, 2000, 10, 2000 - 10 - 11)]
+
+    # Added back under its name: every row's title is PostgreSQL's again, not the old one
+    # the destination kept.
+    run_sql(pg_url, "ALTER TABLE events ADD COLUMN title text DEFAULT 'back'")
+    assert main(["sync"]) == 0
+    out = capsys.readouterr().out
+    assert "column title is loaded again (dropped in PostgreSQL or left out before; the " \
+           "destination kept the column): its values filled for the rows loaded before" in out
+    assert bq(bigquery_emulator, f"SELECT count(*), countif(title = 'back') FROM {table}") \
+        == [(2000, 2000)]
 
     run_sql(pg_url, "ALTER TABLE events ALTER COLUMN amount TYPE text;"
                     "UPDATE events SET amount = 'abc', updated_at = now() WHERE id = 5")
