@@ -31,6 +31,7 @@ from pg_to_bq.load.state import (
     KEPT_COLUMNS_STATE_KEY,
     LOADED_COLUMNS_STATE_KEY,
     PENDING_FILL_STATE_KEY,
+    STORAGE_STATE_KEY,
 )
 from pg_to_bq.planning.derivation import derivations
 from pg_to_bq.planning.errors import describe
@@ -59,11 +60,15 @@ def evolutions_of(queries: Any, plans: Sequence[TablePlan],
 def _diff(plan: TablePlan, kind: str, stored: dict[str, StoredColumn] | None,
           state: Mapping[str, Any], salt: bytes | None) -> Evolution:
     before = state.get(DERIVED_STATE_KEY)
+    # Rewritten since the last load, or not known not to be: a type change may have changed
+    # every value.
+    rewritten = plan.table.storage is None or state.get(STORAGE_STATE_KEY) != plan.table.storage
     return diff(planned_types(plan, kind), stored, kind, frozenset(plan.destination_primary_key),
                 created=state.get(CREATED_TYPES_STATE_KEY),
                 loaded=state.get(LOADED_COLUMNS_STATE_KEY),
                 kept=state.get(KEPT_COLUMNS_STATE_KEY),
-                derived=None if before is None else (before, derivations(plan, salt)))
+                derived=None if before is None
+                else (before, derivations(plan, salt, types=rewritten)))
 
 
 def prepare(pipeline: Any, read: list[TableRead], states: dict[str, dict[str, Any]],

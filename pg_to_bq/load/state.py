@@ -65,6 +65,8 @@ LOADED_COLUMNS_STATE_KEY = "loaded_columns"
 KEPT_COLUMNS_STATE_KEY = "kept_columns"
 # How the last load derived each column it wrote (`pg_to_bq.planning.derivation`).
 DERIVED_STATE_KEY = "derived"
+# The table's storage in PostgreSQL when it was read (`Table.storage`).
+STORAGE_STATE_KEY = "storage"
 
 
 # The parameterized destination types (`NUMERIC(10,2)`) the last load gave the columns, by
@@ -175,6 +177,10 @@ def commit_states(queries: Any, loaded: list[TableRead],
         state[COLUMNS_STATE_KEY] = {c.source.name: c.source.type for c in item.plan.columns}
         state[LOADED_COLUMNS_STATE_KEY] = [c.name for c in item.plan.columns]
         state[DERIVED_STATE_KEY] = derivations(item.plan, item.reader.hash_salt)
+        if item.plan.table.storage is None:
+            state.pop(STORAGE_STATE_KEY, None)
+        else:
+            state[STORAGE_STATE_KEY] = item.plan.table.storage
         evolution = item.evolution
         state[KEPT_COLUMNS_STATE_KEY] = [] if item.refresh or not evolution.exists \
             else [*evolution.dropped, *evolution.kept]

@@ -73,6 +73,10 @@ class Table:
     # is new when a column is dropped and one of the same name added
     # (`pg_to_bq.planning.derivation`).
     column_numbers: tuple[int, ...] = ()
+    # The file(s) holding its rows (`pg_relation_filenode`, each leaf's for a partitioned
+    # table): new when PostgreSQL rewrites the table (a type change whose `USING` changes
+    # values, VACUUM FULL, TRUNCATE), the same otherwise.
+    storage: str | None = None
 
     @property
     def qualified_name(self) -> str:
@@ -116,6 +120,7 @@ class Table:
             size_bytes=data.get("size_bytes"),
             columns=tuple(_column(c, columns) for c in data.get("columns") or ()),
             column_numbers=tuple(int(n) for n in data.get("column_numbers") or ()),
+            storage=data.get("storage"),
             primary_key=tuple(data.get("primary_key") or ()),
             foreign_keys=tuple(
                 ForeignKey(

@@ -83,6 +83,11 @@ SELECT json_build_object(
         ELSE NULL END,
     'columns', COALESCE(cols.columns, '[]'::json),
     'column_numbers', COALESCE(cols.column_numbers, '[]'::json),
+    'storage', CASE WHEN r.relkind = 'p' THEN (
+            SELECT string_agg(pg_catalog.pg_relation_filenode(pt.relid)::text, ','
+                              ORDER BY pt.relid)
+            FROM pg_catalog.pg_partition_tree(r.oid) pt WHERE pt.isleaf)
+        ELSE pg_catalog.pg_relation_filenode(r.oid)::text END,
     'primary_key', (
         SELECT json_agg(a.attname ORDER BY k.ord)
         FROM pg_catalog.pg_constraint con

@@ -223,6 +223,37 @@ def test_columns_that_swapped_names_are_loaded_again(evolving, capsys) -> None:
     assert "public.events: unchanged" in sync(capsys)
 
 
+def test_a_type_change_that_rewrites_values_reaches_every_row(evolving, capsys) -> None:
+    """`USING` rewrites every value in PostgreSQL without touching the cursor: a type the
+    destination keeps (VARCHAR) and a type it widens in place (INTEGER → BIGINT) both have
+    every row's new value after one run of the merged table (before, the rows the cursor did
+    not read again kept the old ones)."""
+    url, path = evolving
+    run_sql(url, "ALTER TABLE events ALTER COLUMN code TYPE varchar(2) USING left(code, 2);"
+                 "ALTER TABLE events ALTER COLUMN n TYPE bigint USING n * 10")
+    out = sync(capsys)
+    assert "public.events: column code is loaded again (its PostgreSQL type changed " \
+           "(character varying(10) → character varying(2))): its values filled for the rows " \
+           "loaded before" in out, out
+    assert "public.events: column n changed type: widened in place (INTEGER → BIGINT)" in out
+    assert_equal(url, path, "events", ["id", "title", "amount", "n", "code"], "id")
+    assert "public.events: unchanged" in sync(capsys)
+
+
+def test_a_type_change_that_keeps_every_value_loads_nothing_again(evolving, capsys) -> None:
+    """varchar(10) → varchar(100), then text: PostgreSQL changes neither a value nor the
+    table's storage, and nothing is loaded again (a 20,000-row merged table, read by its
+    cursor). (text → varchar(100) would rewrite the table, to check the lengths.)"""
+    url, path = evolving
+    run_sql(url, "ALTER TABLE events ALTER COLUMN code TYPE varchar(100)")
+    out = sync(capsys)
+    assert "loaded again" not in out and "filled" not in out, out
+    run_sql(url, "ALTER TABLE events ALTER COLUMN code TYPE text")
+    out = sync(capsys)
+    assert "loaded again" not in out and "filled" not in out, out
+    assert_equal(url, path, "events", ["id", "title", "amount", "n", "code"], "id")
+
+
 def test_types_widen_in_place_and_other_changes_reload(evolving, capsys) -> None:
     url, path = evolving
     run_sql(url, "ALTER TABLE events ALTER COLUMN n TYPE bigint;"
@@ -234,7 +265,11 @@ def test_types_widen_in_place_and_other_changes_reload(evolving, capsys) -> None
     assert "column n changed type: widened in place (INTEGER → BIGINT); PostgreSQL integer " \
            "→ bigint" in out
     assert "column amount changed type: widened in place (DECIMAL(12,2) → DECIMAL(14,4))" in out
-    assert "code" not in out  # varchar(10) → text: the destination type is the same
+    # varchar(10) → text: the destination type is the same; but PostgreSQL rewrote the table
+    # (for the other two), so its values are loaded again too, as a `USING` may have
+    # changed them (`test_a_type_change_that_keeps_every_value_loads_nothing_again`).
+    assert "column code changed type" not in out
+    assert "column code is loaded again (its PostgreSQL type changed" in out
     assert columns_of(path, "events")["n"] == "BIGINT"
     assert_equal(url, path, "events", ["id", "title", "amount", "n", "code"], "id")
 

@@ -138,3 +138,18 @@ def test_the_salt_is_told_apart_and_never_kept() -> None:
     one, other = salt_mark(b"pepper"), salt_mark(b"paprika")
     assert one and other and one != other and salt_mark(b"pepper") == one
     assert "pepper" not in one and salt_mark(None) is None and salt_mark(b"") is None
+
+
+@pytest.mark.parametrize("before, now, expected", [
+    ({"number": 3, "type": "integer"}, {"number": 3, "type": "integer"}, None),
+    ({"number": 3, "type": "character varying(10)"},
+     {"number": 3, "type": "character varying(5)"},
+     "its PostgreSQL type changed (character varying(10) → character varying(5))"),
+    ({"number": 3}, {"number": 3, "type": "text"}, None),
+])
+def test_a_postgresql_type_change_is_a_change_of_derivation(before, now, expected) -> None:
+    """`ALTER COLUMN … TYPE … USING` can rewrite every value while the destination's type
+    stays (varchar(10) → varchar(5) USING left(…)): the values are loaded again."""
+    from pg_to_bq.planning.derivation import what_changed
+
+    assert what_changed(before, now) == expected
