@@ -49,6 +49,7 @@ from pg_to_bq.load.state import (
 from pg_to_bq.load.values_check import source_side_fingerprint
 from pg_to_bq.planning.errors import describe, is_transient
 from pg_to_bq.planning.evolution import Change, Evolution
+from pg_to_bq.planning.naming import destination_name
 from pg_to_bq.planning.settings import DEFAULT_PARALLEL_STREAMS
 from pg_to_bq.planning.tables import TablePlan
 from pg_to_bq.postgres import row_versions as tuple_versions
@@ -83,6 +84,9 @@ def describe_changes(plan: TablePlan, evolution: Evolution, state: dict[str, Any
     changes = []
     previously = state.get(LOADED_COLUMNS_STATE_KEY)
     rederived = dict(evolution.rederived)
+    # Columns PostgreSQL still has that the plan leaves out, as the destination names them.
+    excluded = {destination_name(c.column).casefold() for c in plan.left_out
+                if c.action == "excluded"}
     for name in evolution.added:
         action = ("its values filled for the rows loaded before" if name in fill
                   else "loaded with every row")
@@ -100,6 +104,10 @@ def describe_changes(plan: TablePlan, evolution: Evolution, state: dict[str, Any
     for name in evolution.dropped:
         if evolution.reload:
             changes.append(f"column {name} dropped in PostgreSQL: not in the reloaded table")
+        elif name.casefold() in excluded:
+            changes.append(f"column {name} is excluded now (see its note): kept in the "
+                           "destination with the values loaded before, NULL for rows loaded "
+                           "from now on (drop the column there to remove them)")
         elif previously is not None and name in previously:  # the first load after the drop
             changes.append(Change("dropped", name).describe(""))
         elif previously is None:  # no state says where it came from

@@ -204,6 +204,30 @@ def test_a_column_hashed_now_is_hashed_in_every_row_of_a_merged_table(
     assert_equal(url, path, "events", ["id", "title", "amount", "n", "code"], "id")
 
 
+def test_a_column_excluded_then_included_again(evolving, capsys, monkeypatch,
+                                              tmp_path: Path) -> None:
+    """Excluded through the tables file, a column PostgreSQL still has is said to be kept in
+    the destination with its old values (not "dropped in PostgreSQL"); included again, every
+    row's value is loaded (the destination's were those of before)."""
+    url, path = evolving
+    tables = tmp_path / "tables.yaml"
+    tables.write_text("tables:\n  public.events:\n    columns:\n      amount: {exclude: true}\n")
+    monkeypatch.setenv("PG_TO_BQ_TABLES_FILE", str(tables))
+    run_sql(url, "UPDATE events SET amount = -1 WHERE id > 100")  # the cursor does not move
+    out = sync(capsys)
+    assert "public.events: column amount is excluded now (see its note): kept in the " \
+           "destination with the values loaded before, NULL for rows loaded from now on (drop " \
+           "the column there to remove them)" in out, out
+    assert "dropped in PostgreSQL" not in out
+    out = sync(capsys)
+    assert "is excluded now" not in out
+    tables.write_text("tables: {}\n")
+    out = sync(capsys)
+    assert "public.events: column amount is loaded again (dropped in PostgreSQL or left out " \
+           "before; the destination kept the column)" in out, out
+    assert_equal(url, path, "events", ["id", "title", "amount", "n", "code"], "id")
+
+
 def test_columns_that_swapped_names_are_loaded_again(evolving, capsys) -> None:
     """Two columns of one type swap names (three renames, no row written: PostgreSQL keeps
     each column's attribute number). The destination's `title` must hold what PostgreSQL's
