@@ -35,10 +35,14 @@ def fill_plan(plan: TablePlan, columns: Sequence[str]) -> TablePlan:
         bigquery_cluster=(), soft_deletes=False)
 
 
-def fill_columns(plan: TablePlan, columns: Sequence[str], side_load: SideLoad) -> int:
+def fill_columns(plan: TablePlan, columns: Sequence[str], side_load: SideLoad,
+                 stale: Sequence[str] = ()) -> tuple[int, int]:
     """Set `columns` (destination names) of every existing row of `plan`'s table to the
-    source's values, by primary key, from a side table `side_load` loads. Returns the rows
-    updated."""
+    source's values, by primary key, from a side table `side_load` loads. `stale`: those of
+    `columns` whose values in the destination were derived another way (a column added back,
+    hashed now, …); in the rows PostgreSQL no longer has (kept as soft deletes, or not yet
+    removed by a delete pass) they are set to NULL, as no value derived the new way exists.
+    Returns the rows updated and the rows set to NULL."""
     side = fill_plan(plan, columns)
     _, pipeline = side_load(side)
     with pipeline.sql_client() as client:
@@ -53,7 +57,16 @@ def fill_columns(plan: TablePlan, columns: Sequence[str], side_load: SideLoad) -
             rows = int(cursor.fetchone()[0])
         client.execute_sql(f"UPDATE {target} AS t SET {assignments} FROM {fill} AS f "
                            f"WHERE {matches}")
+        cleared = 0
+        if stale:
+            gone = f"NOT EXISTS (SELECT 1 FROM {fill} AS f WHERE {matches})"
+            with client.execute_query(f"SELECT count(*) FROM {target} AS t WHERE {gone}") \
+                    as cursor:
+                cleared = int(cursor.fetchone()[0])
+            if cleared:
+                nulls = ", ".join(f"{quote(c)} = NULL" for c in stale)
+                client.execute_sql(f"UPDATE {target} AS t SET {nulls} WHERE {gone}")
         # Emptied, not dropped: the side pipeline's schema still lists the table, so dlt
         # would not create it again.
         client.execute_sql(f"DELETE FROM {fill} WHERE 1 = 1")
-    return rows
+    return rows, cleared

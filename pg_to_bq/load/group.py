@@ -533,8 +533,11 @@ class _GroupRun:
         for item in loaded:
             if not item.fill:
                 continue
+            evolution = item.evolution
+            stale = [c for c in item.fill
+                     if c in evolution.again or c in dict(evolution.rederived)]
             try:
-                rows = fill_columns(item.plan, item.fill, self.side_load)
+                rows, cleared = fill_columns(item.plan, item.fill, self.side_load, stale)
             except Exception as exc:  # noqa: BLE001 - this table's own failure
                 failures[item.plan.destination_table] = (
                     f"table {item.plan.name}: new column(s) {', '.join(item.fill)} were not "
@@ -542,6 +545,10 @@ class _GroupRun:
                     "loaded and the next run fills them")
                 continue
             item.changes.append(f"filled {', '.join(item.fill)} for {rows:,} existing row(s)")
+            if cleared:
+                item.changes.append(
+                    f"set {', '.join(stale)} to NULL in {cleared:,} row(s) PostgreSQL no "
+                    "longer has (their values were derived the old way)")
         return failures
 
     def delete_pass(self, results: list[tuple[int, LoadResult]], soft_whole: set[str]

@@ -8,6 +8,7 @@ and that the table's check passes (the kept rows are not "extra rows").
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 
@@ -190,3 +191,25 @@ def test_the_tables_file_decides_per_table(pg_url, settings_env, capsys, tmp_pat
     assert "_pg_to_bq_deleted_at" not in columns
     assert_live_exact(pg_url, path, tables=("orders",))
     assert_mirrored_in_duckdb(pg_url, path, "tags")
+
+
+def test_a_column_hashed_now_keeps_no_plain_value_in_the_kept_rows(shop, capsys, monkeypatch,
+                                                                    tmp_path) -> None:
+    """The rows PostgreSQL deleted (kept, marked) cannot be filled from it: when their column
+    is derived another way (here hashed through the tables file), their old values are set to
+    NULL, so no plain value stays behind in the copy of a column the user hashes."""
+    url, path, mode = shop
+    run_sql(url, "DELETE FROM orders WHERE id <= 3")
+    sync(capsys, *deletes_args(mode))
+    assert kept(path, "orders") == [(1, "new"), (2, "new"), (3, "new")]
+    tables = tmp_path / "hashed.yaml"
+    tables.write_text("tables:\n  public.orders:\n    columns:\n      status: {hash: true}\n")
+    monkeypatch.setenv("PG_TO_BQ_TABLES_FILE", str(tables))
+    monkeypatch.setenv("PG_TO_BQ_HASH_SALT", "pepper")
+    out = sync(capsys, *deletes_args(mode))
+    assert "public.orders: set status to NULL in 3 row(s) PostgreSQL no longer has (their " \
+           "values were derived the old way)" in out, out
+    assert kept(path, "orders") == [(1, None), (2, None), (3, None)]
+    hashed = hashlib.sha256(b"pepper" + b"new").hexdigest()
+    assert duck_rows(path, f"SELECT count(*), count(*) FILTER (WHERE status = '{hashed}') "
+                           "FROM raw.orders WHERE _pg_to_bq_deleted_at IS NULL") == [(1997, 1997)]
