@@ -88,15 +88,6 @@ class Table:
         return {"r": "table", "p": "partitioned table", "v": "view", "m": "materialized view",
                 "f": "foreign table"}.get(self.kind, self.kind)
 
-    def column_number(self, name: str) -> int | None:
-        """The attribute number of column `name`, when discovered."""
-        if len(self.column_numbers) != len(self.columns):
-            return None
-        for column, number in zip(self.columns, self.column_numbers, strict=True):
-            if column.name == name:
-                return number
-        return None
-
     def column(self, name: str) -> Column:
         for column in self.columns:
             if column.name == name:

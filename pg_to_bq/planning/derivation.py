@@ -44,10 +44,13 @@ def derivations(plan: TablePlan, salt: bytes | None, types: bool = True
     not rewritten since the last load: a type change left every value as it was), the
     PostgreSQL types are left out, and so out of the comparison."""
     mark = salt_mark(salt)
+    table = plan.table
+    numbers = dict(zip((c.name for c in table.columns), table.column_numbers, strict=True)) \
+        if len(table.column_numbers) == len(table.columns) else {}
     found: dict[str, dict[str, Any]] = {}
     for column in plan.columns:
         how: dict[str, Any] = {}
-        number = plan.table.column_number(column.source.name)
+        number = numbers.get(column.source.name)
         if number is not None:
             how[_NUMBER] = number
         if types:
