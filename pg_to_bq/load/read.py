@@ -116,6 +116,10 @@ def describe_changes(plan: TablePlan, evolution: Evolution, state: dict[str, Any
         else:
             changes.append(f"column {name} is in the destination table, not in PostgreSQL, "
                            "and pg_to_bq never wrote it (added there by hand): left as it is")
+    if evolution.reload:
+        for name in evolution.kept:
+            changes.append(f"column {name} (no longer in PostgreSQL, kept in the destination "
+                           "until now) is not in the reloaded table")
     for change in (*evolution.widened, *evolution.retyped):
         source = source_names.get(change.column)
         text = change.describe("")
