@@ -26,6 +26,7 @@ from pg_to_bq.destinations.state_table import (
 )
 from pg_to_bq.load.results import TableRead
 from pg_to_bq.load.state import (
+    COLUMNS_STATE_KEY,
     CREATED_TYPES_STATE_KEY,
     DERIVED_STATE_KEY,
     KEPT_COLUMNS_STATE_KEY,
@@ -60,6 +61,12 @@ def evolutions_of(queries: Any, plans: Sequence[TablePlan],
 def _diff(plan: TablePlan, kind: str, stored: dict[str, StoredColumn] | None,
           state: Mapping[str, Any], salt: bytes | None) -> Evolution:
     before = state.get(DERIVED_STATE_KEY)
+    if before is None and COLUMNS_STATE_KEY in state:
+        # A state from before derivations were kept: the PostgreSQL types it loaded say a
+        # part of them (the table's storage is not known, so a type change counts).
+        loaded_types = state[COLUMNS_STATE_KEY]
+        before = {c.name: {"type": loaded_types[c.source.name]} for c in plan.columns
+                  if c.source.name in loaded_types}
     # Rewritten since the last load, or not known not to be: a type change may have changed
     # every value.
     rewritten = plan.table.storage is None or state.get(STORAGE_STATE_KEY) != plan.table.storage

@@ -8,6 +8,7 @@ destination, value for value.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from decimal import Decimal
 from pathlib import Path
@@ -269,6 +270,23 @@ def test_a_type_change_that_rewrites_values_reaches_every_row(evolving, capsys) 
     assert "public.events: column n changed type: widened in place (INTEGER → BIGINT)" in out
     assert_equal(url, path, "events", ["id", "title", "amount", "n", "code"], "id")
     assert "public.events: unchanged" in sync(capsys)
+
+
+def test_a_state_from_before_derivations_still_sees_a_type_change(evolving, capsys) -> None:
+    """A table last loaded by a version that kept no derivations (nor the table's storage):
+    the PostgreSQL types its state lists are compared, and a type change counts."""
+    url, path = evolving
+    with duckdb.connect(str(path)) as conn:
+        rows = conn.execute("SELECT table_name, state FROM raw._pg_to_bq_state").fetchall()
+        for table, state in rows:
+            old = {k: v for k, v in json.loads(state).items() if k not in ("derived", "storage")}
+            conn.execute("UPDATE raw._pg_to_bq_state SET state = ? WHERE table_name = ?",
+                         [json.dumps(old), table])
+    run_sql(url, "ALTER TABLE events ALTER COLUMN code TYPE varchar(2) USING left(code, 2)")
+    out = sync(capsys)
+    assert "public.events: column code is loaded again (its PostgreSQL type changed " \
+           "(character varying(10) → character varying(2)))" in out, out
+    assert_equal(url, path, "events", ["id", "title", "amount", "n", "code"], "id")
 
 
 def test_a_type_change_that_keeps_every_value_loads_nothing_again(evolving, capsys) -> None:
