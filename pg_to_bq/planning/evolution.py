@@ -27,7 +27,9 @@ decision never depends on a snapshot or on anything a killed run may have left h
   run killed midway leaves no table, which the next run loads whole.
 
 Types are compared as the destination names them (`normalize_type`): a change PostgreSQL
-makes without changing the destination type (`varchar(20)` → `text`) needs nothing.
+makes without changing the destination type (`varchar(20)` → `text`) needs nothing there;
+if PostgreSQL rewrote the table for it (a `USING` may have changed the values), the column
+is derived another way and loaded again.
 """
 
 from __future__ import annotations
