@@ -9,7 +9,9 @@ emulator. Its tables are a merged one (primary key + `updated_at`, an enum colum
 keyless one (replaced, duplicate rows) and a partitioned one (merged, through its root,
 partitions attached as it goes); migrations add (with and without a default), drop and
 rename columns, widen and narrow types, turn text into numbers and back, set and drop NOT
-NULL, add and rename enum labels, rename, drop and create tables and attach partitions;
+NULL, add and rename enum labels, rename, drop and create tables and attach partitions, add
+columns back under names dropped or renamed away (and rename columns to such names); the
+tables file hashes text columns or stops, and the hash salt changes;
 writes insert, update (moving the cursor, or not moving it for rows inside the lookback
 window; with change capture on, anywhere), and delete.
 
@@ -30,6 +32,7 @@ CI runs a fixed seed and a few short sequences per runner (`PG_TO_BQ_FUZZ_EXAMPL
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -129,6 +132,8 @@ class Table:
     partitions: int = 1
     # Names of columns dropped or renamed away: the destination keeps a column of each.
     gone: list[str] = field(default_factory=list)
+    # Text columns the tables file hashes.
+    hashed: set[str] = field(default_factory=set)
 
     @property
     def merged(self) -> bool:
@@ -240,6 +245,21 @@ def fuzz_settings() -> settings:
         suppress_health_check=list(HealthCheck), report_multiple_bugs=False)
 
 
+# Types whose values the fuzzer hashes through the tables file (the hash of the text).
+HASHABLE = ("text", "varchar(40)")
+
+
+def hashed_rows(rows: Counter, positions: Sequence[int], salt: bytes) -> Counter:
+    """`rows` with the values at `positions` as pg_to_bq hashes them: the hex SHA-256 of the
+    salt and the text."""
+    if not positions:
+        return rows
+    def hashed(value):
+        return None if value is None else hashlib.sha256(salt + value.encode()).hexdigest()
+    return Counter({tuple(hashed(v) if i in positions else v for i, v in enumerate(row)): n
+                    for row, n in rows.items()})
+
+
 def make_machine(pg_server, destination: Destination, runner: str, cdc: bool = False,
                  soft: bool = False) -> type:
     """The state machine class for one runner ("cli" or "job") and destination; with `cdc`,
@@ -264,6 +284,10 @@ def make_machine(pg_server, destination: Destination, runner: str, cdc: bool = F
                 self.env.update(PG_TO_BQ_CDC="true", PG_TO_BQ_CDC_CRON="off")
             if soft:
                 self.env.update(PG_TO_BQ_SOFT_DELETES="true")
+            self.tables_file = self.workdir / "tables.yaml"
+            self.env.update(PG_TO_BQ_TABLES_FILE=str(self.tables_file),
+                            PG_TO_BQ_HASH_SALT="salt0")
+            self.salts = 0
             (self.workdir / "home").mkdir()
             (self.workdir / "home" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
             destination.configure(self.env, self.workdir)
@@ -326,6 +350,7 @@ def make_machine(pg_server, destination: Destination, runner: str, cdc: bool = F
                 del table.columns[column]
                 table.not_null.discard(column)
                 table.gone.append(column)
+                table.hashed.discard(column)
 
         @rule(data=st.data(), type_=st.sampled_from(NEW_COLUMN_TYPES), default=st.booleans())
         def add_column_back(self, data, type_: str, default: bool) -> None:
@@ -353,6 +378,8 @@ def make_machine(pg_server, destination: Destination, runner: str, cdc: bool = F
             table.gone.remove(name)
             table.gone.append(column)
             table.columns[name] = table.columns.pop(column)
+            if column in table.hashed:  # (the user renames it in the tables file too)
+                table.hashed = (table.hashed - {column}) | {name}
             if column in table.not_null:
                 table.not_null = (table.not_null - {column}) | {name}
 
@@ -365,6 +392,8 @@ def make_machine(pg_server, destination: Destination, runner: str, cdc: bool = F
                 self.sql(f'ALTER TABLE "{table.name}" RENAME COLUMN "{column}" TO "{name}"')
                 table.columns[name] = table.columns.pop(column)
                 table.gone.append(column)
+                if column in table.hashed:
+                    table.hashed = (table.hashed - {column}) | {name}
                 if column in table.not_null:
                     table.not_null = (table.not_null - {column}) | {name}
 
@@ -382,6 +411,27 @@ def make_machine(pg_server, destination: Destination, runner: str, cdc: bool = F
             self.sql(f'ALTER TABLE "{table.name}" ALTER COLUMN "{column}" DROP DEFAULT, '
                      f'ALTER COLUMN "{column}" TYPE {target} USING {using}')
             table.columns[column] = target
+            if target not in HASHABLE:
+                table.hashed.discard(column)
+
+        @rule(data=st.data(), on=st.booleans())
+        def hash_column(self, data, on: bool) -> None:
+            """The tables file hashes a text column, or no longer does."""
+            table = self.pick(data)
+            if on:
+                plain = sorted(c for c, t in table.columns.items()
+                               if t in HASHABLE and c not in table.hashed)
+                if plain:
+                    table.hashed.add(data.draw(st.sampled_from(plain)))
+            elif table.hashed:
+                table.hashed.discard(data.draw(st.sampled_from(sorted(table.hashed))))
+            self.log.append(f"tables file: {table.name} hashes {sorted(table.hashed)}")
+
+        @rule()
+        def change_salt(self) -> None:
+            self.salts += 1
+            self.env["PG_TO_BQ_HASH_SALT"] = f"salt{self.salts}"
+            self.log.append(f"hash salt: salt{self.salts}")
 
         @rule(data=st.data(), on=st.booleans())
         def not_null(self, data, on: bool) -> None:
@@ -493,6 +543,7 @@ def make_machine(pg_server, destination: Destination, runner: str, cdc: bool = F
         @rule(after=st.floats(0.2, 6.0))
         def killed_sync(self, after: float) -> None:
             """A sync killed with SIGKILL (the whole process group) at a random moment."""
+            self.write_tables_file()
             process = subprocess.Popen(self.command(apply_deletes=False), env=self.env,
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                        start_new_session=True)
@@ -503,6 +554,11 @@ def make_machine(pg_server, destination: Destination, runner: str, cdc: bool = F
                 os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=60)
             self.log.append(f"killed after {after:.1f} s")
+
+        def write_tables_file(self) -> None:
+            hashed = {f"public.{t.name}": {"columns": {c: {"hash": True} for c in sorted(t.hashed)}}
+                      for t in self.tables.values() if t.hashed}
+            self.tables_file.write_text(json.dumps({"tables": hashed}))
 
         def command(self, apply_deletes: bool) -> list[str]:
             if runner == "job":
@@ -515,6 +571,7 @@ def make_machine(pg_server, destination: Destination, runner: str, cdc: bool = F
 
         def sync_and_compare(self, apply_deletes: bool) -> None:
             self.log.append(f"sync (apply_deletes={apply_deletes})")
+            self.write_tables_file()
             if runner == "cli":
                 os.environ.clear()
                 os.environ.update(self.env)
@@ -537,7 +594,9 @@ def make_machine(pg_server, destination: Destination, runner: str, cdc: bool = F
         def compare(self) -> None:
             for table in self.tables.values():
                 columns = source_columns(self.url, table.name)
-                source = source_rows(self.url, table.name, columns)
+                source = hashed_rows(source_rows(self.url, table.name, columns),
+                                     [columns.index(c) for c in table.hashed],
+                                     self.env["PG_TO_BQ_HASH_SALT"].encode())
                 marked = soft and destination.has_column(table.name, "_pg_to_bq_deleted_at")
                 copy = destination.rows(table.name, columns, LIVE if marked else "")
                 if marked and "id" in columns:
