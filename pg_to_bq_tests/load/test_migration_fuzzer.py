@@ -414,17 +414,25 @@ def make_machine(pg_server, destination: Destination, runner: str, cdc: bool = F
             if target not in HASHABLE:
                 table.hashed.discard(column)
 
-        @rule(data=st.data(), on=st.booleans())
-        def hash_column(self, data, on: bool) -> None:
-            """The tables file hashes a text column, or no longer does."""
-            table = self.pick(data)
-            if on:
-                plain = sorted(c for c, t in table.columns.items()
-                               if t in HASHABLE and c not in table.hashed)
-                if plain:
-                    table.hashed.add(data.draw(st.sampled_from(plain)))
-            elif table.hashed:
-                table.hashed.discard(data.draw(st.sampled_from(sorted(table.hashed))))
+        @rule(data=st.data())
+        def hash_column(self, data) -> None:
+            """The tables file hashes a text column."""
+            table = self.pick(data, lambda t: any(c not in t.hashed and type_ in HASHABLE
+                                                  for c, type_ in t.columns.items()))
+            if table is None:
+                return
+            table.hashed.add(data.draw(st.sampled_from(sorted(
+                c for c, type_ in table.columns.items()
+                if type_ in HASHABLE and c not in table.hashed))))
+            self.log.append(f"tables file: {table.name} hashes {sorted(table.hashed)}")
+
+        @rule(data=st.data())
+        def unhash_column(self, data) -> None:
+            """The tables file no longer hashes a column."""
+            table = self.pick(data, lambda t: bool(t.hashed))
+            if table is None:
+                return
+            table.hashed.discard(data.draw(st.sampled_from(sorted(table.hashed))))
             self.log.append(f"tables file: {table.name} hashes {sorted(table.hashed)}")
 
         @rule()
