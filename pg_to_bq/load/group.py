@@ -533,9 +533,7 @@ class _GroupRun:
         for item in loaded:
             if not item.fill:
                 continue
-            evolution = item.evolution
-            stale = [c for c in item.fill
-                     if c in evolution.again or c in dict(evolution.rederived)]
+            stale = [c for c in item.fill if c in item.evolution.stale]
             try:
                 rows, cleared = fill_columns(item.plan, item.fill, self.side_load, stale)
             except Exception as exc:  # noqa: BLE001 - this table's own failure

@@ -105,6 +105,12 @@ class Evolution:
         return bool(self.retyped)
 
     @property
+    def stale(self) -> tuple[str, ...]:
+        """Of `added`, those the destination already has, with values derived another way
+        than this load's (`again` and `rederived`)."""
+        return (*self.again, *(name for name, _ in self.rederived))
+
+    @property
     def changed(self) -> bool:
         """Whether the load must do something about the table's columns (a change seen
         before and already dealt with, `kept`, is not one)."""
@@ -143,17 +149,17 @@ def diff(planned: Mapping[str, str], stored: Mapping[str, StoredColumn] | None,
         if column is None:
             added.append(name)
             continue
-        why = None if name not in before or name not in now \
-            else what_changed(before[name], now[name])
         if wrote is not None and name.casefold() not in wrote:
             # Present with values the last load did not write (the column was dropped in
             # PostgreSQL, or left out, and is back): every row's value is loaded again.
             added.append(name)
             again.append(name)
-        elif why is not None:
-            # Written by the last load, derived another way now: loaded again too.
-            added.append(name)
-            rederived.append((name, why))
+        elif name in before and name in now:
+            why = what_changed(before[name], now[name])
+            if why is not None:
+                # Written by the last load, derived another way now: loaded again too.
+                added.append(name)
+                rederived.append((name, why))
         old, new = normalize_type(column.type), normalize_type(type_)
         remembered = normalize_type((created or {}).get(name, ""))
         if _unparameterized(old) and remembered.split("(")[0] == old:
