@@ -156,6 +156,7 @@ def _quiet_library_warnings() -> None:
 def cmd_discover(offline: bool = False) -> int:
     from pg_to_bq.orchestration.code_location import load_catalog, plans_for, refresh_catalog
     from pg_to_bq.planning.settings import Settings
+    from pg_to_bq.planning.tables import unused_settings
 
     settings = Settings.from_env()
     if offline:
@@ -169,6 +170,8 @@ def cmd_discover(offline: bool = False) -> int:
     print(f"{len(plans)} table(s) from {origin} → {settings.destination.describe()} "
           f"dataset {settings.dataset}")
     print(format_plans(plans, catalog))
+    for sentence in unused_settings(settings, catalog):
+        print(f"warning: {sentence}", file=sys.stderr)
     if settings.cdc and not offline:
         from pg_to_bq.cli.cdc import format_prerequisites
         from pg_to_bq.orchestration.code_location import resolve_source_url
@@ -244,16 +247,24 @@ def cmd_sync(
             destination_key,
         )
         from pg_to_bq.planning.settings import Settings
-        from pg_to_bq.planning.tables import select_plans
+        from pg_to_bq.planning.tables import select_plans, unknown_tables, unused_settings
         from pg_to_bq.postgres.connect import check_reachable
 
         settings = Settings.from_env()
         # One line (exit 2) for a source no table can reach (TLS, login, network), before any
         # table is tried: the catalog snapshot alone would not notice.
         check_reachable(resolve_source_url(settings))
-        loaded = load_catalog(settings, refresh=refresh, empty_when_unreachable=False)
+        loaded = before = load_catalog(settings, refresh=refresh, empty_when_unreachable=False)
+        if loaded.origin == "snapshot" and unknown_tables(settings, loaded.catalog, names):
+            # Created or renamed in PostgreSQL since the snapshot: one discovery (saved to the
+            # snapshot) finds them, rather than a table left out or an entry left unused.
+            loaded = load_catalog(settings, refresh=True, empty_when_unreachable=False)
         if loaded.warning:
             print(f"warning: {loaded.warning}", file=sys.stderr)
+        warned = {f"warning: {s}" for s in unused_settings(settings, loaded.catalog,
+                                                            before.catalog)}
+        for line in sorted(warned):
+            print(line, file=sys.stderr)
         plans = plans_for(settings, loaded.catalog)
         chosen = select_plans(plans, names) if names else plans
         skipped = [p for p in chosen if not p.columns and p.error is None]
@@ -291,7 +302,13 @@ def cmd_sync(
     # The DuckDB file stays open from one step to the next (`writer_lock.kept`): the steps
     # run one after another in this process, and another process that waits for the file
     # gets it between two of them.
-    with progress.listening(report.table, lambda line: print(line, flush=True)), kept():
+    def notice(line: str) -> None:
+        if line not in warned:  # (the catalog step's warnings, unless said above)
+            warned.add(line)
+            print(line, file=sys.stderr if line.startswith("warning: ") else sys.stdout,
+                  flush=True)
+
+    with progress.listening(report.table, notice), kept():
         for granularity, run_plans in runs.items():
             keys = [destination_key(p, ctx) for p in run_plans]
             if granularity is None and (not names or settings.cdc):

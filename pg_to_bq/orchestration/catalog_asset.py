@@ -15,6 +15,7 @@ Part of the nightly job (and of `pg-to-bq sync` of everything). Its step:
    table also copies it, without anyone reloading anything.
 """
 
+import logging
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -33,7 +34,7 @@ from pg_to_bq.planning.catalog import Catalog, Table
 if TYPE_CHECKING:
     from pg_to_bq.planning.settings import Settings
 
-
+log = logging.getLogger(__name__)
 
 class CatalogKeeper(Protocol):
     """Where a discovered catalog is kept for the next load of the definitions."""
@@ -72,7 +73,12 @@ def compare(built: Catalog, live: Catalog) -> tuple[list[Table], list[str]]:
 def build_catalog_asset(settings: "Settings", built: Catalog, ctx: AssetContext,
                         keeper: CatalogKeeper) -> dg.AssetsDefinition:
     """The catalog asset of one mirrored database (see the module's docstring)."""
+    from pg_to_bq.planning.tables import unused_settings
+
     names = ctx.names
+    unused = unused_settings(settings, built)
+    for sentence in unused:
+        log.warning(sentence)
 
     @dg.multi_asset(
         name=names.name(CATALOG_STEP),
@@ -81,7 +87,7 @@ def build_catalog_asset(settings: "Settings", built: Catalog, ctx: AssetContext,
             description="PostgreSQL's tables, discovered again by every nightly run (one "
                         "query); tables new since the definitions were built are loaded by "
                         "this step, and have their own assets once the definitions are loaded "
-                        "again",
+                        "again" + "".join(f"\n\n**Selects nothing:** {u}" for u in unused),
             group_name=names.name("postgres"),
             kinds={"postgres"},
             tags={SCHEDULE_TAG: "nightly"},
@@ -103,7 +109,7 @@ def _refresh(context: dg.AssetExecutionContext, settings: "Settings", built: Cat
     from pg_to_bq.orchestration.steps import live_catalog, load_with, materialization_metadata
     from pg_to_bq.orchestration.storage_connections import hold_storage_connections
     from pg_to_bq.planning.groups import group_plans
-    from pg_to_bq.planning.tables import plans_for
+    from pg_to_bq.planning.tables import plans_for, unused_settings
 
     hold_storage_connections(context.instance)
     started = time.monotonic()
@@ -150,11 +156,17 @@ def _refresh(context: dg.AssetExecutionContext, settings: "Settings", built: Cat
                 seconds=result.duration_s, new=True,
                 notes=("new in PostgreSQL: loaded, and its own asset from the next load of "
                        "the definitions", *result.changes)))
+    unused = unused_settings(settings, live, built)
+    for sentence in unused:
+        context.log.warning(sentence)
+        progress.notice(f"warning: {sentence}")
     metadata: dict[str, Any] = {
         "tables": len(live.tables),
         "catalog": where,
         "new_tables_loaded": dg.MetadataValue.md("\n".join(f"- {n}" for n in loaded) or "-"),
         "gone_tables": dg.MetadataValue.md("\n".join(f"- {g}" for g in gone) or "-"),
+        "settings_selecting_nothing": dg.MetadataValue.md(
+            "\n".join(f"- {u}" for u in unused) or "-"),
         "duration_s": round(time.monotonic() - started, 3),
         **capture_metadata,
     }

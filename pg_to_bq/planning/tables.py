@@ -145,10 +145,8 @@ def build_plans(
 
     Destination table names are made distinct over the whole catalog (`naming`'s rule), so
     plan the full selection even to load a part of it. A table whose overrides do not fit
-    gets a plan with `error` set.
-
-    Raises:
-        PlanError: the tables file names a table that is not in the catalog.
+    gets a plan with `error` set; an entry of the tables file for a table not in `catalog`
+    plans nothing (`unused_settings` says so).
     """
     overrides = overrides or Overrides()
     by_name = {t.qualified_name: t for t in catalog.tables}
@@ -161,12 +159,6 @@ def build_plans(
         plans.append(plan_table(
             table, destination, overrides.for_table(name), overrides,
             destination_table=names[name], table_renaming=renamed.get(name)))
-    unknown = set(overrides.tables) - {t.qualified_name for t in catalog.tables}
-    if unknown:
-        raise PlanError(
-            f"{overrides.source}: table(s) {sorted(unknown)} are not in the catalog "
-            "(check the name, or the include/exclude settings)"
-        )
     return plans
 
 
@@ -332,13 +324,73 @@ def select_plans(plans: Sequence[TablePlan], names: Sequence[str]) -> list[Table
 
 
 def plans_for(settings: Settings, catalog: Catalog) -> list[TablePlan]:
-    """Select tables by the include/exclude settings and plan them."""
-    if catalog.tables:
+    """Select tables by the include/exclude settings and plan them.
+
+    Raises:
+        SettingsError: no `PG_TO_BQ_INCLUDE` pattern matches a table (a pattern matching
+            none while others match is said by `unused_settings`).
+    """
+    if catalog.tables and settings.include:
         unmatched = catalog.unmatched_patterns(settings.include)
-        if unmatched:
+        if len(unmatched) == len(settings.include):
             raise SettingsError(
                 f"{PREFIX}INCLUDE pattern(s) {unmatched} match no table; tables look like "
                 f"{', '.join(t.qualified_name for t in catalog.tables[:3])}"
             )
     selected = catalog.select(settings.include, settings.exclude)
     return build_plans(selected, settings.destination.kind, settings.overrides())
+
+
+def unused_settings(settings: Settings, catalog: Catalog,
+                    before: Catalog | None = None) -> list[str]:
+    """What the settings name that selects no table of `catalog`, a sentence each; a table
+    of `before` (an earlier discovery) renamed since is named with its new name.
+
+    Said (the CLI's warnings, the catalog asset's description and metadata, the code
+    location's log), never fatal: a table renamed or dropped in PostgreSQL, or one the
+    catalog snapshot does not have yet, must not stop every other table's load.
+    """
+    if not catalog.tables:
+        return []
+    said = [f"{PREFIX}INCLUDE pattern {p!r} matches no table: it selects nothing (check "
+            "the name)"
+            for p in catalog.unmatched_patterns(settings.include)]
+    overrides = settings.overrides()
+    if overrides.tables:
+        selected = {t.qualified_name for t in catalog.select(settings.include, settings.exclude)
+                    .tables}
+        present = {t.qualified_name for t in catalog.tables}
+        for name in overrides.tables:
+            if name in selected:
+                continue
+            renamed = _renamed(name, before, catalog)
+            why = (f"is not selected ({PREFIX}INCLUDE / {PREFIX}EXCLUDE)" if name in present
+                   else f"was renamed to {renamed} in PostgreSQL (move its entry there: "
+                        f"{renamed} loads without it)" if renamed
+                   else "is not in the catalog (renamed or dropped in PostgreSQL, or check "
+                        "the name)")
+            said.append(f"{overrides.source}: table {name} {why}: its entry is not used")
+    return said
+
+
+def _renamed(name: str, before: Catalog | None, catalog: Catalog) -> str | None:
+    """The new name of the table `before` called `name`, found by its oid."""
+    old = next((t for t in before.tables if t.qualified_name == name), None) if before else None
+    if old is None or old.oid is None:
+        return None
+    return next((t.qualified_name for t in catalog.tables if t.oid == old.oid), None)
+
+
+def unknown_tables(settings: Settings, catalog: Catalog, names: Sequence[str] = ()) -> list[str]:
+    """The tables `names` (a command's) and the tables file name that `catalog` does not
+    have at all: a rediscovery may find them (created or renamed since the snapshot)."""
+    wanted = [*names, *settings.overrides().tables]
+    return [n for n in wanted if not _finds(catalog, n)]
+
+
+def _finds(catalog: Catalog, name: str) -> bool:
+    try:
+        catalog.find(name)
+    except KeyError as exc:
+        return "ambiguous" in str(exc)
+    return True

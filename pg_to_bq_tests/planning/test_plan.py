@@ -1,5 +1,6 @@
 """Tier 1: plans, names, overrides and secrets are pure functions of their inputs."""
 
+import dataclasses
 from datetime import timedelta
 
 import pytest
@@ -7,7 +8,15 @@ import pytest
 from pg_to_bq.planning.catalog import Catalog, Column, Table
 from pg_to_bq.planning.naming import dagster_name, destination_name, unique_names
 from pg_to_bq.planning.overrides import OverridesError, parse_overrides
-from pg_to_bq.planning.tables import PlanError, build_plans, detect_cursor, plan_table
+from pg_to_bq.planning.settings import Settings, SettingsError
+from pg_to_bq.planning.tables import (
+    build_plans,
+    detect_cursor,
+    plan_table,
+    plans_for,
+    unknown_tables,
+    unused_settings,
+)
 from pg_to_bq.planning.types import numeric_typmod
 
 
@@ -112,10 +121,40 @@ def test_soft_deletes_the_setting_the_file_default_and_a_table() -> None:
     assert not orders.soft_deletes
 
 
-def test_tables_file_naming_a_missing_table_is_an_error() -> None:
+def test_tables_file_naming_a_missing_table_plans_the_others_and_says_so(tmp_path) -> None:
+    """A name the catalog lacks (renamed, dropped, not discovered yet, a typo) stops no
+    other table: before, it raised, and no table loaded."""
     overrides = parse_overrides({"tables": {"public.nope": {}}}, "t.yaml")
-    with pytest.raises(PlanError, match=r"public.nope"):
-        build_plans(Catalog(tables=(ORDERS,)), "duckdb", overrides)
+    [plan] = build_plans(Catalog(tables=(ORDERS,)), "duckdb", overrides)
+    assert plan.name == "public.orders" and plan.error is None
+    tables = tmp_path / "tables.yaml"
+    tables.write_text("tables: {public.nope: {}, public.log: {}, public.orders: {}}\n")
+    settings = Settings.from_env({"PG_TO_BQ_SOURCE_URL": "postgresql://x@h/d",
+                                  "PG_TO_BQ_TABLES_FILE": str(tables),
+                                  "PG_TO_BQ_INCLUDE": "public.orders,public.ordres"})
+    catalog = Catalog(tables=(ORDERS, LOG))
+    assert [p.name for p in plans_for(settings, catalog)] == ["public.orders"]
+    assert unused_settings(settings, catalog) == [
+        "PG_TO_BQ_INCLUDE pattern 'public.ordres' matches no table: it selects nothing "
+        "(check the name)",
+        f"{tables}: table public.nope is not in the catalog (renamed or dropped in "
+        "PostgreSQL, or check the name): its entry is not used",
+        f"{tables}: table public.log is not selected (PG_TO_BQ_INCLUDE / PG_TO_BQ_EXCLUDE): "
+        "its entry is not used",
+    ]
+    assert unknown_tables(settings, catalog, ["log", "fresh"]) == ["fresh", "public.nope"]
+    # A table renamed since an earlier discovery (the same oid) is named by its new name.
+    before = Catalog(tables=(dataclasses.replace(ORDERS, name="nope", oid=7),))
+    renamed = Catalog(tables=(dataclasses.replace(ORDERS, name="orders", oid=7), LOG))
+    assert f"{tables}: table public.nope was renamed to public.orders in PostgreSQL (move its " \
+           "entry there: public.orders loads without it): its entry is not used" \
+           in unused_settings(settings, renamed, before)
+    # No pattern matching anything selects nothing at all: an error, before any load.
+    only_typo = Settings.from_env({"PG_TO_BQ_SOURCE_URL": "postgresql://x@h/d",
+                                   "PG_TO_BQ_INCLUDE": "public.ordres"})
+    with pytest.raises(SettingsError, match=r"PG_TO_BQ_INCLUDE.*'public.ordres'.*match no table"):
+        plans_for(only_typo, catalog)
+    assert unused_settings(only_typo, Catalog(tables=())) == []
 
 
 def test_lookback_default_and_override() -> None:
