@@ -254,15 +254,14 @@ def cmd_sync(
         # One line (exit 2) for a source no table can reach (TLS, login, network), before any
         # table is tried: the catalog snapshot alone would not notice.
         check_reachable(resolve_source_url(settings))
-        loaded = before = load_catalog(settings, refresh=refresh, empty_when_unreachable=False)
+        loaded = load_catalog(settings, refresh=refresh, empty_when_unreachable=False)
         if loaded.origin == "snapshot" and unknown_tables(settings, loaded.catalog, names):
             # Created or renamed in PostgreSQL since the snapshot: one discovery (saved to the
             # snapshot) finds them, rather than a table left out or an entry left unused.
             loaded = load_catalog(settings, refresh=True, empty_when_unreachable=False)
         if loaded.warning:
             print(f"warning: {loaded.warning}", file=sys.stderr)
-        warned = {f"warning: {s}" for s in unused_settings(settings, loaded.catalog,
-                                                            before.catalog)}
+        warned = {f"warning: {s}" for s in unused_settings(settings, loaded.catalog)}
         for line in sorted(warned):
             print(line, file=sys.stderr)
         plans = plans_for(settings, loaded.catalog)

@@ -27,7 +27,12 @@ from pg_to_bq.orchestration.mirror import (  # noqa: F401 - the standalone code 
     executor_for,
 )
 from pg_to_bq.orchestration.resources import read_secret, secrets_manager
-from pg_to_bq.planning.catalog import Catalog, read_snapshot, write_snapshot
+from pg_to_bq.planning.catalog import (
+    Catalog,
+    read_snapshot,
+    with_former_names,
+    write_snapshot,
+)
 from pg_to_bq.planning.secrets import source_url_from_secret
 from pg_to_bq.planning.settings import Settings
 from pg_to_bq.planning.tables import plans_for  # noqa: F401 - also a public name here
@@ -62,8 +67,9 @@ def discover_catalog(settings: Settings) -> Catalog:
 
 
 def refresh_catalog(settings: Settings) -> Catalog:
-    """Query PostgreSQL (one query) and write the snapshot."""
-    catalog = discover_catalog(settings)
+    """Query PostgreSQL (one query) and write the snapshot (which keeps the names each table
+    had before a rename, `with_former_names`)."""
+    catalog = with_former_names(discover_catalog(settings), read_snapshot(settings.snapshot_path))
     write_snapshot(catalog, settings.snapshot_path)
     return catalog
 

@@ -6,6 +6,7 @@ snapshot written by the last deliberate refresh instead of querying PostgreSQL e
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import json
 import logging
@@ -77,6 +78,9 @@ class Table:
     # table): new when PostgreSQL rewrites the table (a type change whose `USING` changes
     # values, VACUUM FULL, TRUNCATE), the same otherwise.
     storage: str | None = None
+    # The `schema.table` names it had before PostgreSQL renamed it, learned by comparing
+    # oids with an earlier discovery (`with_former_names`) and kept from one to the next.
+    former_names: tuple[str, ...] = ()
 
     @property
     def qualified_name(self) -> str:
@@ -112,6 +116,7 @@ class Table:
             columns=tuple(_column(c, columns) for c in data.get("columns") or ()),
             column_numbers=tuple(int(n) for n in data.get("column_numbers") or ()),
             storage=data.get("storage"),
+            former_names=tuple(data.get("former_names") or ()),
             primary_key=tuple(data.get("primary_key") or ()),
             foreign_keys=tuple(
                 ForeignKey(
@@ -216,6 +221,27 @@ def _matches(table: Table, pattern: str) -> bool:
 
 
 
+
+
+def with_former_names(live: Catalog, before: Catalog | None) -> Catalog:
+    """`live`, where each table carries the names it had in `before` (an earlier discovery
+    of the same database) and under earlier names still: a rename keeps PostgreSQL's oid.
+    What the tables file says under a former name is not silently dropped (`plan_table`)."""
+    if before is None:
+        return live
+    earlier = {t.oid: t for t in before.tables if t.oid is not None}
+    tables = []
+    for table in live.tables:
+        old = earlier.get(table.oid) if table.oid is not None else None
+        if old is not None:
+            names = [*old.former_names]
+            if old.qualified_name != table.qualified_name:
+                names.append(old.qualified_name)
+            names = [n for n in dict.fromkeys(names) if n != table.qualified_name]
+            if tuple(names) != table.former_names:
+                table = dataclasses.replace(table, former_names=tuple(names))
+        tables.append(table)
+    return dataclasses.replace(live, tables=tuple(tables))
 
 
 def write_snapshot(catalog: Catalog, path: Path) -> None:

@@ -11,6 +11,7 @@ the table's load reports; every other table plans and loads as usual.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -156,10 +157,20 @@ def build_plans(
     plans = []
     for table in catalog.tables:
         name = table.qualified_name
-        plans.append(plan_table(
-            table, destination, overrides.for_table(name), overrides,
-            destination_table=names[name], table_renaming=renamed.get(name)))
+        plans.append(plan_table(table, destination, overrides.for_table(name), overrides,
+                                destination_table=names[name], table_renaming=renamed.get(name)))
     return plans
+
+
+def _guarding_former_name(table: Table, overrides: Overrides) -> str | None:
+    """A name `table` had before a rename whose tables-file entry excludes or hashes
+    columns: loading it without that entry could put what the user kept out in the
+    destination, where it cannot be taken back."""
+    for former in reversed(table.former_names):
+        entry = overrides.tables.get(former)
+        if entry is not None and any(c.exclude or c.hash for c in entry.columns.values()):
+            return former
+    return None
 
 
 def plan_table(
@@ -178,8 +189,16 @@ def plan_table(
         destination_table = names[table.qualified_name]
         table_renaming = renamings[0] if renamings else None
     try:
+        overrides = overrides or Overrides()
+        name = table.qualified_name
+        guarded = None if name in overrides.tables else _guarding_former_name(table, overrides)
+        if guarded is not None:
+            raise PlanError(
+                f"{overrides.source}: table {name} was {guarded} (renamed in PostgreSQL), whose "
+                f"entry excludes or hashes columns: not loaded until the entry is moved to "
+                f"{name} (or {name} has an entry of its own)")
         return _plan_table(table, destination, override or TableOverride(),
-                           overrides or Overrides(), destination_table, table_renaming)
+                           overrides, destination_table, table_renaming)
     except PlanError as exc:
         return TablePlan(
             table=table, destination_table=destination_table, columns=(), disposition="replace",
@@ -296,6 +315,8 @@ def _plan_table(
 def replan(plan: TablePlan, live: Table, destination: str, overrides: Overrides) -> TablePlan:
     """`plan` again for the table's live columns (a run loads what PostgreSQL has now, not
     what the snapshot said), keeping its destination table name."""
+    if plan.table.former_names and not live.former_names:
+        live = dataclasses.replace(live, former_names=plan.table.former_names)
     if live == plan.table:
         return plan
     return plan_table(live, destination, overrides.for_table(live.qualified_name), overrides,
@@ -341,10 +362,9 @@ def plans_for(settings: Settings, catalog: Catalog) -> list[TablePlan]:
     return build_plans(selected, settings.destination.kind, settings.overrides())
 
 
-def unused_settings(settings: Settings, catalog: Catalog,
-                    before: Catalog | None = None) -> list[str]:
-    """What the settings name that selects no table of `catalog`, a sentence each; a table
-    of `before` (an earlier discovery) renamed since is named with its new name.
+def unused_settings(settings: Settings, catalog: Catalog) -> list[str]:
+    """What the settings name that selects no table of `catalog`, a sentence each (a table
+    renamed since is named with its new name).
 
     Said (the CLI's warnings, the catalog asset's description and metadata, the code
     location's log), never fatal: a table renamed or dropped in PostgreSQL, or one the
@@ -363,22 +383,21 @@ def unused_settings(settings: Settings, catalog: Catalog,
         for name in overrides.tables:
             if name in selected:
                 continue
-            renamed = _renamed(name, before, catalog)
-            why = (f"is not selected ({PREFIX}INCLUDE / {PREFIX}EXCLUDE)" if name in present
-                   else f"was renamed to {renamed} in PostgreSQL (move its entry there: "
-                        f"{renamed} loads without it)" if renamed
-                   else "is not in the catalog (renamed or dropped in PostgreSQL, or check "
-                        "the name)")
+            renamed = next((t for t in catalog.tables if name in t.former_names), None)
+            if name in present:
+                why = f"is not selected ({PREFIX}INCLUDE / {PREFIX}EXCLUDE)"
+            elif renamed is None:
+                why = "is not in the catalog (renamed or dropped in PostgreSQL, or check the name)"
+            elif renamed.qualified_name in overrides.tables:
+                why = f"was renamed to {renamed.qualified_name} in PostgreSQL, which has its own"
+            else:
+                new_name = renamed.qualified_name
+                then = (f"{new_name} is not loaded until then: the entry excludes or hashes "
+                        "columns" if _guarding_former_name(renamed, overrides) == name
+                        else f"{new_name} loads without it")
+                why = f"was renamed to {new_name} in PostgreSQL (move its entry there: {then})"
             said.append(f"{overrides.source}: table {name} {why}: its entry is not used")
     return said
-
-
-def _renamed(name: str, before: Catalog | None, catalog: Catalog) -> str | None:
-    """The new name of the table `before` called `name`, found by its oid."""
-    old = next((t for t in before.tables if t.qualified_name == name), None) if before else None
-    if old is None or old.oid is None:
-        return None
-    return next((t.qualified_name for t in catalog.tables if t.oid == old.oid), None)
 
 
 def unknown_tables(settings: Settings, catalog: Catalog, names: Sequence[str] = ()) -> list[str]:

@@ -113,11 +113,13 @@ def test_an_entry_for_a_dropped_table_is_one_warning_and_the_rest_loads(
     assert duck_rows(path, "SELECT count(*) FROM raw.shops") == [(3,)]
 
 
-def test_an_entry_for_a_renamed_table_names_the_new_name(
+def test_a_renamed_table_whose_old_entry_hashes_a_column_waits_for_the_entry(
         pg_url: str, settings_env, tables_file: Path, capsys) -> None:
-    """The tables file is keyed by name: the entry of a table renamed in PostgreSQL no
-    longer applies, and the warning says where to move it (the new name loads without it,
-    as a new table)."""
+    """The tables file is keyed by name. A table renamed in PostgreSQL is a new table to it;
+    when the entry left under the old name hashes or excludes columns, loading the new name
+    without it would put the plain values in the destination, for good. It waits, said by
+    the catalog step (the night of the rename, without failing that step) and by its own
+    asset after, until the entry is moved; the nightly job goes on."""
     run_sql(pg_url, """
         CREATE TABLE shops (id int PRIMARY KEY); INSERT INTO shops VALUES (1);
         CREATE TABLE orders (id int PRIMARY KEY, note text); INSERT INTO orders VALUES (1, 'x');""")
@@ -125,16 +127,64 @@ def test_an_entry_for_a_renamed_table_names_the_new_name(
     path = settings_env(pg_url)
     assert main(["sync"]) == 0
     run_sql(pg_url, "ALTER TABLE orders RENAME TO orders_v2;")
+
+    # The nightly job, the night of the rename: its catalog step finds the new name.
+    result = build_definitions(Settings.from_env()).resolve_job_def(NIGHTLY_JOB) \
+        .execute_in_process(raise_on_error=False, instance=dg.DagsterInstance.ephemeral())
+    assert result.success
+    [catalog_event] = [m.materialization for m in result.get_asset_materialization_events()
+                       if m.asset_key.path[-1] == "catalog"]
+    waiting = catalog_event.metadata["new_tables_not_loaded"].value
+    assert waiting.startswith(f"- public.orders_v2: {tables_file}: table public.orders_v2 was "
+                              "public.orders (renamed in PostgreSQL), whose entry excludes or "
+                              "hashes columns: not loaded until the entry is moved to "
+                              "public.orders_v2"), waiting
+    said = catalog_event.metadata["settings_selecting_nothing"].value
+    assert "public.orders_v2 is not loaded until then" in said, said
+    assert duck_rows(path, "SELECT count(*) FROM information_schema.tables "
+                           "WHERE table_name = 'orders_v2'") == [(0,)]
+
+    # The next sync: the table's own asset (the snapshot keeps its former name) fails, alone.
     capsys.readouterr()
+    assert main(["sync"]) == 1
+    captured = capsys.readouterr()
+    assert f"warning: {tables_file}: table public.orders was renamed to public.orders_v2 in " \
+           "PostgreSQL (move its entry there: public.orders_v2 is not loaded until then: the " \
+           "entry excludes or hashes columns): its entry is not used" in captured.err, \
+        captured.err
+    [failed] = [line for line in captured.out.splitlines() if "orders_v2: FAILED" in line]
+    assert failed.endswith("not loaded until the entry is moved to public.orders_v2 (or "
+                           "public.orders_v2 has an entry of its own)"), failed
+    assert "public.shops: unchanged" in captured.out, captured.out
+    assert duck_rows(path, "SELECT count(*) FROM information_schema.tables "
+                           "WHERE table_name = 'orders_v2'") == [(0,)]
+
+    # The entry moved: the table loads, hashed; nothing is said any more.
+    tables_file.write_text("tables:\n  public.orders_v2:\n    columns:\n      note: {hash: true}\n")
     assert main(["sync"]) == 0
+    captured = capsys.readouterr()
+    assert "public.orders_v2: ok, 1 rows" in captured.out and "warning" not in captured.err
+    assert duck_rows(path, "SELECT note FROM raw.orders_v2") == [(_sha("x"),)]
+    # (The destination table loaded under the old name keeps its hashed values.)
+    assert duck_rows(path, "SELECT note FROM raw.orders") == [(_sha("x"),)]
+
+
+def test_a_renamed_table_whose_old_entry_keeps_nothing_out_loads_and_says_so(
+        pg_url: str, settings_env, tables_file: Path, capsys) -> None:
+    run_sql(pg_url, """
+        CREATE TABLE orders (id int PRIMARY KEY, note text); INSERT INTO orders VALUES (1, 'x');""")
+    tables_file.write_text("tables:\n  public.orders: {disposition: replace}\n")
+    path = settings_env(pg_url)
+    assert main(["sync"]) == 0
+    run_sql(pg_url, "ALTER TABLE orders RENAME TO orders_v2;")
+    capsys.readouterr()
+    assert main(["sync", "--refresh-catalog"]) == 0
     captured = capsys.readouterr()
     assert f"warning: {tables_file}: table public.orders was renamed to public.orders_v2 in " \
            "PostgreSQL (move its entry there: public.orders_v2 loads without it): its entry " \
            "is not used" in captured.err, captured.err
     assert "public.orders_v2: ok, 1 rows" in captured.out, captured.out
-    assert "public.shops: unchanged" in captured.out, captured.out
-    # The destination table loaded under the old name keeps its hashed values.
-    assert duck_rows(path, "SELECT note FROM raw.orders") == [(_sha("x"),)]
+    assert duck_rows(path, "SELECT id, note FROM raw.orders_v2") == [(1, "x")]
 
 
 def test_an_include_pattern_matching_no_table_is_a_warning_while_others_match(

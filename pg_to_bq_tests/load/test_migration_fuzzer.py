@@ -484,7 +484,10 @@ def make_machine(pg_server, destination: Destination, runner: str, cdc: bool = F
                 del self.tables[table.name]
             else:
                 old, table.name = table.name, self.new_name(table.name.rstrip("0123456789_") + "_")
-                table.hashed.clear()  # (its entry in the tables file goes with its old name)
+                if table.hashed and not data.draw(st.booleans(), label="entry moves too"):
+                    # (The entry goes; the one case not drawn, an entry left under the old
+                    # name, holds the table back: pg_to_bq_tests/cli/test_names_the_catalog_lacks.py.)
+                    table.hashed.clear()
                 self.sql(f'ALTER TABLE "{old}" RENAME TO "{table.name}"')
                 self.tables[table.name] = self.tables.pop(old)
 

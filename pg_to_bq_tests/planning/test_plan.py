@@ -5,7 +5,7 @@ from datetime import timedelta
 
 import pytest
 
-from pg_to_bq.planning.catalog import Catalog, Column, Table
+from pg_to_bq.planning.catalog import Catalog, Column, Table, with_former_names
 from pg_to_bq.planning.naming import dagster_name, destination_name, unique_names
 from pg_to_bq.planning.overrides import OverridesError, parse_overrides
 from pg_to_bq.planning.settings import Settings, SettingsError
@@ -14,6 +14,7 @@ from pg_to_bq.planning.tables import (
     detect_cursor,
     plan_table,
     plans_for,
+    replan,
     unknown_tables,
     unused_settings,
 )
@@ -145,10 +146,10 @@ def test_tables_file_naming_a_missing_table_plans_the_others_and_says_so(tmp_pat
     assert unknown_tables(settings, catalog, ["log", "fresh"]) == ["fresh", "public.nope"]
     # A table renamed since an earlier discovery (the same oid) is named by its new name.
     before = Catalog(tables=(dataclasses.replace(ORDERS, name="nope", oid=7),))
-    renamed = Catalog(tables=(dataclasses.replace(ORDERS, name="orders", oid=7), LOG))
-    assert f"{tables}: table public.nope was renamed to public.orders in PostgreSQL (move its " \
-           "entry there: public.orders loads without it): its entry is not used" \
-           in unused_settings(settings, renamed, before)
+    renamed = with_former_names(
+        Catalog(tables=(dataclasses.replace(ORDERS, name="orders", oid=7), LOG)), before)
+    assert f"{tables}: table public.nope was renamed to public.orders in PostgreSQL, which has " \
+           "its own: its entry is not used" in unused_settings(settings, renamed)
     # No pattern matching anything selects nothing at all: an error, before any load.
     only_typo = Settings.from_env({"PG_TO_BQ_SOURCE_URL": "postgresql://x@h/d",
                                    "PG_TO_BQ_INCLUDE": "public.ordres"})
@@ -303,3 +304,44 @@ def test_bigquery_partition_and_cluster_columns_must_be_loaded() -> None:
     [plan] = build_plans(Catalog(tables=(ORDERS,)), "bigquery", overrides)
     assert "t.yaml: table public.orders: bigquery partition/cluster column 'api_token' is " \
            "not loaded" in plan.error
+
+
+def test_a_renamed_table_keeps_its_former_names_from_one_discovery_to_the_next() -> None:
+    first = Catalog(tables=(dataclasses.replace(ORDERS, oid=7), dataclasses.replace(LOG, oid=8)))
+    second = with_former_names(Catalog(tables=(
+        dataclasses.replace(ORDERS, name="orders_v2", oid=7), dataclasses.replace(LOG, oid=8))),
+        first)
+    assert [t.former_names for t in second.tables] == [("public.orders",), ()]
+    # A discovery that knows no former names (PostgreSQL does not keep them) keeps them.
+    third = with_former_names(Catalog(tables=(
+        dataclasses.replace(ORDERS, name="orders_v3", oid=7),)), second)
+    assert third.tables[0].former_names == ("public.orders", "public.orders_v2")
+    # Renamed back: its own name is not a former one.
+    back = with_former_names(Catalog(tables=(dataclasses.replace(ORDERS, oid=7),)), third)
+    assert back.tables[0].former_names == ("public.orders_v2", "public.orders_v3")
+    assert Catalog.from_json(third.to_json()).tables == third.tables
+    assert with_former_names(first, None) is first
+
+
+def test_an_entry_left_under_a_former_name_that_hashes_or_excludes_holds_the_table() -> None:
+    """Loading the renamed table without that entry would put plain values in the
+    destination, where they cannot be taken back: it waits for the entry, alone."""
+    renamed = dataclasses.replace(ORDERS, name="orders_v2", former_names=("public.orders",))
+    for column in ({"hash": True}, {"exclude": True}):
+        overrides = parse_overrides({"tables": {"public.orders": {"columns": {
+            "total": column}}}}, "t.yaml")
+        [plan] = build_plans(Catalog(tables=(renamed,)), "duckdb", overrides)
+        assert plan.error == ("t.yaml: table public.orders_v2 was public.orders (renamed in "
+                              "PostgreSQL), whose entry excludes or hashes columns: not loaded "
+                              "until the entry is moved to public.orders_v2 (or "
+                              "public.orders_v2 has an entry of its own)")
+        # Live columns planned again in a run keep the hold.
+        live = dataclasses.replace(renamed, former_names=(), estimated_rows=5)
+        assert replan(plan, live, "duckdb", overrides).error == plan.error
+    moved = parse_overrides({"tables": {"public.orders_v2": {"columns": {
+        "total": {"hash": True}}}}}, "t.yaml")
+    [plan] = build_plans(Catalog(tables=(renamed,)), "duckdb", moved)
+    assert plan.error is None and plan.hashed == ("total",)
+    harmless = parse_overrides({"tables": {"public.orders": {"lookback": "1h"}}}, "t.yaml")
+    [plan] = build_plans(Catalog(tables=(renamed,)), "duckdb", harmless)
+    assert plan.error is None
