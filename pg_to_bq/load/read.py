@@ -43,8 +43,10 @@ from pg_to_bq.load.state import (
     DEFINITION_STATE_KEY,
     LOADED_COLUMNS_STATE_KEY,
     PENDING_FILL_STATE_KEY,
+    STORAGE_REPLACED,
     VERSIONS_STATE_KEY,
     WINDOW_STATE_KEY,
+    storage_replaced,
 )
 from pg_to_bq.load.values_check import source_side_fingerprint
 from pg_to_bq.planning.errors import describe, is_transient
@@ -295,6 +297,10 @@ class TableReads:
         if load.plan.disposition == "merge" and stored is not None and stored != definition:
             state, doubt = {}, ("a partition was attached or detached, or a label of an enum "
                                 "it uses changed, since its last load")
+        elif storage_replaced(state, load.plan) and not load.full_refresh and not (
+                table in evolutions and evolutions[table].reload):
+            # (A reload reads it whole anyway, and says why.)
+            state, doubt = {}, STORAGE_REPLACED
         try:
             item = self.read_with_retries(
                 load, state, evolutions.get(table), sessions, self.files, doubt)

@@ -67,6 +67,22 @@ KEPT_COLUMNS_STATE_KEY = "kept_columns"
 DERIVED_STATE_KEY = "derived"
 # The table's storage in PostgreSQL when it was read (`Table.storage`).
 STORAGE_STATE_KEY = "storage"
+STORAGE_REPLACED = (
+    "its PostgreSQL storage was replaced since its last load (TRUNCATE, a restore, VACUUM "
+    "FULL, CLUSTER, pg_repack or a rewriting ALTER TABLE): rows may have changed or gone "
+    "without their cursor moving")
+
+
+def storage_replaced(state: Mapping[str, Any], plan: TablePlan) -> bool:
+    """Whether a merged table's cursor no longer covers its rows because PostgreSQL gave the
+    table new storage since the state's load. TRUNCATE and a reload put rows back under a
+    cursor value the state has already passed (a restored dump's `updated_at`s are old), so
+    an incremental read would skip them and keep the rows that went, for good. A rewrite
+    that kept every row (VACUUM FULL) looks the same from here: the table is read whole,
+    once. Change capture sees a TRUNCATE itself (`pg_to_bq.load.changes`)."""
+    before, now = state.get(STORAGE_STATE_KEY), plan.table.storage
+    return (plan.disposition == "merge" and before is not None and now is not None
+            and before != now and CDC_STATE_KEY not in state)
 
 
 # The parameterized destination types (`NUMERIC(10,2)`) the last load gave the columns, by

@@ -13,7 +13,9 @@ NULL, add and rename enum labels, rename, drop and create tables and attach part
 columns back under names dropped or renamed away (and rename columns to such names); the
 tables file hashes text columns or stops, and the hash salt changes;
 writes insert, update (moving the cursor, or not moving it for rows inside the lookback
-window; with change capture on, anywhere), and delete.
+window; with change capture on, anywhere), delete, and TRUNCATE a table and put a share of
+its rows back with a column changed and their cursor values as they were (a restore: the
+table's new storage tells pg_to_bq its cursor no longer covers the rows).
 
 What the product promises, and so what is compared after every sync that finished: every
 table PostgreSQL has holds exactly its rows in every column it has now. The one documented
@@ -548,6 +550,30 @@ def make_machine(pg_server, destination: Destination, runner: str, cdc: bool = F
                 table.deleted |= {int(r[0]) for r in gone}
             else:
                 self.sql(f'DELETE FROM "{table.name}" WHERE random() * 100 < {share}')
+
+        @rule(data=st.data(), share=st.integers(0, 100))
+        def truncate_and_restore(self, data, share: int) -> None:
+            """TRUNCATE, then a share of the rows put back with a column changed and their
+            cursor values as they were (a restore from a dump): no cursor moves."""
+            table = self.pick(data)
+            column = self.column(data, table)
+            value = value_sql(table.columns[column], self.rng, column not in table.not_null) \
+                if column else None
+            quoted = f'"{table.name}"'
+            with psycopg.connect(self.url, autocommit=True) as conn:
+                before = {int(r[0]) for r in conn.execute(f"SELECT id FROM {quoted}")} \
+                    if table.merged else set()
+                conn.execute(f"CREATE TEMP TABLE restored AS SELECT * FROM {quoted} "
+                             f"WHERE random() * 100 < {share}")
+                if column:
+                    conn.execute(f'UPDATE restored SET "{column}" = {value}')
+                conn.execute(f"TRUNCATE {quoted}")
+                conn.execute(f"INSERT INTO {quoted} SELECT * FROM restored")
+                after = {int(r[0]) for r in conn.execute(f"SELECT id FROM {quoted}")} \
+                    if table.merged else set()
+            self.log.append(f"TRUNCATE {table.name}, {len(after)} of {len(before)} rows put "
+                            f"back, {column} = {value}")
+            table.deleted |= before - after
 
         # -- syncs -----------------------------------------------------------------
         @rule(apply_deletes=st.booleans())

@@ -112,6 +112,48 @@ def test_the_migration_through_the_scheduled_job(shop, tmp_path: Path, capsys) -
         assert_exact(url, path)
 
 
+def test_a_truncated_table_reloaded_with_old_cursor_values_is_read_whole(shop, capsys) -> None:
+    """TRUNCATE, then rows put back with other values and their old `updated_at`s (a restore
+    from a dump, a re-seed): the stored cursor has passed every one of them. Before, the
+    merged table read its window (nothing), kept 20,000 rows PostgreSQL no longer had (until
+    a delete pass) and the old values of the 5,000 it did, for good; the check said only
+    that rows were awaiting the delete pass. PostgreSQL gave the table new storage, so the
+    state's cursor is not trusted: the table is read whole, once."""
+    url, path = shop
+    run_sql(url, "TRUNCATE events; INSERT INTO events SELECT g, 'restored ' || g, g, g, "
+                 "now() - interval '60 days' FROM generate_series(1, 5000) g;")
+    out = sync(capsys)
+    assert "public.events: ok, 5,000 rows (full: its PostgreSQL storage was replaced since " \
+           "its last load (TRUNCATE, a restore, VACUUM FULL, CLUSTER, pg_repack or a " \
+           "rewriting ALTER TABLE): rows may have changed or gone without their cursor " \
+           "moving)" in out, out
+    assert "public.plain: unchanged" in out and "public.other: unchanged" in out, out
+    assert_exact(url, path)
+    assert "public.events: unchanged" in sync(capsys)
+    # The same through the scheduled job's steps (what `dagster job execute` runs).
+    run_sql(url, "TRUNCATE events; INSERT INTO events SELECT g, 'again ' || g, g, g, "
+                 "now() - interval '90 days' FROM generate_series(1, 300) g;")
+    env = {**os.environ, "DAGSTER_HOME": str(path.parent / "home")}
+    Path(env["DAGSTER_HOME"]).mkdir(exist_ok=True)
+    out = subprocess.run([str(Path(sys.executable).parent / "dagster"), "job", "execute", "-m",
+                          "pg_to_bq.definitions", "-j", "mirror_all_tables"], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-5000:]
+    assert_exact(url, path)
+
+
+def test_a_rewrite_that_keeps_every_row_is_read_whole_once(shop, capsys) -> None:
+    """VACUUM FULL gives the table new storage too, and pg_to_bq cannot tell it from a
+    TRUNCATE and a reload: one whole read (said), then unchanged again."""
+    url, path = shop
+    run_sql(url, "VACUUM FULL events")
+    out = sync(capsys)
+    assert "public.events: ok, 20,000 rows (full: its PostgreSQL storage was replaced" in out, \
+        out
+    assert_exact(url, path)
+    assert "public.events: unchanged" in sync(capsys)
+
+
 def _state(path: Path, table: str) -> dict:
     [(text,)] = duck_rows(path, f"SELECT state FROM raw._pg_to_bq_state WHERE table_name = "
                                 f"'{table}'")
