@@ -15,6 +15,7 @@ them from the environment); values are checked as `pg_to_bq.planning.settings` c
 """
 
 import asyncio
+import logging
 import re
 import tempfile
 import uuid
@@ -33,6 +34,8 @@ from pg_to_bq.alerts.settings import AlertSettings, database_label
 from pg_to_bq.orchestration.names import InstanceNames
 from pg_to_bq.planning.catalog import Catalog
 from pg_to_bq.planning.settings import PREFIX, Settings, SettingsError
+
+log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,39}$")
 # Attributes that are settings under their upper-case name (`dataset` → PG_TO_BQ_DATASET).
@@ -207,11 +210,22 @@ class PostgresMirror(dg.StateBackedComponent, dg.Resolvable):
                        hash_salt_env=self.hash_salt_env or f"{PREFIX}HASH_SALT",
                        inline_tables=self.tables)
 
+    async def refresh_state(self, project_root: Path) -> str:
+        """As Dagster's, keeping the names each table had before a rename: the state it
+        replaces is read first (Dagster removes a local one before writing the new)."""
+        self._previous_state = previous_state(self, project_root)
+        try:
+            return await super().refresh_state(project_root)
+        finally:
+            self._previous_state = None
+
     def write_state_to_path(self, state_path: Path) -> None:
         """The one catalog query; the catalog is the state."""
         from pg_to_bq.orchestration.code_location import discover_catalog
+        from pg_to_bq.planning.catalog import with_former_names
 
-        catalog = discover_catalog(self.settings())
+        catalog = with_former_names(discover_catalog(self.settings()),
+                                    getattr(self, "_previous_state", None))
         state_path.parent.mkdir(parents=True, exist_ok=True)
         state_path.write_text(catalog.to_json(), encoding="utf-8")
 
@@ -272,6 +286,36 @@ class ComponentState:
                 storage.upload_state_from_path(config.key, version=version, path=path)
             return f"defs state {config.key}, version {version}"
         return f"defs state {config.key} is refreshed when the code server loads"
+
+
+def previous_state(component: PostgresMirror, project_root: Path) -> Catalog | None:
+    """The catalog the component's state holds now (None when there is none, or it cannot
+    be read: then former names start again from this discovery)."""
+    from dagster._core.storage.defs_state.base import DefsStateStorage
+
+    config = component.defs_state_config
+    try:
+        if config.management_type == DefsStateManagementType.LOCAL_FILESYSTEM:
+            from dagster.components.utils.project_paths import get_local_state_path
+
+            path = get_local_state_path(config.key, project_root)
+            return Catalog.from_json(path.read_text(encoding="utf-8")) if path.is_file() \
+                else None
+        storage = DefsStateStorage.get()
+        if config.management_type != DefsStateManagementType.VERSIONED_STATE_STORAGE \
+                or storage is None:
+            return None
+        version = storage.get_latest_version(config.key)
+        if version is None:
+            return None
+        with tempfile.TemporaryDirectory() as directory:
+            path = Path(directory) / "state"
+            storage.download_state_to_path(config.key, version, path)
+            return Catalog.from_json(path.read_text(encoding="utf-8"))
+    except Exception as exc:  # noqa: BLE001 - a state that cannot be read is not kept
+        log.warning("the component's previous state was not read (%s): the names tables "
+                    "had before a rename start again from this discovery", exc)
+        return None
 
 
 def refresh(component: PostgresMirror, project_root: Path) -> str:

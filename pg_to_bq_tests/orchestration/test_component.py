@@ -130,6 +130,16 @@ def test_the_component_from_scaffold_to_loaded_tables(sample_db_url: str, pg_url
     assert ("shop", "duckdb", "shop_raw", "refunds") in keys
     assert ("shop", "postgres", "public", "refunds") in keys
 
+    # Renamed in PostgreSQL: the refreshed state keeps the name it had (what holds back a
+    # table whose tables-file entry was left under that name, `plan_table`).
+    run_sql(pg_url, "ALTER TABLE refunds RENAME TO refunds_v2")
+    project.dg("utils", "refresh-defs-state")
+    [state] = [p for p in project.root.rglob("*") if p.is_file() and p.suffix != ".py"
+               and '"refunds_v2"' in p.read_text(encoding="utf-8", errors="ignore")]
+    [refunds] = [t for t in json.loads(state.read_text(encoding="utf-8"))["tables"]
+                 if t["name"] == "refunds_v2"]
+    assert refunds["former_names"] == ["public.refunds"]
+
 
 def test_two_databases_side_by_side(sample_db_url: str, pg_url: str, tmp_path: Path,
                                     environment) -> None:
