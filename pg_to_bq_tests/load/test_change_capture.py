@@ -269,6 +269,34 @@ def test_a_table_without_a_replication_right_keeps_todays_mode(pg_url, settings_
     assert_exact(pg_url, path)
 
 
+def test_an_inheritance_parent_keeps_todays_mode(pg_url, settings_env, capsys) -> None:
+    """A read of a table others INHERIT from returns their rows too, but PostgreSQL
+    publishes a child's changes as the child's: captured, the parent's copy of them went
+    stale for good (`unchanged` every run, a row deleted and one updated in the child kept,
+    a new one missing). The parent keeps its cursor mode, said; the child is captured."""
+    run_sql(pg_url, """
+        CREATE TABLE cities (id int PRIMARY KEY, name text,
+                             updated_at timestamptz NOT NULL DEFAULT now() - interval '1 day');
+        CREATE TABLE capitals (id int PRIMARY KEY, state text) INHERITS (cities);
+        INSERT INTO cities (id, name) SELECT g, 'c' || g FROM generate_series(1, 10) g;
+        INSERT INTO capitals (id, name, state) SELECT g, 'cap' || g, 's'
+        FROM generate_series(11, 13) g;""")
+    path = settings_env(pg_url, cdc="true")
+    out = sync(capsys)
+    assert "public.cities: not in the publication" in out, out
+    assert main(["discover"]) == 0
+    assert 'public.cities: an inheritance parent: a read of it returns the rows of the tables ' \
+           'that inherit from it ("public"."capitals") too, whose changes PostgreSQL publishes ' \
+           "as theirs, not its own" in capsys.readouterr().out
+    run_sql(pg_url, "UPDATE capitals SET name = 'moved', updated_at = now() WHERE id = 11; "
+                    "DELETE FROM capitals WHERE id = 12; "
+                    "INSERT INTO capitals (id, name, state) VALUES (14, 'new', 's')")
+    out = sync(capsys, "--apply-deletes")
+    assert "public.capitals: ok, 2 rows (changes), 1 deleted" in out, out
+    for table in ("cities", "capitals"):
+        assert_mirrored_in_duckdb(pg_url, path, table)
+
+
 def test_the_scheduled_job_applies_changes(shop, tmp_path) -> None:
     """The nightly job as the run worker runs it (`dagster job execute`): the catalog step
     reads the slot, the table steps apply it."""

@@ -41,6 +41,8 @@ class TableFacts:
     generated_columns: tuple[str, ...]
     published: bool
     found: bool = True
+    # Tables that INHERIT from it (not partitions): a read of it returns their rows too.
+    inheritance_children: tuple[TableName, ...] = ()
 
     @property
     def qualified(self) -> str:
@@ -136,6 +138,10 @@ WITH selected AS (
     'generated_columns', (SELECT json_agg(a.attname ORDER BY a.attnum) FROM pg_attribute a
                           WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
                           AND a.attgenerated <> ''),
+    'inheritance_children', (SELECT json_agg(json_build_array(hn.nspname, h.relname))
+                             FROM pg_inherits i JOIN pg_class h ON h.oid = i.inhrelid
+                             JOIN pg_namespace hn ON hn.oid = h.relnamespace
+                             WHERE i.inhparent = c.oid AND NOT h.relispartition),
     'published', EXISTS (SELECT 1 FROM pg_publication_tables pt
                          WHERE pt.pubname = %(publication)s AND pt.schemaname = s.nspname
                          AND pt.tablename = s.relname)
@@ -183,7 +189,8 @@ def fetch_facts(conn: psycopg.Connection, tables: Sequence[TableName] | None = N
             can_select=t["can_select"], is_partition=t["is_partition"],
             root=tuple(t["root"]) if t["root"] else None,  # type: ignore[arg-type]
             leaves_without_identity=tuple(tuple(x) for x in t["leaves_without_identity"] or ()),
-            generated_columns=tuple(t["generated_columns"] or ()), published=t["published"]))
+            generated_columns=tuple(t["generated_columns"] or ()), published=t["published"],
+            inheritance_children=tuple(tuple(x) for x in t["inheritance_children"] or ())))
     if tables is not None:
         have = {(t.schema, t.name) for t in found}
         for schema, name in tables:
@@ -328,6 +335,14 @@ def _table_findings(f: Facts, t: TableFacts) -> tuple[list[Finding], str | None]
     if t.is_partition and t.root is not None:
         why = f"a partition: captured through its root {_qualified(t.root)}"
         return [Finding("info", "table", name, why)], why
+    if t.inheritance_children:
+        children = ", ".join(_qualified(c) for c in t.inheritance_children[:5]) + (
+            ", ..." if len(t.inheritance_children) > 5 else "")
+        why = (f"an inheritance parent: a read of it returns the rows of the tables that "
+               f"inherit from it ({children}) too, whose changes PostgreSQL publishes as "
+               "theirs, not its own")
+        return [Finding("info", "table", name,
+                        why + "; it keeps today's mode (those tables are captured)")], why
     if t.replica_identity == "n" or (t.replica_identity == "d" and not t.primary_key) or (
             t.replica_identity == "i" and not t.identity_index):
         why = ("no primary key and no REPLICA IDENTITY FULL: PostgreSQL cannot say which row "
