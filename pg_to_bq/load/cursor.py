@@ -54,3 +54,20 @@ def choose_mode(
     return "incremental", f"{quote_ident(plan.cursor)} >= {bound}", previous
 
 
+
+
+def written_since(snapshot_xmin: int) -> str:
+    """The rows written by a transaction that was running, or not yet begun, when a read's
+    snapshot was taken (`snapshot_xmin`: its oldest running transaction, 64-bit), as a
+    condition: what that read could not see, whatever their cursor says.
+
+    A cursor column is stamped when the row is written (`now()` is the transaction's
+    start), and its transaction may commit after a read has taken a later cursor: a
+    transaction longer than the lookback, a row restored or backdated, an update that
+    forgot `updated_at`. Compared on the 32-bit `xmin` of each row version, modulo 2^32
+    (a row far older than 2^31 transactions can compare as newer: read again, no loss).
+    Without an index on `xmin` this is a scan: asked only of tables small enough that
+    their row-version token scans them anyway (`row_versions.applies`).
+    """
+    low = int(snapshot_xmin) % 2**32
+    return f"((xmin::text::bigint - {low} + 4294967296) % 4294967296) < 2147483648"

@@ -23,7 +23,7 @@ import pyarrow as pa
 from pg_to_bq.destinations.state_table import LOAD_ID_KEY
 from pg_to_bq.load import loader_imports
 from pg_to_bq.load.changes import CaptureState, absent_keys_sql, key_condition
-from pg_to_bq.load.cursor import choose_mode
+from pg_to_bq.load.cursor import choose_mode, written_since
 from pg_to_bq.load.cursor_window import WindowTracker, max_of, window_digest
 from pg_to_bq.load.memory import release_memory
 from pg_to_bq.load.parquet_files import remove_stale_files, write_table_file
@@ -43,6 +43,7 @@ from pg_to_bq.load.state import (
     DEFINITION_STATE_KEY,
     LOADED_COLUMNS_STATE_KEY,
     PENDING_FILL_STATE_KEY,
+    SNAPSHOT_XMIN_STATE_KEY,
     STORAGE_REPLACED,
     VERSIONS_STATE_KEY,
     WINDOW_STATE_KEY,
@@ -438,6 +439,14 @@ class TableReads:
                 keys = list(self.capture.keys[plan.name]) if pending_changes is not None \
                     else []
                 where = key_condition(plan, keys)
+        # A small merged table (its row versions are scanned anyway) also reads the rows
+        # written by transactions its last read could not see: committed since, under cursor
+        # values that read had passed (`written_since`).
+        watch = plan.disposition == "merge" and plan.cursor is not None \
+            and mode in ("full", "incremental") and tuple_versions.applies(plan)
+        since = state.get(SNAPSHOT_XMIN_STATE_KEY)
+        if watch and mode == "incremental" and where is not None and since is not None:
+            where = f"({where}) OR {written_since(int(since))}"
         pending = tuple(state.get(PENDING_FILL_STATE_KEY, ()))
         fill = () if mode == "full" or plan.disposition != "merge" else tuple(
             dict.fromkeys([*evolution.added, *(c for c in pending
@@ -450,6 +459,7 @@ class TableReads:
             # A table read whole counts its rows and its row versions in one query.
             versions=mode == "full" and tuple_versions.applies(plan)
             and plan.destination_table not in self.tokens,
+            snapshot_xmin=watch,
         )
         tracker = WindowTracker(plan, mode) if plan.cursor is not None and mode != "window" \
             else None
@@ -506,6 +516,7 @@ class TableReads:
                          changes, source_fingerprint, versions, reason)
         read.cdc_lsn = cdc_lsn
         read.absent = absent
+        read.snapshot_xmin = reader.snapshot_xmin
         if captured and state.get(CDC_STATE_KEY) is not None and self.capture is not None \
                 and (found := self.capture.pending.get(plan.name)) is not None:
             read.captured = {"from": int(state[CDC_STATE_KEY]), "to": found.last_lsn,

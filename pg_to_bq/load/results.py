@@ -178,6 +178,9 @@ class TableRead:
     # it found gone from PostgreSQL (deleted from the destination after the load).
     cdc_lsn: int | None = None
     absent: list[tuple] = field(default_factory=list)
+    # The oldest transaction running when it was read (`TableReader.snapshot_xmin`), stored
+    # with the state: the next incremental read also reads every row written since.
+    snapshot_xmin: int | None = None
     # Why change capture, on, does not follow this table (said on its line and asset).
     not_captured: str | None = None
     # The captured changes this read applies: positions (from, to] and counts by kind.

@@ -52,6 +52,9 @@ DEFINITION_STATE_KEY = "definition"
 
 
 PENDING_FILL_STATE_KEY = "pending_fill"
+# The oldest transaction running when a small merged table was last read
+# (`pg_to_bq.load.cursor.written_since`).
+SNAPSHOT_XMIN_STATE_KEY = "snapshot_xmin"
 
 
 # The PostgreSQL type of each column last loaded (by PostgreSQL name), and the destination
@@ -182,6 +185,10 @@ def commit_states(queries: Any, loaded: list[TableRead],
         state[ROWS_KEY] = counts[table]
         if item.plan.table.oid is not None:
             state[SOURCE_OID_KEY] = item.plan.table.oid
+        if item.snapshot_xmin is None:
+            state.pop(SNAPSHOT_XMIN_STATE_KEY, None)
+        else:
+            state[SNAPSHOT_XMIN_STATE_KEY] = item.snapshot_xmin
         if item.cdc_lsn is None:
             state.pop(CDC_STATE_KEY, None)
         else:

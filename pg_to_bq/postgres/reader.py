@@ -71,7 +71,9 @@ class TableReader:
     `count_table` also counts the whole table in the same snapshot (`stats.table_rows`), what
     a merged destination table should hold once these rows are merged. `versions` counts a
     read without `where` with the inputs of the table's row-version token in one query
-    (`versions_row`, which `row_versions.token` then uses).
+    (`versions_row`, which `row_versions.token` then uses). `snapshot_xmin` asks the
+    oldest transaction the snapshot saw running (`self.snapshot_xmin`, a 64-bit id): rows
+    it or any later transaction writes are not in this read, whatever their cursor says.
     With `streams > 1` the table is split into that many ranges (of its single-column
     integer primary key, else of ctid blocks) read in parallel by connections sharing the
     exported snapshot; batches arrive interleaved, at most `QUEUE_DEPTH` (or `streams`)
@@ -96,6 +98,7 @@ class TableReader:
         min_rows_per_stream: int = MIN_ROWS_PER_STREAM,
         session: AdbcSession | None = None,
         versions: bool = False,
+        snapshot_xmin: bool = False,
     ) -> None:
         if streams < 1:
             raise ValueError(f"streams must be at least 1, not {streams}")
@@ -113,6 +116,8 @@ class TableReader:
         self.versions = versions
         # The row of `row_versions.versions_sql`, when the count was asked with it.
         self.versions_row: tuple | None = None
+        self.ask_snapshot_xmin = snapshot_xmin
+        self.snapshot_xmin: int | None = None
         self.stats = ExtractStats()
         self.schema = arrow_schema(plan)
         self._conn: AdbcSession | None = None
@@ -131,6 +136,10 @@ class TableReader:
         self._conn = session = self._lent or self._connect()
         try:
             _begin(session)
+            if self.ask_snapshot_xmin:
+                (xmin,) = session.fetchone(
+                    "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+                self.snapshot_xmin = int(xmin)
             if self.count_rows and self.versions and self.where is None:
                 # The count and the row versions' token, in one scan and one round trip.
                 self.versions_row = session.fetchone(row_versions.versions_sql(self.plan))

@@ -84,6 +84,41 @@ def test_incremental_merge_picks_changes_and_skips_unchanged_rows(pg_url: str, s
     assert duck_rows(path, "SELECT count(*), count(DISTINCT id) FROM raw.orders") == [(1001, 1001)]
 
 
+def test_rows_written_under_a_cursor_already_passed_arrive_the_next_run(
+        pg_url: str, settings_env, capsys) -> None:
+    """What a cursor cannot see: a transaction open longer than the lookback (`now()` is its
+    start; its row commits after a read took a later cursor), an update that kept its
+    `updated_at`, a row put back with an old one. A merged table small enough for its row
+    versions to be scanned anyway (up to 32 MiB) also reads every row written by a
+    transaction its last read could not see. Before, all three kept their old values (or
+    stayed missing) for good, and the run said `unchanged`."""
+    from pg_to_bq.cli.main import main
+
+    run_sql(pg_url, ORDERS_SQL)
+    path = settings_env(pg_url)
+    assert main(["sync"]) == 0
+    late = psycopg.connect(pg_url)  # the long transaction, still open at the next read
+    late.execute("UPDATE orders SET status = 'late', updated_at = now() WHERE id = 1")
+    # An hour of other commits, stood for by one stamped an hour on.
+    run_sql(pg_url, "UPDATE orders SET status = 'later', updated_at = now() + interval '1 hour' "
+                    "WHERE id = 2")
+    assert main(["sync"]) == 0
+    late.commit()
+    late.close()
+    run_sql(pg_url, "UPDATE orders SET status = 'forgot' WHERE id = 3; "
+                    "INSERT INTO orders VALUES (5000, 'restored', 1, now() - interval '90 days')")
+    capsys.readouterr()
+    assert main(["sync"]) == 0
+    out = capsys.readouterr().out
+    assert "public.orders: ok, 4 rows (incremental)" in out, out
+    assert duck_rows(path, "SELECT id, status FROM raw.orders WHERE id IN (1, 2, 3, 4, 5000) "
+                           "ORDER BY id") == [(1, "late"), (2, "later"), (3, "forgot"),
+                                              (4, "new"), (5000, "restored")]
+    assert duck_rows(path, "SELECT count(*) FROM raw.orders") == [(1001,)]
+    assert main(["sync"]) == 0
+    assert "public.orders: unchanged" in capsys.readouterr().out
+
+
 def test_rows_inserted_while_a_merge_reads_are_the_next_runs(pg_url: str, settings_env) -> None:
     """The row-count check compares the destination with the whole table in the snapshot
     the rows were read in. A row committed in PostgreSQL while the load is reading (after
