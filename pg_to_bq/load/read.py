@@ -44,10 +44,10 @@ from pg_to_bq.load.state import (
     LOADED_COLUMNS_STATE_KEY,
     PENDING_FILL_STATE_KEY,
     SNAPSHOT_XMIN_STATE_KEY,
-    STORAGE_REPLACED,
     VERSIONS_STATE_KEY,
     WINDOW_STATE_KEY,
     storage_replaced,
+    storage_replaced_reason,
 )
 from pg_to_bq.load.values_check import source_side_fingerprint
 from pg_to_bq.planning.errors import describe, is_transient
@@ -301,7 +301,7 @@ class TableReads:
         elif storage_replaced(state, load.plan) and not load.full_refresh and not (
                 table in evolutions and evolutions[table].reload):
             # (A reload reads it whole anyway, and says why.)
-            state, doubt = {}, STORAGE_REPLACED
+            state, doubt = {}, storage_replaced_reason(state, load.plan)
         try:
             item = self.read_with_retries(
                 load, state, evolutions.get(table), sessions, self.files, doubt)

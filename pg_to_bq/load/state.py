@@ -74,6 +74,12 @@ STORAGE_REPLACED = (
     "its PostgreSQL storage was replaced since its last load (TRUNCATE, a restore, VACUUM "
     "FULL, CLUSTER, pg_repack or a rewriting ALTER TABLE): rows may have changed or gone "
     "without their cursor moving")
+# The same, for a table others INHERIT from: its storage is theirs too.
+INHERITED_STORAGE_REPLACED = (
+    "its PostgreSQL storage, or that of a table inheriting from it, was replaced since its "
+    "last load, or a table began or ceased to inherit from it (TRUNCATE, a restore, VACUUM "
+    "FULL, CLUSTER, pg_repack, a rewriting ALTER TABLE, or ALTER TABLE ... [NO] INHERIT): "
+    "rows may have changed, come or gone without their cursor moving")
 
 
 def storage_replaced(state: Mapping[str, Any], plan: TablePlan) -> bool:
@@ -86,6 +92,13 @@ def storage_replaced(state: Mapping[str, Any], plan: TablePlan) -> bool:
     before, now = state.get(STORAGE_STATE_KEY), plan.table.storage
     return (plan.disposition == "merge" and before is not None and now is not None
             and before != now and CDC_STATE_KEY not in state)
+
+
+def storage_replaced_reason(state: Mapping[str, Any], plan: TablePlan) -> str:
+    """What `storage_replaced` found, said for this table."""
+    inherited = plan.table.kind != "p" and (
+        plan.table.inherited_by or "," in str(state.get(STORAGE_STATE_KEY, "")))
+    return INHERITED_STORAGE_REPLACED if inherited else STORAGE_REPLACED
 
 
 # The parameterized destination types (`NUMERIC(10,2)`) the last load gave the columns, by

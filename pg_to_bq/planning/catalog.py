@@ -81,6 +81,10 @@ class Table:
     # The `schema.table` names it had before PostgreSQL renamed it, learned by comparing
     # oids with an earlier discovery (`with_former_names`) and kept from one to the next.
     former_names: tuple[str, ...] = ()
+    # The `schema.table` names of the tables that INHERIT from it (classic inheritance, not
+    # a partitioned table's partitions): a read of it returns their rows too, and PostgreSQL
+    # keeps its primary key unique within each table, not across them.
+    inherited_by: tuple[str, ...] = ()
 
     @property
     def qualified_name(self) -> str:
@@ -117,6 +121,7 @@ class Table:
             column_numbers=tuple(int(n) for n in data.get("column_numbers") or ()),
             storage=data.get("storage"),
             former_names=tuple(data.get("former_names") or ()),
+            inherited_by=tuple(data.get("inherited_by") or ()),
             primary_key=tuple(data.get("primary_key") or ()),
             foreign_keys=tuple(
                 ForeignKey(

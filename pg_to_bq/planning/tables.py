@@ -266,6 +266,13 @@ def _plan_table(
             raise PlanError(f"{where}: cursor column {cursor!r} cannot be excluded")
 
     disposition = override.disposition or ("merge" if primary_key and cursor else "replace")
+    # A key two rows of a read may share (an inheritance parent's) merges one over the
+    # other: such a table is replaced unless the tables file says otherwise.
+    shared_key = bool(table.inherited_by and primary_key) and override.disposition is None \
+        and override.partition is None
+    if shared_key and disposition == "merge":
+        disposition = "replace"
+        notes.append(inheritance_note(table, primary_key, overrides.source))
     if disposition == "merge" and not primary_key:
         raise PlanError(f"{where}: disposition merge needs a primary key (set primary_key)")
     if disposition == "replace":
@@ -284,6 +291,11 @@ def _plan_table(
     if soft_deletes and not primary_key:
         notes.append("soft deletes need a primary key (set primary_key): rows deleted in "
                      "PostgreSQL leave this table when it is next read whole")
+        soft_deletes = False
+    elif soft_deletes and shared_key:
+        notes.append("soft deletes need a key unique across the tables that inherit from it "
+                     "(see disposition): rows deleted in PostgreSQL leave this table when it "
+                     "is next read whole")
         soft_deletes = False
     elif soft_deletes:
         notes.append(SOFT_DELETES_NOTE)
@@ -310,6 +322,19 @@ def _plan_table(
         freshness=override.freshness,
         soft_deletes=soft_deletes,
     )
+
+
+def inheritance_note(table: Table, primary_key: Sequence[str], source: str) -> str:
+    """Why an inheritance parent is replaced, not merged by its primary key."""
+    children = ", ".join(table.inherited_by[:5]) + (
+        ", ..." if len(table.inherited_by) > 5 else "")
+    key = ", ".join(primary_key)
+    source = "the tables file (PG_TO_BQ_TABLES_FILE)" if source.startswith("(") else source
+    return (f"an inheritance parent: a read of it returns the rows of the tables that inherit "
+            f"from it ({children}) too, and PostgreSQL keeps its key ({key}) unique within each "
+            "table, not across them: replaced whenever its rows change, not merged by a key "
+            "two of its rows may share (set disposition: merge for "
+            f"{table.qualified_name} in {source} if the key is unique across them)")
 
 
 def replan(plan: TablePlan, live: Table, destination: str, overrides: Overrides) -> TablePlan:

@@ -12,12 +12,15 @@ from pg_to_bq.planning.catalog import Catalog, Column, Table
 
 # One round trip for the whole database: relations with their columns, keys, comments and
 # size estimates as JSON. Partitions are skipped (their parent is loaded); row estimates of a
-# partitioned parent sum its leaves. Only the schema list is a parameter, never pasted in.
+# partitioned parent sum its leaves; the size, row estimate and storage of a table others
+# INHERIT from include theirs (a read of it returns their rows). Only the schema list is a
+# parameter, never pasted in.
 # Columns and comments are joined for all relations in one grouped pass: a correlated
 # subquery and `col_description()` per relation took ~0.5 s for 1,000 tables, this ~0.3 s.
 CATALOG_SQL = """
-WITH rels AS (
-    SELECT c.oid, n.nspname AS schema, c.relname AS name, c.relkind, c.reltuples
+WITH RECURSIVE rels AS (
+    SELECT c.oid, n.nspname AS schema, c.relname AS name, c.relkind, c.reltuples,
+           c.relhassubclass AND c.relkind <> 'p' AS inherited
     FROM pg_catalog.pg_class c
     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
     WHERE c.relkind = ANY(%(relkinds)s)
@@ -63,6 +66,31 @@ cols AS (
         AND cd.objsubid = a.attnum
     WHERE a.attnum > 0 AND NOT a.attisdropped
     GROUP BY a.attrelid
+),
+-- The tables that INHERIT from a table (classic inheritance, not a partitioned table's
+-- partitions), at any depth: a read of the parent returns their rows too.
+descendants AS (
+    SELECT r.oid AS root, i.inhrelid AS relid
+    FROM rels r JOIN pg_catalog.pg_inherits i ON i.inhparent = r.oid
+    WHERE r.inherited
+    UNION
+    SELECT d.root, i.inhrelid
+    FROM descendants d JOIN pg_catalog.pg_inherits i ON i.inhparent = d.relid
+),
+inheritance AS (
+    SELECT d.root AS oid,
+           json_agg(hn.nspname || '.' || h.relname ORDER BY hn.nspname, h.relname)
+               FILTER (WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i
+                                     WHERE i.inhrelid = d.relid AND i.inhparent = d.root))
+               AS children,
+           sum(pg_catalog.pg_total_relation_size(d.relid))::bigint AS size_bytes,
+           sum(greatest(h.reltuples, 0))::bigint AS estimated_rows,
+           string_agg(pg_catalog.pg_relation_filenode(d.relid)::text, ',' ORDER BY d.relid)
+               AS storage
+    FROM descendants d
+    JOIN pg_catalog.pg_class h ON h.oid = d.relid
+    JOIN pg_catalog.pg_namespace hn ON hn.oid = h.relnamespace
+    GROUP BY d.root
 )
 SELECT json_build_object(
     'oid', r.oid,
@@ -75,11 +103,13 @@ SELECT json_build_object(
             FROM pg_catalog.pg_partition_tree(r.oid) pt
             JOIN pg_catalog.pg_class leaf ON leaf.oid = pt.relid
             WHERE pt.isleaf)
-        WHEN r.reltuples < 0 THEN NULL ELSE r.reltuples::bigint END,
+        WHEN r.reltuples < 0 THEN NULL
+        ELSE r.reltuples::bigint + COALESCE(inh.estimated_rows, 0) END,
     'size_bytes', CASE WHEN r.relkind = 'p' THEN (
             SELECT sum(pg_catalog.pg_total_relation_size(pt.relid))::bigint
             FROM pg_catalog.pg_partition_tree(r.oid) pt WHERE pt.isleaf)
         WHEN r.relkind IN ('r', 'm') THEN pg_catalog.pg_total_relation_size(r.oid)
+            + COALESCE(inh.size_bytes, 0)
         ELSE NULL END,
     'columns', COALESCE(cols.columns, '[]'::json),
     'column_numbers', COALESCE(cols.column_numbers, '[]'::json),
@@ -87,7 +117,10 @@ SELECT json_build_object(
             SELECT string_agg(pg_catalog.pg_relation_filenode(pt.relid)::text, ','
                               ORDER BY pt.relid)
             FROM pg_catalog.pg_partition_tree(r.oid) pt WHERE pt.isleaf)
+        WHEN inh.storage IS NOT NULL THEN concat_ws(
+            ',', pg_catalog.pg_relation_filenode(r.oid)::text, inh.storage)
         ELSE pg_catalog.pg_relation_filenode(r.oid)::text END,
+    'inherited_by', inh.children,
     'primary_key', (
         SELECT json_agg(a.attname ORDER BY k.ord)
         FROM pg_catalog.pg_constraint con
@@ -117,6 +150,7 @@ SELECT json_build_object(
 ) AS table_json
 FROM rels r
 LEFT JOIN cols ON cols.oid = r.oid
+LEFT JOIN inheritance inh ON inh.oid = r.oid
 LEFT JOIN pg_catalog.pg_description td
     ON td.objoid = r.oid AND td.classoid = 'pg_catalog.pg_class'::regclass AND td.objsubid = 0
 ORDER BY r.schema, r.name

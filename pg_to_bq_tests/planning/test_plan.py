@@ -122,6 +122,37 @@ def test_soft_deletes_the_setting_the_file_default_and_a_table() -> None:
     assert not orders.soft_deletes
 
 
+def test_an_inheritance_parent_is_replaced_unless_the_file_merges_it() -> None:
+    """A read of a table others INHERIT from returns their rows, whose keys PostgreSQL
+    does not keep unique across the tables: merged by key, two rows sharing one would
+    become one. Replaced, said; `disposition: merge` in the file is the user's word that
+    the key is unique across them; soft deletes (a merge by key) are off, said."""
+    parent = dataclasses.replace(ORDERS, inherited_by=("public.orders_2023", "shop.archive"))
+    plan = plan_table(parent, "duckdb")
+    assert plan.disposition == "replace" and plan.cursor is None
+    assert plan.primary_key == ("id",)
+    [note] = plan.notes
+    assert note.startswith("an inheritance parent: a read of it returns the rows of the tables "
+                           "that inherit from it (public.orders_2023, shop.archive) too, and "
+                           "PostgreSQL keeps its key (id) unique within each table")
+    assert "set disposition: merge for public.orders in the tables file " \
+           "(PG_TO_BQ_TABLES_FILE) if the key is unique across them" in note
+    overrides = parse_overrides({"tables": {"public.orders": {"disposition": "merge"}}},
+                                "t.yaml")
+    merged = plan_table(parent, "duckdb", overrides.for_table("public.orders"), overrides)
+    assert merged.disposition == "merge" and merged.incremental and not merged.notes
+    soft = parse_overrides({"defaults": {"soft_deletes": True}}, "t.yaml")
+    plan = plan_table(parent, "duckdb", overrides=soft)
+    assert not plan.soft_deletes
+    assert any(n.startswith("soft deletes need a key unique across the tables that inherit")
+               for n in plan.notes), plan.notes
+    assert "t.yaml" in plan.notes[0]
+    # Without a key nothing is merged: no note. A child is planned as any table.
+    assert plan_table(dataclasses.replace(LOG, inherited_by=("public.log_1",)),
+                      "duckdb").notes == ()
+    assert plan_table(ORDERS, "duckdb").disposition == "merge"
+
+
 def test_tables_file_naming_a_missing_table_plans_the_others_and_says_so(tmp_path) -> None:
     """A name the catalog lacks (renamed, dropped, not discovered yet, a typo) stops no
     other table: before, it raised, and no table loaded."""
