@@ -439,12 +439,15 @@ class TableReads:
                 keys = list(self.capture.keys[plan.name]) if pending_changes is not None \
                     else []
                 where = key_condition(plan, keys)
-        # A small merged table (its row versions are scanned anyway) also reads the rows
-        # written by transactions its last read could not see: committed since, under cursor
-        # values that read had passed (`written_since`).
-        watch = plan.disposition == "merge" and plan.cursor is not None \
-            and mode in ("full", "incremental") and tuple_versions.applies(plan)
+        # A merged table also reads the rows written by transactions its last such read
+        # could not see: committed since, under cursor values that read had passed
+        # (`written_since`). A small one (its row versions are scanned anyway) every run; a
+        # larger one, where the condition costs a scan, with the delete pass (which scans
+        # its keys anyway); a whole read sees everything.
         since = state.get(SNAPSHOT_XMIN_STATE_KEY)
+        watch = plan.disposition == "merge" and plan.cursor is not None and (
+            mode == "full" or mode == "incremental" and (
+                tuple_versions.applies(plan) or load.apply_deletes))
         if watch and mode == "incremental" and where is not None and since is not None:
             where = f"({where}) OR {written_since(int(since))}"
         pending = tuple(state.get(PENDING_FILL_STATE_KEY, ()))
@@ -516,7 +519,9 @@ class TableReads:
                          changes, source_fingerprint, versions, reason)
         read.cdc_lsn = cdc_lsn
         read.absent = absent
-        read.snapshot_xmin = reader.snapshot_xmin
+        # (A read that did not look keeps the bound of the last one that did.)
+        read.snapshot_xmin = reader.snapshot_xmin if watch else (
+            int(since) if since is not None and mode in ("incremental", "window") else None)
         if captured and state.get(CDC_STATE_KEY) is not None and self.capture is not None \
                 and (found := self.capture.pending.get(plan.name)) is not None:
             read.captured = {"from": int(state[CDC_STATE_KEY]), "to": found.last_lsn,

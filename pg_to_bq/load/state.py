@@ -52,8 +52,9 @@ DEFINITION_STATE_KEY = "definition"
 
 
 PENDING_FILL_STATE_KEY = "pending_fill"
-# The oldest transaction running when a small merged table was last read
-# (`pg_to_bq.load.cursor.written_since`).
+# The oldest transaction running when a merged table was last read whole, or read with
+# the rows written since the previous such read (`pg_to_bq.load.cursor.written_since`):
+# every run for a small one, with the delete pass for a larger one.
 SNAPSHOT_XMIN_STATE_KEY = "snapshot_xmin"
 
 

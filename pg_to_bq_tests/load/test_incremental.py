@@ -119,6 +119,51 @@ def test_rows_written_under_a_cursor_already_passed_arrive_the_next_run(
     assert "public.orders: unchanged" in capsys.readouterr().out
 
 
+def test_a_large_table_gets_what_its_cursor_missed_with_the_delete_pass(
+        pg_url: str, settings_env, capsys) -> None:
+    """Above 32 MiB a merged table's nightly read is its cursor window alone (a condition
+    on `xmin` would scan the table every night). The delete pass scans it anyway: that run
+    also reads every row written by a transaction the previous such read (or the first,
+    whole, read) could not see. A held transaction, an update that forgot `updated_at` and a
+    row restored with an old one arrive with the pass, and every row matches PostgreSQL.
+    A real table of ~45 MB, so that discovery sizes it as production would."""
+    from pg_to_bq.cli.main import main
+    from pg_to_bq_tests.support.mirror_compare import assert_mirrored_in_duckdb
+
+    run_sql(pg_url, """
+        CREATE TABLE events (id int PRIMARY KEY, status text NOT NULL, pad text NOT NULL,
+                             updated_at timestamptz NOT NULL);
+        INSERT INTO events SELECT g, 'new', repeat('x', 250),
+                                  now() - interval '30 days' + g * interval '10 seconds'
+        FROM generate_series(1, 150000) g;""")
+    path = settings_env(pg_url)
+    assert main(["sync", "--refresh-catalog"]) == 0
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT pg_total_relation_size('events')").fetchone()[0] \
+            > 32 * 1024 * 1024
+    late = psycopg.connect(pg_url)  # a long transaction, open across the next read
+    late.execute("UPDATE events SET status = 'late', updated_at = now() WHERE id = 1")
+    run_sql(pg_url, "UPDATE events SET status = 'later', updated_at = now() + interval '1 hour' "
+                    "WHERE id = 2")
+    assert main(["sync"]) == 0
+    late.commit()
+    late.close()
+    run_sql(pg_url, "UPDATE events SET status = 'forgot' WHERE id = 3; "
+                    "INSERT INTO events VALUES (200000, 'restored', 'r', "
+                    "now() - interval '90 days')")
+    capsys.readouterr()
+    assert main(["sync", "--apply-deletes"]) == 0
+    out = capsys.readouterr().out
+    assert "public.events: ok, 4 rows (incremental)" in out, out
+    assert_mirrored_in_duckdb(pg_url, path, "events")
+    # The next pass starts from this one's snapshot: a row forgotten since arrives with it.
+    run_sql(pg_url, "UPDATE events SET status = 'forgot again' WHERE id = 4")
+    assert main(["sync", "--apply-deletes"]) == 0
+    out = capsys.readouterr().out
+    assert "public.events: ok, 2 rows (incremental)" in out, out
+    assert_mirrored_in_duckdb(pg_url, path, "events")
+
+
 def test_rows_inserted_while_a_merge_reads_are_the_next_runs(pg_url: str, settings_env) -> None:
     """The row-count check compares the destination with the whole table in the snapshot
     the rows were read in. A row committed in PostgreSQL while the load is reading (after
