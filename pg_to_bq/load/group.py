@@ -39,7 +39,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence, Set
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -356,6 +356,11 @@ class _GroupRun:
                     counts, _ = destination_counts(queries,
                                                    [r.destination_table for _, r in results],
                                                    live=self.live)
+                    gone = self.deleted_in_source(results, counts)
+                    if gone:
+                        self.delete_pass(results, set(), found=gone)
+                        counts.update(destination_counts(queries, sorted(gone),
+                                                         live=self.live)[0])
                 checked = compare_fingerprints(queries, [r for _, r in loaded], self.live)
                 typed = compare_types(queries, [r for _, r in loaded])
                 upgraded = self.compare_figures(results, states, before)
@@ -549,19 +554,43 @@ class _GroupRun:
                     "longer has (their values were derived the old way)")
         return failures
 
-    def delete_pass(self, results: list[tuple[int, LoadResult]], soft_whole: set[str]
-                    ) -> None:
+    def deleted_in_source(self, results: list[tuple[int, LoadResult]],
+                          counts: Mapping[str, int]) -> set[str]:
+        """The small merged tables (`row_versions.applies`: their row versions are scanned
+        every run) that hold more rows after this run's merge than PostgreSQL held when they
+        were read, and had no delete pass: a merge adds and replaces rows, never removes
+        them, so the difference is rows deleted in PostgreSQL. Their pass runs now, rather
+        than leaving the rows (and a failed check) until the weekly one; on a small table
+        it costs one read of its keys. Larger tables wait for the weekly pass, or change
+        capture."""
+        from pg_to_bq.postgres import row_versions
+
+        found = set()
+        for index, result in results:
+            plan = self.loads[index].plan
+            rows = counts.get(result.destination_table)
+            if plan.disposition == "merge" and result.mode == "incremental" \
+                    and result.status != "failed" and result.deleted is None \
+                    and rows is not None and result.table_rows is not None \
+                    and rows > result.table_rows and row_versions.applies(plan):
+                found.add(result.destination_table)
+        return found
+
+    def delete_pass(self, results: list[tuple[int, LoadResult]], soft_whole: set[str],
+                    found: Set[str] = frozenset()) -> None:
         """The delete pass of the merged tables that asked for one (`pg_to_bq.load.deletes`),
-        after their load and fill, loaded or unchanged; and of the tables that keep
+        after their load and fill, loaded or unchanged; of the tables that keep
         soft-deleted rows read whole this run (`soft_whole`: merged, not replaced, so the
-        rows PostgreSQL no longer has are still there, to be marked or deleted). A table
-        whose pass fails fails, its rows loaded (its state is kept: it covers them)."""
+        rows PostgreSQL no longer has are still there, to be marked or deleted); and of
+        those `deleted_in_source` found (`found`). A table whose pass fails fails, its rows
+        loaded (its state is kept: it covers them)."""
         from pg_to_bq.load.deletes import apply_deletes
 
         for index, result in results:
             plan = self.loads[index].plan
-            asked = self.loads[index].apply_deletes and plan.disposition == "merge" \
-                and result.mode not in ("full", "changes")
+            asked = (self.loads[index].apply_deletes and plan.disposition == "merge"
+                     and result.mode not in ("full", "changes") and not found) \
+                or result.destination_table in found
             if not asked and result.destination_table not in soft_whole:
                 continue  # (change capture deletes what PostgreSQL deleted, every run)
             try:

@@ -203,13 +203,22 @@ def _report_gone(context: dg.AssetExecutionContext, plan: TablePlan, ctx: AssetC
 def _materialization(plan: TablePlan, snapshot_plan: TablePlan, result: LoadResult,
                      ctx: AssetContext) -> dg.MaterializeResult:
     """The table's materialization. The data version is the dlt load that wrote the table's
-    rows: an unchanged table keeps its last load's, so Dagster (and automation downstream)
-    sees no new data, while its freshness is renewed."""
+    rows and the rows the table holds: an unchanged table keeps its last load's, so Dagster
+    (and automation downstream) sees no new data, while its freshness is renewed; one whose
+    delete pass removed rows (a load of nothing) gets a new one."""
     metadata = materialization_metadata(plan, snapshot_plan, result, ctx,
                                         result.destination_rows, result.deleted)
     return dg.MaterializeResult(
         asset_key=destination_key(plan, ctx), metadata=metadata,
-        data_version=dg.DataVersion(result.load_id) if result.load_id else None)
+        data_version=data_version(result))
+
+
+def data_version(result: LoadResult) -> dg.DataVersion | None:
+    """`load id/rows` (the load id alone where the rows were not counted)."""
+    if not result.load_id:
+        return None
+    rows = result.destination_rows
+    return dg.DataVersion(result.load_id if rows is None else f"{result.load_id}/{rows}")
 
 
 def _look_up_materializations(context: dg.AssetExecutionContext,

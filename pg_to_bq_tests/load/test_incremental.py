@@ -209,7 +209,49 @@ def test_rows_inserted_while_a_merge_reads_are_the_next_runs(pg_url: str, settin
     assert duck_rows(path, "SELECT count(*), max(id) FROM raw.events") == [(300001, 300001)]
 
 
-def test_deletes_are_applied_on_demand(pg_url: str, settings_env) -> None:
+def data_version(result: dg.ExecuteInProcessResult) -> str:
+    [event] = result.get_asset_materialization_events()
+    return event.event_specific_data.materialization.tags["dagster/data_version"]
+
+
+def test_rows_deleted_from_a_small_table_leave_its_copy_in_the_same_run(
+        pg_url: str, settings_env) -> None:
+    """A merge adds and replaces rows, never removes them: a small merged table (up to 32
+    MiB, its row versions read every run) whose copy holds more rows after its merge than
+    PostgreSQL held when it was read has lost rows in PostgreSQL; its delete pass runs in
+    that run. Before, they stayed until the weekly pass, the check warning every night.
+    A run that only deleted rows gives the asset a new data version (downstream sees the
+    change); an unchanged run keeps it."""
+    from pg_to_bq_tests.support.mirror_compare import assert_mirrored_in_duckdb
+
+    run_sql(pg_url, ORDERS_SQL)
+    path = settings_env(pg_url)
+    defs = build_definitions(Settings.from_env())
+    loaded = materialize(defs)
+    run_sql(pg_url, "DELETE FROM orders WHERE id IN (10, 20, 30)")
+    deleted = materialize(defs)
+    assert deleted.success
+    assert metadata_of(deleted)["rows_deleted"] == 3
+    assert check_results(deleted)["matches_source"] == (True, "ERROR")
+    assert duck_rows(path, "SELECT count(*) FROM raw.orders") == [(997,)]
+    assert data_version(deleted) != data_version(loaded)
+    unchanged = materialize(defs)
+    assert "rows_deleted" not in metadata_of(unchanged)
+    assert data_version(unchanged) == data_version(deleted)
+    # A delete beside an insert: the counts alone would balance had the insert not loaded.
+    run_sql(pg_url, "DELETE FROM orders WHERE id = 40; "
+                    "INSERT INTO orders VALUES (5001, 'new', 1, now())")
+    both = materialize(defs)
+    assert metadata_of(both)["rows_deleted"] == 1
+    assert check_results(both)["matches_source"] == (True, "ERROR")
+    assert_mirrored_in_duckdb(pg_url, path, "orders")
+
+
+def test_deletes_are_applied_on_demand(pg_url: str, settings_env,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A merged table above 32 MiB (stood for by a lower bound: the size alone decides) keeps
+    rows deleted in PostgreSQL until its delete pass (weekly, or asked), with a warning."""
+    monkeypatch.setattr("pg_to_bq.postgres.row_versions.MERGE_MAX_BYTES", 0)
     run_sql(pg_url, ORDERS_SQL)
     path = settings_env(pg_url)
     defs = build_definitions(Settings.from_env())

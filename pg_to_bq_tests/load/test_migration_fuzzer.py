@@ -18,9 +18,10 @@ they were (a restore: the table's new storage tells pg_to_bq its cursor no longe
 the rows).
 
 What the product promises, and so what is compared after every sync that finished: every
-table PostgreSQL has holds exactly its rows in every column it has now. The one documented
-exception is a merged table's rows deleted in PostgreSQL, which stay until a delete pass
-(`--apply-deletes`): those keys, and only those, may remain. Writes that change a merged
+table PostgreSQL has holds exactly its rows in every column it has now. (A merged table
+above 32 MiB may keep rows deleted in PostgreSQL until its weekly delete pass; every table
+here is smaller, and has its pass in the run that finds its copy holds more rows than
+PostgreSQL.) Writes that change a merged
 table's rows without moving its cursor are generated anywhere: its cursor cannot see them,
 but every table here is small enough (up to 32 MiB) for its read to take the rows written
 since the last one too (`pg_to_bq.load.cursor.written_since`); the same machine with change
@@ -637,10 +638,12 @@ def make_machine(pg_server, destination: Destination, runner: str, cdc: bool = F
                 out = subprocess.run(self.command(apply_deletes), env=self.env,
                                      capture_output=True, text=True, timeout=900)
                 assert out.returncode == 0, self.history(out.stderr[-3000:])
-            if apply_deletes or cdc:
-                # (Change capture deletes what PostgreSQL deleted, every run.)
-                for table in self.tables.values():
-                    table.deleted.clear()
+            # Every table here is small (up to 32 MiB): a merged one whose copy holds more
+            # rows than PostgreSQL after its merge has its delete pass in the same run
+            # (`_GroupRun.deleted_in_source`), and change capture deletes what PostgreSQL
+            # deleted: no deleted row may remain after any sync.
+            for table in self.tables.values():
+                table.deleted.clear()
             self.compare()
 
         def compare(self) -> None:
