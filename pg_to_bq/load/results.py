@@ -99,6 +99,12 @@ class LoadResult:
     source_rows_after_deletes: int | None = None
 
     @property
+    def unchanged(self) -> bool:
+        """Nothing in its destination table changed this run: nothing loaded (`status`
+        "unchanged") and no row deleted by a delete pass."""
+        return self.status == "unchanged" and not self.deleted
+
+    @property
     def ok(self) -> bool:
         return self.status != "failed"
 

@@ -271,7 +271,7 @@ def _checked(
             metadata=outcome.metadata,
         )
     if lost:
-        done = "unchanged in PostgreSQL" if result.status == "unchanged" else "loaded"
+        done = "unchanged in PostgreSQL" if result.unchanged else "loaded"
         message = (f"table {plan.name}: {done}, but the destination differs from the source: "
                    + "; ".join(lost) + " (the next run reads the table whole)")
         context.log.error(message)
@@ -280,7 +280,7 @@ def _checked(
             error=message, notes=tuple(notes), failed_checks=tuple(failed_checks)))
         return
     progress.publish(progress.TableOutcome(
-        plan.name, "unchanged" if result.status == "unchanged" else "loaded", rows=result.rows,
+        plan.name, "unchanged" if result.unchanged else "loaded", rows=result.rows,
         mode=result.mode, seconds=result.duration_s, notes=tuple(notes),
         failed_checks=tuple(failed_checks), deleted=result.deleted, reason=result.reason,
         soft_deletes=plan.soft_deletes))
@@ -302,7 +302,7 @@ def materialization_metadata(plan: TablePlan, snapshot_plan: TablePlan | None,
     }
     if destination_rows is not None:
         metadata["dagster/row_count"] = destination_rows
-    if result.status == "unchanged":
+    if result.unchanged:
         metadata["unchanged"] = {
             "versions": "the table's row versions are those of the last load",
             "changes": "no change captured since the last load (not read)",

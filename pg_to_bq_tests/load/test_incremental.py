@@ -232,11 +232,12 @@ def test_rows_deleted_from_a_small_table_leave_its_copy_in_the_same_run(
     deleted = materialize(defs)
     assert deleted.success
     assert metadata_of(deleted)["rows_deleted"] == 3
+    assert "unchanged" not in metadata_of(deleted)  # (no row to load; three deleted)
     assert check_results(deleted)["matches_source"] == (True, "ERROR")
     assert duck_rows(path, "SELECT count(*) FROM raw.orders") == [(997,)]
     assert data_version(deleted) != data_version(loaded)
     unchanged = materialize(defs)
-    assert "rows_deleted" not in metadata_of(unchanged)
+    assert "rows_deleted" not in metadata_of(unchanged) and "unchanged" in metadata_of(unchanged)
     assert data_version(unchanged) == data_version(deleted)
     # A delete beside an insert: the counts alone would balance had the insert not loaded.
     run_sql(pg_url, "DELETE FROM orders WHERE id = 40; "

@@ -152,7 +152,8 @@ def test_turned_on_for_a_loaded_table_and_off_again(pg_url, settings_env, capsys
     monkeypatch.setenv("PG_TO_BQ_SOFT_DELETES", "false")
     run_sql(pg_url, "DELETE FROM orders WHERE id = 3")
     out = sync(capsys, "--apply-deletes")
-    assert "public.orders: unchanged" in out and ", 1 deleted in" in out, out
+    # (no row to load, one deleted: a change, said `ok`)
+    assert "public.orders: ok, 0 rows (incremental), 1 deleted in" in out, out
     assert [r[0] for r in kept(path, "orders")] == [1, 2]
     assert_live_exact(pg_url, path, tables=("orders",))
     out = sync(capsys)
