@@ -14,10 +14,10 @@ a keys snapshot and a later load would otherwise be loaded and then deleted.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from pg_to_bq.destinations.soft_deletes import live as live_row
 from pg_to_bq.destinations.soft_deletes import mark_deleted, rows_of
-from pg_to_bq.load.fill import SideLoad
 from pg_to_bq.planning.tables import TablePlan
 
 KEYS_PREFIX = "_pg_to_bq_keys__"
@@ -48,18 +48,18 @@ def absent_sql(keys_table: str, key_columns: tuple[str, ...], quote) -> str:
     return f"NOT EXISTS (SELECT 1 FROM {keys_table} AS k WHERE {condition})"
 
 
-def apply_deletes(plan: TablePlan, side_load: SideLoad, live: bool = False) -> tuple[int, int]:
-    """Delete destination rows of `plan`'s table whose primary key is gone from the source,
-    comparing with the source's keys, loaded into a side table by `side_load`.
+def delete_absent(plan: TablePlan, pipeline: Any, live: bool = False) -> int:
+    """Delete the destination rows of `plan`'s table whose primary key is gone from the
+    source, comparing with the source's keys, loaded into the keys table (`keys_plan`) by
+    the side load whose pipeline is `pipeline`.
 
     A table with soft deletes has them marked deleted instead. `live`: the destination
     table has the soft-delete column, so only its live rows count, and the rows it keeps
     marked are never deleted (soft deletes turned off since).
 
-    Returns the number of rows deleted and the source's rows (its keys, in one snapshot).
+    Returns the number of rows deleted (or marked).
     """
     keys = keys_plan(plan)
-    read, pipeline = side_load(keys)
     with pipeline.sql_client() as client:
         target = client.make_qualified_table_name(plan.destination_table)
         keys_table = client.make_qualified_table_name(keys.destination_table)
@@ -73,4 +73,4 @@ def apply_deletes(plan: TablePlan, side_load: SideLoad, live: bool = False) -> t
         elif doomed:
             kept = f" AND {live_row(client, 't')}" if live else ""
             client.execute_sql(f"DELETE FROM {target} AS t WHERE {absent}{kept}")
-    return doomed, read.rows
+    return doomed

@@ -195,6 +195,15 @@ def load_group(
             release_memory()
 
 
+def _pass_failed(result: LoadResult, plan: TablePlan, exc: BaseException) -> None:
+    """A table whose delete pass failed fails, its rows loaded (its state is kept: it
+    covers them)."""
+    result.status = "failed"
+    result.error = (f"table {plan.name}: the delete pass failed ({describe(exc)}); its rows "
+                    "are loaded, and rows deleted in PostgreSQL stay until a pass succeeds")
+    result.trace = "".join(traceback.format_exception(exc))
+
+
 def _waiting_for(pipeline_name: str) -> Callable[[float], None]:
     def waiting(seconds: float) -> None:
         log.info("waiting for another load of %s on this machine to finish (%.0f s so far)",
@@ -529,6 +538,21 @@ class _GroupRun:
         return result, group_pipeline(SIDE_PIPELINE, self.destination.dlt(), self.dataset,
                                       self.work_dir)
 
+    def side_load_many(self, plans: Sequence[TablePlan]) -> tuple[list[LoadResult], Any]:
+        """Load `plans` (side tables) in one package of the side pipeline, keeping no state;
+        returns a result per plan, in order (a failed one says why), and the pipeline."""
+        from pg_to_bq.load.packages import group_pipeline
+
+        assert self.destination is not None
+        results = load_group(
+            [TableLoad(plan) for plan in plans], pipeline_name=SIDE_PIPELINE,
+            source_url=self.source_url, destination=self.destination.dlt(),
+            dataset=self.dataset, work_dir=self.work_dir, batch_bytes=self.batch_bytes,
+            hash_salt=self.hash_salt, statement_timeout_s=self.statement_timeout_s,
+            count_rows=False, record_state=False)
+        return results, group_pipeline(SIDE_PIPELINE, self.destination.dlt(), self.dataset,
+                                       self.work_dir)
+
     def fill(self, loaded: list[TableRead]) -> dict[str, str]:
         """Fill the columns added to merged tables for their existing rows; a table whose
         fill fails fails (its rows loaded; the next run fills them, see `prepare`)."""
@@ -584,8 +608,9 @@ class _GroupRun:
         rows PostgreSQL no longer has are still there, to be marked or deleted); and of
         those `deleted_in_source` found (`found`). A table whose pass fails fails, its rows
         loaded (its state is kept: it covers them)."""
-        from pg_to_bq.load.deletes import apply_deletes
+        from pg_to_bq.load.deletes import delete_absent, keys_plan
 
+        passes: list[tuple[LoadResult, TablePlan]] = []
         for index, result in results:
             plan = self.loads[index].plan
             asked = (self.loads[index].apply_deletes and plan.disposition == "merge"
@@ -597,11 +622,25 @@ class _GroupRun:
                 if plan.soft_deletes and plan.destination_table not in self.live:
                     add_column(self.queries, plan.destination_table)
                     self.live.add(plan.destination_table)
-                result.deleted, result.source_rows_after_deletes = apply_deletes(
-                    plan, self.side_load, plan.destination_table in self.live)
+                passes.append((result, plan))
             except Exception as exc:  # noqa: BLE001 - this table's own failure
-                result.status = "failed"
-                result.error = (f"table {plan.name}: the delete pass failed ({describe(exc)}); "
-                                "its rows are loaded, and rows deleted in PostgreSQL stay until "
-                                "a pass succeeds")
-                result.trace = "".join(traceback.format_exception(exc))
+                _pass_failed(result, plan, exc)
+        if not passes:
+            return
+        try:
+            # The keys of every table of the pass, in one side load (each read in a
+            # snapshot of its own, after its table's load).
+            keys, pipeline = self.side_load_many([keys_plan(plan) for _, plan in passes])
+        except Exception as exc:  # noqa: BLE001 - these tables' own failure
+            for result, plan in passes:
+                _pass_failed(result, plan, exc)
+            return
+        for (result, plan), read in zip(passes, keys, strict=True):
+            try:
+                if read.status == "failed":
+                    raise RuntimeError(read.error or "its keys were not read")
+                result.deleted = delete_absent(plan, pipeline,
+                                               plan.destination_table in self.live)
+                result.source_rows_after_deletes = read.rows
+            except Exception as exc:  # noqa: BLE001 - this table's own failure
+                _pass_failed(result, plan, exc)
