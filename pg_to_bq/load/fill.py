@@ -14,15 +14,12 @@ fill's snapshot are read again by the next incremental run, whose cursor covers 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from pg_to_bq.planning.tables import TablePlan
 
 FILL_PREFIX = "_pg_to_bq_fill__"
-# Loads a side table (a plan of its own) beside the destination table, keeping no state;
-# returns the load's result and the pipeline to query the destination with.
-SideLoad = Callable[[TablePlan], tuple[Any, Any]]
 
 
 def fill_plan(plan: TablePlan, columns: Sequence[str]) -> TablePlan:
@@ -35,16 +32,16 @@ def fill_plan(plan: TablePlan, columns: Sequence[str]) -> TablePlan:
         bigquery_cluster=(), soft_deletes=False)
 
 
-def fill_columns(plan: TablePlan, columns: Sequence[str], side_load: SideLoad,
-                 stale: Sequence[str] = ()) -> tuple[int, int]:
+def fill_from(plan: TablePlan, columns: Sequence[str], pipeline: Any,
+              stale: Sequence[str] = ()) -> tuple[int, int]:
     """Set `columns` (destination names) of every existing row of `plan`'s table to the
-    source's values, by primary key, from a side table `side_load` loads. `stale`: those of
-    `columns` whose values in the destination were derived another way (a column added back,
-    hashed now, …); in the rows PostgreSQL no longer has (kept as soft deletes, or not yet
-    removed by a delete pass) they are set to NULL, as no value derived the new way exists.
-    Returns the rows updated and the rows set to NULL."""
+    source's values, by primary key, from its fill table (`fill_plan`), which the side load
+    whose pipeline is `pipeline` loaded. `stale`: those of `columns` whose values in the
+    destination were derived another way (a column added back, hashed now, …); in the rows
+    PostgreSQL no longer has (kept as soft deletes, or not yet removed by a delete pass)
+    they are set to NULL, as no value derived the new way exists. Returns the rows updated
+    and the rows set to NULL."""
     side = fill_plan(plan, columns)
-    _, pipeline = side_load(side)
     with pipeline.sql_client() as client:
         quote = client.escape_column_name
         target = client.make_qualified_table_name(plan.destination_table)

@@ -524,23 +524,10 @@ class _GroupRun:
                 plan, [c.name for c in plan.columns])
         return destination_figures(self.queries, wanted, self.live)
 
-    def side_load(self, plan: TablePlan) -> tuple[LoadResult, Any]:
-        """Load `plan` (a fill's or a delete pass's side table) with the side pipeline,
-        keeping no state; returns its result and the pipeline, to query the destination."""
-        from pg_to_bq.load.packages import group_pipeline
-
-        assert self.destination is not None
-        result = load_table(plan, source_url=self.source_url,
-                            destination=self.destination.dlt(), dataset=self.dataset,
-                            work_dir=self.work_dir, batch_bytes=self.batch_bytes,
-                            hash_salt=self.hash_salt, statement_timeout_s=self.statement_timeout_s,
-                            pipeline_name=SIDE_PIPELINE, record_state=False)
-        return result, group_pipeline(SIDE_PIPELINE, self.destination.dlt(), self.dataset,
-                                      self.work_dir)
-
     def side_load_many(self, plans: Sequence[TablePlan]) -> tuple[list[LoadResult], Any]:
-        """Load `plans` (side tables) in one package of the side pipeline, keeping no state;
-        returns a result per plan, in order (a failed one says why), and the pipeline."""
+        """Load `plans` (side tables beside the destination tables: a fill's, a delete pass's
+        keys) in one package of the side pipeline, keeping no state; returns a result per
+        plan, in order (a failed one says why), and the pipeline, to query the destination."""
         from pg_to_bq.load.packages import group_pipeline
 
         assert self.destination is not None
@@ -556,20 +543,35 @@ class _GroupRun:
     def fill(self, loaded: list[TableRead]) -> dict[str, str]:
         """Fill the columns added to merged tables for their existing rows; a table whose
         fill fails fails (its rows loaded; the next run fills them, see `prepare`)."""
-        from pg_to_bq.load.fill import fill_columns
+        from pg_to_bq.load.fill import fill_from, fill_plan
 
-        failures = {}
-        for item in loaded:
-            if not item.fill:
-                continue
+        failures: dict[str, str] = {}
+        fills = [item for item in loaded if item.fill]
+        if not fills:
+            return failures
+
+        def failed(item: TableRead, exc: BaseException) -> None:
+            failures[item.plan.destination_table] = (
+                f"table {item.plan.name}: new column(s) {', '.join(item.fill)} were not "
+                f"filled for the rows loaded before ({describe(exc)}); its rows are "
+                "loaded and the next run fills them")
+
+        try:
+            # The key and new columns of every table to fill, in one side load.
+            sides, pipeline = self.side_load_many([fill_plan(item.plan, item.fill)
+                                                   for item in fills])
+        except Exception as exc:  # noqa: BLE001 - these tables' own failure
+            for item in fills:
+                failed(item, exc)
+            return failures
+        for item, side in zip(fills, sides, strict=True):
             stale = [c for c in item.fill if c in item.evolution.stale]
             try:
-                rows, cleared = fill_columns(item.plan, item.fill, self.side_load, stale)
+                if side.status == "failed":
+                    raise RuntimeError(side.error or "its columns were not read")
+                rows, cleared = fill_from(item.plan, item.fill, pipeline, stale)
             except Exception as exc:  # noqa: BLE001 - this table's own failure
-                failures[item.plan.destination_table] = (
-                    f"table {item.plan.name}: new column(s) {', '.join(item.fill)} were not "
-                    f"filled for the rows loaded before ({describe(exc)}); its rows are "
-                    "loaded and the next run fills them")
+                failed(item, exc)
                 continue
             item.changes.append(f"filled {', '.join(item.fill)} for {rows:,} existing row(s)")
             if cleared:

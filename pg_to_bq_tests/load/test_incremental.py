@@ -248,6 +248,35 @@ def test_rows_deleted_from_a_small_table_leave_its_copy_in_the_same_run(
     assert_mirrored_in_duckdb(pg_url, path, "orders")
 
 
+def test_a_sprint_across_many_tables_fills_and_deletes_in_one_side_load(
+        pg_url: str, settings_env, capsys) -> None:
+    """A migration adding a column to every table and a night of deletes in each: every
+    table's new column is filled for its rows and every deleted row leaves, each table's
+    keys or columns read into a side table, all of them loaded in one side package (one
+    dlt load, `_GroupRun.side_load_many`), not one package per table."""
+    from pg_to_bq.cli.main import main
+    from pg_to_bq_tests.support.mirror_compare import assert_mirrored_in_duckdb
+
+    names = [f"t{i}" for i in range(6)]
+    run_sql(pg_url, "".join(ORDERS_SQL.replace("orders", name) for name in names))
+    path = settings_env(pg_url)
+    assert main(["sync", "--refresh-catalog"]) == 0
+    run_sql(pg_url, "".join(
+        f"ALTER TABLE {name} ADD COLUMN region text DEFAULT 'r{i}'; "
+        f"DELETE FROM {name} WHERE id % 100 = {i}; " for i, name in enumerate(names)))
+    packages_before = duck_rows(path, "SELECT count(*) FROM raw._dlt_loads")[0][0]
+    capsys.readouterr()
+    assert main(["sync"]) == 0
+    out = capsys.readouterr().out
+    for name in names:
+        assert f"public.{name}: filled region for 990 existing row(s)" in out, out
+        assert f"public.{name}: ok, " in out and ", 10 deleted in" in out, out
+        assert_mirrored_in_duckdb(pg_url, path, name)
+    # The tables' own package, the fills' and the keys': three loads, whatever the tables.
+    assert duck_rows(path, "SELECT count(*) FROM raw._dlt_loads")[0][0] \
+        == packages_before + 3
+
+
 def test_deletes_are_applied_on_demand(pg_url: str, settings_env,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """A merged table above 32 MiB (stood for by a lower bound: the size alone decides) keeps
