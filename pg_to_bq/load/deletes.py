@@ -48,10 +48,11 @@ def absent_sql(keys_table: str, key_columns: tuple[str, ...], quote) -> str:
     return f"NOT EXISTS (SELECT 1 FROM {keys_table} AS k WHERE {condition})"
 
 
-def delete_absent(plan: TablePlan, pipeline: Any, live: bool = False) -> int:
+def delete_absent(plan: TablePlan, client: Any, live: bool = False) -> int:
     """Delete the destination rows of `plan`'s table whose primary key is gone from the
     source, comparing with the source's keys, loaded into the keys table (`keys_plan`) by
-    the side load whose pipeline is `pipeline`.
+    the pass's side load; `client` is an open SQL client of the destination's dataset (one
+    for a whole pass).
 
     A table with soft deletes has them marked deleted instead. `live`: the destination
     table has the soft-delete column, so only its live rows count, and the rows it keeps
@@ -60,17 +61,16 @@ def delete_absent(plan: TablePlan, pipeline: Any, live: bool = False) -> int:
     Returns the number of rows deleted (or marked).
     """
     keys = keys_plan(plan)
-    with pipeline.sql_client() as client:
-        target = client.make_qualified_table_name(plan.destination_table)
-        keys_table = client.make_qualified_table_name(keys.destination_table)
-        quote = client.escape_column_name
-        absent = absent_sql(keys_table, plan.destination_primary_key, quote)
-        rows = rows_of(client, plan.destination_table, live, alias="t")
-        with client.execute_query(f"SELECT count(*) FROM {rows} WHERE {absent}") as cursor:
-            doomed = int(cursor.fetchone()[0])
-        if doomed and plan.soft_deletes:
-            mark_deleted(client, plan.destination_table, absent, alias="t")
-        elif doomed:
-            kept = f" AND {live_row(client, 't')}" if live else ""
-            client.execute_sql(f"DELETE FROM {target} AS t WHERE {absent}{kept}")
+    target = client.make_qualified_table_name(plan.destination_table)
+    keys_table = client.make_qualified_table_name(keys.destination_table)
+    quote = client.escape_column_name
+    absent = absent_sql(keys_table, plan.destination_primary_key, quote)
+    rows = rows_of(client, plan.destination_table, live, alias="t")
+    with client.execute_query(f"SELECT count(*) FROM {rows} WHERE {absent}") as cursor:
+        doomed = int(cursor.fetchone()[0])
+    if doomed and plan.soft_deletes:
+        mark_deleted(client, plan.destination_table, absent, alias="t")
+    elif doomed:
+        kept = f" AND {live_row(client, 't')}" if live else ""
+        client.execute_sql(f"DELETE FROM {target} AS t WHERE {absent}{kept}")
     return doomed

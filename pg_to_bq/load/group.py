@@ -637,12 +637,19 @@ class _GroupRun:
             for result, plan in passes:
                 _pass_failed(result, plan, exc)
             return
-        for (result, plan), read in zip(passes, keys, strict=True):
+        with contextlib.ExitStack() as stack:
             try:
-                if read.status == "failed":
-                    raise RuntimeError(read.error or "its keys were not read")
-                result.deleted = delete_absent(plan, pipeline,
-                                               plan.destination_table in self.live)
-                result.source_rows_after_deletes = read.rows
-            except Exception as exc:  # noqa: BLE001 - this table's own failure
-                _pass_failed(result, plan, exc)
+                client = stack.enter_context(pipeline.sql_client())  # one for the pass
+            except Exception as exc:  # noqa: BLE001 - these tables' own failure
+                for result, plan in passes:
+                    _pass_failed(result, plan, exc)
+                return
+            for (result, plan), read in zip(passes, keys, strict=True):
+                try:
+                    if read.status == "failed":
+                        raise RuntimeError(read.error or "its keys were not read")
+                    result.deleted = delete_absent(plan, client,
+                                                   plan.destination_table in self.live)
+                    result.source_rows_after_deletes = read.rows
+                except Exception as exc:  # noqa: BLE001 - this table's own failure
+                    _pass_failed(result, plan, exc)
