@@ -54,7 +54,7 @@ from pg_to_bq.destinations.state_table import read_states
 from pg_to_bq.destinations.writer_lock import exclusive
 from pg_to_bq.load.changes import CaptureState, capture_state, delete_keys
 from pg_to_bq.load.memory import release_memory
-from pg_to_bq.load.pipelines import SIDE_PIPELINE, files_dir, has_pending_packages, pipelines_dir
+from pg_to_bq.load.pipelines import files_dir, has_pending_packages, pipelines_dir, side_pipeline
 from pg_to_bq.load.results import (
     EmptyTableError,
     LoadJobFailed,
@@ -531,13 +531,14 @@ class _GroupRun:
         from pg_to_bq.load.packages import group_pipeline
 
         assert self.destination is not None
+        name = side_pipeline(self.pipeline_name)
         results = load_group(
-            [TableLoad(plan) for plan in plans], pipeline_name=SIDE_PIPELINE,
+            [TableLoad(plan) for plan in plans], pipeline_name=name,
             source_url=self.source_url, destination=self.destination.dlt(),
             dataset=self.dataset, work_dir=self.work_dir, batch_bytes=self.batch_bytes,
             hash_salt=self.hash_salt, statement_timeout_s=self.statement_timeout_s,
             count_rows=False, record_state=False)
-        return results, group_pipeline(SIDE_PIPELINE, self.destination.dlt(), self.dataset,
+        return results, group_pipeline(name, self.destination.dlt(), self.dataset,
                                        self.work_dir)
 
     def fill(self, loaded: list[TableRead]) -> dict[str, str]:

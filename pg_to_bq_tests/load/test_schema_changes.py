@@ -375,7 +375,7 @@ def test_a_fill_a_killed_run_left_undone_is_done_by_the_next_run(evolving, capsy
                  "UPDATE big SET payload = 'new', updated_at = now() WHERE id <= 100")
     work = Path(os.environ["PG_TO_BQ_WORK_DIR"])
     # The fill reads the key and the new column into a side table: kill while it does.
-    kill_sync_when(lambda: (work / "pipelines" / "pg_to_bq__side_loads").exists(),
+    kill_sync_when(lambda: any((work / "pipelines").glob("pg_to_bq__side_loads__*")),
                    "public.big", what="its fill began")
     # Killed between the load (the column exists, new rows have it) and the fill.
     [(with_value,)] = duck_rows(path, "SELECT count(extra) FROM raw.big")
