@@ -32,38 +32,38 @@ def fill_plan(plan: TablePlan, columns: Sequence[str]) -> TablePlan:
         bigquery_cluster=(), soft_deletes=False)
 
 
-def fill_from(plan: TablePlan, columns: Sequence[str], pipeline: Any,
+def fill_from(plan: TablePlan, columns: Sequence[str], client: Any,
               stale: Sequence[str] = ()) -> tuple[int, int]:
     """Set `columns` (destination names) of every existing row of `plan`'s table to the
     source's values, by primary key, from its fill table (`fill_plan`), which the side load
-    whose pipeline is `pipeline` loaded. `stale`: those of `columns` whose values in the
-    destination were derived another way (a column added back, hashed now, …); in the rows
-    PostgreSQL no longer has (kept as soft deletes, or not yet removed by a delete pass)
-    they are set to NULL, as no value derived the new way exists. Returns the rows updated
-    and the rows set to NULL."""
+    loaded; `client` is an open SQL client of the destination's dataset (one for all the
+    fills of a group). `stale`: those of `columns` whose values in the destination were
+    derived another way (a column added back, hashed now, …); in the rows PostgreSQL no
+    longer has (kept as soft deletes, or not yet removed by a delete pass) they are set to
+    NULL, as no value derived the new way exists. Returns the rows updated and the rows set
+    to NULL."""
     side = fill_plan(plan, columns)
-    with pipeline.sql_client() as client:
-        quote = client.escape_column_name
-        target = client.make_qualified_table_name(plan.destination_table)
-        fill = client.make_qualified_table_name(side.destination_table)
-        keys = plan.destination_primary_key
-        assignments = ", ".join(f"{quote(c)} = f.{quote(c)}" for c in columns)
-        matches = " AND ".join(f"t.{quote(k)} = f.{quote(k)}" for k in keys)
-        with client.execute_query(f"SELECT count(*) FROM {target} AS t WHERE EXISTS "
-                                  f"(SELECT 1 FROM {fill} AS f WHERE {matches})") as cursor:
-            rows = int(cursor.fetchone()[0])
-        client.execute_sql(f"UPDATE {target} AS t SET {assignments} FROM {fill} AS f "
-                           f"WHERE {matches}")
-        cleared = 0
-        if stale:
-            gone = f"NOT EXISTS (SELECT 1 FROM {fill} AS f WHERE {matches})"
-            with client.execute_query(f"SELECT count(*) FROM {target} AS t WHERE {gone}") \
-                    as cursor:
-                cleared = int(cursor.fetchone()[0])
-            if cleared:
-                nulls = ", ".join(f"{quote(c)} = NULL" for c in stale)
-                client.execute_sql(f"UPDATE {target} AS t SET {nulls} WHERE {gone}")
-        # Emptied, not dropped: the side pipeline's schema still lists the table, so dlt
-        # would not create it again.
-        client.execute_sql(f"DELETE FROM {fill} WHERE 1 = 1")
+    quote = client.escape_column_name
+    target = client.make_qualified_table_name(plan.destination_table)
+    fill = client.make_qualified_table_name(side.destination_table)
+    keys = plan.destination_primary_key
+    assignments = ", ".join(f"{quote(c)} = f.{quote(c)}" for c in columns)
+    matches = " AND ".join(f"t.{quote(k)} = f.{quote(k)}" for k in keys)
+    with client.execute_query(f"SELECT count(*) FROM {target} AS t WHERE EXISTS "
+                              f"(SELECT 1 FROM {fill} AS f WHERE {matches})") as cursor:
+        rows = int(cursor.fetchone()[0])
+    client.execute_sql(f"UPDATE {target} AS t SET {assignments} FROM {fill} AS f "
+                       f"WHERE {matches}")
+    cleared = 0
+    if stale:
+        gone = f"NOT EXISTS (SELECT 1 FROM {fill} AS f WHERE {matches})"
+        with client.execute_query(f"SELECT count(*) FROM {target} AS t WHERE {gone}") \
+                as cursor:
+            cleared = int(cursor.fetchone()[0])
+        if cleared:
+            nulls = ", ".join(f"{quote(c)} = NULL" for c in stale)
+            client.execute_sql(f"UPDATE {target} AS t SET {nulls} WHERE {gone}")
+    # Emptied, not dropped: the side pipeline's schema still lists the table, so dlt
+    # would not create it again.
+    client.execute_sql(f"DELETE FROM {fill} WHERE 1 = 1")
     return rows, cleared

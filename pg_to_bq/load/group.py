@@ -112,8 +112,8 @@ def load_table(
     reads rows at or after the last cursor minus the lookback, and others are replaced.
     An incremental read that finds exactly the rows the last load recorded for its
     lookback window loads nothing (`status == "unchanged"`). `streams` > 1 reads a large
-    table over that many connections (see `TableReader`). Side loads (a fill, a delete
-    pass's keys) name their own `pipeline_name` and keep no state (`record_state`).
+    table over that many connections (see `TableReader`). `pipeline_name` names another
+    pipeline than the table's; without `record_state` no state is kept.
     """
     if not plan.columns and plan.error is None:
         raise EmptyTableError(no_columns(plan))
@@ -359,17 +359,16 @@ class _GroupRun:
                 for (_, item), (_, result) in zip(loaded, results, strict=False):
                     if item.absent:
                         result.deleted = len(item.absent)
-                self.delete_pass(results, {r.plan.destination_table for _, r in loaded
-                                           if r.merges_whole})
                 if counting:
                     counts, _ = destination_counts(queries,
                                                    [r.destination_table for _, r in results],
                                                    live=self.live)
-                    gone = self.deleted_in_source(results, counts)
-                    if gone:
-                        self.delete_pass(results, set(), found=gone)
-                        counts.update(destination_counts(queries, sorted(gone),
-                                                         live=self.live)[0])
+                passed = self.delete_pass(
+                    results, {r.plan.destination_table for _, r in loaded if r.merges_whole},
+                    self.deleted_in_source(results, counts))
+                if counting and passed:
+                    counts.update(destination_counts(queries, sorted(passed),
+                                                     live=self.live)[0])
                 checked = compare_fingerprints(queries, [r for _, r in loaded], self.live)
                 typed = compare_types(queries, [r for _, r in loaded])
                 upgraded = self.compare_figures(results, states, before)
@@ -557,28 +556,32 @@ class _GroupRun:
                 f"filled for the rows loaded before ({describe(exc)}); its rows are "
                 "loaded and the next run fills them")
 
-        try:
-            # The key and new columns of every table to fill, in one side load.
-            sides, pipeline = self.side_load_many([fill_plan(item.plan, item.fill)
-                                                   for item in fills])
-        except Exception as exc:  # noqa: BLE001 - these tables' own failure
-            for item in fills:
-                failed(item, exc)
-            return failures
-        for item, side in zip(fills, sides, strict=True):
-            stale = [c for c in item.fill if c in item.evolution.stale]
+        with contextlib.ExitStack() as stack:
             try:
-                if side.status == "failed":
-                    raise RuntimeError(side.error or "its columns were not read")
-                rows, cleared = fill_from(item.plan, item.fill, pipeline, stale)
-            except Exception as exc:  # noqa: BLE001 - this table's own failure
-                failed(item, exc)
-                continue
-            item.changes.append(f"filled {', '.join(item.fill)} for {rows:,} existing row(s)")
-            if cleared:
+                # The key and new columns of every table to fill, in one side load, asked
+                # over one client.
+                sides, pipeline = self.side_load_many([fill_plan(item.plan, item.fill)
+                                                       for item in fills])
+                client = stack.enter_context(pipeline.sql_client())
+            except Exception as exc:  # noqa: BLE001 - these tables' own failure
+                for item in fills:
+                    failed(item, exc)
+                return failures
+            for item, side in zip(fills, sides, strict=True):
+                stale = [c for c in item.fill if c in item.evolution.stale]
+                try:
+                    if side.status == "failed":
+                        raise RuntimeError(side.error or "its columns were not read")
+                    rows, cleared = fill_from(item.plan, item.fill, client, stale)
+                except Exception as exc:  # noqa: BLE001 - this table's own failure
+                    failed(item, exc)
+                    continue
                 item.changes.append(
-                    f"set {', '.join(stale)} to NULL in {cleared:,} row(s) PostgreSQL no "
-                    "longer has (their values were derived the old way)")
+                    f"filled {', '.join(item.fill)} for {rows:,} existing row(s)")
+                if cleared:
+                    item.changes.append(
+                        f"set {', '.join(stale)} to NULL in {cleared:,} row(s) PostgreSQL no "
+                        "longer has (their values were derived the old way)")
         return failures
 
     def deleted_in_source(self, results: list[tuple[int, LoadResult]],
@@ -604,20 +607,20 @@ class _GroupRun:
         return found
 
     def delete_pass(self, results: list[tuple[int, LoadResult]], soft_whole: set[str],
-                    found: Set[str] = frozenset()) -> None:
+                    found: Set[str]) -> set[str]:
         """The delete pass of the merged tables that asked for one (`pg_to_bq.load.deletes`),
         after their load and fill, loaded or unchanged; of the tables that keep
         soft-deleted rows read whole this run (`soft_whole`: merged, not replaced, so the
         rows PostgreSQL no longer has are still there, to be marked or deleted); and of
         those `deleted_in_source` found (`found`). A table whose pass fails fails, its rows
-        loaded (its state is kept: it covers them)."""
+        loaded (its state is kept: it covers them). Returns the tables passed."""
         from pg_to_bq.load.deletes import delete_absent, keys_plan
 
         passes: list[tuple[LoadResult, TablePlan]] = []
         for index, result in results:
             plan = self.loads[index].plan
             asked = (self.loads[index].apply_deletes and plan.disposition == "merge"
-                     and result.mode not in ("full", "changes") and not found) \
+                     and result.mode not in ("full", "changes")) \
                 or result.destination_table in found
             if not asked and result.destination_table not in soft_whole:
                 continue  # (change capture deletes what PostgreSQL deleted, every run)
@@ -629,22 +632,17 @@ class _GroupRun:
             except Exception as exc:  # noqa: BLE001 - this table's own failure
                 _pass_failed(result, plan, exc)
         if not passes:
-            return
-        try:
-            # The keys of every table of the pass, in one side load (each read in a
-            # snapshot of its own, after its table's load).
-            keys, pipeline = self.side_load_many([keys_plan(plan) for _, plan in passes])
-        except Exception as exc:  # noqa: BLE001 - these tables' own failure
-            for result, plan in passes:
-                _pass_failed(result, plan, exc)
-            return
+            return set()
         with contextlib.ExitStack() as stack:
             try:
-                client = stack.enter_context(pipeline.sql_client())  # one for the pass
+                # The keys of every table of the pass, in one side load (each read in a
+                # snapshot of its own, after its table's load), asked over one client.
+                keys, pipeline = self.side_load_many([keys_plan(plan) for _, plan in passes])
+                client = stack.enter_context(pipeline.sql_client())
             except Exception as exc:  # noqa: BLE001 - these tables' own failure
                 for result, plan in passes:
                     _pass_failed(result, plan, exc)
-                return
+                return {plan.destination_table for _, plan in passes}
             for (result, plan), read in zip(passes, keys, strict=True):
                 try:
                     if read.status == "failed":
@@ -654,3 +652,4 @@ class _GroupRun:
                     result.source_rows_after_deletes = read.rows
                 except Exception as exc:  # noqa: BLE001 - this table's own failure
                     _pass_failed(result, plan, exc)
+        return {plan.destination_table for _, plan in passes}
