@@ -200,7 +200,7 @@ def format_plans(plans: Sequence[TablePlan], catalog: Catalog) -> str:
         rows.append((
             plan.name,
             plan.destination_table,
-            plan.disposition + (" (incremental)" if plan.incremental else ""),
+            plan.describe_disposition(),
             plan.cursor or "-",
             ", ".join(plan.primary_key) or "-",
             f"{plan.table.estimated_rows:,}" if plan.table.estimated_rows is not None else "?",

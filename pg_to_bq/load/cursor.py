@@ -45,7 +45,7 @@ def choose_mode(
                  f"{column} < {literal(window.end, pg_type)}")
         return "window", where, window.start
     previous = state.get(CURSOR_STATE_KEY)
-    if previous is None or plan.cursor is None:
+    if previous is None or plan.cursor is None or plan.reads_whole:
         return "full", None, None
     pg_type = plan.table.column(plan.cursor).type
     bound = literal(previous, pg_type)

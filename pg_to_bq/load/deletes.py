@@ -14,6 +14,7 @@ a keys snapshot and a later load would otherwise be loaded and then deleted.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 from pg_to_bq.destinations.soft_deletes import live as live_row
@@ -48,7 +49,8 @@ def absent_sql(keys_table: str, key_columns: tuple[str, ...], quote) -> str:
     return f"NOT EXISTS (SELECT 1 FROM {keys_table} AS k WHERE {condition})"
 
 
-def delete_absent(plan: TablePlan, client: Any, live: bool = False) -> int:
+def delete_absent(plan: TablePlan, client: Any, live: bool = False,
+                  stale: Sequence[str] = ()) -> tuple[int, int]:
     """Delete the destination rows of `plan`'s table whose primary key is gone from the
     source, comparing with the source's keys, loaded into the keys table (`keys_plan`) by
     the pass's side load; `client` is an open SQL client of the destination's dataset (one
@@ -58,7 +60,13 @@ def delete_absent(plan: TablePlan, client: Any, live: bool = False) -> int:
     table has the soft-delete column, so only its live rows count, and the rows it keeps
     marked are never deleted (soft deletes turned off since).
 
-    Returns the number of rows deleted (or marked).
+    `stale`: columns (destination names) whose values were derived another way before this
+    run's whole read (a column hashed now, loaded again, ...): in the rows kept for keys
+    PostgreSQL no longer has (marked deleted), no value derived the new way exists, so they
+    are set to NULL rather than keep, say, the plain value of a column hashed now.
+
+    Returns the number of rows deleted (or marked), and of rows whose `stale` columns were
+    set to NULL.
     """
     keys = keys_plan(plan)
     target = client.make_qualified_table_name(plan.destination_table)
@@ -73,4 +81,12 @@ def delete_absent(plan: TablePlan, client: Any, live: bool = False) -> int:
     elif doomed:
         kept = f" AND {live_row(client, 't')}" if live else ""
         client.execute_sql(f"DELETE FROM {target} AS t WHERE {absent}{kept}")
-    return doomed
+    cleared = 0
+    if stale:
+        with client.execute_query(f"SELECT count(*) FROM {target} AS t WHERE {absent}") \
+                as cursor:
+            cleared = int(cursor.fetchone()[0])
+        if cleared:
+            nulls = ", ".join(f"{quote(c)} = NULL" for c in stale)
+            client.execute_sql(f"UPDATE {target} AS t SET {nulls} WHERE {absent}")
+    return doomed, cleared

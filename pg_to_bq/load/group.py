@@ -204,6 +204,11 @@ def _pass_failed(result: LoadResult, plan: TablePlan, exc: BaseException) -> Non
     result.trace = "".join(traceback.format_exception(exc))
 
 
+def _cleared(stale: Sequence[str], rows: int) -> str:
+    return (f"set {', '.join(stale)} to NULL in {rows:,} row(s) PostgreSQL no longer has "
+            "(their values were derived the old way)")
+
+
 def _waiting_for(pipeline_name: str) -> Callable[[float], None]:
     def waiting(seconds: float) -> None:
         log.info("waiting for another load of %s on this machine to finish (%.0f s so far)",
@@ -364,7 +369,8 @@ class _GroupRun:
                                                    [r.destination_table for _, r in results],
                                                    live=self.live)
                 passed = self.delete_pass(
-                    results, {r.plan.destination_table for _, r in loaded if r.merges_whole},
+                    results, {r.plan.destination_table: r.evolution.stale for _, r in loaded
+                              if r.merges_whole},
                     self.deleted_in_source(results, counts))
                 if counting and passed:
                     counts.update(destination_counts(queries, sorted(passed),
@@ -579,9 +585,7 @@ class _GroupRun:
                 item.changes.append(
                     f"filled {', '.join(item.fill)} for {rows:,} existing row(s)")
                 if cleared:
-                    item.changes.append(
-                        f"set {', '.join(stale)} to NULL in {cleared:,} row(s) PostgreSQL no "
-                        "longer has (their values were derived the old way)")
+                    item.changes.append(_cleared(stale, cleared))
         return failures
 
     def deleted_in_source(self, results: list[tuple[int, LoadResult]],
@@ -606,12 +610,13 @@ class _GroupRun:
                 found.add(result.destination_table)
         return found
 
-    def delete_pass(self, results: list[tuple[int, LoadResult]], soft_whole: set[str],
-                    found: Set[str]) -> set[str]:
+    def delete_pass(self, results: list[tuple[int, LoadResult]],
+                    soft_whole: Mapping[str, Sequence[str]], found: Set[str]) -> set[str]:
         """The delete pass of the merged tables that asked for one (`pg_to_bq.load.deletes`),
         after their load and fill, loaded or unchanged; of the tables that keep
         soft-deleted rows read whole this run (`soft_whole`: merged, not replaced, so the
-        rows PostgreSQL no longer has are still there, to be marked or deleted); and of
+        rows PostgreSQL no longer has are still there, to be marked or deleted, and the
+        columns it maps to derived the old way set to NULL in them); and of
         those `deleted_in_source` found (`found`). A table whose pass fails fails, its rows
         loaded (its state is kept: it covers them). Returns the tables passed."""
         from pg_to_bq.load.deletes import delete_absent, keys_plan
@@ -647,8 +652,11 @@ class _GroupRun:
                 try:
                     if read.status == "failed":
                         raise RuntimeError(read.error or "its keys were not read")
-                    result.deleted = delete_absent(plan, client,
-                                                   plan.destination_table in self.live)
+                    stale = soft_whole.get(plan.destination_table, ())
+                    result.deleted, cleared = delete_absent(
+                        plan, client, plan.destination_table in self.live, stale)
+                    if cleared:
+                        result.changes = (*result.changes, _cleared(stale, cleared))
                     result.source_rows_after_deletes = read.rows
                 except Exception as exc:  # noqa: BLE001 - this table's own failure
                     _pass_failed(result, plan, exc)

@@ -134,7 +134,7 @@ def describe_changes(plan: TablePlan, evolution: Evolution, state: dict[str, Any
         changes.append(f"column(s) {', '.join(sorted(extra))}: values for the rows loaded "
                        "before filled now (an earlier run could not)")
     if mode == "full" and evolution.changed and plan.disposition == "merge" \
-            and not evolution.reload:
+            and not plan.reads_whole and not evolution.reload:
         changes.append("read whole this run")
     return changes
 

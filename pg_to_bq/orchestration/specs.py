@@ -89,7 +89,8 @@ def plan_markdown(plan: TablePlan) -> str:
     if plan.error:
         return f"- **not loadable**: {plan.error}"
     lines = [
-        f"- **disposition**: {plan.disposition}"
+        f"- **disposition**: {plan.describe_disposition(long=True)}"
+        if plan.reads_whole else f"- **disposition**: {plan.disposition}"
         + (" (incremental by cursor)" if plan.incremental else ""),
         f"- **primary key**: {', '.join(plan.primary_key) or '(none: replaced each load)'}",
         f"- **cursor**: {plan.cursor or '(none)'}"

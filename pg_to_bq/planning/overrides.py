@@ -30,6 +30,7 @@ from typing import Any
 
 import yaml
 
+from pg_to_bq.planning.settings import DEFAULT_READ_WHOLE_BYTES
 from pg_to_bq.planning.types import ColumnOverride
 
 DISPOSITIONS = ("replace", "merge")
@@ -75,6 +76,8 @@ class Overrides:
     source: str = "(no tables file)"
     # The default for tables that do not say (None: `PG_TO_BQ_SOFT_DELETES` decides).
     soft_deletes: bool | None = None
+    # `PG_TO_BQ_READ_WHOLE_BYTES` (`DEFAULT_READ_WHOLE_BYTES`; 0: every merged table by cursor).
+    read_whole_bytes: int = DEFAULT_READ_WHOLE_BYTES
 
     def for_table(self, qualified_name: str) -> TableOverride:
         return self.tables.get(qualified_name, TableOverride())

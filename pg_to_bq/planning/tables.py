@@ -88,6 +88,9 @@ class TablePlan:
     freshness: timedelta | bool | None = None
     # Rows deleted in PostgreSQL stay, with `SOFT_DELETE_COLUMN` set (a primary key needed).
     soft_deletes: bool = False
+    # Up to this size on disk, a merged table is read whole when its rows change
+    # (`reads_whole`); 0: merged by its cursor whatever its size.
+    read_whole_bytes: int = 0
 
     @property
     def name(self) -> str:
@@ -107,7 +110,37 @@ class TablePlan:
 
     @property
     def incremental(self) -> bool:
-        return self.disposition == "merge" and self.cursor is not None
+        """Merged by its cursor: each run reads the rows at or after the last load's cursor
+        (less the lookback) and merges them by key."""
+        return self.disposition == "merge" and self.cursor is not None and not self.reads_whole
+
+    @property
+    def reads_whole(self) -> bool:
+        """A small merged table with a cursor, read whole and replaced whenever its rows
+        change (and not read when they did not: its row versions say so), rather than
+        merged by its cursor: exact with no delete pass and no cursor to trust (a delete, an
+        update that left `updated_at` alone), and cheaper on a night most small tables
+        change (see `DEFAULT_READ_WHOLE_BYTES`). Tables with row versions only (views have
+        none), and only when the tables file did not ask for `disposition: merge`."""
+        size = self.table.size_bytes
+        return self.disposition == "merge" and self.cursor is not None \
+            and self.table.kind in ("r", "p", "m") and size is not None \
+            and size <= self.read_whole_bytes
+
+    def describe_disposition(self, long: bool = False) -> str:
+        """The disposition in a few words (the CLI's `discover`), or a sentence (`long`: the
+        asset's plan)."""
+        if not self.reads_whole:
+            return self.disposition + (" (incremental)" if self.incremental else "")
+        if not long:
+            return "whole when changed"
+        kept = ("merged whole, the rows PostgreSQL no longer has marked deleted"
+                if self.soft_deletes else "replaced")
+        return (f"read whole when its rows change, and {kept}: it is small "
+                f"({_megabytes(self.table.size_bytes)} on disk, up to {PREFIX}READ_WHOLE_BYTES "
+                f"{_megabytes(self.read_whole_bytes)}), and a whole read takes every change "
+                f"(a delete, an update that left {self.cursor} alone) for less than a merge by "
+                f"cursor; above that size, merged by cursor {self.cursor}")
 
     @property
     def excluded(self) -> tuple[str, ...]:
@@ -130,6 +163,10 @@ class TablePlan:
     @property
     def destination_primary_key(self) -> tuple[str, ...]:
         return tuple(self.column_for(c).name for c in self.primary_key)
+
+
+def _megabytes(size: int | None) -> str:
+    return f"{(size or 0) / 1024**2:.1f} MB"
 
 
 def destination_table_base(table: Table) -> str:
@@ -321,6 +358,9 @@ def _plan_table(
         table_renaming=table_renaming,
         freshness=override.freshness,
         soft_deletes=soft_deletes,
+        # The tables file's `disposition: merge` (or partitions) is the user's word: merged.
+        read_whole_bytes=0 if override.disposition is not None or override.partition
+        is not None else overrides.read_whole_bytes,
     )
 
 

@@ -53,7 +53,7 @@ def check_results(result: dg.ExecuteInProcessResult) -> dict[str, tuple[bool, st
 
 def test_incremental_merge_picks_changes_and_skips_unchanged_rows(pg_url: str, settings_env) -> None:
     run_sql(pg_url, ORDERS_SQL)
-    path = settings_env(pg_url)
+    path = settings_env(pg_url, read_whole_bytes="0")
     defs = build_definitions(Settings.from_env())
     first = materialize(defs)
     assert first.success and metadata_of(first)["load_mode"] == "full"
@@ -95,7 +95,7 @@ def test_rows_written_under_a_cursor_already_passed_arrive_the_next_run(
     from pg_to_bq.cli.main import main
 
     run_sql(pg_url, ORDERS_SQL)
-    path = settings_env(pg_url)
+    path = settings_env(pg_url, read_whole_bytes="0")
     assert main(["sync"]) == 0
     late = psycopg.connect(pg_url)  # the long transaction, still open at the next read
     late.execute("UPDATE orders SET status = 'late', updated_at = now() WHERE id = 1")
@@ -225,7 +225,7 @@ def test_rows_deleted_from_a_small_table_leave_its_copy_in_the_same_run(
     from pg_to_bq_tests.support.mirror_compare import assert_mirrored_in_duckdb
 
     run_sql(pg_url, ORDERS_SQL)
-    path = settings_env(pg_url)
+    path = settings_env(pg_url, read_whole_bytes="0")
     defs = build_definitions(Settings.from_env())
     loaded = materialize(defs)
     run_sql(pg_url, "DELETE FROM orders WHERE id IN (10, 20, 30)")
@@ -259,7 +259,7 @@ def test_a_sprint_across_many_tables_fills_and_deletes_in_one_side_load(
 
     names = [f"t{i}" for i in range(6)]
     run_sql(pg_url, "".join(ORDERS_SQL.replace("orders", name) for name in names))
-    path = settings_env(pg_url)
+    path = settings_env(pg_url, read_whole_bytes="0")
     assert main(["sync", "--refresh-catalog"]) == 0
     run_sql(pg_url, "".join(
         f"ALTER TABLE {name} ADD COLUMN region text DEFAULT 'r{i}'; "
@@ -283,7 +283,7 @@ def test_deletes_are_applied_on_demand(pg_url: str, settings_env,
     rows deleted in PostgreSQL until its delete pass (weekly, or asked), with a warning."""
     monkeypatch.setattr("pg_to_bq.postgres.row_versions.MERGE_MAX_BYTES", 0)
     run_sql(pg_url, ORDERS_SQL)
-    path = settings_env(pg_url)
+    path = settings_env(pg_url, read_whole_bytes="0")
     defs = build_definitions(Settings.from_env())
     assert materialize(defs).success
     run_sql(pg_url, "DELETE FROM orders WHERE id IN (10, 20, 30)")
@@ -335,7 +335,7 @@ def test_values_lost_fail_the_step_and_the_next_run_reads_the_table_whole(
     """A failed ERROR check is a failed table: the run fails (the check is blocking), and the
     table's state is invalidated so the next run reads it whole."""
     run_sql(pg_url, ORDERS_SQL)
-    path = settings_env(pg_url)
+    path = settings_env(pg_url, read_whole_bytes="0")
     defs = build_definitions(Settings.from_env())
     assert materialize(defs).success
     with duckdb.connect(str(path)) as conn:  # a value changed behind pg_to_bq's back
@@ -489,7 +489,7 @@ def test_a_lookback_window_read_back_as_last_loaded_is_not_loaded_again(
     ones last loaded. Then nothing is loaded; a change inside the window is."""
     monkeypatch.setattr("pg_to_bq.postgres.row_versions.MERGE_MAX_BYTES", 0)
     run_sql(pg_url, ORDERS_SQL)
-    path = settings_env(pg_url)
+    path = settings_env(pg_url, read_whole_bytes="0")
     defs = build_definitions(Settings.from_env())
     assert metadata_of(materialize(defs))["load_mode"] == "full"
 

@@ -26,7 +26,9 @@ table's rows without moving its cursor are generated anywhere: its cursor cannot
 but every table here is small enough (up to 32 MiB) for its read to take the rows written
 since the last one too (`pg_to_bq.load.cursor.written_since`); the same machine with change
 capture on (`PG_TO_BQ_CDC`) sees them in the write-ahead log, and there every deleted row
-must be gone after the next sync.
+must be gone after the next sync. Small merged tables are read whole when they change, by
+default, or merged by their cursor (`PG_TO_BQ_READ_WHOLE_BYTES=0`, as larger tables are): a
+sequence starts in either and switches between them (`read_whole`).
 
 CI runs a fixed seed and a few short sequences per runner (`PG_TO_BQ_FUZZ_EXAMPLES`,
 `PG_TO_BQ_FUZZ_STEPS`); the long run is a separate command (README, "Test"):
@@ -308,6 +310,7 @@ def make_machine(pg_server, destination: Destination, runner: str, cdc: bool = F
         @initialize(seed=st.integers(0, 2**32 - 1))
         def start(self, seed: int) -> None:
             self.rng.seed(seed)
+            self.read_whole(self.rng.random() < 0.5)
             self.sql("CREATE TYPE mood AS ENUM ('ok', 'sad');")
             for name, kind, columns in (
                     ("orders", "merge", {"amount": "numeric(10,2)", "note": "text",
@@ -442,6 +445,17 @@ def make_machine(pg_server, destination: Destination, runner: str, cdc: bool = F
                 return
             table.hashed.discard(data.draw(st.sampled_from(sorted(table.hashed))))
             self.log.append(f"tables file: {table.name} hashes {sorted(table.hashed)}")
+
+        @rule(whole=st.booleans())
+        def read_whole(self, whole: bool) -> None:
+            """Small merged tables read whole when they change (the default), or merged by
+            their cursor as larger ones are (`PG_TO_BQ_READ_WHOLE_BYTES=0`): switching
+            between the two between syncs, as a table growing past the size does."""
+            if whole:
+                self.env.pop("PG_TO_BQ_READ_WHOLE_BYTES", None)
+            else:
+                self.env["PG_TO_BQ_READ_WHOLE_BYTES"] = "0"
+            self.log.append(f"small tables {'read whole' if whole else 'merged by cursor'}")
 
         @rule()
         def change_salt(self) -> None:

@@ -50,13 +50,15 @@ def kept(path: Path, table: str, cols: str = "id, status") -> list[tuple]:
     return duck_rows(path, KEPT.format(cols=cols, table=table))
 
 
-@pytest.fixture(params=["cdc", "cursor"])
+@pytest.fixture(params=["cdc", "cursor", "whole"])
 def shop(request, pg_url: str, settings_env, capsys):
-    """The shop, synced once with soft deletes on: with change capture, and without it
-    (where the delete pass, and every whole read, marks what PostgreSQL deleted)."""
+    """The shop, synced once with soft deletes on: with change capture; merged by cursor
+    (`PG_TO_BQ_READ_WHOLE_BYTES=0`: the delete pass, and every whole read, marks what
+    PostgreSQL deleted); and as its small tables are by default, read whole when they
+    change (merged whole: the rows PostgreSQL no longer has are marked)."""
     run_sql(pg_url, SHOP)
-    path = settings_env(pg_url, soft_deletes="true",
-                        **({"cdc": "true"} if request.param == "cdc" else {}))
+    extra = {"cdc": {"cdc": "true"}, "cursor": {"read_whole_bytes": "0"}, "whole": {}}
+    path = settings_env(pg_url, soft_deletes="true", **extra[request.param])
     sync(capsys)
     return pg_url, path, request.param
 
@@ -142,7 +144,7 @@ def test_turned_on_for_a_loaded_table_and_off_again(pg_url, settings_env, capsys
     the column from its delete pass. Turned off again, the marked rows stay (through a
     whole read too), and still do not count as rows PostgreSQL lacks."""
     run_sql(pg_url, SHOP)
-    path = settings_env(pg_url)
+    path = settings_env(pg_url, read_whole_bytes="0")  # (merged by cursor)
     sync(capsys)
     monkeypatch.setenv("PG_TO_BQ_SOFT_DELETES", "true")
     run_sql(pg_url, "DELETE FROM orders WHERE id IN (1, 2)")

@@ -17,7 +17,7 @@ import pytest
 from pg_to_bq.destinations.duckdb_file import duckdb_destination
 from pg_to_bq.load.group import load_table
 from pg_to_bq.load.results import LoadResult
-from pg_to_bq.planning.overrides import load_overrides
+from pg_to_bq.planning.overrides import Overrides, load_overrides
 from pg_to_bq.planning.tables import build_plans
 from pg_to_bq.postgres.discovery import discover
 from pg_to_bq.postgres.row_versions import _dollar_quoted
@@ -27,7 +27,7 @@ from pg_to_bq_tests.conftest import duck_rows, pg_rows, run_sql
 def _load(url: str, table: str, tmp_path: Path, **kwargs) -> LoadResult:
     with psycopg.connect(url) as conn:
         catalog = discover(conn, schemas=["public"], table=table)
-    (plan,) = build_plans(catalog, "duckdb")
+    (plan,) = build_plans(catalog, "duckdb", Overrides(read_whole_bytes=0))
     return load_table(plan, source_url=url, destination=duckdb_destination(
         str(tmp_path / "dest.duckdb")), dataset="raw", work_dir=tmp_path / "work", **kwargs)
 
@@ -208,7 +208,7 @@ def test_a_token_asked_with_the_databases_part_once_equals_one_asked_alone(
     run_sql(pg_url, KEYLESS + "CREATE TYPE pair AS (a int, b text);")
     with psycopg.connect(pg_url) as conn:
         catalog = discover(conn, schemas=["public"], table="notes")
-    (plan,) = build_plans(catalog, "duckdb")
+    (plan,) = build_plans(catalog, "duckdb", Overrides(read_whole_bytes=0))
     with psycopg.connect(pg_url) as conn:
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
 
@@ -237,7 +237,7 @@ def test_tokens_stored_by_the_numeric_sums_stay_valid(pg_url: str) -> None:
                     "UPDATE many_rows SET body = body || '!' WHERE n % 7 = 0;")
     with psycopg.connect(pg_url) as conn:
         catalog = discover(conn, schemas=["public"], table="many_rows")
-    (plan,) = build_plans(catalog, "duckdb")
+    (plan,) = build_plans(catalog, "duckdb", Overrides(read_whole_bytes=0))
     now = row_versions.versions_sql(plan)
     assert "::numeric" not in now
     version = "t.tableoid::text || ':' || t.ctid::text || ':' || t.xmin::text"
@@ -278,7 +278,9 @@ def _step(url: str, tmp_path: Path, source_url: str | None = None) -> dict[str, 
 
     with psycopg.connect(url) as conn:
         catalog = discover(conn, schemas=["public"])
-    plans = {plan.table.name: plan for plan in build_plans(catalog, "duckdb")}
+    # (Merged by cursor, as larger tables are: the window's rows are what is asked.)
+    plans = {plan.table.name: plan
+             for plan in build_plans(catalog, "duckdb", Overrides(read_whole_bytes=0))}
     results = load_group([TableLoad(plans[name]) for name in STEP_TABLES], pipeline_name="step",
                          source_url=source_url or url,
                          destination=duckdb_destination(str(tmp_path / "dest.duckdb")),

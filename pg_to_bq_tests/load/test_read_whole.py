@@ -1,0 +1,154 @@
+"""Tier 2: small merged tables are read whole when their rows change, PostgreSQL → DuckDB
+through `pg-to-bq sync` (`TablePlan.reads_whole`, `PG_TO_BQ_READ_WHOLE_BYTES`).
+
+A table with a key and a cursor up to 8 MiB on disk is not merged by its cursor: it is
+skipped while its row versions are those of its last load, and read whole (replaced) when
+they are not. Every change arrives in that run — an update that left `updated_at` alone, a
+delete, a row restored under an old cursor — with no delete pass and no side load. Larger
+tables, and tables the tables file says to merge, are merged by their cursor; a table that
+grows past the size goes on from the cursor its whole reads stored.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import duckdb
+import psycopg
+import pytest
+
+from pg_to_bq.cli.main import main
+from pg_to_bq.orchestration.specs import plan_markdown
+from pg_to_bq.planning.settings import Settings, SettingsError
+from pg_to_bq.planning.tables import build_plans
+from pg_to_bq.postgres.discovery import discover
+from pg_to_bq_tests.conftest import run_sql
+from pg_to_bq_tests.support.mirror_compare import assert_mirrored_in_duckdb
+
+ORDERS = """
+    CREATE TABLE orders (id bigint PRIMARY KEY, status text NOT NULL, amount numeric(12,2),
+                         updated_at timestamptz NOT NULL);
+    INSERT INTO orders SELECT g, 'new', g * 1.25, now() - interval '30 days' + g * interval '1 s'
+    FROM generate_series(1, 2000) g;
+    CREATE TABLE events (id bigint PRIMARY KEY, payload text NOT NULL,
+                         updated_at timestamptz NOT NULL);
+    INSERT INTO events SELECT g, repeat('x', 400), now() - interval '30 days' + g * interval '1 s'
+    FROM generate_series(1, 3000) g;
+"""
+# What an application does in a night that a cursor cannot see: an update that leaves
+# `updated_at` alone, deletes, a row restored with its old cursor; and one it can.
+NIGHT = """
+    UPDATE {t} SET {col} = {val} WHERE id = 7;
+    DELETE FROM {t} WHERE id IN (3, 1500);
+    INSERT INTO {t} SELECT 3, {restored}, now() - interval '400 days';
+    UPDATE {t} SET {col} = {val}, updated_at = now() WHERE id = 9;
+"""
+
+
+def sync(capsys, *args: str) -> str:
+    code = main(["sync", *args])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "checks failed" not in out and "WARN" not in out, out
+    return out
+
+
+def line(out: str, table: str) -> str:
+    return next(x for x in out.splitlines() if f"public.{table}:" in x and "] " in x)
+
+
+def loads(path: Path) -> int:
+    with duckdb.connect(str(path), read_only=True) as conn:
+        return conn.execute("SELECT count(*) FROM raw._dlt_loads").fetchone()[0]
+
+
+def night(url: str) -> None:
+    run_sql(url, NIGHT.format(t="orders", col="status", val="'paid'", restored="'back', 1.00"))
+    run_sql(url, NIGHT.format(t="events", col="payload", val="'edited'", restored="'back'"))
+
+
+def test_a_small_merged_table_takes_every_change_in_the_run_after_it(pg_url, settings_env,
+                                                                      capsys) -> None:
+    """Under the size, read whole when changed, every change arrives with one load and no
+    pass; above it (`events`, ~1.4 MB, over a 1 MB bound), merged by cursor, where the rows
+    its cursor missed still arrive (read since the last read's snapshot) and the deleted
+    ones leave with the same-run pass. Both exact after every sync."""
+    run_sql(pg_url, ORDERS)
+    path = settings_env(pg_url, read_whole_bytes=str(1024**2))
+    assert main(["discover"]) == 0
+    out = capsys.readouterr().out
+    assert "whole when changed" in line_of(out, "public.orders"), out
+    assert "merge (incremental)" in line_of(out, "public.events"), out
+    sync(capsys)
+    unchanged = sync(capsys)
+    assert "unchanged" in line(unchanged, "orders") and "unchanged" in line(unchanged, "events")
+
+    night(pg_url)
+    before = loads(path)
+    out = sync(capsys)
+    # (2,000 - 2 + 1 rows, read whole; no delete pass: replaced)
+    assert "ok, 1,999 rows (full) in" in line(out, "orders"), out
+    assert "(incremental), 1 deleted" in line(out, "events"), out
+    for table in ("orders", "events"):
+        assert_mirrored_in_duckdb(pg_url, path, table)
+    # One package of the tables, and the keys of `events` for its pass: not one for orders.
+    assert loads(path) - before == 2
+    assert "unchanged" in line(sync(capsys), "orders")
+
+
+def test_the_tables_file_and_the_setting_merge_by_cursor(pg_url, settings_env, capsys,
+                                                         tmp_path) -> None:
+    """`disposition: merge` in the tables file is the user's word: merged by cursor whatever
+    the size; `PG_TO_BQ_READ_WHOLE_BYTES=0` merges every table by cursor. A table read whole
+    so far goes on from the cursor its whole reads stored (as one growing past the size
+    does), and stays exact."""
+    run_sql(pg_url, ORDERS)
+    tables = tmp_path / "tables.yaml"
+    tables.write_text("tables:\n  public.events: {disposition: merge}\n", encoding="utf-8")
+    path = settings_env(pg_url, tables_file=str(tables))
+    sync(capsys)
+    night(pg_url)
+    out = sync(capsys)
+    assert "(full)" in line(out, "orders") and "(incremental)" in line(out, "events"), out
+    for table in ("orders", "events"):
+        assert_mirrored_in_duckdb(pg_url, path, table)
+
+    settings_env(pg_url, tables_file=str(tables), read_whole_bytes="0")
+    run_sql(pg_url, "UPDATE orders SET status = 'late', updated_at = now() WHERE id = 11")
+    out = sync(capsys)
+    # The cursor stored by the whole read, less the lookback: the rows of the last ten
+    # minutes (ids 3, 9 and 11 written this test).
+    assert "(incremental)" in line(out, "orders"), out
+    assert_mirrored_in_duckdb(pg_url, path, "orders")
+
+
+def test_the_plan_says_it_on_the_asset(pg_url, settings_env) -> None:
+    run_sql(pg_url, ORDERS)
+    with psycopg.connect(pg_url) as conn:
+        catalog = discover(conn, schemas=["public"])
+    settings_env(pg_url, read_whole_bytes=str(1024**2))
+    plans = {p.table.name: p for p in build_plans(catalog, "duckdb",
+                                                  Settings.from_env().overrides())}
+    assert plans["orders"].reads_whole and not plans["orders"].incremental
+    text = plan_markdown(plans["orders"])
+    assert "read whole when its rows change, and replaced" in text, text
+    assert "up to PG_TO_BQ_READ_WHOLE_BYTES 1.0 MB" in text, text
+    assert "merged by cursor updated_at" in text, text
+    assert "incremental by cursor" in plan_markdown(plans["events"])
+
+
+@pytest.mark.parametrize("value, message", [
+    ("40000000", "must be at most 33554432 (32 MiB)"),
+    ("8MB", "must be a whole number"),
+    ("-1", "must not be negative"),
+])
+def test_a_wrong_size_is_refused_by_name(value, message, monkeypatch) -> None:
+    monkeypatch.setenv("PG_TO_BQ_SOURCE_URL", "postgresql://localhost/x")
+    monkeypatch.setenv("PG_TO_BQ_READ_WHOLE_BYTES", value)
+    with pytest.raises(SettingsError, match=r"PG_TO_BQ_READ_WHOLE_BYTES=.*" + re.escape(message)):
+        Settings.from_env()
+
+
+def line_of(out: str, name: str) -> str:
+    return next(x for x in out.splitlines() if x.startswith(name + " "))
