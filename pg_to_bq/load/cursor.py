@@ -34,8 +34,15 @@ def state_value(value: Any) -> Any:
 
 
 def choose_mode(
-    plan: TablePlan, state: dict[str, Any], full_refresh: bool, window: Window | None
+    plan: TablePlan, state: dict[str, Any], full_refresh: bool, window: Window | None,
+    keeps_columns: bool = False,
 ) -> tuple[str, str | None, Any]:
+    """How a table is read: `full` (whole), `window` (one partition) or `incremental`
+    (from its stored cursor, less the lookback), with the condition and the cursor it
+    starts from. A small table (`TablePlan.reads_whole`) is read whole, unless its
+    destination table keeps columns PostgreSQL no longer has (`keeps_columns`): a whole
+    read would replace their history with NULLs, which a merge by cursor keeps for the rows
+    it does not touch."""
     if full_refresh or plan.disposition == "replace":
         return "full", None, None
     if window is not None:
@@ -45,7 +52,7 @@ def choose_mode(
                  f"{column} < {literal(window.end, pg_type)}")
         return "window", where, window.start
     previous = state.get(CURSOR_STATE_KEY)
-    if previous is None or plan.cursor is None or plan.reads_whole:
+    if previous is None or plan.cursor is None or plan.reads_whole and not keeps_columns:
         return "full", None, None
     pg_type = plan.table.column(plan.cursor).type
     bound = literal(previous, pg_type)

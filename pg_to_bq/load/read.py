@@ -41,6 +41,7 @@ from pg_to_bq.load.state import (
     CDC_STATE_KEY,
     COLUMNS_STATE_KEY,
     DEFINITION_STATE_KEY,
+    KEPT_COLUMNS_STATE_KEY,
     LOADED_COLUMNS_STATE_KEY,
     PENDING_FILL_STATE_KEY,
     SNAPSHOT_XMIN_STATE_KEY,
@@ -403,8 +404,10 @@ class TableReads:
         # cursor without its rows would skip them), unless one partition is asked for; a
         # table that must be dropped for a new type is read whole, every partition of it.
         whole = (not evolution.exists and load.window is None) or evolution.reload
-        mode, where, cursor_from = choose_mode(plan, state, load.full_refresh or whole,
-                                                None if whole else load.window)
+        mode, where, cursor_from = choose_mode(
+            plan, state, load.full_refresh or whole, None if whole else load.window,
+            keeps_columns=bool(state.get(KEPT_COLUMNS_STATE_KEY) or evolution.dropped
+                               or evolution.kept))
         captured = self.capture is not None and plan.name in self.captured \
             and load.window is None
         cdc_lsn = self.capture.spool_now if captured and self.capture else None

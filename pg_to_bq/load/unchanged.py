@@ -35,7 +35,12 @@ from typing import Any
 from pg_to_bq.destinations.state_table import LOAD_ID_KEY
 from pg_to_bq.load.cursor import choose_mode
 from pg_to_bq.load.results import LoadResult, TableLoad
-from pg_to_bq.load.state import DEFINITION_STATE_KEY, PENDING_FILL_STATE_KEY, VERSIONS_STATE_KEY
+from pg_to_bq.load.state import (
+    DEFINITION_STATE_KEY,
+    KEPT_COLUMNS_STATE_KEY,
+    PENDING_FILL_STATE_KEY,
+    VERSIONS_STATE_KEY,
+)
 from pg_to_bq.planning.errors import describe
 from pg_to_bq.planning.evolution import Evolution
 from pg_to_bq.planning.tables import TablePlan
@@ -171,7 +176,9 @@ def _candidate(load: TableLoad, states: Mapping[str, Mapping[str, Any]],
             or evolution is None or not evolution.exists or evolution.changed \
             or evolution.reload or not row_versions.applies(plan):
         return None
-    mode, where, cursor_from = choose_mode(plan, dict(state), False, None)
+    mode, where, cursor_from = choose_mode(
+        plan, dict(state), False, None,
+        keeps_columns=bool(state.get(KEPT_COLUMNS_STATE_KEY) or evolution.kept))
     return (mode, where, cursor_from) if mode in ("full", "incremental") else None
 
 

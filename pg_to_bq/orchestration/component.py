@@ -47,7 +47,7 @@ _SETTINGS = ("source_secret", "destination", "dataset", "schemas", "include", "e
              "max_source_connections", "statement_timeout_s", "freshness", "drift_max_rows",
              "cdc", "cdc_slot", "cdc_publication", "cdc_cron", "cdc_wal_warn_bytes",
              "hash_salt_secret", "step_tables", "own_step_bytes", "fingerprint",
-             "fingerprint_rows", "soft_deletes")
+             "fingerprint_rows", "soft_deletes", "read_whole_bytes")
 # Alert attributes, and what an error calls each (`pg_to_bq.alerts.settings`).
 _ALERTS = {"sns_topic_arn": "alert_sns_topic_arn", "webhook_url": "alert_webhook_url",
            "webhook_secret": "alert_webhook_secret", "ui_url": "ui_url"}
@@ -172,6 +172,8 @@ class PostgresMirror(dg.StateBackedComponent, dg.Resolvable):
     fingerprint_rows: int | None = None
     # Keep rows deleted in PostgreSQL, marked in _pg_to_bq_deleted_at (merged tables).
     soft_deletes: bool | None = None
+    # Merged tables up to this size on disk are read whole when their rows change (0: none).
+    read_whole_bytes: int | None = None
     hash_salt_env: str | None = f"{PREFIX}HASH_SALT"
     hash_salt_secret: str | None = None
     defs_state: ResolvedDefsStateConfig = field(

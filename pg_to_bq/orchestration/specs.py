@@ -89,9 +89,7 @@ def plan_markdown(plan: TablePlan) -> str:
     if plan.error:
         return f"- **not loadable**: {plan.error}"
     lines = [
-        f"- **disposition**: {plan.describe_disposition(long=True)}"
-        if plan.reads_whole else f"- **disposition**: {plan.disposition}"
-        + (" (incremental by cursor)" if plan.incremental else ""),
+        f"- **disposition**: {plan.describe_disposition(long=True)}",
         f"- **primary key**: {', '.join(plan.primary_key) or '(none: replaced each load)'}",
         f"- **cursor**: {plan.cursor or '(none)'}"
         + (f", lookback {plan.lookback}" if plan.cursor else ""),

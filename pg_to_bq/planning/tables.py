@@ -131,7 +131,8 @@ class TablePlan:
         """The disposition in a few words (the CLI's `discover`), or a sentence (`long`: the
         asset's plan)."""
         if not self.reads_whole:
-            return self.disposition + (" (incremental)" if self.incremental else "")
+            by = " (incremental by cursor)" if long else " (incremental)"
+            return self.disposition + (by if self.incremental else "")
         if not long:
             return "whole when changed"
         kept = ("merged whole, the rows PostgreSQL no longer has marked deleted"

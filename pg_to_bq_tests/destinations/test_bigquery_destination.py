@@ -133,6 +133,8 @@ def test_rerun_replaces_and_merges_without_duplicates(
 ) -> None:
     configure(monkeypatch, tmp_path, bigquery_emulator, bigquery_secrets, "shop_rerun")
     monkeypatch.setenv("PG_TO_BQ_INCLUDE", "public.orders,public.audit_log")
+    # (orders merged by cursor, as a table above PG_TO_BQ_READ_WHOLE_BYTES is)
+    monkeypatch.setenv("PG_TO_BQ_READ_WHOLE_BYTES", "0")
     defs = build_definitions(Settings.from_env())
     assert materialize(defs).success
     second = materialize(defs)

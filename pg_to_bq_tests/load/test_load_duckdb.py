@@ -235,7 +235,7 @@ def test_state_restored_from_destination_in_a_fresh_container(pg_url: str, setti
         INSERT INTO events SELECT g, now() - interval '200 hours' + g * interval '1 hour', 'v' || g
         FROM generate_series(1, 100) g;
     """)
-    path = settings_env(pg_url)
+    path = settings_env(pg_url, read_whole_bytes="0")  # (merged by cursor)
     defs = build_definitions(Settings.from_env())
     assert materialize_all(defs).success
     # A new container: an empty working directory; the cursor comes back from DuckDB.

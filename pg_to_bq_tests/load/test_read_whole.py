@@ -23,7 +23,7 @@ from pg_to_bq.orchestration.specs import plan_markdown
 from pg_to_bq.planning.settings import Settings, SettingsError
 from pg_to_bq.planning.tables import build_plans
 from pg_to_bq.postgres.discovery import discover
-from pg_to_bq_tests.conftest import run_sql
+from pg_to_bq_tests.conftest import duck_rows, run_sql
 from pg_to_bq_tests.support.mirror_compare import assert_mirrored_in_duckdb
 
 ORDERS = """
@@ -152,3 +152,44 @@ def test_a_wrong_size_is_refused_by_name(value, message, monkeypatch) -> None:
 
 def line_of(out: str, name: str) -> str:
     return next(x for x in out.splitlines() if x.startswith(name + " "))
+
+
+def test_a_dropped_column_keeps_its_history_and_a_copy_edited_by_hand_is_said(
+        pg_url, settings_env, capsys) -> None:
+    """A column dropped in PostgreSQL is kept in the copy with the values loaded before: a
+    whole read would replace them with NULLs, so a table whose copy keeps such a column is
+    merged by its cursor (its line says `incremental`), still exact in every column
+    PostgreSQL has. A copy changed by hand while PostgreSQL did not change fails its check,
+    naming the column, and the next run's whole read says why."""
+    run_sql(pg_url, ORDERS)
+    path = settings_env(pg_url)
+    sync(capsys)
+    run_sql(pg_url, "ALTER TABLE orders DROP COLUMN amount")
+    out = sync(capsys)
+    assert "(incremental)" in line(out, "orders"), out
+    assert "column amount dropped in PostgreSQL" in out, out
+    # (the rows of the lookback window were loaded again, NULL in it; none other)
+    [(kept,)] = duck_rows(path, "SELECT count(amount) FROM raw.orders")
+    assert 1000 < kept < 2000
+    # (its update of `status` leaves `updated_at` alone)
+    run_sql(pg_url, NIGHT.format(t="orders", col="status", val="'paid'", restored="'back'"))
+    out = sync(capsys)
+    assert "(incremental)" in line(out, "orders"), out
+    # (the rows it read again: 7 and 9 updated, 3 restored; 1500 deleted)
+    [(after,)] = duck_rows(path, "SELECT count(amount) FROM raw.orders")
+    assert kept - 4 <= after < kept, (kept, after)
+    assert_mirrored_in_duckdb(pg_url, path, "orders")
+    assert "unchanged" in line(sync(capsys), "orders")
+
+    # A copy changed by hand while PostgreSQL did not change: the table is unchanged, and
+    # its check (the destination's figures against those its last load left) fails,
+    # naming the column; the next run reads it whole, and says why.
+    with duckdb.connect(str(path)) as conn:
+        conn.execute("UPDATE raw.events SET payload = 'tampered' WHERE id = 10")
+    assert main(["sync"]) == 1
+    out = capsys.readouterr().out
+    assert "public.events: FAILED" in out and "payload" in line(out, "events"), out
+    out = sync(capsys)
+    assert "(full: its last check found the destination differs from the source" \
+        in line(out, "events"), out
+    assert_mirrored_in_duckdb(pg_url, path, "events")

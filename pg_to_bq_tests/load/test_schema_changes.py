@@ -73,7 +73,9 @@ def amount_to_text(url: str, path: Path, table: str, capsys, marker: str, marker
 @pytest.fixture
 def evolving(pg_url: str, settings_env, capsys):
     run_sql(pg_url, EVENTS)
-    path = settings_env(pg_url)
+    # Merged by cursor, as tables above PG_TO_BQ_READ_WHOLE_BYTES are: the fills, kept
+    # columns and windows these tests follow (test_read_whole.py: small tables read whole).
+    path = settings_env(pg_url, read_whole_bytes="0")
     assert main(["sync", "--refresh-catalog"]) == 0
     capsys.readouterr()
     return pg_url, path

@@ -177,10 +177,12 @@ def test_what_a_human_does_to_the_destination_is_noticed(shop, capsys) -> None:
     assert_exact(url, path)
 
 
-def test_a_state_restored_from_another_time_is_not_trusted(shop, capsys) -> None:
+def test_a_state_restored_from_another_time_is_not_trusted(shop, capsys, monkeypatch) -> None:
     """The state table restored from a backup taken before the last load: its row count
-    and load no longer describe the table."""
+    and load no longer describe the table. (Merged by cursor, as a table above
+    PG_TO_BQ_READ_WHOLE_BYTES is: its incremental read would trust the state.)"""
     url, path = shop
+    monkeypatch.setenv("PG_TO_BQ_READ_WHOLE_BYTES", "0")
     with duckdb.connect(str(path)) as conn:
         conn.execute("CREATE TABLE raw.state_backup AS SELECT * FROM raw._pg_to_bq_state")
     run_sql(url, "INSERT INTO events SELECT g, 't' || g, 1, g, now() "
