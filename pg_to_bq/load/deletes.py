@@ -19,6 +19,7 @@ from typing import Any
 
 from pg_to_bq.destinations.soft_deletes import live as live_row
 from pg_to_bq.destinations.soft_deletes import mark_deleted, rows_of
+from pg_to_bq.load.fill import clear_stale
 from pg_to_bq.planning.tables import TablePlan
 
 KEYS_PREFIX = "_pg_to_bq_keys__"
@@ -81,12 +82,4 @@ def delete_absent(plan: TablePlan, client: Any, live: bool = False,
     elif doomed:
         kept = f" AND {live_row(client, 't')}" if live else ""
         client.execute_sql(f"DELETE FROM {target} AS t WHERE {absent}{kept}")
-    cleared = 0
-    if stale:
-        with client.execute_query(f"SELECT count(*) FROM {target} AS t WHERE {absent}") \
-                as cursor:
-            cleared = int(cursor.fetchone()[0])
-        if cleared:
-            nulls = ", ".join(f"{quote(c)} = NULL" for c in stale)
-            client.execute_sql(f"UPDATE {target} AS t SET {nulls} WHERE {absent}")
-    return doomed, cleared
+    return doomed, clear_stale(client, target, stale, absent)

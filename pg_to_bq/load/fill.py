@@ -32,6 +32,21 @@ def fill_plan(plan: TablePlan, columns: Sequence[str]) -> TablePlan:
         bigquery_cluster=(), soft_deletes=False)
 
 
+def clear_stale(client: Any, target: str, stale: Sequence[str], gone: str) -> int:
+    """Set the `stale` columns (destination names: values derived another way than this
+    run's) to NULL in the rows of `target` (a qualified name, aliased `t`) matching `gone`
+    (the rows PostgreSQL no longer has, which no value derived the new way exists for);
+    returns how many rows."""
+    if not stale:
+        return 0
+    with client.execute_query(f"SELECT count(*) FROM {target} AS t WHERE {gone}") as cursor:
+        cleared = int(cursor.fetchone()[0])
+    if cleared:
+        nulls = ", ".join(f"{client.escape_column_name(c)} = NULL" for c in stale)
+        client.execute_sql(f"UPDATE {target} AS t SET {nulls} WHERE {gone}")
+    return cleared
+
+
 def fill_from(plan: TablePlan, columns: Sequence[str], client: Any,
               stale: Sequence[str] = ()) -> tuple[int, int]:
     """Set `columns` (destination names) of every existing row of `plan`'s table to the
@@ -54,15 +69,8 @@ def fill_from(plan: TablePlan, columns: Sequence[str], client: Any,
         rows = int(cursor.fetchone()[0])
     client.execute_sql(f"UPDATE {target} AS t SET {assignments} FROM {fill} AS f "
                        f"WHERE {matches}")
-    cleared = 0
-    if stale:
-        gone = f"NOT EXISTS (SELECT 1 FROM {fill} AS f WHERE {matches})"
-        with client.execute_query(f"SELECT count(*) FROM {target} AS t WHERE {gone}") \
-                as cursor:
-            cleared = int(cursor.fetchone()[0])
-        if cleared:
-            nulls = ", ".join(f"{quote(c)} = NULL" for c in stale)
-            client.execute_sql(f"UPDATE {target} AS t SET {nulls} WHERE {gone}")
+    cleared = clear_stale(client, target, stale,
+                          f"NOT EXISTS (SELECT 1 FROM {fill} AS f WHERE {matches})")
     # Emptied, not dropped: the side pipeline's schema still lists the table, so dlt
     # would not create it again.
     client.execute_sql(f"DELETE FROM {fill} WHERE 1 = 1")
