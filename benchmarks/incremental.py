@@ -1,7 +1,9 @@
 """Incremental run over an unchanged table versus its full replace.
 
 The benchmark table has a primary key and an `updated_at timestamptz` column (indexed, as a
-cursor column usually is), so pg_to_bq plans it as an incremental merge. Three runs, each a
+cursor column usually is), so pg_to_bq plans it as an incremental merge (above
+`PG_TO_BQ_READ_WHOLE_BYTES`, 8 MiB: a smaller table is read whole when it changes, and its
+mode shows `full`). Three runs, each a
 fresh process, into the same DuckDB file:
 
 1. full replace (`full_refresh=True`): every row, cursor stored in the destination;
