@@ -159,10 +159,13 @@ from pathlib import Path
 from pg_to_bq.postgres.discovery import discover
 from pg_to_bq.destinations.duckdb_file import duckdb_destination
 from pg_to_bq.load.group import load_table
+from pg_to_bq.planning.overrides import Overrides
 from pg_to_bq.planning.tables import build_plans
 from pg_to_bq.postgres.connect import connect
+# (merged by cursor, as a table above PG_TO_BQ_READ_WHOLE_BYTES is)
 with connect({pg_url!r}) as conn:
-    (plan,) = build_plans(discover(conn, schemas=["public"], table="events"), "duckdb")
+    (plan,) = build_plans(discover(conn, schemas=["public"], table="events"), "duckdb",
+                          Overrides(read_whole_bytes=0))
 modes = []
 for _ in range(2):
     result = load_table(plan, source_url={pg_url!r}, dataset="raw", work_dir=Path({str(tmp_path)!r}),
