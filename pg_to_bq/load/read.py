@@ -41,12 +41,12 @@ from pg_to_bq.load.state import (
     CDC_STATE_KEY,
     COLUMNS_STATE_KEY,
     DEFINITION_STATE_KEY,
-    KEPT_COLUMNS_STATE_KEY,
     LOADED_COLUMNS_STATE_KEY,
     PENDING_FILL_STATE_KEY,
     SNAPSHOT_XMIN_STATE_KEY,
     VERSIONS_STATE_KEY,
     WINDOW_STATE_KEY,
+    keeps_columns,
     storage_replaced,
     storage_replaced_reason,
 )
@@ -406,8 +406,7 @@ class TableReads:
         whole = (not evolution.exists and load.window is None) or evolution.reload
         mode, where, cursor_from = choose_mode(
             plan, state, load.full_refresh or whole, None if whole else load.window,
-            keeps_columns=bool(state.get(KEPT_COLUMNS_STATE_KEY) or evolution.dropped
-                               or evolution.kept))
+            keeps_columns=keeps_columns(state, evolution))
         captured = self.capture is not None and plan.name in self.captured \
             and load.window is None
         cdc_lsn = self.capture.spool_now if captured and self.capture else None

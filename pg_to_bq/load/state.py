@@ -144,6 +144,13 @@ def trusted_states(queries: Any, plans: Sequence[TablePlan],
     return trusted, doubts
 
 
+def keeps_columns(state: Mapping[str, Any], evolution: Evolution) -> bool:
+    """The destination table keeps columns PostgreSQL no longer has, with the values loaded
+    before: recorded at its last load, or found now (`pg_to_bq.load.cursor.choose_mode`
+    merges such a table by its cursor rather than replace that history with NULLs)."""
+    return bool(state.get(KEPT_COLUMNS_STATE_KEY) or evolution.dropped or evolution.kept)
+
+
 def commit_states(queries: Any, loaded: list[TableRead],
                    previous: dict[str, dict[str, Any]], load_id: str | None,
                    counts: Mapping[str, int], results: Sequence[LoadResult],

@@ -37,9 +37,9 @@ from pg_to_bq.load.cursor import choose_mode
 from pg_to_bq.load.results import LoadResult, TableLoad
 from pg_to_bq.load.state import (
     DEFINITION_STATE_KEY,
-    KEPT_COLUMNS_STATE_KEY,
     PENDING_FILL_STATE_KEY,
     VERSIONS_STATE_KEY,
+    keeps_columns,
 )
 from pg_to_bq.planning.errors import describe
 from pg_to_bq.planning.evolution import Evolution
@@ -178,7 +178,7 @@ def _candidate(load: TableLoad, states: Mapping[str, Mapping[str, Any]],
         return None
     mode, where, cursor_from = choose_mode(
         plan, dict(state), False, None,
-        keeps_columns=bool(state.get(KEPT_COLUMNS_STATE_KEY) or evolution.kept))
+        keeps_columns=keeps_columns(state, evolution))
     return (mode, where, cursor_from) if mode in ("full", "incremental") else None
 
 

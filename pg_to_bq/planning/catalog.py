@@ -92,6 +92,12 @@ class Table:
         return f"{self.schema}.{self.name}"
 
     @property
+    def has_row_versions(self) -> bool:
+        """Ordinary and partitioned tables and materialized views have row versions
+        (`ctid`, `xmin`: `pg_to_bq.postgres.row_versions`); views and foreign tables do not."""
+        return self.kind in ("r", "p", "m")
+
+    @property
     def kind_label(self) -> str:
         return {"r": "table", "p": "partitioned table", "v": "view", "m": "materialized view",
                 "f": "foreign table"}.get(self.kind, self.kind)

@@ -124,7 +124,7 @@ class TablePlan:
         none), and only when the tables file did not ask for `disposition: merge`."""
         size = self.table.size_bytes
         return self.disposition == "merge" and self.cursor is not None \
-            and self.table.kind in ("r", "p", "m") and size is not None \
+            and self.table.has_row_versions and size is not None \
             and size <= self.read_whole_bytes
 
     def describe_disposition(self, long: bool = False) -> str:

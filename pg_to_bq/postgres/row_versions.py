@@ -30,8 +30,6 @@ if TYPE_CHECKING:
     from pg_to_bq.planning.tables import TablePlan
     from pg_to_bq.postgres.reader import TableReader
 
-# Ordinary and partitioned tables and materialized views have row versions; views do not.
-KINDS = frozenset({"r", "p", "m"})
 # A merged table's incremental read is a window of recent rows; above this size on disk
 # (~100,000 rows of 300 bytes), its token (a scan of every row header: ~45 ms per 100,000
 # rows) would cost more than the window it saves.
@@ -65,7 +63,7 @@ def applies(plan: TablePlan) -> bool:
     """Worth asking: a table with row versions, replaced (the token costs less than the read
     it saves) or merged and small enough that scanning its row headers costs about as much
     as the row count its load takes anyway."""
-    if plan.table.kind not in KINDS:
+    if not plan.table.has_row_versions:
         return False
     size = plan.table.size_bytes
     return plan.disposition == "replace" or (size is not None and size <= MERGE_MAX_BYTES)
