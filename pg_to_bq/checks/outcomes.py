@@ -2,8 +2,9 @@
 snapshot the rows were read in), its values (`pg_to_bq.checks.fingerprint`, where they
 were compared this run), its column types (`pg_to_bq.checks.column_types`, after a load
 that created or changed them) and its drift (`pg_to_bq.checks.drift`: whether the
-destination changed behind pg_to_bq's back since the last load), in one evaluation that names
-everything that differs. The step turns it into Dagster's check result."""
+destination changed behind pg_to_bq's back since the last load, or had changed before this
+run's whole read replaced it), in one evaluation that names everything that differs. The step
+turns it into Dagster's check result."""
 
 from __future__ import annotations
 
@@ -102,14 +103,17 @@ def not_computed(name: str, why: str) -> CheckOutcome:
     return CheckOutcome(name, True, "WARN", why, {"not_computed": True})
 
 
-def matches_source(parts: Sequence[CheckOutcome], drift: Sequence[str] = ()) -> CheckOutcome:
+def matches_source(parts: Sequence[CheckOutcome], drift: Sequence[str] = (),
+                   replaced: Sequence[str] = ()) -> CheckOutcome:
     """The table's one check: `parts` (the row count, values and column types, those that
-    ran) and `drift` (what changed in the destination since the last load) together.
+    ran), `drift` (what changed in the destination since the last load) and `replaced` (what
+    had changed there since the last load when this run's whole read replaced it).
 
     It fails with ERROR when rows, values or types are lost or changed, and with WARN when the
     only difference is rows the delete pass will remove (a merged table keeps rows deleted
-    in PostgreSQL until then). Its description names every difference; its metadata holds
-    each part's figures.
+    in PostgreSQL until then) or a change made behind pg_to_bq's back that this run's whole
+    read already undid (the copy is exact again; something writes to it). Its description
+    names every difference; its metadata holds each part's figures.
     """
     failed = [p for p in parts if not p.passed]
     if drift:
@@ -117,9 +121,16 @@ def matches_source(parts: Sequence[CheckOutcome], drift: Sequence[str] = ()) -> 
             "drift", False, "ERROR",
             "the destination changed since the last load (not by pg_to_bq): "
             + "; ".join(drift)))
+    if replaced:
+        failed.append(CheckOutcome(
+            "drift", False, "WARN",
+            "the destination had changed since the last load (not by pg_to_bq), and this "
+            "run's whole read replaced it with the source's rows: " + "; ".join(replaced)))
     metadata: dict[str, Any] = {p.name: p.metadata for p in parts if p.metadata}
     if drift:
         metadata["drift"] = list(drift)
+    if replaced:
+        metadata["drift_replaced"] = list(replaced)
     if not failed:
         said = "; ".join(p.description for p in parts) or "nothing to compare"
         return CheckOutcome(MATCHES_SOURCE, True, "ERROR", said, metadata)

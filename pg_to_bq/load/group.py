@@ -491,9 +491,10 @@ class _GroupRun:
     def compare_figures(self, results: list[tuple[int, LoadResult]],
                         states: Mapping[str, Mapping[str, Any]],
                         before: Mapping[str, drift.Figures]) -> dict[str, drift.Figures]:
-        """Each result's drift: what changed in the destination since the last load, for a
-        table not read whole this run (a whole read replaces what drifted). Returns the
-        figures to store for the unchanged tables whose stored ones lack the row figure
+        """Each result's drift: what changed in the destination since the last load. For a
+        table read whole this run it is what the whole read replaced (`drift_replaced`: said
+        as a warning, the copy is exact again), for any other what is still there. Returns
+        the figures to store for the unchanged tables whose stored ones lack the row figure
         (stored by an earlier version) and that were found, column by column, as their last
         load left them: the figures asked now, which have it (the next run asks that alone)."""
         name = engine(self.queries)
@@ -502,10 +503,13 @@ class _GroupRun:
             table = result.destination_table
             now = before.get(table)
             stored = stored_figures(states.get(table, {}), name)
-            if now is None or stored is None \
-                    or (result.status != "unchanged" and result.mode == "full"):
+            if now is None or stored is None:
                 continue
-            result.drift = tuple(drift.changes(stored, now))
+            found = tuple(drift.changes(stored, now))
+            if result.status != "unchanged" and result.mode == "full":
+                result.drift_replaced = found
+                continue
+            result.drift = found
             if result.status == "unchanged" and not result.drift and not result.deleted \
                     and stored.row is None and now.row is not None \
                     and set(now.columns) == set(stored.columns):

@@ -91,6 +91,9 @@ class LoadResult:
     # What changed in the destination since the last load, not by pg_to_bq
     # (`pg_to_bq.checks.drift`), in words.
     drift: tuple[str, ...] = ()
+    # What had changed there since the last load, not by pg_to_bq, when this run read the
+    # table whole and replaced it (the copy is exact again; said, as a warning).
+    drift_replaced: tuple[str, ...] = ()
     # Why a table whose state would have allowed less was read whole (its state could not
     # be trusted, `pg_to_bq.destinations.state_table.doubt`).
     reason: str | None = None
@@ -113,9 +116,9 @@ class LoadResult:
         """The table's one check, `matches_source` (its rows, values, column types and
         drift), when any part of it ran."""
         parts = [c for c in (self.row_count, self.fingerprint, self.types) if c is not None]
-        if not parts and not self.drift:
+        if not parts and not self.drift and not self.drift_replaced:
             return None
-        return matches_source(parts, self.drift)
+        return matches_source(parts, self.drift, self.drift_replaced)
 
     @property
     def lost(self) -> list[CheckOutcome]:

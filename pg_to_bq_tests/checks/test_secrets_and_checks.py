@@ -99,6 +99,15 @@ def test_one_check_names_every_difference_with_the_right_severity() -> None:
     assert not drifted.passed and drifted.severity == "ERROR"
     assert "the destination changed since the last load (not by pg_to_bq): amount: values " \
            "changed" in drifted.description and drifted.metadata["drift"][1].startswith("rows")
+    # Values changed behind pg_to_bq's back that this run's whole read replaced: the copy
+    # is exact again, so a warning (never a failed table), naming what had changed.
+    replaced = checks.matches_source([rows, values], replaced=["amount: values changed (9 "
+                                                               "non-null either way)"])
+    assert not replaced.passed and replaced.severity == "WARN"
+    assert "this run's whole read replaced it with the source's rows: amount: values " \
+           "changed" in replaced.description
+    assert replaced.metadata["drift_replaced"] == ["amount: values changed (9 non-null "
+                                                   "either way)"]
     # Both: the error wins, and both are said.
     both = checks.matches_source([checks.reconcile_row_counts(10, 12, "merge"),
                                   checks.CheckOutcome(checks.FINGERPRINT, False, "ERROR",

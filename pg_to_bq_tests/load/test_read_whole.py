@@ -193,3 +193,39 @@ def test_a_dropped_column_keeps_its_history_and_a_copy_edited_by_hand_is_said(
     assert "(full: its last check found the destination differs from the source" \
         in line(out, "events"), out
     assert_mirrored_in_duckdb(pg_url, path, "events")
+
+
+def test_a_copy_edited_by_hand_on_a_night_the_source_changed_is_said(
+        pg_url, settings_env, capsys) -> None:
+    """A copy changed by hand on a night PostgreSQL changed too: the table's whole read
+    replaces it (the copy is exact again), and its check says, as a warning naming the
+    column, that the destination had changed behind pg_to_bq's back: the whole read
+    compares the destination with what the last load left before replacing it. So for a
+    small merged table and for a keyless (replaced) one. The run succeeds; the next is quiet."""
+    run_sql(pg_url, ORDERS + """
+        CREATE TABLE notes (body text, added date);
+        INSERT INTO notes SELECT 'note ' || g, date '2026-01-01' + g FROM generate_series(1, 50) g;
+    """)
+    path = settings_env(pg_url)
+    sync(capsys)
+    with duckdb.connect(str(path)) as conn:
+        conn.execute("UPDATE raw.orders SET status = 'tampered' WHERE id = 10")
+        conn.execute("UPDATE raw.notes SET added = NULL WHERE body = 'note 5'")
+    night(pg_url)
+    run_sql(pg_url, "INSERT INTO notes VALUES ('note 51', date '2026-03-01')")
+    assert main(["sync"]) == 0
+    out = capsys.readouterr().out
+    said = "checks failed: matches_source (the destination had changed since the last load " \
+           "(not by pg_to_bq), and this run's whole read replaced it with the source's rows: "
+    orders = line(out, "orders")
+    assert "ok, 1,999 rows (full)" in orders and said in orders, out
+    assert "status: values changed (2,000 non-null either way)" in orders, out
+    notes = line(out, "notes")
+    assert "ok, 51 rows (full)" in notes and said in notes, out
+    assert "added: 50 non-null value(s) after the last load, 49 now" in notes, out
+    # Not said of the table nobody edited.
+    assert "checks failed" not in line(out, "events"), out
+    for table in ("orders", "notes", "events"):
+        assert_mirrored_in_duckdb(pg_url, path, table)
+    again = sync(capsys)
+    assert "unchanged" in line(again, "orders") and "unchanged" in line(again, "notes"), again
