@@ -36,9 +36,14 @@ class WindowTracker:
     """Follows the cursor's maximum while the table streams by, and keeps the rows the next
     incremental run will read again (cursor ≥ maximum − lookback), to digest them."""
 
-    def __init__(self, plan: TablePlan, mode: str) -> None:
+    def __init__(self, plan: TablePlan, mode: str, window: bool = True) -> None:
+        """Without `window`, only the cursor's maximum is followed: a table read whole
+        when it changes (`TablePlan.reads_whole`) reads no window next run (digesting it
+        cost ~5 ms a 1,000-row table); should it grow past that size, its first incremental
+        run merges its window instead of skipping it."""
         assert plan.cursor is not None
         self.mode = mode
+        self.windowed = window
         self.column = plan.column_for(plan.cursor).name
         self.lookback = lookback_of(plan)
         self.max: Any = None
@@ -56,7 +61,7 @@ class WindowTracker:
         if self.max is None or newest > self.max:
             self.max = newest
             self.kept = [b for b in (self._in_window(k) for k in self.kept) if b.num_rows]
-        if self.overflow:
+        if self.overflow or not self.windowed:
             return
         kept = self._in_window(batch)
         if kept.num_rows:
@@ -78,7 +83,8 @@ class WindowTracker:
         self.kept = []
 
     def _digest(self, schema: pa.Schema) -> dict[str, Any] | None:
-        if self.overflow or (self.max is None and self.mode != "incremental"):
+        if self.overflow or not self.windowed \
+                or (self.max is None and self.mode != "incremental"):
             return None
         # (An incremental run that read nothing keeps its cursor: the next run reads the
         # same, empty, window again.)

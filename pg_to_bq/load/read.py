@@ -466,7 +466,8 @@ class TableReads:
             and plan.destination_table not in self.tokens,
             snapshot_xmin=watch,
         )
-        tracker = WindowTracker(plan, mode) if plan.cursor is not None and mode != "window" \
+        tracker = WindowTracker(plan, mode, window=mode == "incremental" or not plan.reads_whole) \
+            if plan.cursor is not None and mode != "window" \
             else None
         report = batch_reporter(self.on_batch, plan)
         changes = describe_changes(plan, evolution, state, mode, fill)

@@ -74,3 +74,32 @@ def test_tracking_a_zoned_cursor_does_not_import_pandas() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_table_read_whole_follows_its_cursor_and_keeps_no_window() -> None:
+    """A table read whole when it changes reads no lookback window next run: its tracker
+    follows the cursor's maximum (stored, for the day it grows past the size) and keeps,
+    digests and stores no rows; a merged-by-cursor table's tracker keeps its window."""
+    from pg_to_bq.load.cursor_window import WindowTracker
+    from pg_to_bq.planning.catalog import Catalog, Column, Table
+    from pg_to_bq.planning.overrides import Overrides
+    from pg_to_bq.planning.tables import build_plans
+
+    table = Table("public", "orders", size_bytes=8192, primary_key=("id",), columns=(
+        Column(name="id", type="bigint", type_name="int8", nullable=False),
+        Column(name="updated_at", type="timestamp with time zone", type_name="timestamptz",
+               nullable=False)))
+    (whole,) = build_plans(Catalog(tables=(table,)), "duckdb", Overrides())
+    (merged,) = build_plans(Catalog(tables=(table,)), "duckdb", Overrides(read_whole_bytes=0))
+    assert whole.reads_whole and merged.incremental and whole.cursor == "updated_at"
+    times = [datetime(2025, 1, 1, tzinfo=UTC) + timedelta(hours=h) for h in range(3)]
+    batch = pa.record_batch({"id": pa.array([1, 2, 3], pa.int64()),
+                             "updated_at": pa.array(times, pa.timestamp("us", tz="UTC"))})
+    followed = WindowTracker(whole, "full", window=False)
+    kept = WindowTracker(merged, "full")
+    for tracker in (followed, kept):
+        tracker.add(batch)
+        tracker.finish(batch.schema)
+        assert tracker.max == times[-1]
+    assert followed.window is None
+    assert kept.window is not None and kept.window["rows"] >= 1
