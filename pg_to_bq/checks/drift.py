@@ -15,14 +15,16 @@ then the run stores new figures and compares nothing). Cost, measured on a 12-co
 in DuckDB: 3 ms at 1,000 rows, 12 ms at 100,000 and 84 ms at 1,000,000 (an MD5 of every
 value's text, the cross-system digest, takes 9 ms, 364 ms and 2.9 s).
 
-In DuckDB the figures also hold one for the whole rows: the sum of a hash of each row's
-values (`hash(a, b, ...)`, the columns taken in the order of their names), which changes
-with any value, and also when values move from one row to another (which the columns' sums
-do not see). A table whose stored figures have it is first asked only that and its rows
-(`rows_only`): DuckDB spends such a query planning its expressions (per table, ~0.75 ms for
-seven columns' figures, a third of that for the row figure alone), and a table whose two
+The figures also hold one for the whole rows: the sum of a hash of each row's values
+(DuckDB's `hash(a, b, ...)`, BigQuery's `FARM_FINGERPRINT` of the row's JSON; the columns
+taken in the order of their names), which changes with any value, and also when values move
+from one row to another (which the columns' sums do not see). A table whose stored figures
+have it is first asked only that and its rows (`rows_only`): DuckDB spends such a query
+planning its expressions (per table, ~0.75 ms for seven columns' figures, a third of that
+for the row figure alone); BigQuery bills the same bytes either way. A table whose two
 numbers are those of its last load holds what that load left. Only a table whose numbers
-differ is asked again, column by column, to name what changed.
+differ is asked again, column by column, to name what changed. (BigQuery figures stored
+before they had the row figure are compared column by column, and stored again with it.)
 
 One query answers for many tables (a row per table); this module only builds its SQL and
 reads its answer.
@@ -42,10 +44,9 @@ QUERY_TABLES = 50
 
 @dataclass(frozen=True)
 class Figures:
-    """A table's whole-table figures: rows, per column [non-null count, hash sum], and (in
-    DuckDB) the sum of a hash of each row's values of `columns`, taken in the order of their
-    names (None where it was not computed: BigQuery, or figures stored by an earlier
-    version)."""
+    """A table's whole-table figures: rows, per column [non-null count, hash sum], and the
+    sum of a hash of each row's values of `columns`, taken in the order of their names (None
+    in figures stored by an earlier version)."""
 
     engine: str
     rows: int
@@ -82,18 +83,26 @@ def _value(kind: str, column: str, logical: str) -> str:
     return f"CAST(FARM_FINGERPRINT({text}) AS BIGNUMERIC)"
 
 
+def _row_figure(kind: str, columns: Sequence[tuple[str, str]]) -> str:
+    """The sum of a hash of each row's values of `columns`, taken in the order of their
+    names (stored figures list them in the state's order, sorted): DuckDB's `hash` of the
+    values, BigQuery's `FARM_FINGERPRINT` of the row as JSON (the struct of the values,
+    each column by name)."""
+    if not columns:
+        return "0"
+    names = [quote_for(kind)(name) for name in sorted(n for n, _ in columns)]
+    if kind == "duckdb":
+        return f"coalesce(sum(hash({', '.join(names)})), 0)"
+    return ("COALESCE(SUM(CAST(FARM_FINGERPRINT(TO_JSON_STRING(STRUCT("
+            f"{', '.join(names)}))) AS BIGNUMERIC)), 0)")
+
+
 def _select(kind: str, index: int, table: str, columns: Sequence[tuple[str, str]],
             rows_only: bool = False) -> str:
-    """One row: the table's index, then its figures (a list in DuckDB: the rows, the row
-    figure, then the columns' unless `rows_only`; a comma-separated text in BigQuery)."""
-    parts = ["count(*)"] if kind == "duckdb" else ["COUNT(*)"]
-    if kind == "duckdb":
-        # (the columns by name: stored figures list them in the state's order, sorted)
-        listed = ", ".join(quote_for(kind)(name) for name in sorted(n for n, _ in columns))
-        parts.append(f"coalesce(sum(hash({listed})), 0)" if columns else "0")
-        if rows_only:
-            return f"SELECT {index} AS i, [{', '.join(parts)}] AS f FROM {table}"
-    for name, logical in columns:
+    """One row: the table's index, then its figures: the rows, the row figure, then the
+    columns' unless `rows_only` (a list in DuckDB; a comma-separated text in BigQuery)."""
+    parts = ["count(*)" if kind == "duckdb" else "COUNT(*)", _row_figure(kind, columns)]
+    for name, logical in () if rows_only else columns:
         quoted = quote_for(kind)(name)
         value = _value(kind, name, logical)
         if kind == "duckdb":
@@ -110,23 +119,20 @@ def _select(kind: str, index: int, table: str, columns: Sequence[tuple[str, str]
 def figures_sql(kind: str, items: Sequence[tuple[str, Sequence[tuple[str, str]]]],
                 rows_only: bool = False) -> str:
     """One query for `items`: (the qualified destination table, its (column, logical type)
-    pairs), answering a row (index, figures) per table; with `rows_only` (DuckDB), only
-    the rows and the row figure."""
-    if rows_only and kind != "duckdb":
-        raise ValueError(f"{kind} has no row figure")
+    pairs), answering a row (index, figures) per table; with `rows_only`, only the rows and
+    the row figure."""
     return " UNION ALL ".join(_select(kind, i, table, columns, rows_only)
                               for i, (table, columns) in enumerate(items))
 
 
 def parse(engine: str, answer: str | Sequence[int], columns: Sequence[str]) -> Figures:
-    """The figures in one answer row (DuckDB's list of numbers, with the row figure second;
-    BigQuery's text, and DuckDB's of earlier versions, without it), for `columns` in the
-    order they were asked."""
-    if isinstance(answer, str):
-        values = [int(v.split(".")[0]) for v in answer.split(",")]
+    """The figures in one answer row (DuckDB's list of numbers and BigQuery's text, with the
+    row figure second; the text of earlier versions, without it), for `columns` in the order
+    they were asked."""
+    values = _numbers(answer)
+    if isinstance(answer, str) and len(values) == 1 + 2 * len(columns):
         row, first = None, 1
     else:
-        values = [int(v) for v in answer]
         row, first = (values[1] if len(values) > 1 else None), 2
     if len(values) != first + 2 * len(columns):
         raise ValueError(f"figures of {len(columns)} column(s) expected, got {len(values)} values")
@@ -134,10 +140,18 @@ def parse(engine: str, answer: str | Sequence[int], columns: Sequence[str]) -> F
                                        for i, name in enumerate(columns)}, row)
 
 
-def parse_rows(answer: Sequence[int]) -> tuple[int, int]:
+def parse_rows(answer: str | Sequence[int]) -> tuple[int, int]:
     """The rows and the row figure of an answer asked with `rows_only`."""
-    rows, row = (int(v) for v in answer)
+    rows, row = _numbers(answer)
     return rows, row
+
+
+def _numbers(answer: str | Sequence[int]) -> list[int]:
+    """An answer's numbers: DuckDB's list, or BigQuery's comma-separated text (its sums of
+    BIGNUMERIC print as whole numbers, with a `.0` at times)."""
+    if isinstance(answer, str):
+        return [int(v.split(".")[0]) for v in answer.split(",")]
+    return [int(v) for v in answer]
 
 
 def changes(before: Figures, now: Figures) -> list[str]:

@@ -147,7 +147,7 @@ def destination_figures(pipeline: Any, tables: Mapping[str, Sequence[tuple[str, 
 
 def destination_row_figures(pipeline: Any, tables: Mapping[str, Sequence[tuple[str, str]]],
                             live: Collection[str] = ()) -> dict[str, tuple[int, int]]:
-    """Of DuckDB `tables`, as `destination_figures` asks them, only the rows and the row
+    """Of `tables`, as `destination_figures` asks them, only the rows and the row
     figure (`drift.figures_sql(rows_only=True)`)."""
     return _asked(pipeline, tables, live, True, lambda answer, _: drift.parse_rows(answer))
 

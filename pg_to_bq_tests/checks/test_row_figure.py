@@ -81,12 +81,22 @@ def test_figures_without_the_row_figure_compare_by_their_columns(conn) -> None:
     assert drift.changes(whole, fewer) == ["doc: no longer in the destination table"]
 
 
-def test_only_duckdb_has_the_row_figure() -> None:
-    with pytest.raises(ValueError, match="bigquery has no row figure"):
-        drift.figures_sql("bigquery", [("t", COLUMNS)], rows_only=True)
+def test_bigquery_figures_have_the_row_figure_and_read_earlier_ones() -> None:
+    """BigQuery's figures hold the row figure too (`FARM_FINGERPRINT` of each row's JSON,
+    the columns by name), asked alone or with the columns' figures; the text answers of
+    earlier versions (no row figure) still read, as figures without it, compared column by
+    column. (The SQL runs on the BigQuery emulator in `test_drift.py`.)"""
     text = drift.figures_sql("bigquery", [("t", COLUMNS)])
-    assert "FARM_FINGERPRINT" in text and "hash(" not in text
-    assert drift.parse("bigquery", "3,3,12,2,7", ["id", "name"]).row is None
+    assert "FARM_FINGERPRINT(TO_JSON_STRING(STRUCT(`Amount x`, `doc`, `id`, `name`)))" in text
+    assert "hash(" not in text and "COUNT(`name`)" in text
+    alone = drift.figures_sql("bigquery", [("t", COLUMNS)], rows_only=True)
+    assert "TO_JSON_STRING(STRUCT(" in alone and "COUNT(`name`)" not in alone
+    now = drift.parse("bigquery", "3,-41,3,12,2,7.0", ["id", "name"])
+    assert (now.rows, now.row, dict(now.columns)) == (3, -41, {"id": (3, 12), "name": (2, 7)})
+    assert drift.parse_rows("3,-41") == (3, -41) and now.same_rows(3, -41)
+    earlier = drift.parse("bigquery", "3,3,12,2,7", ["id", "name"])
+    assert earlier.row is None and earlier.columns == now.columns
+    assert drift.changes(earlier, now) == [] and not earlier.same_rows(3, -41)
     no_columns = drift.figures_sql("duckdb", [("t", [])], rows_only=True)
     assert duckdb.connect().execute(no_columns.replace("FROM t", "FROM range(3)")).fetchall() \
         == [(0, [3, 0])]

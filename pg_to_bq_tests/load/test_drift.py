@@ -130,7 +130,8 @@ def test_a_bigquery_table_changed_by_hand_is_found_the_next_run(pg_url: str, set
                                                                tmp_path, bigquery_emulator,
                                                                capsys) -> None:
     """The same through dlt's BigQuery destination (the emulator): the figures use BigQuery's
-    FARM_FINGERPRINT."""
+    FARM_FINGERPRINT, and their row figure (of each row's JSON) finds values moved between
+    rows."""
     run_sql(pg_url, """
         CREATE TABLE accounts (id int PRIMARY KEY, name text, balance numeric(12,2),
                                opened timestamptz, photo bytea, active bool, score float8,
@@ -151,6 +152,16 @@ def test_a_bigquery_table_changed_by_hand_is_found_the_next_run(pg_url: str, set
     out = capsys.readouterr().out
     assert "public.accounts: FAILED" in out and "score: values changed" in out, out
     assert "name:" not in out and "balance:" not in out, out
+    # Read whole (its check failed), then two rows' names swapped: every column holds the
+    # values it held, only the row figure sees it.
+    assert main(["sync"]) == 0, capsys.readouterr().out
+    capsys.readouterr()
+    bigquery_emulator.client().query_and_wait(
+        f"UPDATE `{bigquery_emulator.project_id}.drift.accounts` "
+        "SET name = CASE id WHEN 5 THEN 'a6' ELSE 'a5' END WHERE id IN (5, 6)")
+    assert main(["sync"]) == 1
+    out = capsys.readouterr().out
+    assert "public.accounts: FAILED" in out and "rows: values moved between rows" in out, out
 
 
 def test_figures_stored_by_earlier_versions_equal_todays() -> None:
