@@ -485,6 +485,9 @@ class TableReads:
                     result = unchanged.result(state.get(LOAD_ID_KEY), status="unchanged")
                     result.extra["unchanged"] = "versions"
                     return result
+                if reason is None and mode == "full" and state \
+                        and tuple_versions.unversioned(versions):
+                    reason = tuple_versions.UNVERSIONED_REASON
             ahead: list[pa.RecordBatch] | None = None
             if stored_window and not evolution.changed and not fill \
                     and reader.stats.snapshot_rows == stored_window.get("rows"):

@@ -52,6 +52,14 @@ _ROW_VERSIONS = f"""count(*),
 # rows could be that of the last load while a value changed, so a table with any is never
 # found unchanged: its token is new every time (`_UNVERSIONED`), and it is read every run.
 _UNVERSIONED = "unversioned:"
+# Why such a table, loaded before, is read again (on its line and its materialization).
+UNVERSIONED_REASON = ("some of its rows are a foreign table's, which have no row versions to "
+                      "compare: read every run")
+
+
+def unversioned(token: str | None) -> bool:
+    """Whether `token` is that of a table with rows of a foreign table (`_UNVERSIONED`)."""
+    return token is not None and token.startswith(_UNVERSIONED)
 
 # The table's own catalog rows (any ALTER updates them; a rewrite changes relfilenode) and
 # every enum label and composite type attribute of the database. The database's part is the
