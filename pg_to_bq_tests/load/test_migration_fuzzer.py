@@ -15,7 +15,8 @@ tables file hashes text columns or stops, and the hash salt changes;
 writes insert, update (moving the cursor, or not moving it, anywhere), delete, and TRUNCATE
 a table and put a share of its rows back with a column changed and their cursor values as
 they were (a restore: the table's new storage tells pg_to_bq its cursor no longer covers
-the rows).
+the rows); and a row of a copy is deleted by hand (DuckDB), which the next sync must fail
+on, naming the change, or repair by reading the table whole.
 
 What the product promises, and so what is compared after every sync that finished: every
 table PostgreSQL has holds exactly its rows in every column it has now. (A merged table
@@ -39,7 +40,9 @@ CI runs a fixed seed and a few short sequences per runner (`PG_TO_BQ_FUZZ_EXAMPL
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import os
 import random
@@ -589,6 +592,56 @@ def make_machine(pg_server, destination: Destination, runner: str, cdc: bool = F
             self.log.append(f"TRUNCATE {table.name}, {len(after)} of {len(before)} rows put "
                             f"back, {column} = {value}")
 
+        @rule(data=st.data(), how=st.sampled_from(["delete a row", "set a value to NULL"]))
+        def edit_copy_by_hand(self, data, how: str) -> None:
+            """A table's copy changed behind pg_to_bq's back (DuckDB): a row deleted (the
+            state's row count is then in doubt: read whole, saying why), or a value set to
+            NULL (its figures differ). The next sync either fails the table, saying its
+            destination changed since the last load, and the one after reads it whole; or it
+            reads the table whole that run (it changed in PostgreSQL too, or its state was
+            in doubt), saying so: exact after it either way. Never a sync that ends well
+            with the copy still changed."""
+            if destination.name != "duckdb":
+                return
+            table = self.pick(data)
+            column = self.column(data, table) if table is not None else None
+            if column is None:
+                return
+            quoted, named = f'raw."{table.name}"', f'"{column}"'
+            with duckdb.connect(str(destination.path)) as conn:
+                if not conn.execute("SELECT count(*) FROM information_schema.columns WHERE "
+                                    "table_schema = 'raw' AND table_name = ? AND "
+                                    "column_name = ?", [table.name, column]).fetchone()[0]:
+                    return
+                try:
+                    (changed,) = conn.execute(
+                        f"DELETE FROM {quoted} WHERE rowid = (SELECT min(rowid) FROM {quoted})"
+                        if how == "delete a row" else
+                        f"UPDATE {quoted} SET {named} = NULL WHERE rowid = (SELECT min(rowid) "
+                        f"FROM {quoted} WHERE {named} IS NOT NULL)").fetchone()
+                except duckdb.ConstraintException:  # (a NOT NULL column)
+                    return
+            if not changed:
+                return
+            self.log.append(f"{table.name}'s copy changed by hand: {how} ({column})")
+            status, printed = self.run_sync(apply_deletes=False)
+            line = next((x for x in printed.splitlines()
+                         if f"public.{table.name}:" in x and "] " in x), "")
+            if status == 0:
+                if runner == "cli":  # (the job's output is Dagster's log)
+                    assert f"public.{table.name}: unchanged" not in line \
+                        and "(incremental)" not in line, self.history(
+                            f"the copy changed by hand was not read whole: {line}")
+                    assert "(full: " in line or "whole read replaced it" in line, self.history(
+                        f"the copy changed by hand was replaced without a word: {line}")
+                self.compare()
+            else:
+                assert f"public.{table.name}" in printed and "changed since the last load " \
+                    "(not by pg_to_bq)" in printed, self.history(
+                        f"sync exited {status}, not for the copy changed by hand: "
+                        f"{printed[-3000:]}")
+                self.sync_and_compare(apply_deletes=False)
+
         # -- syncs -----------------------------------------------------------------
         @rule(apply_deletes=st.booleans())
         def sync(self, apply_deletes: bool) -> None:
@@ -632,22 +685,28 @@ def make_machine(pg_server, destination: Destination, runner: str, cdc: bool = F
             return [sys.executable, "-m", "pg_to_bq.cli", "sync",
                     *(["--apply-deletes"] if apply_deletes else [])]
 
-        def sync_and_compare(self, apply_deletes: bool) -> None:
+        def run_sync(self, apply_deletes: bool) -> tuple[int, str]:
+            """One sync as the runner runs it: its exit status and what it printed."""
             self.log.append(f"sync (apply_deletes={apply_deletes})")
             self.write_tables_file()
             if runner == "cli":
                 os.environ.clear()
                 os.environ.update(self.env)
+                printed = io.StringIO()
                 try:
-                    status = main(["sync", *(["--apply-deletes"] if apply_deletes else [])])
+                    with contextlib.redirect_stdout(printed):
+                        status = main(["sync", *(["--apply-deletes"] if apply_deletes else [])])
                 finally:
                     os.environ.clear()
                     os.environ.update(self.saved_env)
-                assert status == 0, self.history(f"sync exited {status}")
-            else:
-                out = subprocess.run(self.command(apply_deletes), env=self.env,
-                                     capture_output=True, text=True, timeout=900)
-                assert out.returncode == 0, self.history(out.stderr[-3000:])
+                return status, printed.getvalue()
+            out = subprocess.run(self.command(apply_deletes), env=self.env,
+                                 capture_output=True, text=True, timeout=900)
+            return out.returncode, out.stdout + out.stderr
+
+        def sync_and_compare(self, apply_deletes: bool) -> None:
+            status, printed = self.run_sync(apply_deletes)
+            assert status == 0, self.history(f"sync exited {status}: {printed[-3000:]}")
             # Every table here is small (up to 32 MiB): a merged one whose copy holds more
             # rows than PostgreSQL after its merge has its delete pass in the same run
             # (`_GroupRun.deleted_in_source`), and change capture deletes what PostgreSQL
