@@ -85,6 +85,10 @@ class Table:
     # a partitioned table's partitions): a read of it returns their rows too, and PostgreSQL
     # keeps its primary key unique within each table, not across them.
     inherited_by: tuple[str, ...] = ()
+    # The `schema.table` names of the foreign tables among its partitions or the tables
+    # inheriting from it: their rows have no row versions (`xmin`, `ctid`; file_fdw's cannot
+    # be asked them at all), so the table is read every run and never split by `ctid`.
+    foreign_parts: tuple[str, ...] = ()
 
     @property
     def qualified_name(self) -> str:
@@ -128,6 +132,7 @@ class Table:
             storage=data.get("storage"),
             former_names=tuple(data.get("former_names") or ()),
             inherited_by=tuple(data.get("inherited_by") or ()),
+            foreign_parts=tuple(data.get("foreign_parts") or ()),
             primary_key=tuple(data.get("primary_key") or ()),
             foreign_keys=tuple(
                 ForeignKey(

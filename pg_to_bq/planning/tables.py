@@ -337,6 +337,8 @@ def _plan_table(
         soft_deletes = False
     elif soft_deletes:
         notes.append(SOFT_DELETES_NOTE)
+    if table.foreign_parts:
+        notes.append(foreign_note(table, merged=disposition == "merge" and cursor is not None))
     if not table.columns:
         notes.append("the table has no columns: it is reported and skipped")
     elif not mappings:
@@ -376,6 +378,18 @@ def inheritance_note(table: Table, primary_key: Sequence[str], source: str) -> s
             "table, not across them: replaced whenever its rows change, not merged by a key "
             "two of its rows may share (set disposition: merge for "
             f"{table.qualified_name} in {source} if the key is unique across them)")
+
+
+def foreign_note(table: Table, merged: bool) -> str:
+    """Why a table with foreign partitions (or inheriting foreign tables) is read every run."""
+    one = len(table.foreign_parts) == 1
+    names = ", ".join(table.foreign_parts[:5]) + (", ..." if len(table.foreign_parts) > 5 else "")
+    text = (f"{names} {'is a foreign table' if one else 'are foreign tables'}, whose rows have "
+            "no row versions: the table is never found unchanged, it is read every run")
+    if merged:
+        text += ("; merged by its cursor (above PG_TO_BQ_READ_WHOLE_BYTES), a change to a row "
+                 "there is seen by its cursor alone")
+    return text
 
 
 def replan(plan: TablePlan, live: Table, destination: str, overrides: Overrides) -> TablePlan:

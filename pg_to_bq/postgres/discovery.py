@@ -86,7 +86,9 @@ inheritance AS (
            sum(pg_catalog.pg_total_relation_size(d.relid))::bigint AS size_bytes,
            sum(greatest(h.reltuples, 0))::bigint AS estimated_rows,
            string_agg(pg_catalog.pg_relation_filenode(d.relid)::text, ',' ORDER BY d.relid)
-               AS storage
+               AS storage,
+           json_agg(hn.nspname || '.' || h.relname ORDER BY hn.nspname, h.relname)
+               FILTER (WHERE h.relkind = 'f') AS foreign_parts
     FROM descendants d
     JOIN pg_catalog.pg_class h ON h.oid = d.relid
     JOIN pg_catalog.pg_namespace hn ON hn.oid = h.relnamespace
@@ -121,6 +123,12 @@ SELECT json_build_object(
             ',', pg_catalog.pg_relation_filenode(r.oid)::text, inh.storage)
         ELSE pg_catalog.pg_relation_filenode(r.oid)::text END,
     'inherited_by', inh.children,
+    'foreign_parts', CASE WHEN r.relkind = 'p' THEN (
+            SELECT json_agg(fn.nspname || '.' || f.relname ORDER BY fn.nspname, f.relname)
+            FROM pg_catalog.pg_partition_tree(r.oid) pt
+            JOIN pg_catalog.pg_class f ON f.oid = pt.relid AND f.relkind = 'f'
+            JOIN pg_catalog.pg_namespace fn ON fn.oid = f.relnamespace)
+        ELSE inh.foreign_parts END,
     'primary_key', (
         SELECT json_agg(a.attname ORDER BY k.ord)
         FROM pg_catalog.pg_constraint con

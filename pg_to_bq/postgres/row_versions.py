@@ -117,7 +117,10 @@ def versions_sql(plan: TablePlan, with_database: bool = True) -> str:
     token of its row."""
     table = qualified_name(plan)
     database = f",\n       {_DATABASE_CATALOG}" if with_database else ""
-    return (f"SELECT {_ROW_VERSIONS},\n       {_TABLE_CATALOG.format(oid=_dollar_quoted(table))}"
+    # (a table with foreign partitions is not asked its rows' system columns: file_fdw's
+    # cannot answer; its token is `_UNVERSIONED` whatever they are)
+    versions = "count(*), 0, 0, 1" if plan.table.foreign_parts else _ROW_VERSIONS
+    return (f"SELECT {versions},\n       {_TABLE_CATALOG.format(oid=_dollar_quoted(table))}"
             f"{database}\nFROM {table} AS t")
 
 

@@ -8,6 +8,9 @@ must be loaded.
 
 from __future__ import annotations
 
+import dataclasses
+import shutil
+import tempfile
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -21,6 +24,7 @@ from pg_to_bq.load.group import load_table
 from pg_to_bq.load.results import LoadResult
 from pg_to_bq.planning.overrides import Overrides, load_overrides
 from pg_to_bq.planning.tables import build_plans
+from pg_to_bq.postgres import row_versions
 from pg_to_bq.postgres.discovery import discover
 from pg_to_bq.postgres.row_versions import _dollar_quoted
 from pg_to_bq_tests.conftest import duck_rows, pg_rows, run_sql
@@ -459,18 +463,39 @@ def _ctid(url: str, table: str, key: int) -> str:
     return pg_rows(url, f"SELECT ctid::text FROM {table} WHERE id = {key}")[0][0]
 
 
-def test_rows_of_a_foreign_table_are_read_every_run(pg_server, pg_url, settings_env,
-                                                     capsys) -> None:
+@pytest.fixture
+def csv_file():
+    """A CSV file the PostgreSQL server (another user when the tests run as root) can read."""
+    folder = Path(tempfile.mkdtemp(prefix="pg_to_bq_file_fdw_"))
+    folder.chmod(0o755)
+    path = folder / "events.csv"
+    path.write_text("1,first\n2,second\n")
+    path.chmod(0o644)
+    yield path
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_rows_of_a_foreign_table_are_read_every_run(pg_server, pg_url, settings_env, capsys,
+                                                     csv_file) -> None:
     """A foreign table's rows (a partition's, or an inheriting table's) have no row versions:
     postgres_fdw gives them `xmin` 0 and the remote server's `ctid`, a place an update can
     take again after a VACUUM. Here a remote value changes twice, VACUUMed between, so that
     its row ends where it was at the last load: the token would be that load's, and the
-    table was found `unchanged`, keeping the old value. A table with such rows is read
-    every run (said `ok`, never `unchanged`) and stays exact; a table without is skipped."""
+    table was found `unchanged`, keeping the old value. file_fdw's rows cannot be asked
+    `ctid` or `xmin` at all: a partitioned table with such a partition failed every run. A
+    table with foreign rows is read every run (said `ok`, never `unchanged`, and why), not
+    asked its rows' system columns, and stays exact; a table without is skipped."""
     with pg_server.database("remote", REMOTE) as remote:
-        run_sql(pg_url, _foreign(pg_url, remote) + """
+        run_sql(pg_url, _foreign(pg_url, remote) + f"""
             CREATE TABLE plain (id bigint, note text);
             INSERT INTO plain SELECT g, 'p' FROM generate_series(1, 10) g;
+            CREATE EXTENSION file_fdw;
+            CREATE SERVER files FOREIGN DATA WRAPPER file_fdw;
+            CREATE TABLE events (id bigint, note text) PARTITION BY RANGE (id);
+            CREATE TABLE events_new PARTITION OF events FOR VALUES FROM (100) TO (200);
+            INSERT INTO events VALUES (150, 'live');
+            CREATE FOREIGN TABLE events_file PARTITION OF events FOR VALUES FROM (0) TO (100)
+                SERVER files OPTIONS (filename '{csv_file}', format 'csv');
         """)
         path = settings_env(pg_url)
 
@@ -478,8 +503,13 @@ def test_rows_of_a_foreign_table_are_read_every_run(pg_server, pg_url, settings_
             assert main(["sync"]) == 0
             return capsys.readouterr().out
 
+        assert main(["discover"]) == 0
+        out = capsys.readouterr().out
+        assert "public.sales_far is a foreign table, whose rows have no row versions: the " \
+               "table is never found unchanged, it is read every run" in out, out
+        assert "public.ledger_archive is a foreign table" in out, out
         out = sync()
-        for table, rows in (("sales", "1,100"), ("ledger", "520")):
+        for table, rows in (("sales", "1,100"), ("ledger", "520"), ("events", "3")):
             assert f"public.{table}: ok, {rows} rows (full)" in out, out
         # A re-sync with nothing changed: only the table without foreign rows is skipped.
         out = sync()
@@ -488,6 +518,11 @@ def test_rows_of_a_foreign_table_are_read_every_run(pg_server, pg_url, settings_
               "compare: read every run)"
         assert f"public.sales: ok, 1,100 rows {why}" in out, out
         assert f"public.ledger: ok, 520 rows {why}" in out, out
+        assert f"public.events: ok, 3 rows {why}" in out, out
+        # The file edited in place, as many rows as before.
+        csv_file.write_text("1,first\n2,edited\n")
+        sync()
+        assert duck_rows(path, "SELECT note FROM raw.events WHERE id = 2") == [("edited",)]
 
         for table, key in (("sales_remote", 1001), ("archive", 501)):
             run_sql(remote, f"UPDATE {table} SET note = 'first' WHERE id = {key}")
@@ -505,5 +540,34 @@ def test_rows_of_a_foreign_table_are_read_every_run(pg_server, pg_url, settings_
         assert "public.sales: ok" in out and "public.ledger: ok" in out, out
         assert duck_rows(path, "SELECT note FROM raw.sales WHERE id = 1001") == [("third",)]
         assert duck_rows(path, "SELECT note FROM raw.ledger WHERE id = 501") == [("third",)]
-        for table in ("sales", "ledger", "plain"):
+        for table in ("sales", "ledger", "plain", "events"):
             assert_mirrored_in_duckdb(pg_url, path, table)
+
+
+def test_foreign_rows_the_catalog_does_not_know_make_a_new_token_each_time(
+        pg_server, pg_url) -> None:
+    """A foreign partition attached after the catalog was read: the row-version scan itself
+    sees rows without an `xmin` (postgres_fdw's) and gives a token that never equals
+    another, so the table is still never found unchanged; a table without such rows has
+    the same token while its rows stay."""
+    with pg_server.database("remote", REMOTE) as remote:
+        run_sql(pg_url, _foreign(pg_url, remote) + """
+            CREATE TABLE plain (id bigint, note text);
+            INSERT INTO plain SELECT g, 'p' FROM generate_series(1, 10) g;
+        """)
+        with psycopg.connect(pg_url) as conn:
+            catalog = discover(conn, schemas=["public"])
+        plans = {p.name: p for p in build_plans(catalog, "duckdb", Overrides())}
+        assert plans["public.sales"].table.foreign_parts == ("public.sales_far",)
+        unknown = dataclasses.replace(plans["public.sales"],
+                                      table=dataclasses.replace(plans["public.sales"].table,
+                                                                foreign_parts=()))
+        with psycopg.connect(pg_url) as conn:
+            def ask(plan):
+                return row_versions.token_and_rows(
+                    lambda sql: conn.execute(sql).fetchone(), plan, None)
+            first, second = ask(unknown), ask(unknown)
+            assert first[1] == second[1] == 1100
+            assert row_versions.unversioned(first[0]) and first[0] != second[0]
+            assert ask(plans["public.plain"]) == ask(plans["public.plain"])
+            assert not row_versions.unversioned(ask(plans["public.plain"])[0])
