@@ -43,6 +43,8 @@ class TableFacts:
     found: bool = True
     # Tables that INHERIT from it (not partitions): a read of it returns their rows too.
     inheritance_children: tuple[TableName, ...] = ()
+    # Its partitions that are foreign tables: their rows are not in this server's WAL.
+    foreign_leaves: tuple[TableName, ...] = ()
 
     @property
     def qualified(self) -> str:
@@ -142,6 +144,11 @@ WITH selected AS (
                              FROM pg_inherits i JOIN pg_class h ON h.oid = i.inhrelid
                              JOIN pg_namespace hn ON hn.oid = h.relnamespace
                              WHERE i.inhparent = c.oid AND NOT h.relispartition),
+    'foreign_leaves', CASE WHEN c.relkind = 'p' THEN
+              (SELECT json_agg(json_build_array(fn.nspname, fc.relname))
+               FROM pg_partition_tree(c.oid) t JOIN pg_class fc ON fc.oid = t.relid
+               JOIN pg_namespace fn ON fn.oid = fc.relnamespace
+               WHERE fc.relkind = 'f') END,
     'published', EXISTS (SELECT 1 FROM pg_publication_tables pt
                          WHERE pt.pubname = %(publication)s AND pt.schemaname = s.nspname
                          AND pt.tablename = s.relname)
@@ -190,7 +197,8 @@ def fetch_facts(conn: psycopg.Connection, tables: Sequence[TableName] | None = N
             root=tuple(t["root"]) if t["root"] else None,  # type: ignore[arg-type]
             leaves_without_identity=tuple(tuple(x) for x in t["leaves_without_identity"] or ()),
             generated_columns=tuple(t["generated_columns"] or ()), published=t["published"],
-            inheritance_children=tuple(tuple(x) for x in t["inheritance_children"] or ())))
+            inheritance_children=tuple(tuple(x) for x in t["inheritance_children"] or ()),
+            foreign_leaves=tuple(tuple(x) for x in t.get("foreign_leaves") or ())))
     if tables is not None:
         have = {(t.schema, t.name) for t in found}
         for schema, name in tables:
@@ -335,6 +343,12 @@ def _table_findings(f: Facts, t: TableFacts) -> tuple[list[Finding], str | None]
     if t.is_partition and t.root is not None:
         why = f"a partition: captured through its root {_qualified(t.root)}"
         return [Finding("info", "table", name, why)], why
+    if t.foreign_leaves:
+        leaves = ", ".join(_qualified(leaf) for leaf in t.foreign_leaves[:5]) + (
+            ", ..." if len(t.foreign_leaves) > 5 else "")
+        why = (f"its partition(s) {leaves} are foreign tables: their rows are not in this "
+               "server's WAL")
+        return [Finding("info", "table", name, why + "; it keeps today's mode")], why
     if t.inheritance_children:
         children = ", ".join(_qualified(c) for c in t.inheritance_children[:5]) + (
             ", ..." if len(t.inheritance_children) > 5 else "")

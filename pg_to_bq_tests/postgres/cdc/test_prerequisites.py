@@ -43,11 +43,17 @@ def test_tables_that_can_and_cannot_be_captured(db: str) -> None:
         "CREATE TABLE parted_1 PARTITION OF parted FOR VALUES FROM ('2026-01-01') TO ('2027-01-01')",
         "CREATE TABLE kparted (id int, at date, PRIMARY KEY (id, at)) PARTITION BY RANGE (at)",
         "CREATE TABLE kparted_1 PARTITION OF kparted FOR VALUES FROM ('2026-01-01') TO ('2027-01-01')",
-        "CREATE VIEW v AS SELECT 1 AS one")
+        "CREATE VIEW v AS SELECT 1 AS one",
+        # (a foreign partition, over a server it never needs to reach)
+        "CREATE EXTENSION IF NOT EXISTS postgres_fdw",
+        "CREATE SERVER far FOREIGN DATA WRAPPER postgres_fdw OPTIONS (dbname 'nowhere')",
+        "CREATE TABLE fparted (id int, region int) PARTITION BY LIST (id)",
+        "CREATE TABLE fparted_here PARTITION OF fparted FOR VALUES IN (1)",
+        "CREATE FOREIGN TABLE fparted_far PARTITION OF fparted FOR VALUES IN (2) SERVER far")
     with psycopg.connect(db, autocommit=True) as conn:
         facts = fetch_facts(conn)
         assert {t.name for t in facts.tables} == {"keyed", "nokey", "full_identity", "nothing",
-                                                  "scratch", "parted", "kparted"}
+                                                  "scratch", "parted", "kparted", "fparted"}
         named = fetch_facts(conn, [("public", "parted_1"), ("public", "v"), ("public", "gone")])
     assessment = assess(facts)
     assert assessment.can_capture
@@ -68,6 +74,11 @@ def test_tables_that_can_and_cannot_be_captured(db: str) -> None:
     assert 'ALTER TABLE "public"."parted_1" REPLICA IDENTITY FULL;' in parted.fix
     assert '"public"."kparted"' not in tables  # its partitions inherit the primary key
     named_findings = by_subject(assess(named), "table")
+    assert ("public", "fparted") not in assessment.capturable
+    [fparted] = tables['"public"."fparted"']
+    assert fparted.level == "info" and fparted.problem.startswith(
+        'its partition(s) "public"."fparted_far" are foreign tables: their rows are not in '
+        "this server's WAL") and not fparted.fix
     assert "captured through its root" in named_findings['"public"."parted_1"'][0].problem
     assert named_findings['"public"."v"'][0].problem.startswith("a view")
     assert named_findings['"public"."gone"'][0].level == "error"
