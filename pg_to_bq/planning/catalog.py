@@ -102,6 +102,12 @@ class Table:
         return self.kind in ("r", "p", "m")
 
     @property
+    def rows_have_system_columns(self) -> bool:
+        """Every row it returns can be asked its `ctid` and `xmin`: it has row versions and
+        no foreign partition or inheriting foreign table (file_fdw's rows cannot answer)."""
+        return self.has_row_versions and not self.foreign_parts
+
+    @property
     def kind_label(self) -> str:
         return {"r": "table", "p": "partitioned table", "v": "view", "m": "materialized view",
                 "f": "foreign table"}.get(self.kind, self.kind)

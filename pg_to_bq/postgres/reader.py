@@ -244,8 +244,7 @@ class TableReader:
                 quoted, _boundaries(int(low), int(high) + 1, self.streams),
                 lambda v: f"'{int(v)}'::{pg_type}",
             )
-        if self.plan.table.kind not in ("r", "m", "p") or self.plan.table.foreign_parts:
-            # (a foreign partition's rows have no `ctid` of this server: file_fdw's none)
+        if not self.plan.table.rows_have_system_columns:
             return [None]
         # The relation's size now covers every row version our snapshot sees; the last
         # range is open-ended anyway. A partitioned table is split by its largest leaf's

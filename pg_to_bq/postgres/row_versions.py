@@ -119,7 +119,7 @@ def versions_sql(plan: TablePlan, with_database: bool = True) -> str:
     database = f",\n       {_DATABASE_CATALOG}" if with_database else ""
     # (a table with foreign partitions is not asked its rows' system columns: file_fdw's
     # cannot answer; its token is `_UNVERSIONED` whatever they are)
-    versions = "count(*), 0, 0, 1" if plan.table.foreign_parts else _ROW_VERSIONS
+    versions = _ROW_VERSIONS if plan.table.rows_have_system_columns else "count(*), 0, 0, 1"
     return (f"SELECT {versions},\n       {_TABLE_CATALOG.format(oid=_dollar_quoted(table))}"
             f"{database}\nFROM {table} AS t")
 
