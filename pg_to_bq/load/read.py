@@ -447,9 +447,9 @@ class TableReads:
         # larger one, where the condition costs a scan, with the delete pass (which scans
         # its keys anyway); a whole read sees everything.
         since = state.get(SNAPSHOT_XMIN_STATE_KEY)
-        # (rows of foreign partitions have no `xmin`: file_fdw's cannot even be asked it)
+        # (not a view's rows, nor a foreign table's: they have no `xmin` to ask)
         watch = plan.disposition == "merge" and plan.cursor is not None \
-            and not plan.table.foreign_parts and (
+            and plan.table.rows_have_system_columns and (
             mode == "full" or mode == "incremental" and (
                 tuple_versions.applies(plan) or load.apply_deletes))
         if watch and mode == "incremental" and where is not None and since is not None:

@@ -229,3 +229,26 @@ def test_a_copy_edited_by_hand_on_a_night_the_source_changed_is_said(
         assert_mirrored_in_duckdb(pg_url, path, table)
     again = sync(capsys)
     assert "unchanged" in line(again, "orders") and "unchanged" in line(again, "notes"), again
+
+
+def test_a_view_merged_by_its_cursor_takes_its_delete_pass(pg_url, settings_env, tmp_path,
+                                                           capsys) -> None:
+    """A view (`PG_TO_BQ_INCLUDE_VIEWS`) with a key and a cursor from the tables file is
+    merged by its cursor: its rows have no `xmin`, so its reads never ask which rows were
+    written since the last one (the weekly delete pass's read failed on `column "xmin" does
+    not exist`); the pass removes what PostgreSQL deleted, and the copy is exact."""
+    run_sql(pg_url, """
+        CREATE TABLE base (id int PRIMARY KEY, v text,
+                           updated_at timestamptz NOT NULL DEFAULT now() - interval '1 day');
+        INSERT INTO base SELECT g, 'x' FROM generate_series(1, 50) g;
+        CREATE VIEW vbase AS SELECT * FROM base;
+    """)
+    tables = tmp_path / "tables.yaml"
+    tables.write_text("tables:\n  public.vbase:\n    primary_key: [id]\n    cursor: updated_at\n")
+    path = settings_env(pg_url, include_views="true", tables_file=str(tables))
+    assert "public.vbase: ok, 50 rows (full)" in sync(capsys)
+    run_sql(pg_url, "UPDATE base SET v = 'y', updated_at = now() WHERE id = 3; "
+                    "DELETE FROM base WHERE id = 9")
+    out = sync(capsys, "--apply-deletes")
+    assert "(incremental), 1 deleted" in line(out, "vbase"), out
+    assert_mirrored_in_duckdb(pg_url, path, "vbase")
