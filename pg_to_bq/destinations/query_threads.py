@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -59,9 +60,12 @@ def chunks_for(client: Any, items: Sequence[T], most: int) -> list[Sequence[T]]:
 
 def duckdb_connection(client: Any) -> Any | None:
     """The DuckDB connection under `client`, pg_to_bq's (`DuckDBClient.connection`) or dlt's
-    (`native_connection`), or None for any other client."""
-    import duckdb
-
+    (`native_connection`), or None for any other client. A process that has not imported
+    DuckDB has no DuckDB connection: it is not imported here for the question (a BigQuery
+    load never imports it)."""
+    duckdb = sys.modules.get("duckdb")
+    if duckdb is None:
+        return None
     for name in ("connection", "native_connection"):
         connection = getattr(client, name, None)
         if isinstance(connection, duckdb.DuckDBPyConnection):

@@ -8,6 +8,7 @@ import contextlib
 from collections.abc import Collection, Iterator, Sequence
 from typing import Any
 
+from pg_to_bq.destinations import query_threads
 from pg_to_bq.destinations.soft_deletes import rows_of
 
 # Row counts of this many tables are asked of the destination in one query.
@@ -20,7 +21,11 @@ def destination_counts(queries: Any, tables: Sequence[str], load_ids: Sequence[s
                        live: Collection[str] = ()) -> tuple[dict[str, int], set[str]]:
     """Rows in each of `tables` (destination names; only the live rows of those in `live`,
     which keep soft-deleted rows), and which of `load_ids` the destination has a record of
-    (`_dlt_loads`), asked in one query per 200 tables."""
+    (`_dlt_loads`): one query per 200 tables where each query is a round trip (BigQuery);
+    in DuckDB a few tables a query, over its query connections
+    (`pg_to_bq.destinations.query_threads`). DuckDB pins a block of every table a query
+    counts at once, so a query of 200 tables needed ~50 MB of its buffer pool: a
+    `memory_limit` a user set lower failed every table of a step after their load."""
     counts: dict[str, int] = {}
     known: set[str] = set()
     items: list[tuple[str, str]] = [("table", t) for t in tables] + \
@@ -30,20 +35,25 @@ def destination_counts(queries: Any, tables: Sequence[str], load_ids: Sequence[s
     with queries.sql_client() as client:
         literal = client.capabilities.escape_literal
         loads = client.make_qualified_table_name(LOADS_TABLE)
-        for start in range(0, len(items), COUNT_QUERY_TABLES):
-            chunk = items[start:start + COUNT_QUERY_TABLES]
-            sql = " UNION ALL ".join(
+
+        def count_sql(chunk: Sequence[tuple[str, str]]) -> str:
+            return " UNION ALL ".join(
                 f"SELECT {i} AS i, count(*) AS n FROM {rows_of(client, name, name in live)}"
                 if kind == "table" else
                 f"SELECT {i} AS i, count(*) AS n FROM {loads} WHERE load_id = {literal(name)}"
                 for i, (kind, name) in enumerate(chunk))
-            with client.execute_query(sql) as cursor:
-                for i, n in cursor.fetchall():
-                    kind, name = chunk[int(i)]
-                    if kind == "table":
-                        counts[name] = int(n)
-                    elif int(n):
-                        known.add(name)
+
+        parts = query_threads.chunks_for(client, items, COUNT_QUERY_TABLES)
+        for chunk, answer in zip(parts, query_threads.answers(client, [count_sql(c) for c in parts]),
+                                 strict=True):
+            if isinstance(answer, Exception):
+                raise answer
+            for i, n in answer:
+                kind, name = chunk[int(i)]
+                if kind == "table":
+                    counts[name] = int(n)
+                elif int(n):
+                    known.add(name)
     return counts, known
 
 

@@ -74,6 +74,10 @@ _PG_MESSAGE = re.compile(r"ERROR:\s+(.+?)(?:\. SQLSTATE|\nQuery was|\n|$)")
 _SQLSTATE = re.compile(r"SQLSTATE: ([0-9A-Z]{5})")
 # What to do about a source error that fails the same way every time (42501, a missing
 # privilege, is `_grant_fix`).
+# DuckDB's own words when its buffer pool (`memory_limit`) is full.
+_DUCKDB_OUT_OF_MEMORY = re.compile(r"^Out of Memory Error:|OutOfMemoryException: Out of Memory")
+_DUCKDB_MEMORY_FIX = ("give DuckDB more memory: memory_limit in PG_TO_BQ_DESTINATION, e.g. "
+                      "duckdb:///file.duckdb?memory_limit=1GB")
 _FIXES = {
     "57014": "the statement timeout cut the read off: raise PG_TO_BQ_STATEMENT_TIMEOUT_S",
     "42P01": "the table is gone: it is reported, not loaded, once the catalog is refreshed "
@@ -96,12 +100,23 @@ def describe(exc: BaseException, *, table: tuple[str, str] | None = None,
         sqlstate = match.group(1) if match else None
     message = _PG_MESSAGE.search(text)
     line = f"PostgreSQL: {message.group(1)} (SQLSTATE {sqlstate})" if message and sqlstate \
-        else f"{type(cause).__name__}: {text}"
+        else f"{type(cause).__name__}: {one_line(text)}"
     if sqlstate == "42501":
         fix: str | None = _grant_fix(message.group(1) if message else text, table, role)
     else:
         fix = _FIXES.get(sqlstate) if sqlstate else None
+    if fix is None and _DUCKDB_OUT_OF_MEMORY.search(text):
+        fix = _DUCKDB_MEMORY_FIX
     return f"{line}; to fix: {fix}" if fix else line
+
+
+def one_line(text: str) -> str:
+    """`text`'s first paragraph on one line: a failed table is one line of the CLI, and a
+    driver's message can run on (DuckDB follows its own with a blank line and a list of
+    generic "Possible solutions"; libpq adds a hint on a line of its own). The whole message
+    stays in the exception, in Dagster's event log."""
+    paragraph = re.split(r"\n\s*\n", text.strip(), maxsplit=1)[0]
+    return " ".join(paragraph.split())
 
 
 _DENIED_SCHEMA = re.compile(r"permission denied for schema (.+)$")

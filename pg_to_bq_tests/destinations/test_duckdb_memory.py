@@ -17,6 +17,7 @@ import duckdb
 import psycopg
 import pytest
 
+from pg_to_bq.cli.main import main
 from pg_to_bq.destinations.duckdb_file import (
     duckdb_destination,
     is_out_of_memory,
@@ -24,6 +25,7 @@ from pg_to_bq.destinations.duckdb_file import (
 )
 from pg_to_bq.destinations.lazy import DUCKDB_GLOBAL_CONFIG
 from pg_to_bq.load.group import load_table
+from pg_to_bq.planning.errors import describe
 from pg_to_bq.planning.tables import TablePlan, build_plans
 from pg_to_bq.postgres.discovery import discover
 from pg_to_bq_tests.conftest import run_sql
@@ -137,3 +139,45 @@ def test_memory_grows_to_half_of_the_containers_limit_not_the_hosts(tmp_path: Pa
     unlimited = tmp_path / "unlimited"
     unlimited.write_text("max\n")
     assert memory_cap((str(tmp_path / "missing"), str(unlimited))) == host
+
+
+def test_many_tables_load_and_count_under_a_low_limit_the_user_set(pg_url: str, settings_env,
+                                                                  capsys) -> None:
+    """`pg-to-bq sync` of 80 small tables with `memory_limit=16MB` in PG_TO_BQ_DESTINATION:
+    each table's load fits; the step's row counts after the load asked 200 tables a query,
+    and DuckDB pins a block of each table a query counts (~20 MB for 80): every table of
+    the step FAILED after its rows had loaded, each on eight lines of DuckDB's advice. The
+    counts are now asked a few tables a query, so the memory they take does not grow with
+    the step's tables."""
+    tables = [f"small_{i:02d}" for i in range(80)]
+    run_sql(pg_url, "".join(
+        f"CREATE TABLE {t} (id int PRIMARY KEY, v text); "
+        f"INSERT INTO {t} SELECT g, 'v' || g FROM generate_series(1, {i % 7 + 1}) g; "
+        for i, t in enumerate(tables)))
+    path = settings_env(pg_url)
+    settings_env(pg_url, destination=f"duckdb:///{path}?memory_limit=16MB")
+    assert main(["sync"]) == 0, capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "80 loaded, 0 failed" in out, out
+    with duckdb.connect(str(path), read_only=True) as conn:
+        for i, table in enumerate(tables):
+            assert conn.execute(f"SELECT count(*), min(v), count(DISTINCT id) FROM raw.{table}"
+                                ).fetchone() == (i % 7 + 1, "v1", i % 7 + 1), table
+
+
+def test_a_failure_is_one_line_with_duckdbs_memory_named() -> None:
+    """DuckDB follows "Out of Memory Error" with a blank line and a list of generic advice;
+    a failed table is one line of the CLI, with the setting that gives DuckDB more memory
+    (the whole message stays in the exception, for the event log)."""
+    with duckdb.connect(config={"memory_limit": "1MB"}) as conn, \
+            pytest.raises(duckdb.Error) as raised:
+        conn.execute("SELECT list(range) FROM range(10000000)").fetchall()
+    assert "\n\n" in str(raised.value)
+    line = describe(raised.value)
+    assert "\n" not in line and "Possible solutions" not in line, line
+    assert line.startswith("OutOfMemoryException: Out of Memory Error: "), line
+    assert line.endswith("; to fix: give DuckDB more memory: memory_limit in "
+                         "PG_TO_BQ_DESTINATION, e.g. duckdb:///file.duckdb?memory_limit=1GB")
+    # A driver's hint on a line of its own stays, on the same line.
+    assert describe(OSError("connection failed: refused\n\tIs the server running?")) == \
+        "OSError: connection failed: refused Is the server running?"
