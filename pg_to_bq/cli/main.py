@@ -364,12 +364,15 @@ class _Report:
         deleted = "" if outcome.deleted is None else f", {outcome.deleted:,} deleted" + (
             f" (kept, marked in {SOFT_DELETE_COLUMN})"
             if outcome.soft_deletes and outcome.deleted else "")
-        state = "unchanged" if outcome.status == "unchanged" else "ok"
         checks = f"; checks failed: {', '.join(outcome.failed_checks)}" \
             if outcome.failed_checks else ""
-        mode = f"{outcome.mode}: {outcome.reason}" if outcome.reason else outcome.mode
-        print(f"{prefix}: {state}, {outcome.rows:,} rows ({mode}){deleted} in "
-              f"{outcome.seconds:.1f}s{checks}", flush=True)
+        if outcome.status == "unchanged":
+            # ("0 rows (full)" said that it was read whole and found empty.)
+            what = f"unchanged ({outcome.reason})" if outcome.reason else "unchanged"
+        else:
+            mode = f"{outcome.mode}: {outcome.reason}" if outcome.reason else outcome.mode
+            what = f"ok, {outcome.rows:,} rows ({mode})"
+        print(f"{prefix}: {what}{deleted} in {outcome.seconds:.1f}s{checks}", flush=True)
 
     def step_failed(self, what: str, message: str) -> None:
         """A step that loads no table of its own failed (the catalog step)."""
@@ -389,9 +392,12 @@ class _Report:
         outcomes = list(self.outcomes.values())
         failed = [o for o in outcomes if o.status == "failed"]
         gone = [o for o in outcomes if o.status == "gone"]
-        loaded = [o for o in outcomes if o.status in ("loaded", "unchanged")]
+        loaded = [o for o in outcomes if o.status == "loaded"]
+        unchanged = [o for o in outcomes if o.status == "unchanged"]
         rows = sum(o.rows for o in loaded)
-        print(f"\n{len(loaded)} loaded, {len(failed)} failed"
+        print(f"\n{len(loaded)} loaded"
+              + (f", {len(unchanged)} unchanged" if unchanged else "")
+              + f", {len(failed)} failed"
               + (f", {len(gone)} not in PostgreSQL" if gone else "")
               + f", {rows:,} rows in {time.monotonic() - self.started:.1f}s")
         for step in self.failed_steps:

@@ -33,7 +33,8 @@ class TableOutcome:
         soft_deletes: Those rows are kept, marked deleted (`_pg_to_bq_deleted_at`).
         new: A table new in PostgreSQL, found and loaded by the catalog step.
         reason: Why a table was read whole although its state would have allowed less
-            (the destination no longer held the rows its state covered).
+            (the destination no longer held the rows its state covered); for an unchanged
+            table, how it was found unchanged.
     """
 
     table: str

@@ -282,8 +282,19 @@ def _checked(
     progress.publish(progress.TableOutcome(
         plan.name, "unchanged" if result.unchanged else "loaded", rows=result.rows,
         mode=result.mode, seconds=result.duration_s, notes=tuple(notes),
-        failed_checks=tuple(failed_checks), deleted=result.deleted, reason=result.reason,
+        failed_checks=tuple(failed_checks), deleted=result.deleted,
+        reason=unchanged_because(result) if result.unchanged else result.reason,
         soft_deletes=plan.soft_deletes))
+
+
+def unchanged_because(result: LoadResult) -> str:
+    """How an unchanged table was found unchanged (its materialization's `unchanged`, and
+    its CLI line)."""
+    return {
+        "versions": "the table's row versions are those of the last load",
+        "changes": "no change captured since the last load, not read",
+    }.get(result.extra.get("unchanged"),
+          "the rows of the lookback window read back as last loaded")
 
 
 def materialization_metadata(plan: TablePlan, snapshot_plan: TablePlan | None,
@@ -303,11 +314,7 @@ def materialization_metadata(plan: TablePlan, snapshot_plan: TablePlan | None,
     if destination_rows is not None:
         metadata["dagster/row_count"] = destination_rows
     if result.unchanged:
-        metadata["unchanged"] = {
-            "versions": "the table's row versions are those of the last load",
-            "changes": "no change captured since the last load (not read)",
-        }.get(result.extra.get("unchanged"),
-              "the rows of the lookback window read back as last loaded")
+        metadata["unchanged"] = unchanged_because(result)
     if plan.soft_deletes:
         metadata["soft_deletes"] = SOFT_DELETES_NOTE
     optional = {"source_rows_in_snapshot": result.snapshot_rows, "rows_deleted": deleted,
