@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -45,14 +44,11 @@ from dlt.destinations.impl.duckdb.duck import DuckDbClient
 
 from pg_to_bq.destinations.dlt_config import ResolvedOnce
 from pg_to_bq.destinations.lazy import check_settings
+from pg_to_bq.planning.errors import DUCKDB_OUT_OF_MEMORY
 
 log = logging.getLogger(__name__)
 
 REPLACE_STRATEGY = "insert-from-staging"
-# How DuckDB words running out of its buffer pool (an OutOfMemoryException, or a commit
-# that could not pin a block).
-_OUT_OF_MEMORY = re.compile(r"Out of Memory Error|failed to pin block|could not allocate block",
-                            re.IGNORECASE)
 # The job folders of a load package (dlt's PackageStorage layout).
 _JOB_FOLDERS = ("new_jobs", "started_jobs", "completed_jobs", "failed_jobs")
 
@@ -148,7 +144,7 @@ def is_out_of_memory(exc: BaseException) -> bool:
     """Whether `exc` (or what it wraps) is DuckDB running out of its memory limit."""
     seen: BaseException | None = exc
     while seen is not None:
-        if _OUT_OF_MEMORY.search(str(seen)):
+        if DUCKDB_OUT_OF_MEMORY.search(str(seen)):
             return True
         seen = getattr(seen, "dbapi_exception", None) or seen.__cause__
     return False

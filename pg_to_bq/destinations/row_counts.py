@@ -11,7 +11,8 @@ from typing import Any
 from pg_to_bq.destinations import query_threads
 from pg_to_bq.destinations.soft_deletes import rows_of
 
-# Row counts of this many tables are asked of the destination in one query.
+# Row counts of this many tables are asked in one query where a query is a round trip
+# (BigQuery); DuckDB's are asked a few tables a query (`destination_counts`).
 COUNT_QUERY_TABLES = 200
 # dlt's record of its loads (dlt's `LOADS_TABLE_NAME`; a test keeps the two equal).
 LOADS_TABLE = "_dlt_loads"

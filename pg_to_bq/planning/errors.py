@@ -72,12 +72,14 @@ def is_transient(exc: BaseException) -> bool:
 # execute query: could not begin COPY: ERROR:  permission denied for table t. SQLSTATE: 42501").
 _PG_MESSAGE = re.compile(r"ERROR:\s+(.+?)(?:\. SQLSTATE|\nQuery was|\n|$)")
 _SQLSTATE = re.compile(r"SQLSTATE: ([0-9A-Z]{5})")
-# What to do about a source error that fails the same way every time (42501, a missing
-# privilege, is `_grant_fix`).
-# DuckDB's own words when its buffer pool (`memory_limit`) is full.
-_DUCKDB_OUT_OF_MEMORY = re.compile(r"^Out of Memory Error:|OutOfMemoryException: Out of Memory")
+# How DuckDB words running out of its buffer pool (`memory_limit`): an OutOfMemoryException,
+# or a commit that could not pin a block.
+DUCKDB_OUT_OF_MEMORY = re.compile(r"Out of Memory Error|failed to pin block|could not allocate "
+                                  r"block", re.IGNORECASE)
 _DUCKDB_MEMORY_FIX = ("give DuckDB more memory: memory_limit in PG_TO_BQ_DESTINATION, e.g. "
                       "duckdb:///file.duckdb?memory_limit=1GB")
+# What to do about a source error that fails the same way every time (42501, a missing
+# privilege, is `_grant_fix`).
 _FIXES = {
     "57014": "the statement timeout cut the read off: raise PG_TO_BQ_STATEMENT_TIMEOUT_S",
     "42P01": "the table is gone: it is reported, not loaded, once the catalog is refreshed "
@@ -105,7 +107,7 @@ def describe(exc: BaseException, *, table: tuple[str, str] | None = None,
         fix: str | None = _grant_fix(message.group(1) if message else text, table, role)
     else:
         fix = _FIXES.get(sqlstate) if sqlstate else None
-    if fix is None and _DUCKDB_OUT_OF_MEMORY.search(text):
+    if fix is None and DUCKDB_OUT_OF_MEMORY.search(text):
         fix = _DUCKDB_MEMORY_FIX
     return f"{line}; to fix: {fix}" if fix else line
 

@@ -369,7 +369,7 @@ def _plan_table(
 
 def inheritance_note(table: Table, primary_key: Sequence[str], source: str) -> str:
     """Why an inheritance parent is replaced, not merged by its primary key."""
-    children = _first_names(table.inherited_by)
+    children = first_names(table.inherited_by)
     key = ", ".join(primary_key)
     source = "the tables file (PG_TO_BQ_TABLES_FILE)" if source.startswith("(") else source
     return (f"an inheritance parent: a read of it returns the rows of the tables that inherit "
@@ -379,7 +379,7 @@ def inheritance_note(table: Table, primary_key: Sequence[str], source: str) -> s
             f"{table.qualified_name} in {source} if the key is unique across them)")
 
 
-def _first_names(names: Sequence[str]) -> str:
+def first_names(names: Sequence[str]) -> str:
     """The first five of `names`, and `...` for more."""
     return ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
 
@@ -387,7 +387,7 @@ def _first_names(names: Sequence[str]) -> str:
 def foreign_note(table: Table, merged: bool) -> str:
     """Why a table with foreign partitions (or inheriting foreign tables) is read every run."""
     one = len(table.foreign_parts) == 1
-    text = (f"{_first_names(table.foreign_parts)} "
+    text = (f"{first_names(table.foreign_parts)} "
             f"{'is a foreign table' if one else 'are foreign tables'}, whose rows have "
             "no row versions: the table is never found unchanged, it is read every run")
     if merged:

@@ -17,6 +17,8 @@ from typing import Literal
 
 import psycopg
 
+from pg_to_bq.planning.tables import first_names
+
 __all__ = ["Assessment", "Facts", "Finding", "TableFacts", "assess", "fetch_facts"]
 
 TableName = tuple[str, str]
@@ -344,14 +346,12 @@ def _table_findings(f: Facts, t: TableFacts) -> tuple[list[Finding], str | None]
         why = f"a partition: captured through its root {_qualified(t.root)}"
         return [Finding("info", "table", name, why)], why
     if t.foreign_leaves:
-        leaves = ", ".join(_qualified(leaf) for leaf in t.foreign_leaves[:5]) + (
-            ", ..." if len(t.foreign_leaves) > 5 else "")
+        leaves = first_names([_qualified(leaf) for leaf in t.foreign_leaves])
         why = (f"its partition(s) {leaves} are foreign tables: their rows are not in this "
                "server's WAL")
         return [Finding("info", "table", name, why + "; it keeps today's mode")], why
     if t.inheritance_children:
-        children = ", ".join(_qualified(c) for c in t.inheritance_children[:5]) + (
-            ", ..." if len(t.inheritance_children) > 5 else "")
+        children = first_names([_qualified(c) for c in t.inheritance_children])
         why = (f"an inheritance parent: a read of it returns the rows of the tables that "
                f"inherit from it ({children}) too, whose changes PostgreSQL publishes as "
                "theirs, not its own")
